@@ -1,0 +1,134 @@
+//! The command line: parsing (clap), global options, and one file per
+//! command. Commands are thin: they build a plan or a query and hand it to
+//! the engine or the store.
+
+mod audit;
+mod deploy;
+mod history;
+mod releases;
+mod rollback;
+mod status;
+
+use crate::config::DeployerConfig;
+use crate::error::Failure;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// deployer: takes a service to running, healthy and registered, and rolls
+/// back by itself when a phase fails.
+#[derive(Debug, Parser)]
+#[command(name = "deployer", version, about, long_about = None)]
+pub struct Cli {
+    /// deployer's own config file (deployer.toml).
+    #[arg(long, global = true, env = "DEPLOYER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Keep all state (jobs, releases, logs, locks) in this directory.
+    /// Default: `state_dir` from the config, else ./.deployer
+    #[arg(long, global = true, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print machine-readable JSON instead of text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Deploy a service directory: Validation, Transfer, Build, Start Service,
+    /// Verify Health, Register.
+    Deploy(deploy::Args),
+    /// Bring back an earlier release of a service.
+    Rollback(rollback::Args),
+    /// Show one job with its phases.
+    Status(status::Args),
+    /// List a service's jobs, newest first.
+    History(history::Args),
+    /// List a service's releases.
+    Releases(releases::Args),
+    /// Show the audit log.
+    Audit(audit::Args),
+}
+
+/// What every command gets: the loaded config and where state lives.
+pub struct Context {
+    pub config: DeployerConfig,
+    pub state_dir: PathBuf,
+    pub json: bool,
+}
+
+impl Cli {
+    pub async fn run(self) -> Result<i32, Failure> {
+        let env = |k: &str| std::env::var(k).ok();
+        let config = DeployerConfig::load(self.config.as_deref(), &env)?;
+        let state_dir = self
+            .state_dir
+            .clone()
+            .or_else(|| config.state_dir.clone())
+            .unwrap_or_else(|| PathBuf::from(".deployer"));
+        // Absolute, so pid files, logs and messages do not depend on the
+        // directory a later command runs in.
+        let state_dir = std::path::absolute(&state_dir).map_err(|e| {
+            Failure::invalid(format!("state directory {}: {e}", state_dir.display()))
+        })?;
+        let ctx = Context {
+            config,
+            state_dir,
+            json: self.json,
+        };
+        match self.command {
+            Command::Deploy(a) => deploy::run(ctx, a).await,
+            Command::Rollback(a) => rollback::run(ctx, a).await,
+            Command::Status(a) => status::run(ctx, a).await,
+            Command::History(a) => history::run(ctx, a).await,
+            Command::Releases(a) => releases::run(ctx, a).await,
+            Command::Audit(a) => audit::run(ctx, a).await,
+        }
+    }
+}
+
+impl Context {
+    /// Opens the store for reading; a state directory that was never used is
+    /// "not found", not silently created.
+    pub async fn store(&self) -> Result<crate::store::Store, Failure> {
+        if !self.state_dir.join("deployer.db").exists() {
+            return Err(Failure::not_found(format!(
+                "no deployer state in {} (nothing was deployed with this state directory)",
+                self.state_dir.display()
+            )));
+        }
+        Ok(crate::store::Store::open(&self.state_dir).await?)
+    }
+
+    pub fn engine(&self, lock_wait_secs: u64) -> crate::engine::Engine {
+        crate::engine::Engine::new(
+            self.config.clone(),
+            self.state_dir.clone(),
+            std::time::Duration::from_secs(lock_wait_secs),
+        )
+    }
+
+    /// Renders a finished job and gives the exit code for it.
+    pub fn finish(&self, job: &crate::model::Job) -> i32 {
+        if self.json {
+            crate::output::print_json(job);
+        }
+        match job
+            .failure
+            .as_deref()
+            .and_then(crate::error::FailureKind::parse)
+        {
+            None if job.success => 0,
+            Some(kind) => kind.exit_code(),
+            None => crate::error::FailureKind::Internal.exit_code(),
+        }
+    }
+
+    pub fn sink(&self) -> Box<dyn crate::engine::Sink> {
+        if self.json {
+            Box::new(crate::output::Quiet)
+        } else {
+            Box::new(crate::output::Human)
+        }
+    }
+}

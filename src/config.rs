@@ -1,0 +1,344 @@
+//! Configuration input, the first stage of the two-stage input: parse and
+//! check what the user gave, with no I/O beyond reading the files.
+//!
+//! Two files exist. `deployer.toml` configures deployer itself (target,
+//! registry, state directory, defaults); it is found through `--config` or
+//! `DEPLOYER_CONFIG` and is optional. `service.toml`, the manifest, lives in a
+//! service's directory and describes that service; it is optional too, since
+//! every field can be given as a flag. Layering, lowest first: file →
+//! environment (the seeds' names) → flags.
+//!
+//! Errors name the file, the key path and the line:
+//! `service.toml:3: port: invalid type: string "x", expected u16`.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The manifest's file name inside a service directory.
+pub const MANIFEST_FILE: &str = "service.toml";
+
+/// A configuration error that names where the problem is.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{file}{line}: {key}{message}", line = line.map(|l| format!(":{l}")).unwrap_or_default(), key = if key_path.is_empty() { String::new() } else { format!("{key_path}: ") })]
+pub struct ConfigError {
+    /// The file (or `environment` / `flags`) the bad value came from.
+    pub file: String,
+    /// The key path, such as `health.timeout_secs`; empty for the whole file.
+    pub key_path: String,
+    /// 1-based line of the bad value, when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(
+        file: impl Into<String>,
+        key_path: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        ConfigError {
+            file: file.into(),
+            key_path: key_path.into(),
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Parses a TOML document into `T`, turning errors into [`ConfigError`]s
+/// with the key path and line.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: &str,
+) -> Result<T, ConfigError> {
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1)
+    };
+    let de = toml::Deserializer::parse(text).map_err(|e| ConfigError {
+        file: file.to_string(),
+        key_path: String::new(),
+        line: line_of(e.span()),
+        message: e.message().trim().to_string(),
+    })?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        ConfigError {
+            file: file.to_string(),
+            key_path: if path == "." { String::new() } else { path },
+            line: line_of(inner.span()),
+            message: inner.message().trim().to_string(),
+        }
+    })
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path.display().to_string(), "", format!("cannot read: {e}")))
+}
+
+/// How a service is run on its target, as the user chose it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// A plain process, detached from deployer (the embedded default).
+    Process,
+    /// A Docker container from an image built on the target.
+    Docker,
+    /// Docker when an engine answers, else a process.
+    Auto,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        match s {
+            "process" => Ok(Method::Process),
+            "docker" => Ok(Method::Docker),
+            "auto" => Ok(Method::Auto),
+            "systemd" | "swarm" => Err(format!(
+                "deployment method '{s}' is not available in this build (use process, docker or auto)"
+            )),
+            other => Err(format!(
+                "unknown deployment method '{other}' (expected process, docker or auto)"
+            )),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Method {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Method::parse(&s).map_err(serde::de::Error::custom)
+    }
+}
+
+/// `deployer.toml`: deployer's own configuration.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeployerConfig {
+    /// Where jobs, releases, logs and locks live. Default `./.deployer`.
+    pub state_dir: Option<PathBuf>,
+    /// Registry base URL; when absent, the Register phase is skipped.
+    pub registry_url: Option<String>,
+    /// A file of `NAME=value` lines that `--secret NAME` reads from when
+    /// deployer's environment has no `NAME`. Keep it mode 0600.
+    pub secrets_file: Option<PathBuf>,
+    /// Port of `deployer serve` (seed: SERVICE_PORT, default 8007).
+    pub serve_port: Option<u16>,
+    #[serde(default)]
+    pub target: TargetConfig,
+    #[serde(default)]
+    pub defaults: Defaults,
+}
+
+/// Where services are deployed. Only this machine (`local`) in this build.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// `local` (default) or a remote host (seed: SERVER_HOST).
+    pub host: Option<String>,
+    /// Remote user (seed: SERVER_USER).
+    pub user: Option<String>,
+    /// SSH private key for the remote host (seed: SSH_KEY_PATH).
+    pub ssh_key: Option<PathBuf>,
+    /// The address put in service URLs and registrations. Default 127.0.0.1.
+    pub address: Option<String>,
+}
+
+/// Defaults for every service, overridden by a manifest and by flags.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Seed: DEPLOYMENT_METHOD.
+    pub method: Option<Method>,
+    /// Docker network for containers (seed: DEFAULT_NETWORK).
+    pub network: Option<String>,
+    pub keep_releases: Option<usize>,
+    pub health_timeout_secs: Option<u64>,
+    pub health_retries: Option<u32>,
+    pub stop_grace_secs: Option<u64>,
+}
+
+impl DeployerConfig {
+    /// Loads the file (when given) and then applies the seeds' environment
+    /// variables on top of it.
+    pub fn load(
+        path: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut config = match path {
+            Some(p) => parse_toml::<DeployerConfig>(&read_file(p)?, &p.display().to_string())?,
+            None => DeployerConfig::default(),
+        };
+        config.apply_env(env)?;
+        Ok(config)
+    }
+
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let nonempty = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        if let Some(v) = nonempty("DEPLOYER_STATE_DIR") {
+            self.state_dir = Some(PathBuf::from(v));
+        }
+        if let Some(v) = nonempty("REGISTRY_URL") {
+            self.registry_url = Some(v);
+        }
+        if let Some(v) = nonempty("SERVER_HOST") {
+            self.target.host = Some(v);
+        }
+        if let Some(v) = nonempty("SERVER_USER") {
+            self.target.user = Some(v);
+        }
+        if let Some(v) = nonempty("SSH_KEY_PATH") {
+            self.target.ssh_key = Some(PathBuf::from(v));
+        }
+        if let Some(v) = nonempty("DEFAULT_NETWORK") {
+            self.defaults.network = Some(v);
+        }
+        if let Some(v) = nonempty("DEPLOYMENT_METHOD") {
+            self.defaults.method = Some(
+                Method::parse(&v)
+                    .map_err(|m| ConfigError::new("environment", "DEPLOYMENT_METHOD", m))?,
+            );
+        }
+        if let Some(v) = nonempty("SERVICE_PORT") {
+            self.serve_port = Some(v.parse().map_err(|_| {
+                ConfigError::new(
+                    "environment",
+                    "SERVICE_PORT",
+                    format!("'{v}' is not a port number"),
+                )
+            })?);
+        }
+        Ok(())
+    }
+}
+
+/// `service.toml`: a service's manifest.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: Option<String>,
+    /// The service's droplet id in the registry.
+    pub droplet_id: Option<i64>,
+    pub port: Option<u16>,
+    pub method: Option<Method>,
+    /// A shell command run in the release directory during Build.
+    pub build: Option<String>,
+    /// The process method's start command, run with `sh -c` in the release.
+    pub start: Option<String>,
+    /// The Dockerfile for the docker method, relative to the service directory.
+    pub dockerfile: Option<String>,
+    /// How many successful releases to keep (default 5).
+    pub keep_releases: Option<usize>,
+    /// Seconds between SIGTERM and SIGKILL when stopping (default 10).
+    pub stop_grace_secs: Option<u64>,
+    #[serde(default)]
+    pub health: HealthConfig,
+    /// Environment variables given to the service.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Names of secrets: values come from deployer's environment or secrets file.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+    #[serde(default)]
+    pub docker: DockerConfig,
+}
+
+/// `[health]` in a manifest.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthConfig {
+    /// Path polled on the service's port (default `/health`).
+    pub path: Option<String>,
+    /// How long the service has to become healthy (default 30).
+    pub timeout_secs: Option<u64>,
+    /// Consecutive unhealthy answers, once the service answers at all, that
+    /// fail the phase before the deadline (seed: "retry up to 3 times").
+    pub retries: Option<u32>,
+}
+
+/// `[docker]` in a manifest.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerConfig {
+    /// Network the container joins (default: deployer's `defaults.network`).
+    pub network: Option<String>,
+    /// Restart policy (default `unless-stopped`).
+    pub restart: Option<String>,
+}
+
+impl Manifest {
+    /// Reads `service.toml` from a service directory; a directory without one
+    /// gives an empty manifest (flags then supply what is needed).
+    pub fn load_from_dir(dir: &Path) -> Result<Option<Self>, ConfigError> {
+        let path = dir.join(MANIFEST_FILE);
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let text = read_file(&path)?;
+        parse_toml(&text, &path.display().to_string()).map(Some)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_names_file_key_and_line() {
+        let err = parse_toml::<Manifest>(
+            "name = \"a\"\n\n[health]\ntimeout_secs = \"soon\"\n",
+            "svc/service.toml",
+        )
+        .unwrap_err();
+        assert_eq!(err.key_path, "health.timeout_secs");
+        assert_eq!(err.line, Some(4));
+        assert!(
+            err.to_string()
+                .starts_with("svc/service.toml:4: health.timeout_secs: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = parse_toml::<Manifest>("nmae = \"a\"\n", "service.toml").unwrap_err();
+        assert!(err.message.contains("unknown field `nmae`"), "{err}");
+        assert_eq!(err.line, Some(1));
+    }
+
+    #[test]
+    fn syntax_error_has_line() {
+        let err = parse_toml::<Manifest>("name = \"a\"\nport = \n", "service.toml").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+    }
+
+    #[test]
+    fn unknown_method_is_named() {
+        let err = parse_toml::<Manifest>("method = \"ftp\"\n", "service.toml").unwrap_err();
+        assert_eq!(err.key_path, "method");
+        assert!(
+            err.message.contains("unknown deployment method 'ftp'"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_file() {
+        let env = |k: &str| match k {
+            "REGISTRY_URL" => Some("http://127.0.0.1:9".to_string()),
+            "DEPLOYMENT_METHOD" => Some("docker".to_string()),
+            _ => None,
+        };
+        let c = DeployerConfig::load(None, &env).unwrap();
+        assert_eq!(c.registry_url.as_deref(), Some("http://127.0.0.1:9"));
+        assert_eq!(c.defaults.method, Some(Method::Docker));
+        let bad = |k: &str| (k == "SERVICE_PORT").then(|| "eighty".to_string());
+        let err = DeployerConfig::load(None, &bad).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "environment: SERVICE_PORT: 'eighty' is not a port number"
+        );
+    }
+}

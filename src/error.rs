@@ -1,0 +1,124 @@
+//! Exit codes, shared by every command, and the error kinds they map from.
+//! The codes follow the seeds' deploy scripts: 0 success, 1 tests failed,
+//! 2 build failed, 3 start (deploy) failed, 4 health check failed after
+//! rollback. deployer adds codes for its own failure kinds.
+
+/// What went wrong, at the granularity a caller (script or CI) acts on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// Pre-deploy tests failed (reserved; seed exit code 1).
+    Tests,
+    /// The Build phase failed; the previous release still runs.
+    Build,
+    /// The Start Service phase failed; the previous release was restored.
+    Start,
+    /// Verify Health failed; the previous release was restored.
+    Health,
+    /// Copying the service into a new release failed.
+    Transfer,
+    /// The service runs but registering it failed.
+    Register,
+    /// Rolling back failed too: the service may be down.
+    RollbackFailed,
+    /// Bad input: config, manifest, flags, path, name, port.
+    Invalid,
+    /// Another deploy of the same service holds the lock.
+    Locked,
+    /// Something the user asked about does not exist (job, service, release).
+    NotFound,
+    /// An unexpected internal or environment error.
+    Internal,
+}
+
+impl FailureKind {
+    /// The process exit code for this failure. Documented in the README.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            FailureKind::Tests => 1,
+            FailureKind::Build => 2,
+            FailureKind::Start => 3,
+            FailureKind::Health => 4,
+            FailureKind::Transfer => 5,
+            FailureKind::Register => 6,
+            FailureKind::RollbackFailed => 7,
+            FailureKind::Invalid => 10,
+            FailureKind::Locked => 11,
+            FailureKind::NotFound => 12,
+            FailureKind::Internal => 70,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Tests => "tests",
+            FailureKind::Build => "build",
+            FailureKind::Start => "start",
+            FailureKind::Health => "health",
+            FailureKind::Transfer => "transfer",
+            FailureKind::Register => "register",
+            FailureKind::RollbackFailed => "rollback_failed",
+            FailureKind::Invalid => "invalid",
+            FailureKind::Locked => "locked",
+            FailureKind::NotFound => "not_found",
+            FailureKind::Internal => "internal",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "tests" => FailureKind::Tests,
+            "build" => FailureKind::Build,
+            "start" => FailureKind::Start,
+            "health" => FailureKind::Health,
+            "transfer" => FailureKind::Transfer,
+            "register" => FailureKind::Register,
+            "rollback_failed" => FailureKind::RollbackFailed,
+            "invalid" => FailureKind::Invalid,
+            "locked" => FailureKind::Locked,
+            "not_found" => FailureKind::NotFound,
+            "internal" => FailureKind::Internal,
+            _ => return None,
+        })
+    }
+}
+
+/// An error that ends a command: a message for the user and its kind.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(FailureKind::Invalid, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(FailureKind::Internal, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(FailureKind::NotFound, message)
+    }
+}
+
+impl From<crate::config::ConfigError> for Failure {
+    fn from(e: crate::config::ConfigError) -> Self {
+        Failure::invalid(e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for Failure {
+    fn from(e: crate::store::StoreError) -> Self {
+        Failure::internal(e.to_string())
+    }
+}

@@ -1,0 +1,23 @@
+//! deployer: takes a service to running, healthy and registered in six
+//! phases (Validation, Transfer, Build, Start Service, Verify Health,
+//! Register), and rolls back by itself when a phase fails.
+//!
+//! Data flows one way: input (`config`) → validated plan (`plan`) → engine
+//! (`engine`) → effects through runtimes (`runtime`), the store (`store`) and
+//! the registry (`registry`). The CLI (`cli`) is a thin front end.
+
+pub mod cli;
+pub mod cmd;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod health;
+pub mod lock;
+pub mod model;
+pub mod output;
+pub mod plan;
+pub mod registry;
+pub mod release;
+pub mod runtime;
+pub mod secret;
+pub mod store;

@@ -1,0 +1,355 @@
+//! The deploy domain's data: jobs, their six phases, releases, registrations
+//! and rollbacks. Status enums carry their data: a failed phase has an error,
+//! a pending one has no start time.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// The six phases, named exactly as in the deployer spec.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PhaseName {
+    Validation,
+    Transfer,
+    Build,
+    #[serde(rename = "Start Service")]
+    StartService,
+    #[serde(rename = "Verify Health")]
+    VerifyHealth,
+    Register,
+}
+
+impl PhaseName {
+    pub const ALL: [PhaseName; 6] = [
+        PhaseName::Validation,
+        PhaseName::Transfer,
+        PhaseName::Build,
+        PhaseName::StartService,
+        PhaseName::VerifyHealth,
+        PhaseName::Register,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PhaseName::Validation => "Validation",
+            PhaseName::Transfer => "Transfer",
+            PhaseName::Build => "Build",
+            PhaseName::StartService => "Start Service",
+            PhaseName::VerifyHealth => "Verify Health",
+            PhaseName::Register => "Register",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+/// Where a phase is, with the data each state has.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PhaseState {
+    Pending,
+    Running {
+        started_at: DateTime<Utc>,
+    },
+    Success {
+        started_at: DateTime<Utc>,
+        completed_at: DateTime<Utc>,
+        details: String,
+    },
+    Failed {
+        started_at: DateTime<Utc>,
+        completed_at: DateTime<Utc>,
+        details: String,
+        error: String,
+    },
+    Skipped {
+        reason: String,
+    },
+}
+
+/// One phase of a job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Phase {
+    pub name: PhaseName,
+    pub state: PhaseState,
+}
+
+/// A phase as the spec's `DeploymentPhase` shows it (JSON, store, API).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PhaseView {
+    pub phase: PhaseName,
+    pub status: String,
+    pub started_at: Option<DateTime<Utc>>,
+    pub completed_at: Option<DateTime<Utc>>,
+    /// Whole seconds would show 0 for most phases, so this is fractional.
+    pub duration_seconds: Option<f64>,
+    pub duration_ms: Option<i64>,
+    pub details: String,
+    pub error: Option<String>,
+}
+
+impl Phase {
+    pub fn pending(name: PhaseName) -> Self {
+        Phase {
+            name,
+            state: PhaseState::Pending,
+        }
+    }
+
+    pub fn status(&self) -> &'static str {
+        match self.state {
+            PhaseState::Pending => "pending",
+            PhaseState::Running { .. } => "running",
+            PhaseState::Success { .. } => "success",
+            PhaseState::Failed { .. } => "failed",
+            PhaseState::Skipped { .. } => "skipped",
+        }
+    }
+
+    pub fn duration_ms(&self) -> Option<i64> {
+        match &self.state {
+            PhaseState::Success {
+                started_at,
+                completed_at,
+                ..
+            }
+            | PhaseState::Failed {
+                started_at,
+                completed_at,
+                ..
+            } => Some((*completed_at - *started_at).num_milliseconds()),
+            _ => None,
+        }
+    }
+
+    pub fn view(&self) -> PhaseView {
+        let (started_at, completed_at, details, error) = match &self.state {
+            PhaseState::Pending => (None, None, String::new(), None),
+            PhaseState::Running { started_at } => (Some(*started_at), None, String::new(), None),
+            PhaseState::Success {
+                started_at,
+                completed_at,
+                details,
+            } => (
+                Some(*started_at),
+                Some(*completed_at),
+                details.clone(),
+                None,
+            ),
+            PhaseState::Failed {
+                started_at,
+                completed_at,
+                details,
+                error,
+            } => (
+                Some(*started_at),
+                Some(*completed_at),
+                details.clone(),
+                Some(error.clone()),
+            ),
+            PhaseState::Skipped { reason } => (None, None, reason.clone(), None),
+        };
+        let duration_ms = self.duration_ms();
+        PhaseView {
+            phase: self.name,
+            status: self.status().to_string(),
+            started_at,
+            completed_at,
+            duration_seconds: duration_ms.map(|ms| ms as f64 / 1000.0),
+            duration_ms,
+            details,
+            error,
+        }
+    }
+
+    /// Rebuilds a phase from its stored view.
+    pub fn from_view(v: &PhaseView) -> Self {
+        let now = Utc::now();
+        let state = match v.status.as_str() {
+            "running" => PhaseState::Running {
+                started_at: v.started_at.unwrap_or(now),
+            },
+            "success" => PhaseState::Success {
+                started_at: v.started_at.unwrap_or(now),
+                completed_at: v.completed_at.unwrap_or(now),
+                details: v.details.clone(),
+            },
+            "failed" => PhaseState::Failed {
+                started_at: v.started_at.unwrap_or(now),
+                completed_at: v.completed_at.unwrap_or(now),
+                details: v.details.clone(),
+                error: v.error.clone().unwrap_or_default(),
+            },
+            "skipped" => PhaseState::Skipped {
+                reason: v.details.clone(),
+            },
+            _ => PhaseState::Pending,
+        };
+        Phase {
+            name: v.phase,
+            state,
+        }
+    }
+}
+
+/// A job's overall status, as in the spec's `DeployJob.status`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Completed,
+    Failed,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Completed => "completed",
+            JobStatus::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "pending" => JobStatus::Pending,
+            "running" => JobStatus::Running,
+            "completed" => JobStatus::Completed,
+            _ => JobStatus::Failed,
+        }
+    }
+}
+
+/// What a job does: deploy new content, or bring back an existing release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    Deploy,
+    Rollback,
+}
+
+/// The spec's `RegistrationInfo`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Registration {
+    pub droplet_id: i64,
+    pub service_name: String,
+    pub endpoint: String,
+    pub registered_at: DateTime<Utc>,
+    pub registry_response: serde_json::Value,
+}
+
+/// What an automatic rollback did.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RollbackRecord {
+    /// The release that was restored, if there was one.
+    pub to_release: Option<String>,
+    /// The release that failed and was taken down.
+    pub from_release: String,
+    pub success: bool,
+    pub details: String,
+}
+
+/// A deploy (or rollback) job: the spec's `DeployJob` plus deployer's extras.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Job {
+    pub deploy_job_id: String,
+    pub kind: JobKind,
+    pub service_name: String,
+    pub service_path: String,
+    pub status: JobStatus,
+    pub droplet_id: Option<i64>,
+    pub service_port: u16,
+    pub service_url: Option<String>,
+    pub deployment_method: String,
+    /// The release this job deploys.
+    pub release: Option<String>,
+    /// The release that was current when the job started.
+    pub previous_release: Option<String>,
+    pub phases: Vec<PhaseView>,
+    pub registration: Option<Registration>,
+    pub rollback: Option<RollbackRecord>,
+    pub started_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+    pub duration_seconds: Option<f64>,
+    pub success: bool,
+    pub error: Option<String>,
+    /// Why it failed, as a stable word (`build`, `health`, ...).
+    pub failure: Option<String>,
+    /// Who ran it (user@host).
+    pub actor: String,
+    /// Counts from the Transfer phase.
+    pub transfer: Option<TransferStats>,
+}
+
+/// What the Transfer phase moved.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TransferStats {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// A release's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseStatus {
+    /// Being deployed.
+    Pending,
+    /// What `current` points at.
+    Current,
+    /// Was current once; kept for rollback.
+    Previous,
+    /// Never became current.
+    Failed,
+    /// Pruned: its files are gone.
+    Removed,
+}
+
+impl ReleaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseStatus::Pending => "pending",
+            ReleaseStatus::Current => "current",
+            ReleaseStatus::Previous => "previous",
+            ReleaseStatus::Failed => "failed",
+            ReleaseStatus::Removed => "removed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "pending" => ReleaseStatus::Pending,
+            "current" => ReleaseStatus::Current,
+            "previous" => ReleaseStatus::Previous,
+            "removed" => ReleaseStatus::Removed,
+            _ => ReleaseStatus::Failed,
+        }
+    }
+}
+
+/// One release of a service: a directory (and for docker, an image).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Release {
+    pub service_name: String,
+    pub id: String,
+    pub status: ReleaseStatus,
+    pub job_id: String,
+    pub content_hash: String,
+    pub created_at: DateTime<Utc>,
+    /// How to run it again (no secret values, only their names).
+    pub spec: crate::plan::RunSpec,
+}
+
+/// One line of the audit trail.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct AuditEntry {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub service_name: String,
+    pub job_id: Option<String>,
+    pub outcome: String,
+    pub duration_ms: Option<i64>,
+    pub details: String,
+}

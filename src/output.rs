@@ -1,0 +1,165 @@
+//! Rendering for people: one line per phase with ✓/✗ and its duration,
+//! notes as they happen, then a summary. Colour follows NO_COLOR and whether
+//! stdout is a terminal (anstream decides); `--json` prints the job instead.
+
+use crate::engine::{Event, Sink};
+use crate::model::{Job, PhaseView};
+use anstream::println;
+use anstyle::{AnsiColor, Style};
+
+const GREEN: Style = AnsiColor::Green.on_default();
+const RED: Style = AnsiColor::Red.on_default();
+const DIM: Style = Style::new().dimmed();
+const BOLD: Style = Style::new().bold();
+
+/// Prints a job's events as they arrive.
+pub struct Human;
+
+/// Prints nothing as a job runs (`--json` prints the finished job).
+pub struct Quiet;
+
+impl Sink for Quiet {
+    fn event(&self, _: &Event) {}
+}
+
+impl Sink for Human {
+    fn event(&self, e: &Event) {
+        match e {
+            Event::PhaseStarted(_) => {}
+            Event::PhaseFinished(p) => println!("{}", phase_line(p)),
+            Event::Note(text) => {
+                for line in text.lines() {
+                    println!("    {DIM}{line}{DIM:#}");
+                }
+            }
+            Event::JobFinished(job) => println!("{}", summary(job)),
+        }
+    }
+}
+
+/// `  ✓ Build           412 ms  ran `…``, with the error below a failed phase.
+pub fn phase_line(p: &PhaseView) -> String {
+    let (mark, style) = match p.status.as_str() {
+        "success" => ("✓", GREEN),
+        "failed" => ("✗", RED),
+        "skipped" => ("-", DIM),
+        "running" => ("…", BOLD),
+        _ => (" ", DIM),
+    };
+    let duration = p.duration_ms.map(format_ms).unwrap_or_default();
+    let mut line = format!(
+        "  {style}{mark}{style:#} {:<14} {:>8}  {}",
+        p.phase.as_str(),
+        duration,
+        match (p.status.as_str(), &p.error) {
+            ("skipped", _) => format!("{DIM}skipped: {}{DIM:#}", p.details),
+            (_, Some(err)) => format!("{RED}{}{RED:#}", err.lines().next().unwrap_or("")),
+            _ => p.details.clone(),
+        }
+    );
+    if let Some(err) = &p.error {
+        for l in err.lines().skip(1) {
+            line.push_str(&format!("\n      {l}"));
+        }
+    }
+    line
+}
+
+pub fn format_ms(ms: i64) -> String {
+    if ms < 1000 {
+        format!("{ms} ms")
+    } else {
+        format!("{:.1} s", ms as f64 / 1000.0)
+    }
+}
+
+/// The closing line of a job.
+pub fn summary(job: &Job) -> String {
+    let what = match job.kind {
+        crate::model::JobKind::Deploy => "deploy",
+        crate::model::JobKind::Rollback => "rollback",
+    };
+    let took = job
+        .duration_seconds
+        .map(|s| format!(", {s:.1} s"))
+        .unwrap_or_default();
+    if job.success {
+        format!(
+            "{GREEN}✓{GREEN:#} {BOLD}{}{BOLD:#} {what} succeeded: release {} is current at {} (job {}{took})",
+            job.service_name,
+            job.release.as_deref().unwrap_or("?"),
+            job.service_url.as_deref().unwrap_or("?"),
+            job.deploy_job_id
+        )
+    } else {
+        let mut s = format!(
+            "{RED}✗{RED:#} {BOLD}{}{BOLD:#} {what} failed ({}) (job {}{took})",
+            job.service_name,
+            job.failure.as_deref().unwrap_or("?"),
+            job.deploy_job_id
+        );
+        if let Some(rb) = &job.rollback {
+            s.push_str(&format!("\n  {}", rb.details));
+        }
+        s
+    }
+}
+
+/// A job in full, as `deployer status` shows it.
+pub fn print_job(job: &Job) {
+    println!(
+        "{BOLD}{}{BOLD:#} {} of {} ({}), started {} by {}",
+        job.deploy_job_id,
+        match job.kind {
+            crate::model::JobKind::Deploy => "deploy",
+            crate::model::JobKind::Rollback => "rollback",
+        },
+        job.service_name,
+        job.deployment_method,
+        job.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+        job.actor
+    );
+    println!("  status: {}", job.status.as_str());
+    for p in &job.phases {
+        println!("{}", phase_line(p));
+    }
+    if let Some(reg) = &job.registration {
+        println!(
+            "  registered: droplet #{} at {}",
+            reg.droplet_id, reg.endpoint
+        );
+    }
+    println!("{}", summary(job));
+}
+
+/// Prints rows as aligned columns under a header.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            widths[i] = widths[i].max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_string()
+    };
+    println!(
+        "{BOLD}{}{BOLD:#}",
+        line(header.iter().map(|h| h.to_string()).collect())
+    );
+    for row in rows {
+        println!("{}", line(row.clone()));
+    }
+}
+
+/// Prints a value as pretty JSON.
+pub fn print_json<T: serde::Serialize>(v: &T) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}

@@ -1,0 +1,453 @@
+//! The second stage of input: a [`DeployRequest`] (from flags or, later, the
+//! HTTP API) plus the manifest and deployer's config become a [`Plan`], pure
+//! data that the engine runs. Everything that can be checked without touching
+//! the target is checked here, so bad input fails before anything is written.
+
+use crate::config::{DeployerConfig, Manifest, Method};
+use crate::error::Failure;
+use crate::secret::{Redactor, Secret};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Environment variables deployer sets itself; a service may not override them.
+pub const RESERVED_ENV: [&str; 3] = ["PORT", "SERVICE_NAME", "RELEASE"];
+
+/// What the user asked for: the spec's `DeployRequest`, every field optional
+/// where a manifest can supply it.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct DeployRequest {
+    pub service_path: PathBuf,
+    pub service_name: Option<String>,
+    pub droplet_id: Option<i64>,
+    pub service_port: Option<u16>,
+    pub deployment_method: Option<String>,
+    #[serde(default)]
+    pub environment_vars: BTreeMap<String, String>,
+    /// `None` means "register when a registry is configured".
+    pub auto_register: Option<bool>,
+    pub start: Option<String>,
+    pub build: Option<String>,
+    pub health_path: Option<String>,
+    /// Names of secrets; their values never travel in a request.
+    #[serde(default)]
+    pub secrets: Vec<String>,
+}
+
+/// How a release runs: stored with each release so a rollback can start it
+/// again. Holds secret names, never values.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunSpec {
+    pub runtime: RuntimeKind,
+    pub port: u16,
+    pub build: Option<String>,
+    pub start: Option<String>,
+    pub dockerfile: String,
+    pub env: BTreeMap<String, String>,
+    pub secret_names: Vec<String>,
+    pub health: HealthSpec,
+    pub network: Option<String>,
+    pub restart: String,
+    pub stop_grace_secs: u64,
+}
+
+/// The runtime a release runs under, once `auto` is resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Process,
+    Docker,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Process => "process",
+            RuntimeKind::Docker => "docker",
+        }
+    }
+}
+
+/// How health is verified.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HealthSpec {
+    pub path: String,
+    pub timeout_secs: u64,
+    /// Consecutive unhealthy answers (after the first answer) that fail early.
+    pub retries: u32,
+}
+
+/// Whether and where the Register phase registers the service.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RegisterPlan {
+    Skip {
+        reason: String,
+    },
+    To {
+        registry_url: String,
+        droplet_id: i64,
+    },
+}
+
+/// A validated deploy: everything the engine needs, nothing it must check.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub service_name: String,
+    /// The service directory, absolute.
+    pub source: PathBuf,
+    pub droplet_id: Option<i64>,
+    pub method: Method,
+    pub spec: RunSpec,
+    pub secrets: Vec<(String, Secret)>,
+    pub keep_releases: usize,
+    pub register: RegisterPlan,
+    /// The address in the service URL and the registration.
+    pub address: String,
+}
+
+impl Plan {
+    pub fn service_url(&self) -> String {
+        format!("http://{}:{}", self.address, self.spec.port)
+    }
+
+    pub fn redactor(&self) -> Redactor {
+        Redactor::new(self.secrets.iter().map(|(_, v)| v.clone()))
+    }
+
+    /// Builds a plan. `env` reads deployer's own environment (for secrets).
+    pub fn build(
+        req: &DeployRequest,
+        config: &DeployerConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Plan, Failure> {
+        if let Some(host) = config.target.host.as_deref()
+            && !matches!(host, "local" | "localhost" | "127.0.0.1")
+        {
+            return Err(Failure::invalid(format!(
+                "target host '{host}' (SERVER_HOST or target.host) is remote; remote targets need the SSH \
+                 transport, which this build does not have yet: unset it to deploy on this machine"
+            )));
+        }
+        let path = &req.service_path;
+        if path.as_os_str().is_empty() {
+            return Err(Failure::invalid("service path is empty"));
+        }
+        if !path.exists() {
+            return Err(Failure::invalid(format!(
+                "service path {} does not exist",
+                path.display()
+            )));
+        }
+        if !path.is_dir() {
+            return Err(Failure::invalid(format!(
+                "service path {} is not a directory",
+                path.display()
+            )));
+        }
+        let source = path
+            .canonicalize()
+            .map_err(|e| Failure::invalid(format!("service path {}: {e}", path.display())))?;
+        let manifest = Manifest::load_from_dir(&source)?.unwrap_or_default();
+
+        let service_name = req
+            .service_name
+            .clone()
+            .or(manifest.name.clone())
+            .ok_or_else(|| {
+                Failure::invalid(format!(
+                    "no service name: give --name or set `name` in {}",
+                    source.join(crate::config::MANIFEST_FILE).display()
+                ))
+            })?;
+        validate_name(&service_name)?;
+
+        let port = req.service_port.or(manifest.port).ok_or_else(|| {
+            Failure::invalid("no port: give --port or set `port` in service.toml")
+        })?;
+        if port == 0 {
+            return Err(Failure::invalid(
+                "port 0 is not a valid service port (1-65535)",
+            ));
+        }
+
+        let method = match req.deployment_method.as_deref() {
+            Some(m) => Method::parse(m).map_err(Failure::invalid)?,
+            None => manifest
+                .method
+                .or(config.defaults.method)
+                .unwrap_or(Method::Process),
+        };
+
+        let mut env_vars = manifest.env.clone();
+        env_vars.extend(req.environment_vars.clone());
+        for key in env_vars.keys() {
+            validate_env_name(key)?;
+        }
+        let mut secret_names = manifest.secrets.clone();
+        for s in &req.secrets {
+            if !secret_names.contains(s) {
+                secret_names.push(s.clone());
+            }
+        }
+        let secrets = resolve_secrets(&secret_names, config, env)?;
+        for name in &secret_names {
+            if env_vars.contains_key(name) {
+                return Err(Failure::invalid(format!(
+                    "'{name}' is both an environment variable and a secret; keep it in one place"
+                )));
+            }
+        }
+
+        let health_path = req
+            .health_path
+            .clone()
+            .or(manifest.health.path.clone())
+            .unwrap_or_else(|| "/health".to_string());
+        if !health_path.starts_with('/') || health_path.chars().any(|c| c.is_whitespace()) {
+            return Err(Failure::invalid(format!(
+                "health path '{health_path}' must start with '/' and contain no spaces"
+            )));
+        }
+        let health = HealthSpec {
+            path: health_path,
+            timeout_secs: manifest
+                .health
+                .timeout_secs
+                .or(config.defaults.health_timeout_secs)
+                .unwrap_or(30),
+            retries: manifest
+                .health
+                .retries
+                .or(config.defaults.health_retries)
+                .unwrap_or(3),
+        };
+
+        let dockerfile = manifest
+            .dockerfile
+            .clone()
+            .unwrap_or_else(|| "Dockerfile".to_string());
+        if Path::new(&dockerfile).is_absolute() || dockerfile.split('/').any(|c| c == "..") {
+            return Err(Failure::invalid(format!(
+                "dockerfile '{dockerfile}' must be a path inside the service directory"
+            )));
+        }
+
+        let keep_releases = manifest
+            .keep_releases
+            .or(config.defaults.keep_releases)
+            .unwrap_or(5);
+        if keep_releases == 0 {
+            return Err(Failure::invalid("keep_releases must be at least 1"));
+        }
+
+        let droplet_id = req.droplet_id.or(manifest.droplet_id);
+        let register = match (req.auto_register, &config.registry_url, droplet_id) {
+            (Some(false), _, _) => RegisterPlan::Skip {
+                reason: "registration turned off (--no-register)".to_string(),
+            },
+            (_, None, _) => RegisterPlan::Skip {
+                reason: "no registry configured (registry_url / REGISTRY_URL)".to_string(),
+            },
+            (_, Some(_), None) => {
+                return Err(Failure::invalid(
+                    "a registry is configured but the service has no droplet_id: give --droplet-id, \
+                     set `droplet_id` in service.toml, or pass --no-register",
+                ));
+            }
+            (_, Some(url), Some(id)) => RegisterPlan::To {
+                registry_url: url.trim_end_matches('/').to_string(),
+                droplet_id: id,
+            },
+        };
+
+        let spec = RunSpec {
+            // Resolved by the engine's Validation phase for `auto`.
+            runtime: match method {
+                Method::Docker => RuntimeKind::Docker,
+                _ => RuntimeKind::Process,
+            },
+            port,
+            build: req.build.clone().or(manifest.build.clone()),
+            start: req.start.clone().or(manifest.start.clone()),
+            dockerfile,
+            env: env_vars,
+            secret_names,
+            health,
+            network: manifest
+                .docker
+                .network
+                .clone()
+                .or(config.defaults.network.clone()),
+            restart: manifest
+                .docker
+                .restart
+                .clone()
+                .unwrap_or_else(|| "unless-stopped".to_string()),
+            stop_grace_secs: manifest
+                .stop_grace_secs
+                .or(config.defaults.stop_grace_secs)
+                .unwrap_or(10),
+        };
+
+        Ok(Plan {
+            service_name,
+            source,
+            droplet_id,
+            method,
+            spec,
+            secrets,
+            keep_releases,
+            register,
+            address: config
+                .target
+                .address
+                .clone()
+                .unwrap_or_else(|| "127.0.0.1".to_string()),
+        })
+    }
+}
+
+/// Service names become directory names, image names and container names,
+/// so only lowercase letters, digits, `-` and `_` are allowed.
+pub fn validate_name(name: &str) -> Result<(), Failure> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && name.as_bytes()[0].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(Failure::invalid(format!(
+            "invalid service name '{}': use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit",
+            name.escape_default()
+        )))
+    }
+}
+
+fn validate_env_name(key: &str) -> Result<(), Failure> {
+    let valid = !key.is_empty()
+        && !key.as_bytes()[0].is_ascii_digit()
+        && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !valid {
+        return Err(Failure::invalid(format!(
+            "invalid environment variable name '{}'",
+            key.escape_default()
+        )));
+    }
+    if RESERVED_ENV.contains(&key) {
+        return Err(Failure::invalid(format!(
+            "environment variable {key} is set by deployer itself and cannot be overridden"
+        )));
+    }
+    Ok(())
+}
+
+/// Finds each secret's value in deployer's environment, then in the secrets
+/// file. A missing value is an error that names the secret, never a value.
+pub fn resolve_secrets(
+    names: &[String],
+    config: &DeployerConfig,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Vec<(String, Secret)>, Failure> {
+    let mut file_values: Option<BTreeMap<String, String>> = None;
+    let mut out = Vec::new();
+    for name in names {
+        validate_env_name(name)?;
+        let value = match env(name) {
+            Some(v) => Some(v),
+            None => {
+                if file_values.is_none()
+                    && let Some(path) = &config.secrets_file
+                {
+                    file_values = Some(read_secrets_file(path)?);
+                }
+                file_values.as_ref().and_then(|m| m.get(name).cloned())
+            }
+        };
+        match value {
+            Some(v) => out.push((name.clone(), Secret::new(v))),
+            None => {
+                return Err(Failure::invalid(format!(
+                    "secret {name} has no value: set {name} in deployer's environment{}",
+                    match &config.secrets_file {
+                        Some(p) => format!(" or in the secrets file {}", p.display()),
+                        None => " or configure a secrets_file".to_string(),
+                    }
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn read_secrets_file(path: &Path) -> Result<BTreeMap<String, String>, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::invalid(format!("cannot read secrets file {}: {e}", path.display()))
+    })?;
+    let mut map = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((k, v)) = line.split_once('=') else {
+            // Never echo the line: it may hold a value.
+            return Err(Failure::invalid(format!(
+                "{}:{}: expected NAME=value",
+                path.display(),
+                i + 1
+            )));
+        };
+        map.insert(k.trim().to_string(), v.trim().to_string());
+    }
+    Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["hello", "i-proactive", "a_1", "9lives"] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "../etc",
+            "a/b",
+            "Hello",
+            "-x",
+            "a b",
+            ".",
+            "x".repeat(64).as_str(),
+        ] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn reserved_env_is_refused() {
+        assert!(
+            validate_env_name("PORT")
+                .unwrap_err()
+                .message
+                .contains("set by deployer")
+        );
+        assert!(validate_env_name("1A").is_err());
+        assert!(validate_env_name("API_KEY").is_ok());
+    }
+
+    #[test]
+    fn missing_secret_names_the_secret() {
+        let err = resolve_secrets(&["API_KEY".into()], &DeployerConfig::default(), &|_| None)
+            .unwrap_err();
+        assert!(
+            err.message.contains("secret API_KEY has no value"),
+            "{}",
+            err.message
+        );
+    }
+}

@@ -1,0 +1,49 @@
+//! The Registry client: the seed's Registry API, `POST /register` with the
+//! droplet id, the service name and its endpoint.
+
+use crate::model::Registration;
+use serde_json::json;
+use std::time::Duration;
+
+/// Registers a service; returns the registration with the registry's answer.
+pub async fn register(
+    client: &reqwest::Client,
+    registry_url: &str,
+    droplet_id: i64,
+    service_name: &str,
+    endpoint: &str,
+) -> Result<Registration, String> {
+    let url = format!("{registry_url}/register");
+    let resp = client
+        .post(&url)
+        .timeout(Duration::from_secs(10))
+        .json(&json!({
+            "droplet_id": droplet_id,
+            "service_name": service_name,
+            "endpoint": endpoint,
+        }))
+        .send()
+        .await
+        .map_err(|e| format!("registry at {url} unreachable: {}", root_cause(&e)))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        let snippet: String = body.chars().take(200).collect();
+        return Err(format!("registry at {url} answered {status}: {snippet}"));
+    }
+    Ok(Registration {
+        droplet_id,
+        service_name: service_name.to_string(),
+        endpoint: endpoint.to_string(),
+        registered_at: chrono::Utc::now(),
+        registry_response: serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+    })
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}

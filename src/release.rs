@@ -1,0 +1,241 @@
+//! Releases on disk. Each deploy copies the service into its own directory
+//! under `services/NAME/releases/ID`; `services/NAME/current` is a symlink
+//! switched atomically (a new link renamed over the old) only after health
+//! passes, so `current` always names a complete, healthy release.
+//!
+//! ```text
+//! STATE_DIR/services/NAME/
+//!   releases/20261125-131500-1a2b3c4d/   the files of one release
+//!   current -> releases/20261125-…        the release that serves
+//!   logs/RELEASE.log                      process output, per release
+//!   run/RELEASE.pid                       process id, per release
+//!   deploy.lock                           held while a job runs
+//! ```
+
+use crate::model::TransferStats;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// Directory names never copied into a release.
+const ALWAYS_IGNORED: [&str; 3] = [".git", ".deployer", "target"];
+
+/// The paths of one service's state.
+#[derive(Clone, Debug)]
+pub struct ServiceDirs {
+    pub root: PathBuf,
+}
+
+impl ServiceDirs {
+    pub fn new(state_dir: &Path, service: &str) -> Self {
+        ServiceDirs {
+            root: state_dir.join("services").join(service),
+        }
+    }
+
+    pub fn releases(&self) -> PathBuf {
+        self.root.join("releases")
+    }
+
+    pub fn release(&self, id: &str) -> PathBuf {
+        self.releases().join(id)
+    }
+
+    pub fn current_link(&self) -> PathBuf {
+        self.root.join("current")
+    }
+
+    pub fn log_file(&self, id: &str) -> PathBuf {
+        self.root.join("logs").join(format!("{id}.log"))
+    }
+
+    pub fn pid_file(&self, id: &str) -> PathBuf {
+        self.root.join("run").join(format!("{id}.pid"))
+    }
+
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("deploy.lock")
+    }
+
+    /// The release `current` points at, if any.
+    pub fn current(&self) -> Option<String> {
+        let target = std::fs::read_link(self.current_link()).ok()?;
+        let id = target.file_name()?.to_str()?.to_string();
+        self.release(&id).is_dir().then_some(id)
+    }
+
+    /// Points `current` at a release atomically: a new symlink is made beside
+    /// the old one and renamed over it, so readers see the old or the new
+    /// release, never a missing or half-written link.
+    pub fn switch_current(&self, id: &str) -> io::Result<()> {
+        if !self.release(id).is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("release {id} has no directory"),
+            ));
+        }
+        let tmp = self
+            .root
+            .join(format!(".current.{}.tmp", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(Path::new("releases").join(id), &tmp)?;
+        std::fs::rename(&tmp, self.current_link())?;
+        sync_dir(&self.root);
+        Ok(())
+    }
+
+    /// Removes a release's files and its pid file (logs stay).
+    pub fn remove_release(&self, id: &str) -> io::Result<()> {
+        let _ = std::fs::remove_file(self.pid_file(id));
+        match std::fs::remove_dir_all(self.release(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn sync_dir(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        let _ = f.sync_all();
+    }
+}
+
+/// A release id: UTC time to the millisecond plus the first 8 hex digits of
+/// the content hash, so ids sort by time and show what changed.
+pub fn new_release_id(content_hash: &str, dirs: &ServiceDirs) -> String {
+    let now = chrono::Utc::now();
+    let base = format!("{}-{}", now.format("%Y%m%d-%H%M%S%3f"), &content_hash[..8]);
+    let mut id = base.clone();
+    let mut n = 1;
+    while dirs.release(&id).exists() {
+        id = format!("{base}-{n}");
+        n += 1;
+    }
+    id
+}
+
+/// The files of a service directory that belong in a release, sorted.
+fn release_files(src: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        let dir = src.join(&rel);
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if ALWAYS_IGNORED.iter().any(|i| name == *i) {
+                continue;
+            }
+            let rel_path = rel.join(&name);
+            let ft = entry.file_type()?;
+            if ft.is_dir() {
+                stack.push(rel_path);
+            } else if ft.is_file() || ft.is_symlink() {
+                out.push(rel_path);
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// A blake3 hash over every file's path, mode and contents.
+pub fn content_hash(src: &Path) -> io::Result<String> {
+    let mut hasher = blake3::Hasher::new();
+    for rel in release_files(src)? {
+        let path = src.join(&rel);
+        let meta = std::fs::symlink_metadata(&path)?;
+        hasher.update(rel.to_string_lossy().as_bytes());
+        hasher.update(&[0]);
+        hasher.update(&meta.permissions().mode().to_le_bytes());
+        if meta.file_type().is_symlink() {
+            hasher.update(std::fs::read_link(&path)?.to_string_lossy().as_bytes());
+        } else {
+            hasher.update_reader(std::fs::File::open(&path)?)?;
+        }
+        hasher.update(&[0]);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Copies a service directory into a new release directory. The copy goes to
+/// a hidden `.ID.partial` directory first and is renamed into place, so a
+/// release directory is either complete or absent. File modes are kept.
+pub fn copy_release(src: &Path, dirs: &ServiceDirs, id: &str) -> io::Result<TransferStats> {
+    let releases = dirs.releases();
+    std::fs::create_dir_all(&releases)?;
+    let partial = releases.join(format!(".{id}.partial"));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial)?;
+    let result = (|| {
+        let mut stats = TransferStats::default();
+        for rel in release_files(src)? {
+            let from = src.join(&rel);
+            let to = partial.join(&rel);
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let meta = std::fs::symlink_metadata(&from)?;
+            if meta.file_type().is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+            } else {
+                stats.bytes += std::fs::copy(&from, &to)?;
+                std::fs::set_permissions(&to, meta.permissions())?;
+            }
+            stats.files += 1;
+        }
+        std::fs::rename(&partial, dirs.release(id))?;
+        Ok(stats)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&partial);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_keeps_modes_and_switch_is_atomic() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("run.sh"), "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(
+            src.path().join("run.sh"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::fs::create_dir(src.path().join(".git")).unwrap();
+        std::fs::write(src.path().join(".git/HEAD"), "x").unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let dirs = ServiceDirs::new(state.path(), "svc");
+        let hash = content_hash(src.path()).unwrap();
+        let id = new_release_id(&hash, &dirs);
+        let stats = copy_release(src.path(), &dirs, &id).unwrap();
+        assert_eq!(stats.files, 1, ".git is not copied");
+        let mode = std::fs::metadata(dirs.release(&id).join("run.sh"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755);
+        assert_eq!(dirs.current(), None);
+        dirs.switch_current(&id).unwrap();
+        assert_eq!(dirs.current().as_deref(), Some(id.as_str()));
+        assert!(dirs.switch_current("missing").is_err());
+        assert_eq!(dirs.current().as_deref(), Some(id.as_str()));
+    }
+
+    #[test]
+    fn hash_changes_with_content_and_mode() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("a"), "1").unwrap();
+        let h1 = content_hash(src.path()).unwrap();
+        std::fs::set_permissions(src.path().join("a"), std::fs::Permissions::from_mode(0o700))
+            .unwrap();
+        let h2 = content_hash(src.path()).unwrap();
+        std::fs::write(src.path().join("a"), "2").unwrap();
+        let h3 = content_hash(src.path()).unwrap();
+        assert!(h1 != h2 && h2 != h3);
+    }
+}

@@ -1,0 +1,327 @@
+//! The docker runtime. Each release becomes an image `NAME:RELEASE` (also
+//! tagged `NAME:latest`), built on the target from the release directory,
+//! and runs as container `NAME-RELEASE` with the port published, the
+//! environment, an optional network and a restart policy. Images of kept
+//! releases stay, so a rollback runs the old image again.
+//!
+//! The functions named `*_cmd` only build [`Cmd`] values; one transport runs
+//! them. Secret values go to the container through the docker CLI's own
+//! environment (`-e NAME` with no value), never through its arguments.
+
+use super::ReleaseCtx;
+use crate::cmd::{Cmd, CmdOutput, LocalTransport, Transport};
+use crate::health::Liveness;
+use std::time::{Duration, Instant};
+
+const LABEL_SERVICE: &str = "deployer.service";
+const LABEL_RELEASE: &str = "deployer.release";
+const LABEL_PORT: &str = "deployer.port";
+const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
+const CMD_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct DockerRuntime {
+    transport: LocalTransport,
+    /// Liveness is asked between health polls; `docker inspect` costs tens of
+    /// milliseconds, so its answer is reused for a short while.
+    last_inspect: std::sync::Mutex<Option<(Instant, Liveness)>>,
+}
+
+pub fn image(ctx: &ReleaseCtx) -> String {
+    format!("{}:{}", ctx.service, ctx.release)
+}
+
+pub fn container(ctx: &ReleaseCtx) -> String {
+    format!("{}-{}", ctx.service, ctx.release)
+}
+
+pub fn info_cmd() -> Cmd {
+    Cmd::new("docker").args(["info", "--format", "{{.ServerVersion}}"])
+}
+
+pub fn build_cmd(ctx: &ReleaseCtx) -> Cmd {
+    let dir = ctx.dir();
+    Cmd::new("docker")
+        .args(["build", "--quiet", "--tag", &image(ctx)])
+        .args(["--tag", &format!("{}:latest", ctx.service)])
+        .args(["--label", &format!("{LABEL_SERVICE}={}", ctx.service)])
+        .args(["--label", &format!("{LABEL_RELEASE}={}", ctx.release)])
+        .args(["--file", &dir.join(&ctx.spec.dockerfile).to_string_lossy()])
+        .arg(dir.to_string_lossy())
+}
+
+pub fn run_cmd(ctx: &ReleaseCtx) -> Cmd {
+    let port = ctx.spec.port;
+    let mut cmd = Cmd::new("docker")
+        .args(["run", "--detach", "--name", &container(ctx)])
+        .args(["--label", &format!("{LABEL_SERVICE}={}", ctx.service)])
+        .args(["--label", &format!("{LABEL_RELEASE}={}", ctx.release)])
+        .args(["--label", &format!("{LABEL_PORT}={port}")])
+        .args(["--restart", &ctx.spec.restart])
+        // A tiny init as PID 1 forwards SIGTERM, so services that never set
+        // up signal handling still stop at once instead of after the grace.
+        .arg("--init")
+        .args(["--publish", &format!("{port}:{port}")]);
+    for (k, v) in ctx.base_env() {
+        cmd = cmd.args(["--env".to_string(), format!("{k}={v}")]);
+    }
+    for (k, v) in &ctx.secrets {
+        cmd = cmd
+            .args(["--env", k.as_str()])
+            .secret_env(k.clone(), v.clone());
+    }
+    if let Some(net) = &ctx.spec.network {
+        cmd = cmd.args(["--network", net]);
+    }
+    cmd.arg(image(ctx))
+}
+
+pub fn tag_latest_cmd(ctx: &ReleaseCtx) -> Cmd {
+    Cmd::new("docker").args(["tag", &image(ctx), &format!("{}:latest", ctx.service)])
+}
+
+pub fn stop_cmd(ctx: &ReleaseCtx) -> Cmd {
+    Cmd::new("docker").args([
+        "stop",
+        "--time",
+        &ctx.spec.stop_grace_secs.to_string(),
+        &container(ctx),
+    ])
+}
+
+pub fn remove_container_cmd(ctx: &ReleaseCtx) -> Cmd {
+    Cmd::new("docker").args(["rm", "--force", &container(ctx)])
+}
+
+pub fn remove_image_cmd(ctx: &ReleaseCtx) -> Cmd {
+    Cmd::new("docker").args(["rmi", &image(ctx)])
+}
+
+pub fn inspect_cmd(ctx: &ReleaseCtx) -> Cmd {
+    Cmd::new("docker").args([
+        "inspect",
+        "--format",
+        "{{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}",
+        &container(ctx),
+    ])
+}
+
+pub fn logs_cmd(ctx: &ReleaseCtx) -> Cmd {
+    Cmd::new("docker").args(["logs", "--tail", "5", &container(ctx)])
+}
+
+pub fn running_cmd(service: &str) -> Cmd {
+    Cmd::new("docker").args([
+        "ps",
+        "--filter",
+        &format!("label={LABEL_SERVICE}={service}"),
+        "--format",
+        &format!("{{{{.Label \"{LABEL_RELEASE}\"}}}} {{{{.Label \"{LABEL_PORT}\"}}}}"),
+    ])
+}
+
+pub fn network_inspect_cmd(net: &str) -> Cmd {
+    Cmd::new("docker").args(["network", "inspect", "--format", "{{.Name}}", net])
+}
+
+pub fn network_create_cmd(net: &str) -> Cmd {
+    Cmd::new("docker").args(["network", "create", net])
+}
+
+impl DockerRuntime {
+    pub fn new() -> Self {
+        DockerRuntime {
+            transport: LocalTransport,
+            last_inspect: std::sync::Mutex::new(None),
+        }
+    }
+
+    async fn run(&self, cmd: &Cmd, timeout: Duration) -> Result<CmdOutput, String> {
+        self.transport
+            .exec(cmd, timeout)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// Runs a command that must succeed; the error names the command and
+    /// carries the end of its output.
+    async fn run_ok(&self, cmd: &Cmd, timeout: Duration) -> Result<CmdOutput, String> {
+        let out = self.run(cmd, timeout).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(format!("`{}` failed:\n{}", cmd.display(), out.tail(8)))
+        }
+    }
+
+    /// Whether a Docker engine answers, and its version.
+    pub async fn engine_version(&self) -> Result<String, String> {
+        self.run_ok(&info_cmd(), Duration::from_secs(10))
+            .await
+            .map(|o| o.stdout.trim().to_string())
+    }
+
+    pub async fn build(&self, ctx: &ReleaseCtx) -> Result<String, String> {
+        self.run_ok(&build_cmd(ctx), BUILD_TIMEOUT).await?;
+        Ok(format!("Docker image built: {}", image(ctx)))
+    }
+
+    pub async fn remove_image(&self, ctx: &ReleaseCtx) {
+        let _ = self.run(&remove_image_cmd(ctx), CMD_TIMEOUT).await;
+    }
+
+    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, String> {
+        if let Some(net) = &ctx.spec.network
+            && !self
+                .run(&network_inspect_cmd(net), CMD_TIMEOUT)
+                .await?
+                .success()
+        {
+            self.run_ok(&network_create_cmd(net), CMD_TIMEOUT).await?;
+        }
+        // A container left from an earlier run of the same release.
+        let _ = self.run(&remove_container_cmd(ctx), CMD_TIMEOUT).await;
+        *self.last_inspect.lock().unwrap() = None;
+        self.run_ok(&run_cmd(ctx), CMD_TIMEOUT).await?;
+        self.run_ok(&tag_latest_cmd(ctx), CMD_TIMEOUT).await?;
+        Ok(format!("Docker container {} started", container(ctx)))
+    }
+
+    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), String> {
+        let grace = Duration::from_secs(ctx.spec.stop_grace_secs) + CMD_TIMEOUT;
+        let _ = self.run(&stop_cmd(ctx), grace).await;
+        let out = self.run(&remove_container_cmd(ctx), CMD_TIMEOUT).await?;
+        if out.success() || out.stderr.contains("No such container") {
+            Ok(())
+        } else {
+            Err(format!(
+                "removing container {}: {}",
+                container(ctx),
+                out.tail(3)
+            ))
+        }
+    }
+
+    pub async fn liveness(&self, ctx: &ReleaseCtx) -> Liveness {
+        if let Some((at, l)) = self.last_inspect.lock().unwrap().clone()
+            && at.elapsed() < Duration::from_millis(250)
+        {
+            return l;
+        }
+        let l = self.inspect(ctx).await;
+        *self.last_inspect.lock().unwrap() = Some((Instant::now(), l.clone()));
+        l
+    }
+
+    async fn inspect(&self, ctx: &ReleaseCtx) -> Liveness {
+        let out = match self.run(&inspect_cmd(ctx), CMD_TIMEOUT).await {
+            Ok(o) if o.success() => o,
+            Ok(o) => {
+                return Liveness::Exited {
+                    how: format!("container is gone ({})", o.tail(1)),
+                    log_tail: String::new(),
+                };
+            }
+            Err(_) => return Liveness::Alive,
+        };
+        let mut parts = out.stdout.split_whitespace();
+        let status = parts.next().unwrap_or("");
+        let code = parts.next().unwrap_or("?");
+        let restarts: u32 = parts.next().and_then(|r| r.parse().ok()).unwrap_or(0);
+        if status == "running" && restarts == 0 {
+            return Liveness::Alive;
+        }
+        let logs = self
+            .run(&logs_cmd(ctx), CMD_TIMEOUT)
+            .await
+            .map(|o| crate::cmd::tail_lines(&format!("{}{}", o.stdout, o.stderr), 5))
+            .unwrap_or_default();
+        Liveness::Exited {
+            how: format!("container exited with code {code} ({status}, {restarts} restarts)"),
+            log_tail: logs,
+        }
+    }
+
+    pub async fn running(&self, service: &str) -> Vec<(String, u16)> {
+        let Ok(out) = self.run(&running_cmd(service), CMD_TIMEOUT).await else {
+            return Vec::new();
+        };
+        out.stdout
+            .lines()
+            .filter_map(|l| {
+                let (rel, port) = l.split_once(' ')?;
+                Some((rel.to_string(), port.trim().parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+impl Default for DockerRuntime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{HealthSpec, RunSpec, RuntimeKind};
+    use crate::release::ServiceDirs;
+    use crate::secret::Secret;
+
+    fn ctx() -> ReleaseCtx {
+        ReleaseCtx {
+            service: "hello".into(),
+            release: "20261125-120000000-abcdef12".into(),
+            dirs: ServiceDirs::new(std::path::Path::new("/srv/deployer"), "hello"),
+            spec: RunSpec {
+                runtime: RuntimeKind::Docker,
+                port: 8090,
+                build: None,
+                start: None,
+                dockerfile: "Dockerfile".into(),
+                env: [("GREETING".to_string(), "hi there".to_string())].into(),
+                secret_names: vec!["API_KEY".into()],
+                health: HealthSpec {
+                    path: "/health".into(),
+                    timeout_secs: 30,
+                    retries: 3,
+                },
+                network: Some("fpai-network".into()),
+                restart: "unless-stopped".into(),
+                stop_grace_secs: 10,
+            },
+            secrets: vec![("API_KEY".into(), Secret::new("sk-very-secret"))],
+        }
+    }
+
+    #[test]
+    fn run_command_is_exact_and_keeps_secrets_out_of_argv() {
+        let cmd = run_cmd(&ctx());
+        assert_eq!(
+            cmd.display(),
+            "docker run --detach --name hello-20261125-120000000-abcdef12 \
+             --label deployer.service=hello --label deployer.release=20261125-120000000-abcdef12 \
+             --label deployer.port=8090 --restart unless-stopped --init --publish 8090:8090 \
+             --env PORT=8090 --env SERVICE_NAME=hello --env RELEASE=20261125-120000000-abcdef12 \
+             --env 'GREETING=hi there' --env API_KEY --network fpai-network \
+             hello:20261125-120000000-abcdef12"
+        );
+        assert!(!format!("{:?}", cmd.args).contains("sk-very-secret"));
+        assert_eq!(
+            cmd.env.len(),
+            1,
+            "the secret travels in the CLI's environment"
+        );
+    }
+
+    #[test]
+    fn build_command_tags_release_and_latest() {
+        assert_eq!(
+            build_cmd(&ctx()).display(),
+            "docker build --quiet --tag hello:20261125-120000000-abcdef12 --tag hello:latest \
+             --label deployer.service=hello --label deployer.release=20261125-120000000-abcdef12 \
+             --file /srv/deployer/services/hello/releases/20261125-120000000-abcdef12/Dockerfile \
+             /srv/deployer/services/hello/releases/20261125-120000000-abcdef12"
+        );
+    }
+}

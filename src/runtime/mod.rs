@@ -1,0 +1,101 @@
+//! Runtimes run a release: build it, start it, tell whether it is alive, and
+//! stop it. `process` runs it as a detached process on this machine; `docker`
+//! builds an image on the target and runs a container, through commands
+//! built as data (see `docker.rs`).
+
+pub mod docker;
+pub mod process;
+
+use crate::health::Liveness;
+use crate::plan::{RunSpec, RuntimeKind};
+use crate::release::ServiceDirs;
+use crate::secret::Secret;
+use std::path::PathBuf;
+
+/// Everything a runtime needs to act on one release.
+#[derive(Clone, Debug)]
+pub struct ReleaseCtx {
+    pub service: String,
+    pub release: String,
+    pub dirs: ServiceDirs,
+    pub spec: RunSpec,
+    pub secrets: Vec<(String, Secret)>,
+}
+
+impl ReleaseCtx {
+    pub fn dir(&self) -> PathBuf {
+        self.dirs.release(&self.release)
+    }
+
+    /// The environment every service gets: deployer's own variables, then the
+    /// configured ones. Secrets are added separately by each runtime.
+    pub fn base_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("PORT".to_string(), self.spec.port.to_string()),
+            ("SERVICE_NAME".to_string(), self.service.clone()),
+            ("RELEASE".to_string(), self.release.clone()),
+        ];
+        env.extend(self.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+}
+
+/// A runtime, chosen per release.
+pub enum Runtime {
+    Process(process::ProcessRuntime),
+    Docker(docker::DockerRuntime),
+}
+
+impl Runtime {
+    pub fn kind(&self) -> RuntimeKind {
+        match self {
+            Runtime::Process(_) => RuntimeKind::Process,
+            Runtime::Docker(_) => RuntimeKind::Docker,
+        }
+    }
+
+    /// Builds what the release needs beyond its files (an image, for docker).
+    /// Returns the details line for the Build phase.
+    pub async fn build(&self, ctx: &ReleaseCtx) -> Result<Option<String>, String> {
+        match self {
+            Runtime::Process(_) => Ok(None),
+            Runtime::Docker(d) => d.build(ctx).await.map(Some),
+        }
+    }
+
+    /// Undoes `build`: removes the release's image.
+    pub async fn remove_build(&self, ctx: &ReleaseCtx) {
+        if let Runtime::Docker(d) = self {
+            d.remove_image(ctx).await;
+        }
+    }
+
+    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, String> {
+        match self {
+            Runtime::Process(p) => p.start(ctx).await,
+            Runtime::Docker(d) => d.start(ctx).await,
+        }
+    }
+
+    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), String> {
+        match self {
+            Runtime::Process(p) => p.stop(ctx).await,
+            Runtime::Docker(d) => d.stop(ctx).await,
+        }
+    }
+
+    pub async fn liveness(&self, ctx: &ReleaseCtx) -> Liveness {
+        match self {
+            Runtime::Process(p) => p.liveness(ctx).await,
+            Runtime::Docker(d) => d.liveness(ctx).await,
+        }
+    }
+
+    /// Releases of a service that are running now, with their ports.
+    pub async fn running(&self, dirs: &ServiceDirs, service: &str) -> Vec<(String, u16)> {
+        match self {
+            Runtime::Process(p) => p.running(dirs),
+            Runtime::Docker(d) => d.running(service).await,
+        }
+    }
+}

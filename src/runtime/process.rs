@@ -1,0 +1,232 @@
+//! The process runtime, the embedded default: a release runs as a process on
+//! this machine, detached from deployer (its own session, so it outlives the
+//! deployer that started it), with a pid file and a log file per release.
+//! Stopping is graceful: SIGTERM to its process group, then SIGKILL after the
+//! grace period. The pid file records the process start time too, so a pid
+//! reused by another program is never signalled.
+
+use super::ReleaseCtx;
+use crate::cmd::tail_lines;
+use crate::health::Liveness;
+use crate::release::ServiceDirs;
+use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Variables passed through from deployer's environment; everything else is
+/// left out so deployer's own secrets never leak into a service.
+const PASSED_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+
+#[derive(Default)]
+pub struct ProcessRuntime {
+    /// Children started by this deployer process, so their exit is seen at
+    /// once and they are reaped.
+    children: Mutex<HashMap<String, Child>>,
+}
+
+/// What a pid file holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct PidRecord {
+    pid: i32,
+    start_time: u64,
+}
+
+impl ProcessRuntime {
+    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, String> {
+        let start = ctx.spec.start.as_deref().ok_or("no start command")?;
+        let log_path = ctx.dirs.log_file(&ctx.release);
+        let pid_path = ctx.dirs.pid_file(&ctx.release);
+        for p in [&log_path, &pid_path] {
+            if let Some(dir) = p.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            }
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|e| format!("opening log {}: {e}", log_path.display()))?;
+        let log_err = log.try_clone().map_err(|e| format!("log file: {e}"))?;
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("exec {start}"))
+            .current_dir(ctx.dir())
+            .env_clear()
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err);
+        for key in PASSED_ENV {
+            if let Ok(v) = std::env::var(key) {
+                cmd.env(key, v);
+            }
+        }
+        cmd.envs(ctx.base_env());
+        for (k, v) in &ctx.secrets {
+            cmd.env(k, v.expose());
+        }
+        // SAFETY: setsid is async-signal-safe; it detaches the child into its
+        // own session and process group, so it survives deployer and its
+        // terminal, and a stop can signal the whole group.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::setsid() == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("starting `{start}` in {}: {e}", ctx.dir().display()))?;
+        let pid = child.id() as i32;
+        let record = PidRecord {
+            pid,
+            start_time: proc_start_time(pid).unwrap_or(0),
+        };
+        std::fs::write(&pid_path, format!("{} {}\n", record.pid, record.start_time))
+            .map_err(|e| format!("writing {}: {e}", pid_path.display()))?;
+        self.children
+            .lock()
+            .unwrap()
+            .insert(ctx.release.clone(), child);
+        Ok(format!(
+            "process started (pid {pid}), log {}",
+            log_path.display()
+        ))
+    }
+
+    pub async fn liveness(&self, ctx: &ReleaseCtx) -> Liveness {
+        let exited = {
+            let mut children = self.children.lock().unwrap();
+            match children.get_mut(&ctx.release).map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => Some(match status.code() {
+                    Some(code) => format!("exited with code {code}"),
+                    None => "was killed by a signal".to_string(),
+                }),
+                Some(_) => None,
+                None => {
+                    (!self.is_alive(&ctx.dirs, &ctx.release)).then(|| "is not running".to_string())
+                }
+            }
+        };
+        match exited {
+            None => Liveness::Alive,
+            Some(how) => {
+                let log =
+                    std::fs::read_to_string(ctx.dirs.log_file(&ctx.release)).unwrap_or_default();
+                Liveness::Exited {
+                    how,
+                    log_tail: tail_lines(&log, 5),
+                }
+            }
+        }
+    }
+
+    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), String> {
+        let pid_path = ctx.dirs.pid_file(&ctx.release);
+        let child = self.children.lock().unwrap().remove(&ctx.release);
+        let Some(record) = read_pid_file(&pid_path) else {
+            return Ok(());
+        };
+        if is_running(record) {
+            let grace = Duration::from_secs(ctx.spec.stop_grace_secs);
+            signal_group(record.pid, libc::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while is_running(record) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if is_running(record) {
+                signal_group(record.pid, libc::SIGKILL);
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while is_running(record) && Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+            if is_running(record) {
+                return Err(format!("process {} did not stop after SIGKILL", record.pid));
+            }
+        }
+        if let Some(mut c) = child {
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&pid_path);
+        Ok(())
+    }
+
+    fn is_alive(&self, dirs: &ServiceDirs, release: &str) -> bool {
+        read_pid_file(&dirs.pid_file(release)).is_some_and(is_running)
+    }
+
+    /// Releases with a live process, and the port each was started with.
+    pub fn running(&self, dirs: &ServiceDirs) -> Vec<(String, u16)> {
+        let Ok(entries) = std::fs::read_dir(dirs.root.join("run")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().to_str()?.strip_suffix(".pid")?.to_string();
+                let record = read_pid_file(&e.path())?;
+                if !is_running(record) {
+                    return None;
+                }
+                let port = proc_env(record.pid, "PORT")?.parse().ok()?;
+                Some((name, port))
+            })
+            .collect()
+    }
+}
+
+fn read_pid_file(path: &std::path::Path) -> Option<PidRecord> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let mut parts = text.split_whitespace();
+    Some(PidRecord {
+        pid: parts.next()?.parse().ok()?,
+        start_time: parts.next()?.parse().ok()?,
+    })
+}
+
+/// Fields of /proc/PID/stat after the command name: state is the first,
+/// start time the 20th.
+fn proc_stat_fields(pid: i32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    Some(after.split_whitespace().map(str::to_string).collect())
+}
+
+fn proc_start_time(pid: i32) -> Option<u64> {
+    proc_stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Alive, not a zombie, and the same process the pid file was written for.
+fn is_running(record: PidRecord) -> bool {
+    match proc_stat_fields(record.pid) {
+        Some(fields) => {
+            fields.first().is_some_and(|s| s != "Z" && s != "X")
+                && (record.start_time == 0
+                    || fields.get(19).and_then(|t| t.parse().ok()) == Some(record.start_time))
+        }
+        None => false,
+    }
+}
+
+fn proc_env(pid: i32, key: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    env.split(|b| *b == 0).find_map(|kv| {
+        let kv = std::str::from_utf8(kv).ok()?;
+        kv.strip_prefix(key)?.strip_prefix('=').map(str::to_string)
+    })
+}
+
+fn signal_group(pid: i32, sig: i32) {
+    // SAFETY: kill(2) with a negative pid signals the process group that
+    // setsid() made at start; it has no memory-safety preconditions.
+    unsafe {
+        if libc::kill(-pid, sig) != 0 {
+            libc::kill(pid, sig);
+        }
+    }
+}

@@ -1,0 +1,414 @@
+//! The store: jobs with their phases, releases and the audit log, in one
+//! SQLite file under the state directory. Jobs are written as they change, so
+//! what a crash leaves behind says how far a job got. SQL is kept portable
+//! (`$1` placeholders) for a PostgreSQL store later.
+
+use crate::model::{AuditEntry, Job, JobStatus, Phase, PhaseView, Release, ReleaseStatus};
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A store operation that failed, with what it was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("state database: {doing}: {source}")]
+pub struct StoreError {
+    doing: String,
+    source: sqlx::Error,
+}
+
+fn ctx(doing: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
+    let doing = doing.into();
+    move |source| StoreError { doing, source }
+}
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS jobs (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        service_name TEXT NOT NULL,
+        service_path TEXT NOT NULL,
+        status TEXT NOT NULL,
+        droplet_id INTEGER,
+        service_port INTEGER NOT NULL,
+        service_url TEXT,
+        method TEXT NOT NULL,
+        release_id TEXT,
+        previous_release TEXT,
+        registration TEXT,
+        rollback TEXT,
+        transfer TEXT,
+        started_at TEXT NOT NULL,
+        completed_at TEXT,
+        success INTEGER NOT NULL,
+        error TEXT,
+        failure TEXT,
+        actor TEXT NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS jobs_service ON jobs (service_name, started_at)",
+    "CREATE TABLE IF NOT EXISTS phases (
+        job_id TEXT NOT NULL REFERENCES jobs (id),
+        idx INTEGER NOT NULL,
+        phase TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at TEXT,
+        completed_at TEXT,
+        duration_ms INTEGER,
+        details TEXT NOT NULL,
+        error TEXT,
+        PRIMARY KEY (job_id, idx)
+    )",
+    "CREATE TABLE IF NOT EXISTS releases (
+        service_name TEXT NOT NULL,
+        id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        job_id TEXT NOT NULL,
+        content_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        spec TEXT NOT NULL,
+        PRIMARY KEY (service_name, id)
+    )",
+    "CREATE TABLE IF NOT EXISTS audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        at TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        service_name TEXT NOT NULL,
+        job_id TEXT,
+        outcome TEXT NOT NULL,
+        duration_ms INTEGER,
+        details TEXT NOT NULL
+    )",
+];
+
+/// The SQLite store.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn ts(t: &DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn parse_ts(s: &str) -> DateTime<Utc> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_default()
+}
+
+fn json<T: serde::Serialize>(v: &Option<T>) -> Option<String> {
+    v.as_ref().and_then(|v| serde_json::to_string(v).ok())
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: Option<String>) -> Option<T> {
+    s.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+impl Store {
+    /// Opens (creating if needed) `STATE_DIR/deployer.db`.
+    pub async fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(state_dir).map_err(|e| StoreError {
+            doing: format!("creating state directory {}", state_dir.display()),
+            source: sqlx::Error::Io(e),
+        })?;
+        let path = state_dir.join("deployer.db");
+        let options = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))
+            .map_err(ctx("parsing path"))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .map_err(ctx(format!("opening {}", path.display())))?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt)
+                .execute(&pool)
+                .await
+                .map_err(ctx("creating schema"))?;
+        }
+        Ok(Store { pool })
+    }
+
+    /// Writes a job and all its phases (insert or replace), in one transaction.
+    pub async fn save_job(&self, job: &Job) -> Result<(), StoreError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(ctx("beginning transaction"))?;
+        sqlx::query(
+            "INSERT INTO jobs (id, kind, service_name, service_path, status, droplet_id, service_port,
+                service_url, method, release_id, previous_release, registration, rollback, transfer,
+                started_at, completed_at, success, error, failure, actor)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+             ON CONFLICT (id) DO UPDATE SET status = excluded.status, service_url = excluded.service_url,
+                method = excluded.method, release_id = excluded.release_id,
+                previous_release = excluded.previous_release, registration = excluded.registration,
+                rollback = excluded.rollback, transfer = excluded.transfer,
+                completed_at = excluded.completed_at, success = excluded.success,
+                error = excluded.error, failure = excluded.failure",
+        )
+        .bind(&job.deploy_job_id)
+        .bind(serde_json::to_value(job.kind).ok().and_then(|v| v.as_str().map(str::to_string)))
+        .bind(&job.service_name)
+        .bind(&job.service_path)
+        .bind(job.status.as_str())
+        .bind(job.droplet_id)
+        .bind(job.service_port as i64)
+        .bind(&job.service_url)
+        .bind(&job.deployment_method)
+        .bind(&job.release)
+        .bind(&job.previous_release)
+        .bind(json(&job.registration))
+        .bind(json(&job.rollback))
+        .bind(json(&job.transfer))
+        .bind(ts(&job.started_at))
+        .bind(job.completed_at.as_ref().map(ts))
+        .bind(job.success)
+        .bind(&job.error)
+        .bind(&job.failure)
+        .bind(&job.actor)
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx(format!("saving job {}", job.deploy_job_id)))?;
+        for (idx, p) in job.phases.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO phases (job_id, idx, phase, status, started_at, completed_at, duration_ms, details, error)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                 ON CONFLICT (job_id, idx) DO UPDATE SET status = excluded.status,
+                    started_at = excluded.started_at, completed_at = excluded.completed_at,
+                    duration_ms = excluded.duration_ms, details = excluded.details, error = excluded.error",
+            )
+            .bind(&job.deploy_job_id)
+            .bind(idx as i64)
+            .bind(p.phase.as_str())
+            .bind(&p.status)
+            .bind(p.started_at.as_ref().map(ts))
+            .bind(p.completed_at.as_ref().map(ts))
+            .bind(p.duration_ms)
+            .bind(&p.details)
+            .bind(&p.error)
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx(format!("saving phases of job {}", job.deploy_job_id)))?;
+        }
+        tx.commit().await.map_err(ctx("committing job"))?;
+        Ok(())
+    }
+
+    pub async fn job(&self, id: &str) -> Result<Option<Job>, StoreError> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx(format!("reading job {id}")))?;
+        match row {
+            Some(row) => Ok(Some(self.job_from_row(row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A service's jobs, newest first.
+    pub async fn history(&self, service: &str, limit: i64) -> Result<Vec<Job>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM jobs WHERE service_name = $1 ORDER BY started_at DESC, rowid DESC LIMIT $2",
+        )
+        .bind(service)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx(format!("reading history of {service}")))?;
+        let mut jobs = Vec::with_capacity(rows.len());
+        for row in rows {
+            jobs.push(self.job_from_row(row).await?);
+        }
+        Ok(jobs)
+    }
+
+    async fn job_from_row(&self, row: sqlx::sqlite::SqliteRow) -> Result<Job, StoreError> {
+        let id: String = row.get("id");
+        let phase_rows = sqlx::query("SELECT * FROM phases WHERE job_id = $1 ORDER BY idx")
+            .bind(&id)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ctx(format!("reading phases of job {id}")))?;
+        let phases = phase_rows
+            .into_iter()
+            .filter_map(|r| {
+                let name = crate::model::PhaseName::parse(r.get::<String, _>("phase").as_str())?;
+                let duration_ms: Option<i64> = r.get("duration_ms");
+                Some(PhaseView {
+                    phase: name,
+                    status: r.get("status"),
+                    started_at: r
+                        .get::<Option<String>, _>("started_at")
+                        .as_deref()
+                        .map(parse_ts),
+                    completed_at: r
+                        .get::<Option<String>, _>("completed_at")
+                        .as_deref()
+                        .map(parse_ts),
+                    duration_seconds: duration_ms.map(|ms| ms as f64 / 1000.0),
+                    duration_ms,
+                    details: r.get("details"),
+                    error: r.get("error"),
+                })
+            })
+            .collect();
+        let started_at = parse_ts(&row.get::<String, _>("started_at"));
+        let completed_at = row
+            .get::<Option<String>, _>("completed_at")
+            .as_deref()
+            .map(parse_ts);
+        Ok(Job {
+            deploy_job_id: id,
+            kind: serde_json::from_value(serde_json::Value::String(row.get("kind")))
+                .unwrap_or(crate::model::JobKind::Deploy),
+            service_name: row.get("service_name"),
+            service_path: row.get("service_path"),
+            status: JobStatus::parse(&row.get::<String, _>("status")),
+            droplet_id: row.get("droplet_id"),
+            service_port: row.get::<i64, _>("service_port") as u16,
+            service_url: row.get("service_url"),
+            deployment_method: row.get("method"),
+            release: row.get("release_id"),
+            previous_release: row.get("previous_release"),
+            phases,
+            registration: from_json(row.get("registration")),
+            rollback: from_json(row.get("rollback")),
+            transfer: from_json(row.get("transfer")),
+            started_at,
+            completed_at,
+            duration_seconds: completed_at
+                .map(|c| (c - started_at).num_milliseconds() as f64 / 1000.0),
+            success: row.get("success"),
+            error: row.get("error"),
+            failure: row.get("failure"),
+            actor: row.get("actor"),
+        })
+    }
+
+    pub async fn save_release(&self, r: &Release) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO releases (service_name, id, status, job_id, content_hash, created_at, spec)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (service_name, id) DO UPDATE SET status = excluded.status",
+        )
+        .bind(&r.service_name)
+        .bind(&r.id)
+        .bind(r.status.as_str())
+        .bind(&r.job_id)
+        .bind(&r.content_hash)
+        .bind(ts(&r.created_at))
+        .bind(serde_json::to_string(&r.spec).unwrap_or_default())
+        .execute(&self.pool)
+        .await
+        .map_err(ctx(format!("saving release {}", r.id)))?;
+        Ok(())
+    }
+
+    pub async fn set_release_status(
+        &self,
+        service: &str,
+        id: &str,
+        status: ReleaseStatus,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE releases SET status = $1 WHERE service_name = $2 AND id = $3")
+            .bind(status.as_str())
+            .bind(service)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx(format!("updating release {id}")))?;
+        Ok(())
+    }
+
+    /// A service's releases, newest first.
+    pub async fn releases(&self, service: &str) -> Result<Vec<Release>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM releases WHERE service_name = $1 ORDER BY created_at DESC, id DESC",
+        )
+        .bind(service)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx(format!("reading releases of {service}")))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                Some(Release {
+                    service_name: r.get("service_name"),
+                    id: r.get("id"),
+                    status: ReleaseStatus::parse(&r.get::<String, _>("status")),
+                    job_id: r.get("job_id"),
+                    content_hash: r.get("content_hash"),
+                    created_at: parse_ts(&r.get::<String, _>("created_at")),
+                    spec: serde_json::from_str(&r.get::<String, _>("spec")).ok()?,
+                })
+            })
+            .collect())
+    }
+
+    pub async fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit (at, actor, action, service_name, job_id, outcome, duration_ms, details)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(ts(&e.at))
+        .bind(&e.actor)
+        .bind(&e.action)
+        .bind(&e.service_name)
+        .bind(&e.job_id)
+        .bind(&e.outcome)
+        .bind(e.duration_ms)
+        .bind(&e.details)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx("writing audit line"))?;
+        Ok(())
+    }
+
+    /// Audit lines, oldest first, optionally for one service.
+    pub async fn audit_log(
+        &self,
+        service: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT * FROM audit WHERE ($1 IS NULL OR service_name = $1)
+               ORDER BY id DESC LIMIT $2) ORDER BY id",
+        )
+        .bind(service)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx("reading audit log"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| AuditEntry {
+                at: parse_ts(&r.get::<String, _>("at")),
+                actor: r.get("actor"),
+                action: r.get("action"),
+                service_name: r.get("service_name"),
+                job_id: r.get("job_id"),
+                outcome: r.get("outcome"),
+                duration_ms: r.get("duration_ms"),
+                details: r.get("details"),
+            })
+            .collect())
+    }
+
+    pub async fn close(self) {
+        self.pool.close().await;
+    }
+}
+
+/// Rebuilds phases from a stored job (for rendering).
+pub fn phases_of(job: &Job) -> Vec<Phase> {
+    job.phases.iter().map(Phase::from_view).collect()
+}
