@@ -1,0 +1,390 @@
+//! Shared test setup: a sandbox with its own state directory, copies of the
+//! example services, free ports, an HTTP GET with a deadline, and clean-up of
+//! every process and container a test started. Tests drive the real
+//! `deployer` binary against real processes and a real Docker engine.
+#![allow(dead_code)]
+
+use assert_cmd::cargo::CommandCargoExt;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+pub const SECRET_ENV: &str = "DEPLOYER_TEST_API_KEY";
+
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    /// Services deployed in this sandbox, for clean-up.
+    pub names: std::cell::RefCell<Vec<String>>,
+}
+
+/// The result of one deployer run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+    }
+
+    #[track_caller]
+    pub fn assert_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            dir: tempfile::tempdir().expect("tempdir"),
+            names: Default::default(),
+        }
+    }
+
+    /// A service name unique to this sandbox, so tests running at once never
+    /// see (or clean up) each other's services.
+    pub fn name(&self, base: &str) -> String {
+        let tag: String = self
+            .dir
+            .path()
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        format!("{base}-{tag}")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// A `deployer` command with this sandbox's state directory and none of
+    /// the seeds' environment variables leaking in from the caller.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("deployer").expect("deployer binary");
+        c.current_dir(self.dir.path()).arg("--state-dir").arg(self.state_dir());
+        for k in [
+            "DEPLOYER_CONFIG",
+            "DEPLOYER_STATE_DIR",
+            "REGISTRY_URL",
+            "SERVER_HOST",
+            "SERVER_USER",
+            "SSH_KEY_PATH",
+            "DEPLOYMENT_METHOD",
+            "DEFAULT_NETWORK",
+            "SERVICE_PORT",
+        ] {
+            c.env_remove(k);
+        }
+        c.env("NO_COLOR", "1");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.cmd().args(args).output().expect("run deployer"))
+    }
+
+    pub fn run_with(&self, args: &[&str], f: impl FnOnce(&mut Command)) -> Run {
+        let mut c = self.cmd();
+        c.args(args);
+        f(&mut c);
+        Run::from(c.output().expect("run deployer"))
+    }
+
+    /// Copies an example service (`hello`, `broken/never-healthy`, ...) into
+    /// the sandbox, with `version` written to VERSION.
+    pub fn service(&self, example: &str, version: &str) -> PathBuf {
+        let dest = self.dir.path().join("src").join(format!("{}-{version}", example.replace('/', "-")));
+        copy_dir(&repo().join("examples").join(example), &dest);
+        std::fs::write(dest.join("VERSION"), format!("{version}\n")).unwrap();
+        dest
+    }
+
+    /// Deploys a directory as service `name` on `port` with `method`; extra
+    /// flags follow. Adds `--json` so the job can be read back.
+    pub fn deploy(&self, path: &Path, name: &str, port: u16, method: &str, extra: &[&str]) -> Run {
+        self.track(name);
+        let port = port.to_string();
+        let mut args = vec![
+            "--json",
+            "deploy",
+            path.to_str().unwrap(),
+            "--name",
+            name,
+            "--port",
+            &port,
+            "--method",
+            method,
+        ];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    pub fn track(&self, name: &str) {
+        if !self.names.borrow().iter().any(|n| n == name) {
+            self.names.borrow_mut().push(name.to_string());
+        }
+    }
+
+    /// Every file under the state directory, with its size and mtime, to
+    /// show that a refused command changed nothing.
+    pub fn snapshot(&self) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+        let mut out = Vec::new();
+        walk(&self.state_dir(), &mut |p| {
+            let m = std::fs::symlink_metadata(p).unwrap();
+            out.push((p.to_path_buf(), m.len(), m.modified().ok()));
+        });
+        out.sort();
+        out
+    }
+
+    pub fn current(&self, name: &str) -> Option<String> {
+        let link = self.state_dir().join("services").join(name).join("current");
+        let target = std::fs::read_link(&link).ok()?;
+        let id = target.file_name()?.to_str()?.to_string();
+        assert!(
+            self.state_dir().join("services").join(name).join("releases").join(&id).is_dir(),
+            "current points at a missing release {id}"
+        );
+        Some(id)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        for name in self.names.borrow().iter() {
+            for pid in service_pids(name) {
+                // SAFETY: signalling a pid we found by its SERVICE_NAME.
+                unsafe {
+                    libc::kill(-pid, libc::SIGKILL);
+                    libc::kill(pid, libc::SIGKILL);
+                }
+            }
+            if docker_available() {
+                let ids = docker(&["ps", "-aq", "--filter", &format!("label=deployer.service={name}")]);
+                let ids: Vec<&str> = ids.split_whitespace().collect();
+                if !ids.is_empty() {
+                    let mut args = vec!["rm", "-f"];
+                    args.extend(ids);
+                    docker(&args);
+                }
+                let imgs = docker(&["images", "-q", "--filter", &format!("label=deployer.service={name}")]);
+                let imgs: Vec<&str> = imgs.split_whitespace().collect();
+                if !imgs.is_empty() {
+                    let mut args = vec!["rmi", "-f"];
+                    args.extend(imgs);
+                    docker(&args);
+                }
+            }
+        }
+    }
+}
+
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let p = e.path();
+        f(&p);
+        if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            walk(&p, f);
+        }
+    }
+}
+
+/// Every file below a directory (for searching it).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    walk(dir, &mut |p| {
+        if p.is_file() {
+            out.push(p.to_path_buf());
+        }
+    });
+    out
+}
+
+pub fn copy_dir(src: &Path, dest: &Path) {
+    std::fs::create_dir_all(dest).unwrap();
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        let to = dest.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else if e.file_name() != "hello" {
+            // (a binary left from a manual build is not part of the example)
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// A port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET http://127.0.0.1:PORT/PATH: status code and body, or None when
+/// nothing answers.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).ok()?;
+    let status = buf.split_whitespace().nth(1)?.parse().ok()?;
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}
+
+/// What the service on `port` says its version is (trimmed), or None.
+pub fn version_on(port: u16) -> Option<String> {
+    http_get(port, "/version").map(|(_, b)| b.trim().to_string())
+}
+
+/// Polls until `f` gives Some, or panics after `secs`.
+#[track_caller]
+pub fn eventually<T>(secs: u64, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Pids of live processes whose environment has SERVICE_NAME=name.
+pub fn service_pids(name: &str) -> Vec<i32> {
+    let needle = format!("SERVICE_NAME={name}");
+    let mut pids = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let zombie = state.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+        if !zombie && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker CLI");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn docker_available() -> bool {
+    Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Whether docker tests can run. CI sets DEPLOYER_REQUIRE_DOCKER=1 so a
+/// missing engine fails the run instead of skipping.
+pub fn require_docker() -> bool {
+    if docker_available() {
+        return true;
+    }
+    if std::env::var("DEPLOYER_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
+        panic!("DEPLOYER_REQUIRE_DOCKER=1 but no Docker engine answers");
+    }
+    eprintln!("SKIPPED: no Docker engine answers (set DEPLOYER_REQUIRE_DOCKER=1 to fail instead)");
+    false
+}
+
+/// Running containers of a service.
+pub fn containers_of(name: &str) -> Vec<String> {
+    docker(&["ps", "-q", "--filter", &format!("label=deployer.service={name}")])
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The phase named `name` in a job's JSON.
+pub fn phase<'a>(job: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    job["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["phase"] == name)
+        .unwrap_or_else(|| panic!("no phase {name} in {job:#}"))
+}
+
+/// A tiny real HTTP server on loopback that records request bodies and
+/// answers every request with `status` and a JSON body.
+pub struct FakeRegistry {
+    pub port: u16,
+    pub bodies: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+impl FakeRegistry {
+    pub fn start(status: u16) -> FakeRegistry {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let b = bodies.clone();
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().flatten() {
+                let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+                let mut line = String::new();
+                use std::io::BufRead;
+                reader.read_line(&mut line).unwrap_or(0);
+                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut len = 0usize;
+                loop {
+                    let mut h = String::new();
+                    if reader.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                        len = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; len];
+                reader.read_exact(&mut body).unwrap_or(());
+                b.lock().unwrap().push((path, String::from_utf8_lossy(&body).into_owned()));
+                let answer = r#"{"status":"registered"}"#;
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        FakeRegistry { port, bodies }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
