@@ -130,9 +130,24 @@ impl Engine {
         let started = Utc::now();
         sink.event(&Event::PhaseStarted(PhaseName::Validation));
         let checked = self.validate(&mut plan).await;
-        let validation = finish_phase(validation, started, checked.clone(), &redactor);
+        let mut validation = finish_phase(validation, started, checked.clone(), &redactor);
         sink.event(&Event::PhaseFinished(&validation.view()));
         checked.map_err(|e| Failure::invalid(redactor.redact(&e)))?;
+        let job_id = new_job_id();
+        let lock = self.lock(&plan.service_name, &job_id).await?;
+        if lock.waited {
+            // Another deploy ran meanwhile: what was checked may have changed.
+            let started = Utc::now();
+            let checked = self.validate(&mut plan).await;
+            validation = finish_phase(
+                Phase::pending(PhaseName::Validation),
+                started,
+                checked.clone(),
+                &redactor,
+            );
+            sink.event(&Event::PhaseFinished(&validation.view()));
+            checked.map_err(|e| Failure::invalid(redactor.redact(&e)))?;
+        }
         let work = Work {
             kind: JobKind::Deploy,
             service_url: plan.service_url(),
@@ -146,7 +161,29 @@ impl Engine {
             keep_releases: plan.keep_releases,
             source: Source::Dir(plan.source),
         };
-        self.run(work, validation, sink).await
+        self.run(work, validation, (lock, job_id), sink).await
+    }
+
+    /// Takes a service's deploy lock for a job, or says who holds it.
+    async fn lock(&self, service: &str, job_id: &str) -> Result<Lock, Failure> {
+        let holder = Holder {
+            job_id: job_id.to_string(),
+            pid: std::process::id(),
+            actor: self.actor.clone(),
+            since: Utc::now(),
+        };
+        let dirs = ServiceDirs::new(&self.state_dir, service);
+        Lock::acquire(&dirs.lock_file(), &holder, self.lock_wait)
+            .await
+            .map_err(|e| match e {
+                crate::lock::LockError::Busy(who) => Failure::new(
+                    FailureKind::Locked,
+                    format!(
+                        "service '{service}' is locked by another deploy: {who}; try again when it finishes, or pass --wait SECONDS"
+                    ),
+                ),
+                other => Failure::internal(other.to_string()),
+            })
     }
 
     /// Validation: checks that need the target (no writes). Resolves `auto`.
@@ -240,6 +277,10 @@ impl Engine {
                 "no releases of service '{service}'"
             )));
         }
+        // Under the lock, so `current` cannot change while the target is chosen.
+        let job_id = new_job_id();
+        let lock = self.lock(service, &job_id).await?;
+        let releases = store.releases(service).await?;
         let current = dirs.current();
         let target = match to {
             Some(id) => releases.iter().find(|r| r.id == id).ok_or_else(|| {
@@ -316,7 +357,7 @@ impl Engine {
             keep_releases: usize::MAX,
             source: Source::Existing(target.id.clone()),
         };
-        self.run(work, validation, sink).await
+        self.run(work, validation, (lock, job_id), sink).await
     }
 
     async fn open_store_existing(&self) -> Result<Store, Failure> {
@@ -330,27 +371,14 @@ impl Engine {
     }
 
     /// Takes the lock, creates the job and runs the phases after Validation.
-    async fn run(&self, work: Work, validation: Phase, sink: &dyn Sink) -> Result<Job, Failure> {
-        let job_id = new_job_id();
+    async fn run(
+        &self,
+        work: Work,
+        validation: Phase,
+        (lock, job_id): (Lock, String),
+        sink: &dyn Sink,
+    ) -> Result<Job, Failure> {
         let dirs = ServiceDirs::new(&self.state_dir, &work.service);
-        let holder = Holder {
-            job_id: job_id.clone(),
-            pid: std::process::id(),
-            actor: self.actor.clone(),
-            since: Utc::now(),
-        };
-        let lock = Lock::acquire(&dirs.lock_file(), &holder, self.lock_wait)
-            .await
-            .map_err(|e| match e {
-                crate::lock::LockError::Busy(who) => Failure::new(
-                    FailureKind::Locked,
-                    format!(
-                        "service '{}' is locked by another deploy: {who}; try again when it finishes, or pass --wait SECONDS",
-                        work.service
-                    ),
-                ),
-                other => Failure::internal(other.to_string()),
-            })?;
         let store = Store::open(&self.state_dir).await?;
         if let Some(dead) = &lock.took_over {
             store

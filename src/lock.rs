@@ -41,6 +41,8 @@ pub struct Lock {
     /// The holder found in the file when the lock was taken, if its process
     /// had died without releasing it cleanly (the lock was taken over).
     pub took_over: Option<Holder>,
+    /// Whether another holder had it first and this one waited.
+    pub waited: bool,
 }
 
 /// Why a lock could not be taken.
@@ -73,10 +75,12 @@ impl Lock {
             .open(path)
             .map_err(io_err)?;
         let deadline = Instant::now() + wait;
+        let mut waited = false;
         loop {
             match file.try_lock() {
                 Ok(()) => break,
                 Err(TryLockError::WouldBlock) => {
+                    waited = true;
                     if Instant::now() >= deadline {
                         let who = read_holder(&mut file)
                             .map(|h| h.to_string())
@@ -94,7 +98,11 @@ impl Lock {
         file.write_all(serde_json::to_string(holder).unwrap_or_default().as_bytes())
             .map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
-        Ok(Lock { file, took_over })
+        Ok(Lock {
+            file,
+            took_over,
+            waited,
+        })
     }
 }
 

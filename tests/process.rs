@@ -9,35 +9,70 @@ fn deploys_v1_then_v2_and_keeps_history_and_audit() {
     let web = &sb.name("web");
     let port = free_port();
     let v1 = sb.service("hello", "v1");
-    let job1 = sb.deploy(&v1, web, port, "process", &[]).assert_code(0).json();
+    let job1 = sb
+        .deploy(&v1, web, port, "process", &[])
+        .assert_code(0)
+        .json();
     assert_eq!(version_on(port).as_deref(), Some("v1"));
     assert_eq!(job1["status"], "completed");
     for p in job1["phases"].as_array().unwrap() {
-        let expected = if p["phase"] == "Register" { "skipped" } else { "success" };
+        let expected = if p["phase"] == "Register" {
+            "skipped"
+        } else {
+            "success"
+        };
         assert_eq!(p["status"], expected, "{p:#}");
     }
     assert!(phase(&job1, "Verify Health")["duration_ms"].is_i64());
 
     let v2 = sb.service("hello", "v2");
-    let job2 = sb.deploy(&v2, web, port, "process", &[]).assert_code(0).json();
+    let job2 = sb
+        .deploy(&v2, web, port, "process", &[])
+        .assert_code(0)
+        .json();
     assert_eq!(version_on(port).as_deref(), Some("v2"));
     assert_eq!(job2["previous_release"], job1["release"]);
     assert_eq!(sb.current(web), job2["release"].as_str().map(String::from));
     assert_eq!(service_pids(web).len(), 1, "one running instance");
 
     let history = sb.run(&["--json", "history", web]).assert_code(0).json();
-    let ids: Vec<&str> = history.as_array().unwrap().iter().map(|j| j["deploy_job_id"].as_str().unwrap()).collect();
-    assert_eq!(ids, [job2["deploy_job_id"].as_str().unwrap(), job1["deploy_job_id"].as_str().unwrap()]);
+    let ids: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["deploy_job_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            job2["deploy_job_id"].as_str().unwrap(),
+            job1["deploy_job_id"].as_str().unwrap()
+        ]
+    );
     let text = sb.run(&["history", web]).assert_code(0).stdout.clone();
-    assert!(text.contains("completed") && text.contains(job1["release"].as_str().unwrap()), "{text}");
+    assert!(
+        text.contains("completed") && text.contains(job1["release"].as_str().unwrap()),
+        "{text}"
+    );
 
-    let audit = sb.run(&["--json", "audit", "--service", web]).assert_code(0).json();
+    let audit = sb
+        .run(&["--json", "audit", "--service", web])
+        .assert_code(0)
+        .json();
     let lines = audit.as_array().unwrap();
     assert_eq!(lines.len(), 2, "{audit:#}");
-    assert!(lines.iter().all(|l| l["action"] == "deploy" && l["outcome"] == "success"));
+    assert!(
+        lines
+            .iter()
+            .all(|l| l["action"] == "deploy" && l["outcome"] == "success")
+    );
     assert!(lines.iter().all(|l| l["duration_ms"].as_i64().unwrap() > 0));
 
-    let status = sb.run(&["status", job2["deploy_job_id"].as_str().unwrap()]).assert_code(0).stdout.clone();
+    let status = sb
+        .run(&["status", job2["deploy_job_id"].as_str().unwrap()])
+        .assert_code(0)
+        .stdout
+        .clone();
     assert!(status.contains("✓ Verify Health"), "{status}");
 }
 
@@ -46,13 +81,32 @@ fn never_healthy_release_is_rolled_back_with_exit_4() {
     let sb = Sandbox::new();
     let web = &sb.name("web");
     let port = free_port();
-    let good = sb.deploy(&sb.service("hello", "v2"), web, port, "process", &[]).assert_code(0).json();
-    let bad = sb.deploy(&sb.service("broken/never-healthy", "v3"), web, port, "process", &[]);
+    let good = sb
+        .deploy(&sb.service("hello", "v2"), web, port, "process", &[])
+        .assert_code(0)
+        .json();
+    let bad = sb.deploy(
+        &sb.service("broken/never-healthy", "v3"),
+        web,
+        port,
+        "process",
+        &[],
+    );
     bad.assert_code(4);
     let job = bad.json();
-    assert_eq!(version_on(port).as_deref(), Some("v2"), "the old version still answers");
+    assert_eq!(
+        version_on(port).as_deref(),
+        Some("v2"),
+        "the old version still answers"
+    );
     assert_eq!(phase(&job, "Verify Health")["status"], "failed");
-    assert!(phase(&job, "Verify Health")["error"].as_str().unwrap().contains("503"), "{job:#}");
+    assert!(
+        phase(&job, "Verify Health")["error"]
+            .as_str()
+            .unwrap()
+            .contains("503"),
+        "{job:#}"
+    );
     assert_eq!(phase(&job, "Register")["status"], "skipped");
     assert_eq!(job["failure"], "health");
     assert_eq!(job["rollback"]["success"], true);
@@ -61,11 +115,26 @@ fn never_healthy_release_is_rolled_back_with_exit_4() {
     assert_eq!(service_pids(web).len(), 1);
     // The failed release's files are gone; it is listed as failed.
     let releases = sb.run(&["--json", "releases", web]).assert_code(0).json();
-    let failed = releases.as_array().unwrap().iter().find(|r| r["id"] == job["release"]).unwrap();
+    let failed = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == job["release"])
+        .unwrap();
     assert_eq!(failed["status"], "failed");
-    assert!(!sb.state_dir().join("services").join(web).join("releases").join(job["release"].as_str().unwrap()).exists());
+    assert!(
+        !sb.state_dir()
+            .join("services")
+            .join(web)
+            .join("releases")
+            .join(job["release"].as_str().unwrap())
+            .exists()
+    );
     // The stored job says the same as the printed one.
-    let stored = sb.run(&["--json", "status", job["deploy_job_id"].as_str().unwrap()]).assert_code(0).json();
+    let stored = sb
+        .run(&["--json", "status", job["deploy_job_id"].as_str().unwrap()])
+        .assert_code(0)
+        .json();
     assert_eq!(stored["rollback"], job["rollback"]);
     assert_eq!(phase(&stored, "Verify Health")["status"], "failed");
 }
@@ -75,13 +144,26 @@ fn exits_at_start_fails_with_exit_3_and_shows_the_log() {
     let sb = Sandbox::new();
     let web = &sb.name("web");
     let port = free_port();
-    sb.deploy(&sb.service("hello", "v2"), web, port, "process", &[]).assert_code(0);
-    let bad = sb.deploy(&sb.service("broken/exits-at-start", "v3"), web, port, "process", &[]);
+    sb.deploy(&sb.service("hello", "v2"), web, port, "process", &[])
+        .assert_code(0);
+    let bad = sb.deploy(
+        &sb.service("broken/exits-at-start", "v3"),
+        web,
+        port,
+        "process",
+        &[],
+    );
     bad.assert_code(3);
     let job = bad.json();
-    let err = phase(&job, "Verify Health")["error"].as_str().unwrap().to_string();
+    let err = phase(&job, "Verify Health")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(err.contains("exited with code 3"), "{err}");
-    assert!(err.contains("DATABASE_URL is not set"), "the service's own last words: {err}");
+    assert!(
+        err.contains("DATABASE_URL is not set"),
+        "the service's own last words: {err}"
+    );
     assert_eq!(job["rollback"]["success"], true);
     assert_eq!(version_on(port).as_deref(), Some("v2"));
 }
@@ -91,14 +173,31 @@ fn build_failure_exits_2_and_never_stops_the_running_release() {
     let sb = Sandbox::new();
     let web = &sb.name("web");
     let port = free_port();
-    sb.deploy(&sb.service("hello", "v2"), web, port, "process", &[]).assert_code(0);
+    sb.deploy(&sb.service("hello", "v2"), web, port, "process", &[])
+        .assert_code(0);
     let pids = service_pids(web);
-    let bad = sb.deploy(&sb.service("broken/fails-to-build", "v3"), web, port, "process", &[]);
+    let bad = sb.deploy(
+        &sb.service("broken/fails-to-build", "v3"),
+        web,
+        port,
+        "process",
+        &[],
+    );
     bad.assert_code(2);
     let job = bad.json();
-    assert!(phase(&job, "Build")["error"].as_str().unwrap().contains("mismatched types"), "{job:#}");
+    assert!(
+        phase(&job, "Build")["error"]
+            .as_str()
+            .unwrap()
+            .contains("mismatched types"),
+        "{job:#}"
+    );
     assert_eq!(phase(&job, "Start Service")["status"], "skipped");
-    assert_eq!(service_pids(web), pids, "the running process was never touched");
+    assert_eq!(
+        service_pids(web),
+        pids,
+        "the running process was never touched"
+    );
     assert_eq!(version_on(port).as_deref(), Some("v2"));
 }
 
@@ -107,8 +206,12 @@ fn rollback_command_brings_back_v1() {
     let sb = Sandbox::new();
     let web = &sb.name("web");
     let port = free_port();
-    let j1 = sb.deploy(&sb.service("hello", "v1"), web, port, "process", &[]).assert_code(0).json();
-    sb.deploy(&sb.service("hello", "v2"), web, port, "process", &[]).assert_code(0);
+    let j1 = sb
+        .deploy(&sb.service("hello", "v1"), web, port, "process", &[])
+        .assert_code(0)
+        .json();
+    sb.deploy(&sb.service("hello", "v2"), web, port, "process", &[])
+        .assert_code(0);
     assert_eq!(version_on(port).as_deref(), Some("v2"));
     let rb = sb.run(&["--json", "rollback", web]).assert_code(0).json();
     assert_eq!(rb["kind"], "rollback");
@@ -119,8 +222,14 @@ fn rollback_command_brings_back_v1() {
     assert_eq!(service_pids(web).len(), 1);
     // And forward again to the v2 release by id.
     let releases = sb.run(&["--json", "releases", web]).assert_code(0).json();
-    let v2 = releases.as_array().unwrap().iter().find(|r| r["status"] == "previous").unwrap();
-    sb.run(&["rollback", web, "--to", v2["id"].as_str().unwrap()]).assert_code(0);
+    let v2 = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "previous")
+        .unwrap();
+    sb.run(&["rollback", web, "--to", v2["id"].as_str().unwrap()])
+        .assert_code(0);
     assert_eq!(version_on(port).as_deref(), Some("v2"));
     // Unknown release: a clear error.
     let r = sb.run(&["rollback", web, "--to", "nope"]);
@@ -146,7 +255,8 @@ fn deployed_process_outlives_deployer() {
     let sb = Sandbox::new();
     let web = &sb.name("web");
     let port = free_port();
-    sb.deploy(&sb.service("hello", "v1"), web, port, "process", &[]).assert_code(0);
+    sb.deploy(&sb.service("hello", "v1"), web, port, "process", &[])
+        .assert_code(0);
     // deployer has exited; the service is in its own session and still runs.
     let pid = service_pids(web)[0];
     let sid = unsafe { libc::getsid(pid) };
@@ -163,13 +273,28 @@ fn keeps_only_n_releases_but_never_current_or_previous() {
     for v in ["v1", "v2", "v3", "v4"] {
         let mut src = sb.service("hello", v);
         let toml = std::fs::read_to_string(src.join("service.toml")).unwrap();
-        std::fs::write(src.join("service.toml"), toml.replace("keep_releases = 5", "keep_releases = 2")).unwrap();
-        let j = sb.deploy(&src, web, port, "process", &[]).assert_code(0).json();
+        std::fs::write(
+            src.join("service.toml"),
+            toml.replace("keep_releases = 5", "keep_releases = 2"),
+        )
+        .unwrap();
+        let j = sb
+            .deploy(&src, web, port, "process", &[])
+            .assert_code(0)
+            .json();
         last.push(j["release"].as_str().unwrap().to_string());
         src.clear();
     }
     let dir = sb.state_dir().join("services").join(web).join("releases");
-    let mut on_disk: Vec<String> = std::fs::read_dir(&dir).unwrap().flatten().map(|e| e.file_name().into_string().unwrap()).collect();
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
     on_disk.sort();
-    assert_eq!(on_disk, last[2..].to_vec(), "v3 (previous) and v4 (current) stay");
+    assert_eq!(
+        on_disk,
+        last[2..].to_vec(),
+        "v3 (previous) and v4 (current) stay"
+    );
 }

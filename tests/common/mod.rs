@@ -36,8 +36,12 @@ impl Run {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 
     #[track_caller]
@@ -87,7 +91,9 @@ impl Sandbox {
     /// the seeds' environment variables leaking in from the caller.
     pub fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("deployer").expect("deployer binary");
-        c.current_dir(self.dir.path()).arg("--state-dir").arg(self.state_dir());
+        c.current_dir(self.dir.path())
+            .arg("--state-dir")
+            .arg(self.state_dir());
         for k in [
             "DEPLOYER_CONFIG",
             "DEPLOYER_STATE_DIR",
@@ -119,7 +125,11 @@ impl Sandbox {
     /// Copies an example service (`hello`, `broken/never-healthy`, ...) into
     /// the sandbox, with `version` written to VERSION.
     pub fn service(&self, example: &str, version: &str) -> PathBuf {
-        let dest = self.dir.path().join("src").join(format!("{}-{version}", example.replace('/', "-")));
+        let dest = self
+            .dir
+            .path()
+            .join("src")
+            .join(format!("{}-{version}", example.replace('/', "-")));
         copy_dir(&repo().join("examples").join(example), &dest);
         std::fs::write(dest.join("VERSION"), format!("{version}\n")).unwrap();
         dest
@@ -168,7 +178,12 @@ impl Sandbox {
         let target = std::fs::read_link(&link).ok()?;
         let id = target.file_name()?.to_str()?.to_string();
         assert!(
-            self.state_dir().join("services").join(name).join("releases").join(&id).is_dir(),
+            self.state_dir()
+                .join("services")
+                .join(name)
+                .join("releases")
+                .join(&id)
+                .is_dir(),
             "current points at a missing release {id}"
         );
         Some(id)
@@ -186,14 +201,24 @@ impl Drop for Sandbox {
                 }
             }
             if docker_available() {
-                let ids = docker(&["ps", "-aq", "--filter", &format!("label=deployer.service={name}")]);
+                let ids = docker(&[
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    &format!("label=deployer.service={name}"),
+                ]);
                 let ids: Vec<&str> = ids.split_whitespace().collect();
                 if !ids.is_empty() {
                     let mut args = vec!["rm", "-f"];
                     args.extend(ids);
                     docker(&args);
                 }
-                let imgs = docker(&["images", "-q", "--filter", &format!("label=deployer.service={name}")]);
+                let imgs = docker(&[
+                    "images",
+                    "-q",
+                    "--filter",
+                    &format!("label=deployer.service={name}"),
+                ]);
                 let imgs: Vec<&str> = imgs.split_whitespace().collect();
                 if !imgs.is_empty() {
                     let mut args = vec!["rmi", "-f"];
@@ -206,7 +231,9 @@ impl Drop for Sandbox {
 }
 
 fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         f(&p);
@@ -252,13 +279,21 @@ pub fn free_port() -> u16 {
 /// GET http://127.0.0.1:PORT/PATH: status code and body, or None when
 /// nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s = TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    let mut s =
+        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(s, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -285,10 +320,16 @@ pub fn service_pids(name: &str) -> Vec<i32> {
     let needle = format!("SERVICE_NAME={name}");
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else { continue };
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
         let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let zombie = state.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
+        let zombie = state
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('Z'));
         if !zombie && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
             pids.push(pid);
         }
@@ -297,7 +338,10 @@ pub fn service_pids(name: &str) -> Vec<i32> {
 }
 
 pub fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker CLI");
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI");
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -324,10 +368,15 @@ pub fn require_docker() -> bool {
 
 /// Running containers of a service.
 pub fn containers_of(name: &str) -> Vec<String> {
-    docker(&["ps", "-q", "--filter", &format!("label=deployer.service={name}")])
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+    docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=deployer.service={name}"),
+    ])
+    .split_whitespace()
+    .map(str::to_string)
+    .collect()
 }
 
 /// The phase named `name` in a job's JSON.
@@ -372,7 +421,9 @@ impl FakeRegistry {
                 }
                 let mut body = vec![0u8; len];
                 reader.read_exact(&mut body).unwrap_or(());
-                b.lock().unwrap().push((path, String::from_utf8_lossy(&body).into_owned()));
+                b.lock()
+                    .unwrap()
+                    .push((path, String::from_utf8_lossy(&body).into_owned()));
                 let answer = r#"{"status":"registered"}"#;
                 let _ = write!(
                     s,

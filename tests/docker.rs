@@ -1,0 +1,124 @@
+//! The docker method end to end, against a real Docker engine: images built
+//! on this machine from the release, containers with the port published.
+
+mod common;
+use common::*;
+
+#[test]
+fn docker_v1_v2_failures_roll_back_and_rollback_command() {
+    if !require_docker() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let name = &sb.name("dk");
+    let port = free_port();
+    let j1 = sb
+        .deploy(&sb.service("hello", "v1"), name, port, "docker", &[])
+        .assert_code(0)
+        .json();
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    assert!(
+        phase(&j1, "Build")["details"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("Docker image built: {name}:"))
+    );
+    assert_eq!(j1["deployment_method"], "docker");
+
+    let j2 = sb
+        .deploy(
+            &sb.service("hello", "v2"),
+            name,
+            port,
+            "docker",
+            &["--env", "MODE=green"],
+        )
+        .assert_code(0)
+        .json();
+    assert_eq!(version_on(port).as_deref(), Some("v2"));
+    assert_eq!(http_get(port, "/env/MODE").unwrap().1, "green");
+    assert_eq!(containers_of(name).len(), 1, "one running container");
+    // The previous image is kept for rollback; latest is the new one.
+    let images = docker(&["images", "--format", "{{.Tag}}", name]);
+    assert!(images.contains(j1["release"].as_str().unwrap()), "{images}");
+    assert!(images.contains("latest"));
+
+    for (example, code, failed_phase) in [
+        ("broken/never-healthy", 4, "Verify Health"),
+        ("broken/exits-at-start", 3, "Verify Health"),
+        ("broken/fails-to-build", 2, "Build"),
+    ] {
+        let r = sb.deploy(&sb.service(example, "v3"), name, port, "docker", &[]);
+        r.assert_code(code);
+        let job = r.json();
+        assert_eq!(phase(&job, failed_phase)["status"], "failed", "{example}");
+        assert_eq!(job["rollback"]["success"], true, "{example}");
+        assert_eq!(
+            version_on(port).as_deref(),
+            Some("v2"),
+            "v2 still answers after {example}"
+        );
+        assert_eq!(containers_of(name).len(), 1, "{example}");
+        assert_eq!(sb.current(name), j2["release"].as_str().map(String::from));
+    }
+
+    let rb = sb.run(&["--json", "rollback", name]).assert_code(0).json();
+    assert_eq!(rb["release"], j1["release"]);
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    assert_eq!(containers_of(name).len(), 1);
+
+    let history = sb.run(&["--json", "history", name]).assert_code(0).json();
+    assert_eq!(history.as_array().unwrap().len(), 6);
+    let audit = sb
+        .run(&["--json", "audit", "--service", name])
+        .assert_code(0)
+        .json();
+    let outcomes: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            "success",
+            "success",
+            "failed (health)",
+            "failed (start)",
+            "failed (build)",
+            "success"
+        ]
+    );
+}
+
+#[test]
+fn docker_redeploy_of_same_content_leaves_one_container() {
+    if !require_docker() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let name = &sb.name("dkr");
+    let port = free_port();
+    let src = sb.service("hello", "v1");
+    sb.deploy(&src, name, port, "docker", &[]).assert_code(0);
+    sb.deploy(&src, name, port, "docker", &[]).assert_code(0);
+    assert_eq!(containers_of(name).len(), 1);
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+}
+
+#[test]
+fn auto_picks_docker_when_an_engine_answers() {
+    if !require_docker() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let name = &sb.name("dka");
+    let port = free_port();
+    let job = sb
+        .deploy(&sb.service("hello", "v1"), name, port, "auto", &[])
+        .assert_code(0)
+        .json();
+    assert_eq!(job["deployment_method"], "docker");
+    assert_eq!(containers_of(name).len(), 1);
+}

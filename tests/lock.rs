@@ -1,0 +1,105 @@
+//! Two deploys of one service started together never interleave.
+
+mod common;
+use common::*;
+use std::process::Stdio;
+
+fn start_two(sb: &Sandbox, name: &str, port: u16, extra: &[&str]) -> Vec<Run> {
+    let a = sb.service("hello", "va");
+    let b = sb.service("hello", "vb");
+    sb.track(name);
+    let children: Vec<_> = [a, b]
+        .iter()
+        .map(|src| {
+            let mut c = sb.cmd();
+            c.args([
+                "deploy",
+                src.to_str().unwrap(),
+                "--name",
+                name,
+                "--port",
+                &port.to_string(),
+            ])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+            c.spawn().unwrap()
+        })
+        .collect();
+    children
+        .into_iter()
+        .map(|c| {
+            let o = c.wait_with_output().unwrap();
+            Run {
+                code: o.status.code().unwrap_or(-1),
+                stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn concurrent_deploys_one_is_refused_naming_the_holder() {
+    let sb = Sandbox::new();
+    let name = &sb.name("race");
+    let port = free_port();
+    let runs = start_two(&sb, name, port, &[]);
+    let codes: Vec<i32> = runs.iter().map(|r| r.code).collect();
+    assert!(codes.contains(&0), "one deploy succeeds: {codes:?}");
+    assert!(codes.iter().all(|c| *c == 0 || *c == 11), "{codes:?}");
+    for r in runs.iter().filter(|r| r.code == 11) {
+        assert!(
+            r.stderr
+                .contains("is locked by another deploy: job deploy-"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            r.stderr.contains("pid "),
+            "the holder is named: {}",
+            r.stderr
+        );
+    }
+    assert_eq!(service_pids(name).len(), 1, "never two running instances");
+    let current = sb.current(name).expect("a valid current");
+    let v = version_on(port).unwrap();
+    assert!(v == "va" || v == "vb");
+    assert!(
+        std::fs::read_to_string(
+            sb.state_dir()
+                .join("services")
+                .join(name)
+                .join("releases")
+                .join(current)
+                .join("VERSION")
+        )
+        .unwrap()
+        .trim()
+            == v
+    );
+}
+
+#[test]
+fn concurrent_deploys_with_wait_run_one_after_the_other() {
+    let sb = Sandbox::new();
+    let name = &sb.name("queue");
+    let port = free_port();
+    let runs = start_two(&sb, name, port, &["--wait", "60"]);
+    for r in &runs {
+        r.assert_code(0);
+    }
+    assert_eq!(service_pids(name).len(), 1);
+    let history = sb.run(&["--json", "history", name]).assert_code(0).json();
+    let jobs = history.as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    // Never interleaved: one job ended before the other started.
+    let (newer, older) = (&jobs[0], &jobs[1]);
+    let transfer_started = phase(newer, "Transfer")["started_at"].as_str().unwrap();
+    assert!(
+        transfer_started >= older["completed_at"].as_str().unwrap(),
+        "{history:#}"
+    );
+    assert_eq!(newer["previous_release"], older["release"]);
+    sb.current(name).expect("a valid current");
+}

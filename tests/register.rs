@@ -1,0 +1,163 @@
+//! The Register phase against a real HTTP server on loopback.
+
+mod common;
+use common::*;
+
+fn config_with_registry(sb: &Sandbox, url: &str) -> String {
+    let cfg = sb.dir.path().join("deployer.toml");
+    std::fs::write(&cfg, format!("registry_url = {url:?}\n")).unwrap();
+    cfg.to_str().unwrap().to_string()
+}
+
+#[test]
+fn registers_with_droplet_id_name_and_endpoint() {
+    let sb = Sandbox::new();
+    let name = &sb.name("reg");
+    let port = free_port();
+    let registry = FakeRegistry::start(200);
+    let cfg = config_with_registry(&sb, &registry.url());
+    sb.track(name);
+    let src = sb.service("hello", "v1");
+    let job = sb
+        .run(&[
+            "--config",
+            &cfg,
+            "--json",
+            "deploy",
+            src.to_str().unwrap(),
+            "--name",
+            name,
+            "--port",
+            &port.to_string(),
+            "--droplet-id",
+            "20",
+        ])
+        .assert_code(0)
+        .json();
+    assert_eq!(phase(&job, "Register")["status"], "success");
+    assert_eq!(
+        phase(&job, "Register")["details"],
+        "Registered as Droplet #20"
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    assert_eq!(job["registration"]["endpoint"], endpoint.as_str());
+    assert_eq!(
+        job["registration"]["registry_response"]["status"],
+        "registered"
+    );
+    let bodies = registry.bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0].0, "/register");
+    let body: serde_json::Value = serde_json::from_str(&bodies[0].1).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"droplet_id": 20, "service_name": name, "endpoint": endpoint})
+    );
+}
+
+#[test]
+fn registry_errors_fail_register_with_exit_6_but_leave_the_service_up() {
+    let sb = Sandbox::new();
+    let name = &sb.name("regfail");
+    let port = free_port();
+    let registry = FakeRegistry::start(500);
+    let cfg = config_with_registry(&sb, &registry.url());
+    sb.track(name);
+    let src = sb.service("hello", "v1");
+    let r = sb.run(&[
+        "--config",
+        &cfg,
+        "--json",
+        "deploy",
+        src.to_str().unwrap(),
+        "--name",
+        name,
+        "--port",
+        &port.to_string(),
+        "--droplet-id",
+        "3",
+    ]);
+    r.assert_code(6);
+    let job = r.json();
+    assert!(
+        phase(&job, "Register")["error"]
+            .as_str()
+            .unwrap()
+            .contains("answered 500"),
+        "{job:#}"
+    );
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+
+    // Nothing listening at all: the error says unreachable.
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let r = sb.run_with(
+        &[
+            "--json",
+            "deploy",
+            src.to_str().unwrap(),
+            "--name",
+            name,
+            "--port",
+            &port.to_string(),
+            "--droplet-id",
+            "3",
+        ],
+        |c| {
+            c.env("REGISTRY_URL", &dead);
+        },
+    );
+    r.assert_code(6);
+    assert!(
+        phase(&r.json(), "Register")["error"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable")
+    );
+}
+
+#[test]
+fn register_is_skipped_with_a_reason() {
+    let sb = Sandbox::new();
+    let name = &sb.name("noreg");
+    let port = free_port();
+    let registry = FakeRegistry::start(200);
+    let cfg = config_with_registry(&sb, &registry.url());
+    sb.track(name);
+    let src = sb.service("hello", "v1");
+    let job = sb
+        .run(&[
+            "--config",
+            &cfg,
+            "--json",
+            "deploy",
+            src.to_str().unwrap(),
+            "--name",
+            name,
+            "--port",
+            &port.to_string(),
+            "--no-register",
+        ])
+        .assert_code(0)
+        .json();
+    assert_eq!(phase(&job, "Register")["status"], "skipped");
+    assert!(
+        phase(&job, "Register")["details"]
+            .as_str()
+            .unwrap()
+            .contains("--no-register")
+    );
+    assert!(registry.bodies.lock().unwrap().is_empty());
+    // A registry but no droplet id: refused up front, with what to do.
+    let r = sb.run(&[
+        "--config",
+        &cfg,
+        "deploy",
+        src.to_str().unwrap(),
+        "--name",
+        name,
+        "--port",
+        &port.to_string(),
+    ]);
+    r.assert_code(10);
+    assert!(r.stderr.contains("no droplet_id"), "{}", r.stderr);
+}
