@@ -360,6 +360,57 @@ impl Engine {
         self.run(work, validation, (lock, job_id), sink).await
     }
 
+    /// Stops every running release of a service (it stays deployed:
+    /// `current` is kept, and a later deploy or rollback starts it again).
+    pub async fn stop(&self, service: &str) -> Result<Vec<String>, Failure> {
+        crate::plan::validate_name(service)?;
+        let store = self.open_store_existing().await?;
+        let releases = store.releases(service).await?;
+        if releases.is_empty() {
+            return Err(Failure::not_found(format!("no releases of service '{service}'")));
+        }
+        let job_id = new_job_id();
+        let _lock = self.lock(service, &job_id).await?;
+        let dirs = ServiceDirs::new(&self.state_dir, service);
+        let started = std::time::Instant::now();
+        let mut stopped = Vec::new();
+        for (id, _) in self.running_releases(&dirs, service).await {
+            let Some(r) = releases.iter().find(|r| r.id == id) else {
+                continue;
+            };
+            let ctx = ReleaseCtx {
+                service: service.to_string(),
+                release: id.clone(),
+                dirs: dirs.clone(),
+                spec: r.spec.clone(),
+                secrets: Vec::new(),
+            };
+            self.runtime(r.spec.runtime)
+                .stop(&ctx)
+                .await
+                .map_err(|e| Failure::internal(format!("stopping release {id}: {e}")))?;
+            stopped.push(id);
+        }
+        store
+            .audit(&AuditEntry {
+                at: Utc::now(),
+                actor: self.actor.clone(),
+                action: "stop".into(),
+                service_name: service.to_string(),
+                job_id: None,
+                outcome: "success".into(),
+                duration_ms: Some(started.elapsed().as_millis() as i64),
+                details: if stopped.is_empty() {
+                    "nothing was running".into()
+                } else {
+                    format!("stopped {}", stopped.join(", "))
+                },
+            })
+            .await?;
+        store.close().await;
+        Ok(stopped)
+    }
+
     async fn open_store_existing(&self) -> Result<Store, Failure> {
         if !self.state_dir.join("deployer.db").exists() {
             return Err(Failure::not_found(format!(

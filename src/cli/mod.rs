@@ -8,6 +8,7 @@ mod history;
 mod releases;
 mod rollback;
 mod status;
+mod stop;
 
 use crate::config::DeployerConfig;
 use crate::error::Failure;
@@ -48,6 +49,8 @@ pub enum Command {
     Releases(releases::Args),
     /// Show the audit log.
     Audit(audit::Args),
+    /// Stop a service's running release (it stays deployed).
+    Stop(stop::Args),
 }
 
 /// What every command gets: the loaded config and where state lives.
@@ -83,6 +86,7 @@ impl Cli {
             Command::History(a) => history::run(ctx, a).await,
             Command::Releases(a) => releases::run(ctx, a).await,
             Command::Audit(a) => audit::run(ctx, a).await,
+            Command::Stop(a) => stop::run(ctx, a).await,
         }
     }
 }

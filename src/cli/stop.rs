@@ -1,0 +1,23 @@
+//! `deployer stop NAME`: stop a service's running release. It stays
+//! deployed; `deployer rollback --to` or a new deploy starts a release again.
+
+use super::Context;
+use crate::error::Failure;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The service.
+    pub name: String,
+}
+
+pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
+    let stopped = ctx.engine(0).stop(&args.name).await?;
+    if ctx.json {
+        crate::output::print_json(&serde_json::json!({ "service_name": args.name, "stopped": stopped }));
+    } else if stopped.is_empty() {
+        anstream::println!("{}: nothing was running", args.name);
+    } else {
+        anstream::println!("{}: stopped release {}", args.name, stopped.join(", "));
+    }
+    Ok(0)
+}

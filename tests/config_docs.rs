@@ -1,0 +1,44 @@
+//! Every TOML example in docs/configuration.md parses as the file it says it
+//! is (its first line, `# deployer.toml` or `# service.toml`), so the
+//! reference cannot drift from the code.
+
+use deployer::config::{DeployerConfig, Manifest, parse_toml};
+
+#[test]
+fn every_documented_example_parses() {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+    let mut blocks = Vec::new();
+    let mut rest = doc.as_str();
+    while let Some(start) = rest.find("```toml\n") {
+        let body = &rest[start + 8..];
+        let end = body.find("```").expect("closed block");
+        blocks.push(&body[..end]);
+        rest = &body[end + 3..];
+    }
+    let (mut deployer, mut service) = (0, 0);
+    for block in &blocks {
+        match block.lines().next() {
+            Some("# deployer.toml") => {
+                parse_toml::<DeployerConfig>(block, "docs").unwrap_or_else(|e| panic!("{e}\n{block}"));
+                deployer += 1;
+            }
+            Some("# service.toml") => {
+                parse_toml::<Manifest>(block, "docs").unwrap_or_else(|e| panic!("{e}\n{block}"));
+                service += 1;
+            }
+            other => panic!("a toml block must start with `# deployer.toml` or `# service.toml`, not {other:?}"),
+        }
+    }
+    // One example per section: top level, [target], [defaults]; top level,
+    // [health], [env], [docker].
+    assert_eq!((deployer, service), (3, 4));
+}
+
+#[test]
+fn the_example_services_manifests_parse() {
+    for dir in ["hello", "broken/fails-to-build", "broken/exits-at-start", "broken/never-healthy"] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(dir);
+        let m = Manifest::load_from_dir(&path).unwrap().expect("a manifest");
+        assert_eq!(m.name.as_deref(), Some("hello"));
+    }
+}
