@@ -18,7 +18,11 @@ fn main() {
         .expect("cargo build");
     assert!(status.success());
     let state = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut totals = Vec::new();
     let mut phases: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for _ in 0..RUNS {
@@ -28,22 +32,39 @@ fn main() {
             .arg(state.path())
             .args(["deploy"])
             .arg(repo.join("examples/hello"))
-            .args(["--name", "bench-hello", "--port", &port.to_string(), "--method", "process"])
+            .args([
+                "--name",
+                "bench-hello",
+                "--port",
+                &port.to_string(),
+                "--method",
+                "process",
+            ])
             .output()
             .expect("deployer");
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         totals.push(start.elapsed().as_secs_f64() * 1000.0);
         let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         for p in job["phases"].as_array().unwrap() {
             if let Some(ms) = p["duration_ms"].as_i64() {
-                phases.entry(p["phase"].as_str().unwrap().to_string()).or_default().push(ms as f64);
+                phases
+                    .entry(p["phase"].as_str().unwrap().to_string())
+                    .or_default()
+                    .push(ms as f64);
             }
         }
     }
     // Stop the benchmark's service.
     let run_dir = state.path().join("services/bench-hello/run");
     for e in std::fs::read_dir(run_dir).unwrap().flatten() {
-        if let Some(pid) = std::fs::read_to_string(e.path()).ok().and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok()) {
+        if let Some(pid) = std::fs::read_to_string(e.path())
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<i32>().ok())
+        {
             unsafe { libc::kill(-pid, libc::SIGTERM) };
         }
     }

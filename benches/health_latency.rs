@@ -17,14 +17,23 @@ async fn service(start: Instant, refuse: Duration) -> u16 {
     drop(probe);
     tokio::spawn(async move {
         tokio::time::sleep_until((start + refuse).into()).await;
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .unwrap();
         loop {
             let (mut s, _) = listener.accept().await.unwrap();
             let mut buf = [0u8; 512];
             let _ = s.read(&mut buf).await;
-            let status = if start.elapsed() >= HEALTHY_AFTER { "200 OK" } else { "503 Service Unavailable" };
+            let status = if start.elapsed() >= HEALTHY_AFTER {
+                "200 OK"
+            } else {
+                "503 Service Unavailable"
+            };
             let _ = s
-                .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").as_bytes())
+                .write_all(
+                    format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
                 .await;
         }
     });
@@ -42,7 +51,10 @@ async fn measure(refuse: Duration) -> Vec<f64> {
             timeout: Duration::from_secs(5),
             retries: 100,
         };
-        check.wait(&client, || async { Liveness::Alive }).await.expect("healthy");
+        check
+            .wait(&client, || async { Liveness::Alive })
+            .await
+            .expect("healthy");
         lateness.push((start.elapsed() - HEALTHY_AFTER).as_secs_f64() * 1000.0);
     }
     lateness.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -65,5 +77,8 @@ async fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     println!("Detection delay after the service turns healthy at 300 ms:");
     report("503 until 300 ms", &measure(Duration::ZERO).await);
-    report("refused 200 ms, then 503 until 300 ms", &measure(Duration::from_millis(200)).await);
+    report(
+        "refused 200 ms, then 503 until 300 ms",
+        &measure(Duration::from_millis(200)).await,
+    );
 }

@@ -367,7 +367,9 @@ impl Engine {
         let store = self.open_store_existing().await?;
         let releases = store.releases(service).await?;
         if releases.is_empty() {
-            return Err(Failure::not_found(format!("no releases of service '{service}'")));
+            return Err(Failure::not_found(format!(
+                "no releases of service '{service}'"
+            )));
         }
         let job_id = new_job_id();
         let _lock = self.lock(service, &job_id).await?;
@@ -431,6 +433,16 @@ impl Engine {
     ) -> Result<Job, Failure> {
         let dirs = ServiceDirs::new(&self.state_dir, &work.service);
         let store = Store::open(&self.state_dir).await?;
+        // Holding the lock, no other job of this service can be running: any
+        // marked running had its deployer die mid-way.
+        let interrupted = store.mark_interrupted(&work.service).await?;
+        if !interrupted.is_empty() {
+            let msg = format!(
+                "earlier job {} was interrupted; marked failed",
+                interrupted.join(", ")
+            );
+            sink.event(&Event::Note(&msg));
+        }
         if let Some(dead) = &lock.took_over {
             store
                 .audit(&AuditEntry {

@@ -294,6 +294,52 @@ impl Store {
         })
     }
 
+    /// Marks a service's jobs that are still `running` as failed because
+    /// the deployer running them died (only called under the service's lock,
+    /// so none of them can really be running), and their pending releases
+    /// as failed. Returns the ids of the jobs so marked.
+    pub async fn mark_interrupted(&self, service: &str) -> Result<Vec<String>, StoreError> {
+        let now = ts(&Utc::now());
+        let ids: Vec<String> =
+            sqlx::query("SELECT id FROM jobs WHERE service_name = $1 AND status = 'running'")
+                .bind(service)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(ctx("finding interrupted jobs"))?
+                .into_iter()
+                .map(|r| r.get("id"))
+                .collect();
+        for id in &ids {
+            sqlx::query(
+                "UPDATE jobs SET status = 'failed', failure = 'interrupted', completed_at = $1,
+                    error = 'interrupted: the deployer running this job stopped before it finished'
+                 WHERE id = $2",
+            )
+            .bind(&now)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx(format!("marking job {id} interrupted")))?;
+            sqlx::query(
+                "UPDATE phases SET status = 'failed', completed_at = $1, error = 'interrupted'
+                 WHERE job_id = $2 AND status = 'running'",
+            )
+            .bind(&now)
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx(format!("marking phases of job {id} interrupted")))?;
+            sqlx::query(
+                "UPDATE releases SET status = 'failed' WHERE job_id = $1 AND status = 'pending'",
+            )
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx(format!("marking releases of job {id} failed")))?;
+        }
+        Ok(ids)
+    }
+
     pub async fn save_release(&self, r: &Release) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO releases (service_name, id, status, job_id, content_hash, created_at, spec)

@@ -6,7 +6,11 @@ use deployer::config::{DeployerConfig, Manifest, parse_toml};
 
 #[test]
 fn every_documented_example_parses() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/docs/configuration.md"
+    ))
+    .unwrap();
     let mut blocks = Vec::new();
     let mut rest = doc.as_str();
     while let Some(start) = rest.find("```toml\n") {
@@ -19,14 +23,17 @@ fn every_documented_example_parses() {
     for block in &blocks {
         match block.lines().next() {
             Some("# deployer.toml") => {
-                parse_toml::<DeployerConfig>(block, "docs").unwrap_or_else(|e| panic!("{e}\n{block}"));
+                parse_toml::<DeployerConfig>(block, "docs")
+                    .unwrap_or_else(|e| panic!("{e}\n{block}"));
                 deployer += 1;
             }
             Some("# service.toml") => {
                 parse_toml::<Manifest>(block, "docs").unwrap_or_else(|e| panic!("{e}\n{block}"));
                 service += 1;
             }
-            other => panic!("a toml block must start with `# deployer.toml` or `# service.toml`, not {other:?}"),
+            other => panic!(
+                "a toml block must start with `# deployer.toml` or `# service.toml`, not {other:?}"
+            ),
         }
     }
     // One example per section: top level, [target], [defaults]; top level,
@@ -36,8 +43,15 @@ fn every_documented_example_parses() {
 
 #[test]
 fn the_example_services_manifests_parse() {
-    for dir in ["hello", "broken/fails-to-build", "broken/exits-at-start", "broken/never-healthy"] {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(dir);
+    for dir in [
+        "hello",
+        "broken/fails-to-build",
+        "broken/exits-at-start",
+        "broken/never-healthy",
+    ] {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples")
+            .join(dir);
         let m = Manifest::load_from_dir(&path).unwrap().expect("a manifest");
         assert_eq!(m.name.as_deref(), Some("hello"));
     }

@@ -122,3 +122,56 @@ fn auto_picks_docker_when_an_engine_answers() {
     assert_eq!(job["deployment_method"], "docker");
     assert_eq!(containers_of(name).len(), 1);
 }
+
+#[test]
+fn docker_secret_reaches_the_container_but_no_output_or_file() {
+    if !require_docker() {
+        return;
+    }
+    const SECRET: &str = "dk-secret-93b1e0aa7f-never-show";
+    let sb = Sandbox::new();
+    let name = &sb.name("dks");
+    let port = free_port();
+    sb.track(name);
+    let src = sb.service("hello", "v1");
+    let r = sb.run_with(
+        &[
+            "--json",
+            "deploy",
+            src.to_str().unwrap(),
+            "--name",
+            name,
+            "--port",
+            &port.to_string(),
+            "--method",
+            "docker",
+            "--secret",
+            "API_KEY",
+        ],
+        |c| {
+            c.env("API_KEY", SECRET);
+        },
+    );
+    r.assert_code(0);
+    assert_eq!(http_get(port, "/env/API_KEY").unwrap().1, SECRET);
+    let audit = sb.run(&["--json", "audit"]);
+    for out in [&r.stdout, &r.stderr, &audit.stdout] {
+        assert!(!out.contains(SECRET));
+    }
+    for f in files_under(&sb.state_dir()) {
+        let bytes = std::fs::read(&f).unwrap();
+        assert!(
+            !bytes.windows(SECRET.len()).any(|w| w == SECRET.as_bytes()),
+            "secret in {}",
+            f.display()
+        );
+    }
+    // Not on the docker command line either: the container's recorded args.
+    let args = docker(&[
+        "inspect",
+        "--format",
+        "{{json .Args}} {{json .Config.Cmd}}",
+        &containers_of(name)[0],
+    ]);
+    assert!(!args.contains(SECRET), "{args}");
+}

@@ -103,3 +103,72 @@ fn concurrent_deploys_with_wait_run_one_after_the_other() {
     assert_eq!(newer["previous_release"], older["release"]);
     sb.current(name).expect("a valid current");
 }
+
+#[test]
+fn deployer_killed_mid_deploy_leaves_no_lock_and_the_next_deploy_works() {
+    let sb = Sandbox::new();
+    let name = &sb.name("killed");
+    let port = free_port();
+    sb.deploy(&sb.service("hello", "v1"), name, port, "process", &[])
+        .assert_code(0);
+    sb.track(name);
+    let slow = sb.service("hello", "v2");
+    let mut child = sb
+        .cmd()
+        .args([
+            "deploy",
+            slow.to_str().unwrap(),
+            "--name",
+            name,
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--build", "sleep 30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until it holds the lock and is building.
+    let lock = sb
+        .state_dir()
+        .join("services")
+        .join(name)
+        .join("deploy.lock");
+    eventually(20, "the deploy to take the lock", || {
+        let text = std::fs::read_to_string(&lock).ok()?;
+        let building =
+            sb.run(&["--json", "history", name]).json()[0]["phases"][2]["status"] == "running";
+        (text.contains("job_id") && building).then_some(())
+    });
+    child.kill().unwrap(); // SIGKILL: no clean-up runs
+    child.wait().unwrap();
+    assert_eq!(
+        version_on(port).as_deref(),
+        Some("v1"),
+        "the old release still answers"
+    );
+
+    let next = sb.deploy(&sb.service("hello", "v3"), name, port, "process", &[]);
+    next.assert_code(0);
+    assert_eq!(version_on(port).as_deref(), Some("v3"));
+    let history = sb.run(&["--json", "history", name]).assert_code(0).json();
+    let killed = &history[1];
+    assert_eq!(killed["status"], "failed");
+    assert_eq!(killed["failure"], "interrupted");
+    assert_eq!(
+        killed["phases"][2]["status"], "failed",
+        "Build was running when it died"
+    );
+    let audit = sb
+        .run(&["--json", "audit", "--service", name])
+        .assert_code(0)
+        .json();
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "lock" && a["outcome"] == "taken over"),
+        "{audit:#}"
+    );
+}

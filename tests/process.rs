@@ -304,7 +304,8 @@ fn stop_stops_the_running_release() {
     let sb = Sandbox::new();
     let web = &sb.name("web");
     let port = free_port();
-    sb.deploy(&sb.service("hello", "v1"), web, port, "process", &[]).assert_code(0);
+    sb.deploy(&sb.service("hello", "v1"), web, port, "process", &[])
+        .assert_code(0);
     let out = sb.run(&["stop", web]).assert_code(0).stdout.clone();
     assert!(out.contains("stopped release"), "{out}");
     assert!(service_pids(web).is_empty());
@@ -312,6 +313,7 @@ fn stop_stops_the_running_release() {
     let out = sb.run(&["stop", web]).assert_code(0).stdout.clone();
     assert!(out.contains("nothing was running"), "{out}");
     // A redeploy starts it again.
-    sb.deploy(&sb.service("hello", "v2"), web, port, "process", &[]).assert_code(0);
+    sb.deploy(&sb.service("hello", "v2"), web, port, "process", &[])
+        .assert_code(0);
     assert_eq!(version_on(port).as_deref(), Some("v2"));
 }
