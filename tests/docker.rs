@@ -101,9 +101,29 @@ fn docker_redeploy_of_same_content_leaves_one_container() {
     let name = &sb.name("dkr");
     let port = free_port();
     let src = sb.service("hello", "v1");
-    sb.deploy(&src, name, port, "docker", &[]).assert_code(0);
-    sb.deploy(&src, name, port, "docker", &[]).assert_code(0);
+    // DEFAULT_NETWORK (the seed's name) puts the container on a network,
+    // created when missing.
+    let net = format!("{name}-net");
+    let env = [("DEFAULT_NETWORK", net.as_str())];
+    sb.deploy_env(&src, name, port, "docker", &[], &env)
+        .assert_code(0);
+    sb.deploy_env(&src, name, port, "docker", &[], &env)
+        .assert_code(0);
     assert_eq!(containers_of(name).len(), 1);
+    let networks = docker(&[
+        "inspect",
+        "--format",
+        "{{json .NetworkSettings.Networks}}",
+        &containers_of(name)[0],
+    ]);
+    assert!(networks.contains(&format!("\"{net}\"")), "{networks}");
+    let restart = docker(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.RestartPolicy.Name}}",
+        &containers_of(name)[0],
+    ]);
+    assert_eq!(restart.trim(), "unless-stopped");
     assert_eq!(version_on(port).as_deref(), Some("v1"));
 }
 
@@ -132,25 +152,14 @@ fn docker_secret_reaches_the_container_but_no_output_or_file() {
     let sb = Sandbox::new();
     let name = &sb.name("dks");
     let port = free_port();
-    sb.track(name);
     let src = sb.service("hello", "v1");
-    let r = sb.run_with(
-        &[
-            "--json",
-            "deploy",
-            src.to_str().unwrap(),
-            "--name",
-            name,
-            "--port",
-            &port.to_string(),
-            "--method",
-            "docker",
-            "--secret",
-            "API_KEY",
-        ],
-        |c| {
-            c.env("API_KEY", SECRET);
-        },
+    let r = sb.deploy_env(
+        &src,
+        name,
+        port,
+        "docker",
+        &["--secret", "API_KEY"],
+        &[("API_KEY", SECRET)],
     );
     r.assert_code(0);
     assert_eq!(http_get(port, "/env/API_KEY").unwrap().1, SECRET);

@@ -3,10 +3,12 @@
 mod common;
 use common::*;
 
-fn config_with_registry(sb: &Sandbox, url: &str) -> String {
+/// A sandbox with a deployer.toml naming `registry_url`; returns the
+/// `--config FILE` flags.
+fn config_with_registry(sb: &Sandbox, url: &str) -> [String; 2] {
     let cfg = sb.dir.path().join("deployer.toml");
     std::fs::write(&cfg, format!("registry_url = {url:?}\n")).unwrap();
-    cfg.to_str().unwrap().to_string()
+    ["--config".to_string(), cfg.to_str().unwrap().to_string()]
 }
 
 #[test]
@@ -15,23 +17,16 @@ fn registers_with_droplet_id_name_and_endpoint() {
     let name = &sb.name("reg");
     let port = free_port();
     let registry = FakeRegistry::start(200);
-    let cfg = config_with_registry(&sb, &registry.url());
-    sb.track(name);
+    let [flag, cfg] = config_with_registry(&sb, &registry.url());
     let src = sb.service("hello", "v1");
     let job = sb
-        .run(&[
-            "--config",
-            &cfg,
-            "--json",
-            "deploy",
-            src.to_str().unwrap(),
-            "--name",
+        .deploy(
+            &src,
             name,
-            "--port",
-            &port.to_string(),
-            "--droplet-id",
-            "20",
-        ])
+            port,
+            "process",
+            &[&flag, &cfg, "--droplet-id", "20"],
+        )
         .assert_code(0)
         .json();
     assert_eq!(phase(&job, "Register")["status"], "success");
@@ -61,58 +56,41 @@ fn registry_errors_fail_register_with_exit_6_but_leave_the_service_up() {
     let name = &sb.name("regfail");
     let port = free_port();
     let registry = FakeRegistry::start(500);
-    let cfg = config_with_registry(&sb, &registry.url());
-    sb.track(name);
+    let [flag, cfg] = config_with_registry(&sb, &registry.url());
     let src = sb.service("hello", "v1");
-    let r = sb.run(&[
-        "--config",
-        &cfg,
-        "--json",
-        "deploy",
-        src.to_str().unwrap(),
-        "--name",
+    let r = sb.deploy(
+        &src,
         name,
-        "--port",
-        &port.to_string(),
-        "--droplet-id",
-        "3",
-    ]);
+        port,
+        "process",
+        &[&flag, &cfg, "--droplet-id", "3"],
+    );
     r.assert_code(6);
     let job = r.json();
-    assert!(
-        phase(&job, "Register")["error"]
-            .as_str()
-            .unwrap()
-            .contains("answered 500"),
-        "{job:#}"
-    );
+    let err = phase(&job, "Register")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("answered 500"), "{err}");
     assert_eq!(version_on(port).as_deref(), Some("v1"));
+    assert_eq!(sb.current(name), job["release"].as_str().map(String::from));
 
     // Nothing listening at all: the error says unreachable.
     let dead = format!("http://127.0.0.1:{}", free_port());
-    let r = sb.run_with(
-        &[
-            "--json",
-            "deploy",
-            src.to_str().unwrap(),
-            "--name",
-            name,
-            "--port",
-            &port.to_string(),
-            "--droplet-id",
-            "3",
-        ],
-        |c| {
-            c.env("REGISTRY_URL", &dead);
-        },
+    let r = sb.deploy_env(
+        &src,
+        name,
+        port,
+        "process",
+        &["--droplet-id", "3"],
+        &[("REGISTRY_URL", &dead)],
     );
     r.assert_code(6);
-    assert!(
-        phase(&r.json(), "Register")["error"]
-            .as_str()
-            .unwrap()
-            .contains("unreachable")
-    );
+    let err = phase(&r.json(), "Register")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("unreachable"), "{err}");
 }
 
 #[test]
@@ -121,43 +99,21 @@ fn register_is_skipped_with_a_reason() {
     let name = &sb.name("noreg");
     let port = free_port();
     let registry = FakeRegistry::start(200);
-    let cfg = config_with_registry(&sb, &registry.url());
-    sb.track(name);
+    let [flag, cfg] = config_with_registry(&sb, &registry.url());
     let src = sb.service("hello", "v1");
     let job = sb
-        .run(&[
-            "--config",
-            &cfg,
-            "--json",
-            "deploy",
-            src.to_str().unwrap(),
-            "--name",
-            name,
-            "--port",
-            &port.to_string(),
-            "--no-register",
-        ])
+        .deploy(&src, name, port, "process", &[&flag, &cfg, "--no-register"])
         .assert_code(0)
         .json();
     assert_eq!(phase(&job, "Register")["status"], "skipped");
-    assert!(
-        phase(&job, "Register")["details"]
-            .as_str()
-            .unwrap()
-            .contains("--no-register")
-    );
+    let details = phase(&job, "Register")["details"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(details.contains("--no-register"), "{details}");
     assert!(registry.bodies.lock().unwrap().is_empty());
     // A registry but no droplet id: refused up front, with what to do.
-    let r = sb.run(&[
-        "--config",
-        &cfg,
-        "deploy",
-        src.to_str().unwrap(),
-        "--name",
-        name,
-        "--port",
-        &port.to_string(),
-    ]);
+    let r = sb.deploy(&src, name, port, "process", &[&flag, &cfg]);
     r.assert_code(10);
     assert!(r.stderr.contains("no droplet_id"), "{}", r.stderr);
 }

@@ -41,27 +41,15 @@ fn env_and_secrets_reach_the_service_and_the_secret_is_never_printed() {
     let sb = Sandbox::new();
     let name = &sb.name("sec");
     let port = free_port();
-    let with_secret = |c: &mut std::process::Command| {
-        c.env("API_KEY", SECRET);
-    };
-    sb.track(name);
-    let p = port.to_string();
+    let env = [("API_KEY", SECRET)];
     let v1 = sb.service("hello", "v1");
-    let ok = sb.run_with(
-        &[
-            "--json",
-            "deploy",
-            v1.to_str().unwrap(),
-            "--name",
-            name,
-            "--port",
-            &p,
-            "--env",
-            "MODE=blue",
-            "--secret",
-            "API_KEY",
-        ],
-        with_secret,
+    let ok = sb.deploy_env(
+        &v1,
+        name,
+        port,
+        "process",
+        &["--env", "MODE=blue", "--secret", "API_KEY"],
+        &env,
     );
     ok.assert_code(0);
     assert_eq!(http_get(port, "/env/MODE").unwrap().1, "blue");
@@ -79,21 +67,11 @@ fn env_and_secrets_reach_the_service_and_the_secret_is_never_printed() {
     // A failing deploy with the secret, and its rollback (which restarts
     // the previous release with the secret again).
     let bad = sb.service("broken/exits-at-start", "v2");
-    let failed = sb.run_with(
-        &[
-            "deploy",
-            bad.to_str().unwrap(),
-            "--name",
-            name,
-            "--port",
-            &p,
-            "--secret",
-            "API_KEY",
-        ],
-        with_secret,
-    );
+    let failed = sb.deploy_env(&bad, name, port, "process", &["--secret", "API_KEY"], &env);
     failed.assert_code(3);
     assert_eq!(http_get(port, "/env/API_KEY").unwrap().1, SECRET);
+    // The human-readable output too.
+    let p = port.to_string();
     let human = sb.run_with(
         &[
             "deploy",
@@ -105,7 +83,9 @@ fn env_and_secrets_reach_the_service_and_the_secret_is_never_printed() {
             "--secret",
             "API_KEY",
         ],
-        with_secret,
+        |c| {
+            c.envs(env);
+        },
     );
     human.assert_code(0);
 

@@ -138,6 +138,19 @@ impl Sandbox {
     /// Deploys a directory as service `name` on `port` with `method`; extra
     /// flags follow. Adds `--json` so the job can be read back.
     pub fn deploy(&self, path: &Path, name: &str, port: u16, method: &str, extra: &[&str]) -> Run {
+        self.deploy_env(path, name, port, method, extra, &[])
+    }
+
+    /// [`Sandbox::deploy`] with extra environment for deployer (secrets).
+    pub fn deploy_env(
+        &self,
+        path: &Path,
+        name: &str,
+        port: u16,
+        method: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Run {
         self.track(name);
         let port = port.to_string();
         let mut args = vec![
@@ -152,7 +165,9 @@ impl Sandbox {
             method,
         ];
         args.extend_from_slice(extra);
-        self.run(&args)
+        self.run_with(&args, |c| {
+            c.envs(env.iter().copied());
+        })
     }
 
     pub fn track(&self, name: &str) {
@@ -213,6 +228,8 @@ impl Drop for Sandbox {
                     args.extend(ids);
                     docker(&args);
                 }
+                // The network a test asked for, if any.
+                docker(&["network", "rm", &format!("{name}-net")]);
                 let imgs = docker(&[
                     "images",
                     "-q",
