@@ -137,6 +137,8 @@ pub enum ExecError {
     Spawn { cmd: String, source: std::io::Error },
     #[error("`{cmd}` did not finish within {secs} s")]
     Timeout { cmd: String, secs: u64 },
+    #[error("`{cmd}`: {reason}")]
+    Remote { cmd: String, reason: String },
 }
 
 /// Where commands run. Local now; the SSH transport implements the same trait.

@@ -20,4 +20,5 @@ pub mod registry;
 pub mod release;
 pub mod runtime;
 pub mod secret;
+pub mod ssh;
 pub mod store;

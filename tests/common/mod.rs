@@ -4,6 +4,8 @@
 //! `deployer` binary against real processes and a real Docker engine.
 #![allow(dead_code)]
 
+pub mod sshd;
+
 use assert_cmd::cargo::CommandCargoExt;
 use std::io::{Read, Write};
 use std::net::TcpStream;

@@ -1,0 +1,534 @@
+//! The SSH transport: a pure-Rust client (russh) that runs commands and
+//! transfers files (SFTP) on a remote host, over one connection reused for a
+//! whole deploy.
+//!
+//! Authentication is by key only (a key file); no password is ever asked
+//! for or stored. The server's host key is checked strictly against a
+//! known_hosts file: a changed key is refused with both fingerprints shown,
+//! an unknown one is refused unless `accept-new` was chosen, in which case
+//! it is recorded (as OpenSSH's `StrictHostKeyChecking=accept-new` does).
+
+use crate::cmd::{Arg, Cmd, CmdOutput, ExecError, Transport, quote};
+use russh::ChannelMsg;
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Where and how to reach a host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SshTarget {
+    pub user: String,
+    pub host: String,
+    pub port: u16,
+    pub key: PathBuf,
+    pub known_hosts: PathBuf,
+    pub accept_new: bool,
+    pub connect_timeout: Duration,
+}
+
+impl SshTarget {
+    /// Parses `user@host:port` (user defaults to root, port to 22).
+    pub fn parse_address(s: &str) -> Result<(String, String, u16), String> {
+        let (user, rest) = match s.split_once('@') {
+            Some((u, r)) => (u.to_string(), r),
+            None => ("root".to_string(), s),
+        };
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
+                h.trim_matches(|c| c == '[' || c == ']').to_string(),
+                p.parse::<u16>()
+                    .map_err(|_| format!("'{p}' in '{s}' is not a port number"))?,
+            ),
+            _ => (rest.trim_matches(|c| c == '[' || c == ']').to_string(), 22),
+        };
+        let valid = |x: &str| {
+            !x.is_empty()
+                && x.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+        };
+        if !valid(&user) || !valid(&host) || port == 0 {
+            return Err(format!(
+                "'{s}' is not a host address (expected user@host:port)"
+            ));
+        }
+        Ok((user, host, port))
+    }
+
+    /// How the host appears in messages and known_hosts.
+    pub fn display(&self) -> String {
+        format!("{}@{}:{}", self.user, self.host, self.port)
+    }
+}
+
+/// Why a connection failed, in words a user can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error(
+        "HOST KEY CHANGED for {host}: known_hosts ({known_hosts}, line {line}) has {expected}, \
+         the server presented {presented}. Refusing to connect: this could be a man-in-the-middle. \
+         If the host was really reinstalled, remove line {line} from {known_hosts}."
+    )]
+    HostKeyChanged {
+        host: String,
+        known_hosts: String,
+        line: usize,
+        expected: String,
+        presented: String,
+    },
+    #[error(
+        "unknown host key for {host} ({presented}): it is not in {known_hosts}. Verify the \
+         fingerprint, then add it there, or allow first contact with accept-new"
+    )]
+    HostKeyUnknown {
+        host: String,
+        known_hosts: String,
+        presented: String,
+    },
+    #[error("cannot connect to {host}: {reason}")]
+    Connect { host: String, reason: String },
+    #[error("{host} refused key authentication for user {user} with key {key}")]
+    AuthRejected {
+        host: String,
+        user: String,
+        key: String,
+    },
+    #[error("SSH key {path}: {reason}")]
+    Key { path: String, reason: String },
+    #[error("{host}: {doing}: {reason}")]
+    Session {
+        host: String,
+        doing: String,
+        reason: String,
+    },
+}
+
+/// What the host-key check decided, kept so a refused connection can say why.
+#[derive(Clone, Debug)]
+enum Verdict {
+    Trusted,
+    Learned,
+    Changed {
+        line: usize,
+        expected: String,
+        presented: String,
+    },
+    Unknown {
+        presented: String,
+    },
+    Error(String),
+}
+
+struct HostKeyCheck {
+    host: String,
+    port: u16,
+    known_hosts: PathBuf,
+    accept_new: bool,
+    verdict: Arc<Mutex<Option<Verdict>>>,
+}
+
+fn fingerprint(key: &PublicKey) -> String {
+    format!(
+        "{} {}",
+        key.algorithm().as_str(),
+        key.fingerprint(HashAlg::Sha256)
+    )
+}
+
+impl HostKeyCheck {
+    fn decide(&self, key: &PublicKey) -> Verdict {
+        let known = match russh::keys::known_hosts::known_host_keys_path(
+            &self.host,
+            self.port,
+            &self.known_hosts,
+        ) {
+            Ok(k) => k,
+            Err(e) => {
+                return Verdict::Error(format!("reading {}: {e}", self.known_hosts.display()));
+            }
+        };
+        if known.iter().any(|(_, k)| k == key) {
+            return Verdict::Trusted;
+        }
+        if let Some((line, k)) = known.iter().find(|(_, k)| k.algorithm() == key.algorithm()) {
+            return Verdict::Changed {
+                line: *line,
+                expected: fingerprint(k),
+                presented: fingerprint(key),
+            };
+        }
+        if let Some((line, k)) = known.first() {
+            // Known under another algorithm only: still a different key.
+            return Verdict::Changed {
+                line: *line,
+                expected: fingerprint(k),
+                presented: fingerprint(key),
+            };
+        }
+        if self.accept_new {
+            match learn(&self.host, self.port, key, &self.known_hosts) {
+                Ok(()) => Verdict::Learned,
+                Err(e) => Verdict::Error(format!(
+                    "recording the host key in {}: {e}",
+                    self.known_hosts.display()
+                )),
+            }
+        } else {
+            Verdict::Unknown {
+                presented: fingerprint(key),
+            }
+        }
+    }
+}
+
+/// Appends a host's key to a known_hosts file in OpenSSH's format.
+fn learn(host: &str, port: u16, key: &PublicKey, path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let name = if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    let mut key = key.clone();
+    key.set_comment("");
+    let line = key.to_openssh().map_err(std::io::Error::other)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    let needs_newline = std::fs::read(path).is_ok_and(|b| b.last().is_some_and(|c| *c != b'\n'));
+    if needs_newline {
+        writeln!(f)?;
+    }
+    writeln!(f, "{name} {}", line.trim())
+}
+
+impl russh::client::Handler for HostKeyCheck {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let verdict = match key {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => self.decide(key),
+            // Host certificates need a CA to trust; not supported.
+            russh::keys::PublicKeyOrCertificate::Certificate(_) => Verdict::Error(
+                "the server offered a host certificate; only plain host keys are supported".into(),
+            ),
+        };
+        let ok = matches!(verdict, Verdict::Trusted | Verdict::Learned);
+        *self.verdict.lock().unwrap() = Some(verdict);
+        Ok(ok)
+    }
+}
+
+/// An open, authenticated SSH connection.
+pub struct SshSession {
+    target: SshTarget,
+    handle: russh::client::Handle<HostKeyCheck>,
+}
+
+impl SshSession {
+    pub async fn connect(target: &SshTarget) -> Result<SshSession, SshError> {
+        let host = target.display();
+        let key_err = |reason: String| SshError::Key {
+            path: target.key.display().to_string(),
+            reason,
+        };
+        let key =
+            russh::keys::load_secret_key(&target.key, None).map_err(|e| key_err(e.to_string()))?;
+        let config = Arc::new(russh::client::Config {
+            inactivity_timeout: Some(Duration::from_secs(300)),
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 3,
+            window_size: 16 * 1024 * 1024,
+            maximum_packet_size: 65535,
+            nodelay: true,
+            ..Default::default()
+        });
+        let verdict = Arc::new(Mutex::new(None));
+        let check = HostKeyCheck {
+            host: target.host.clone(),
+            port: target.port,
+            known_hosts: target.known_hosts.clone(),
+            accept_new: target.accept_new,
+            verdict: verdict.clone(),
+        };
+        let connecting = russh::client::connect(config, (target.host.as_str(), target.port), check);
+        let result = tokio::time::timeout(target.connect_timeout, connecting).await;
+        let mut handle = match result {
+            Err(_) => {
+                return Err(SshError::Connect {
+                    host,
+                    reason: format!("no answer within {} s", target.connect_timeout.as_secs()),
+                });
+            }
+            Ok(Ok(h)) => h,
+            Ok(Err(e)) => {
+                let known_hosts = target.known_hosts.display().to_string();
+                return Err(match verdict.lock().unwrap().clone() {
+                    Some(Verdict::Changed {
+                        line,
+                        expected,
+                        presented,
+                    }) => SshError::HostKeyChanged {
+                        host,
+                        known_hosts,
+                        line,
+                        expected,
+                        presented,
+                    },
+                    Some(Verdict::Unknown { presented }) => SshError::HostKeyUnknown {
+                        host,
+                        known_hosts,
+                        presented,
+                    },
+                    Some(Verdict::Error(reason)) => SshError::Connect { host, reason },
+                    _ => SshError::Connect {
+                        host,
+                        reason: describe(&e),
+                    },
+                });
+            }
+        };
+        let hash = handle
+            .best_supported_rsa_hash()
+            .await
+            .ok()
+            .flatten()
+            .flatten();
+        let auth = handle
+            .authenticate_publickey(
+                &target.user,
+                PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+            )
+            .await
+            .map_err(|e| SshError::Connect {
+                host: host.clone(),
+                reason: describe(&e),
+            })?;
+        if !auth.success() {
+            return Err(SshError::AuthRejected {
+                host,
+                user: target.user.clone(),
+                key: target.key.display().to_string(),
+            });
+        }
+        Ok(SshSession {
+            target: target.clone(),
+            handle,
+        })
+    }
+
+    pub fn target(&self) -> &SshTarget {
+        &self.target
+    }
+
+    fn session_err(&self, doing: &str, e: impl std::fmt::Display) -> SshError {
+        SshError::Session {
+            host: self.target.display(),
+            doing: doing.to_string(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Runs a command line; `stdin` is written to it first.
+    pub async fn run_line(&self, line: &str, stdin: &[u8]) -> Result<CmdOutput, SshError> {
+        let mut ch = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| self.session_err("opening a channel", describe(&e)))?;
+        ch.exec(true, line)
+            .await
+            .map_err(|e| self.session_err("starting a command", describe(&e)))?;
+        if !stdin.is_empty() {
+            ch.data(stdin)
+                .await
+                .map_err(|e| self.session_err("sending input", describe(&e)))?;
+        }
+        ch.eof()
+            .await
+            .map_err(|e| self.session_err("closing input", describe(&e)))?;
+        let (mut stdout, mut stderr, mut code) = (Vec::new(), Vec::new(), None);
+        let mut signalled = false;
+        while let Some(msg) = ch.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status as i32),
+                ChannelMsg::ExitSignal { .. } => signalled = true,
+                _ => {}
+            }
+        }
+        if code.is_none() && !signalled {
+            return Err(self.session_err(
+                "running a command",
+                "the connection closed before it finished",
+            ));
+        }
+        Ok(CmdOutput {
+            code,
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
+        })
+    }
+
+    /// Opens an SFTP session on this connection.
+    pub async fn sftp(&self) -> Result<russh_sftp::client::SftpSession, SshError> {
+        let ch = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| self.session_err("opening an SFTP channel", describe(&e)))?;
+        ch.request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| self.session_err("starting SFTP", describe(&e)))?;
+        let config = russh_sftp::client::Config {
+            max_concurrent_writes: 64,
+            ..Default::default()
+        };
+        russh_sftp::client::SftpSession::new_with_config(ch.into_stream(), config)
+            .await
+            .map_err(|e| self.session_err("starting SFTP", e))
+    }
+
+    pub async fn close(&self) {
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+/// The command line a remote shell runs for `cmd`. Secret environment
+/// values never appear in it: they are read from stdin (see [`stdin_for`]).
+pub fn remote_line(cmd: &Cmd) -> String {
+    let mut words = Vec::new();
+    if let Some(dir) = &cmd.cwd {
+        words.push(format!("cd {} &&", quote(&dir.to_string_lossy())));
+    }
+    let has_secret = cmd.env.iter().any(|(_, v)| matches!(v, Arg::Secret(_)));
+    if has_secret {
+        // Load NAME=value lines from stdin into the environment, then exec.
+        words.push("set -a && . /dev/stdin && set +a &&".to_string());
+    }
+    let plain: Vec<String> = cmd
+        .env
+        .iter()
+        .filter_map(|(k, v)| match v {
+            Arg::Plain(v) => Some(format!("{k}={}", quote(v))),
+            Arg::Secret(_) => None,
+        })
+        .collect();
+    if !plain.is_empty() {
+        words.push("env".to_string());
+        words.extend(plain);
+    }
+    words.push(quote(&cmd.program));
+    for a in &cmd.args {
+        match a {
+            Arg::Plain(s) => words.push(quote(s)),
+            Arg::Secret(s) => words.push(quote(s.expose())),
+        }
+    }
+    words.join(" ")
+}
+
+/// The stdin that carries a command's secret environment values.
+pub fn stdin_for(cmd: &Cmd) -> Vec<u8> {
+    let mut out = String::new();
+    for (k, v) in &cmd.env {
+        if let Arg::Secret(s) = v {
+            out.push_str(&format!("{k}={}\n", quote(s.expose())));
+        }
+    }
+    out.into_bytes()
+}
+
+impl Transport for SshSession {
+    async fn exec(&self, cmd: &Cmd, timeout: Duration) -> Result<CmdOutput, ExecError> {
+        let line = remote_line(cmd);
+        let stdin = stdin_for(cmd);
+        match tokio::time::timeout(timeout, self.run_line(&line, &stdin)).await {
+            Err(_) => Err(ExecError::Timeout {
+                cmd: cmd.display(),
+                secs: timeout.as_secs(),
+            }),
+            Ok(Err(e)) => Err(ExecError::Remote {
+                cmd: cmd.display(),
+                reason: e.to_string(),
+            }),
+            Ok(Ok(out)) => Ok(out),
+        }
+    }
+}
+
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_msg = s.to_string();
+        if !msg.contains(&s_msg) {
+            msg = format!("{msg}: {s_msg}");
+        }
+        source = s.source();
+    }
+    msg
+}
+
+/// The default known_hosts file: `~/.ssh/known_hosts`.
+pub fn default_known_hosts() -> PathBuf {
+    std::env::home_dir()
+        .unwrap_or_else(|| PathBuf::from("/root"))
+        .join(".ssh/known_hosts")
+}
+
+/// Whether a path exists locally (for flags that name files).
+pub fn require_file(path: &Path, what: &str) -> Result<(), String> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(format!("{what} {} does not exist", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secret::Secret;
+
+    #[test]
+    fn parses_addresses() {
+        assert_eq!(
+            SshTarget::parse_address("deploy@10.0.0.5:2222").unwrap(),
+            ("deploy".into(), "10.0.0.5".into(), 2222)
+        );
+        assert_eq!(
+            SshTarget::parse_address("host").unwrap(),
+            ("root".into(), "host".into(), 22)
+        );
+        assert!(SshTarget::parse_address("a@b:port").is_err());
+        assert!(SshTarget::parse_address("a;rm -rf@b").is_err());
+    }
+
+    #[test]
+    fn remote_line_keeps_secrets_out_of_argv() {
+        let cmd = Cmd::new("docker")
+            .args(["run", "--env", "API_KEY", "img"])
+            .env("MODE", "a b")
+            .secret_env("API_KEY", Secret::new("s3cr3t-value"))
+            .cwd("/srv/x");
+        let line = remote_line(&cmd);
+        assert_eq!(
+            line,
+            "cd /srv/x && set -a && . /dev/stdin && set +a && env MODE='a b' docker run --env API_KEY img"
+        );
+        assert!(!line.contains("s3cr3t"));
+        assert_eq!(stdin_for(&cmd), b"API_KEY=s3cr3t-value\n");
+    }
+}

@@ -1,0 +1,156 @@
+//! The SSH transport against a real sshd on loopback: key auth, strict host
+//! keys, commands with exit codes, secrets kept off the command line.
+
+mod common;
+use common::sshd::Sshd;
+use deployer::cmd::{Cmd, Transport};
+use deployer::secret::Secret;
+use deployer::ssh::{SshError, SshSession, SshTarget};
+use std::time::Duration;
+
+fn target(sshd: &Sshd, known_hosts: &std::path::Path, accept_new: bool) -> SshTarget {
+    SshTarget {
+        user: "root".into(),
+        host: "127.0.0.1".into(),
+        port: sshd.port,
+        key: sshd.client_key(),
+        known_hosts: known_hosts.to_path_buf(),
+        accept_new,
+        connect_timeout: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test]
+async fn accept_new_records_the_key_then_strict_checking_trusts_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(&dir.path().join("sshd"));
+    let kh = dir.path().join("known_hosts");
+
+    // First contact without accept-new: refused, and says how to proceed.
+    let err = SshSession::connect(&target(&sshd, &kh, false))
+        .await
+        .err()
+        .expect("refused");
+    assert!(matches!(err, SshError::HostKeyUnknown { .. }), "{err}");
+    assert!(err.to_string().contains("SHA256:"), "{err}");
+    assert!(!kh.exists(), "nothing recorded without accept-new");
+
+    let s = SshSession::connect(&target(&sshd, &kh, true))
+        .await
+        .expect("accept-new");
+    s.close().await;
+    let recorded = std::fs::read_to_string(&kh).unwrap();
+    assert!(
+        recorded.starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", sshd.port)),
+        "{recorded}"
+    );
+
+    let s = SshSession::connect(&target(&sshd, &kh, false))
+        .await
+        .expect("known now");
+    let out = s
+        .exec(
+            &Cmd::new("sh").args(["-c", "echo out; echo err >&2; exit 3"]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.code, out.stdout.as_str(), out.stderr.as_str()),
+        (Some(3), "out\n", "err\n")
+    );
+}
+
+#[tokio::test]
+async fn a_changed_host_key_is_refused_showing_both_fingerprints() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sshd = Sshd::start(&dir.path().join("sshd"));
+    let kh = dir.path().join("known_hosts");
+    SshSession::connect(&target(&sshd, &kh, true))
+        .await
+        .unwrap()
+        .close()
+        .await;
+    let before = std::fs::read_to_string(&kh).unwrap();
+
+    sshd.swap_host_key();
+    // Even with accept-new: a *changed* key is never accepted.
+    let err = SshSession::connect(&target(&sshd, &kh, true))
+        .await
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(
+        matches!(err, SshError::HostKeyChanged { line: 1, .. }),
+        "{msg}"
+    );
+    assert!(msg.contains("HOST KEY CHANGED"), "{msg}");
+    assert_eq!(
+        msg.matches("SHA256:").count(),
+        2,
+        "both fingerprints: {msg}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&kh).unwrap(),
+        before,
+        "known_hosts untouched"
+    );
+}
+
+#[tokio::test]
+async fn wrong_client_key_and_closed_port_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sshd = Sshd::start(&dir.path().join("sshd"));
+    let kh = dir.path().join("known_hosts");
+    let mut t = target(&sshd, &kh, true);
+    let other = dir.path().join("other_key");
+    std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    t.key = other;
+    let err = SshSession::connect(&t).await.err().expect("rejected");
+    assert!(matches!(err, SshError::AuthRejected { .. }), "{err}");
+
+    t.key = dir.path().join("missing_key");
+    let err = SshSession::connect(&t).await.err().expect("no key");
+    assert!(err.to_string().contains("missing_key"), "{err}");
+
+    sshd.stop();
+    let err = SshSession::connect(&target(&sshd, &kh, true))
+        .await
+        .err()
+        .expect("closed");
+    assert!(
+        err.to_string()
+            .starts_with("cannot connect to root@127.0.0.1:"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn secret_env_reaches_the_command_but_not_its_argv() {
+    let dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(&dir.path().join("sshd"));
+    let kh = dir.path().join("known_hosts");
+    let s = SshSession::connect(&target(&sshd, &kh, true))
+        .await
+        .unwrap();
+    let cmd = Cmd::new("sh")
+        .args([
+            "-c",
+            "echo \"$API_KEY|$MODE\"; cat /proc/$$/cmdline | tr '\\0' ' '",
+        ])
+        .env("MODE", "blue sky")
+        .secret_env("API_KEY", Secret::new("it's a 'secret' $value"))
+        .cwd("/tmp");
+    let out = s.exec(&cmd, Duration::from_secs(10)).await.unwrap();
+    let mut lines = out.stdout.lines();
+    assert_eq!(lines.next(), Some("it's a 'secret' $value|blue sky"));
+    assert!(
+        !lines.next().unwrap_or("").contains("secret"),
+        "{}",
+        out.stdout
+    );
+}
