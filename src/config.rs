@@ -142,8 +142,17 @@ pub struct TargetConfig {
     pub user: Option<String>,
     /// SSH private key for the remote host (seed: SSH_KEY_PATH).
     pub ssh_key: Option<PathBuf>,
-    /// The address put in service URLs and registrations. Default 127.0.0.1.
+    /// The address put in service URLs and registrations. Default: the
+    /// host's address (127.0.0.1 for this machine).
     pub address: Option<String>,
+    /// known_hosts file for host-key checks. Default ~/.ssh/known_hosts.
+    pub known_hosts: Option<PathBuf>,
+    /// Record the host key of a host never seen before (first contact).
+    /// A changed key is refused regardless.
+    #[serde(default)]
+    pub accept_new_host_key: bool,
+    /// Where service directories live on a remote host. Default /srv/deployer.
+    pub base_dir: Option<PathBuf>,
 }
 
 /// Defaults for every service, overridden by a manifest and by flags.

@@ -7,7 +7,7 @@
 //! from a directory (Transfer copies it, Build builds it), a rollback's
 //! release already exists (Transfer and Build are skipped).
 
-use crate::cmd::{Cmd, LocalTransport, Transport};
+use crate::cmd::{Cmd, Transport};
 use crate::config::{DeployerConfig, Method};
 use crate::error::{Failure, FailureKind};
 use crate::health::{HealthCheck, Unhealthy};
@@ -15,8 +15,9 @@ use crate::lock::{Holder, Lock};
 use crate::model::*;
 use crate::plan::{Plan, RegisterPlan, RunSpec, RuntimeKind};
 use crate::release::{self, ServiceDirs};
-use crate::runtime::{ReleaseCtx, Runtime, docker::DockerRuntime, process::ProcessRuntime};
+use crate::runtime::ReleaseCtx;
 use crate::secret::{Redactor, Secret};
+use crate::site::{Site, TargetSpec};
 use crate::store::Store;
 use chrono::Utc;
 use std::path::{Path, PathBuf};
@@ -80,13 +81,16 @@ pub struct Engine {
     http: reqwest::Client,
     actor: String,
     lock_wait: Duration,
-    process: Runtime,
-    docker: Runtime,
-    transport: LocalTransport,
+    target: TargetSpec,
 }
 
 impl Engine {
-    pub fn new(config: DeployerConfig, state_dir: PathBuf, lock_wait: Duration) -> Self {
+    pub fn new(
+        config: DeployerConfig,
+        state_dir: PathBuf,
+        lock_wait: Duration,
+        target: TargetSpec,
+    ) -> Self {
         let http = reqwest::Client::builder()
             .no_proxy()
             .connect_timeout(Duration::from_secs(5))
@@ -98,28 +102,12 @@ impl Engine {
             http,
             actor: actor(),
             lock_wait,
-            process: Runtime::Process(ProcessRuntime::default()),
-            docker: Runtime::Docker(DockerRuntime::new()),
-            transport: LocalTransport,
+            target,
         }
     }
 
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
-    }
-
-    fn runtime(&self, kind: RuntimeKind) -> &Runtime {
-        match kind {
-            RuntimeKind::Process => &self.process,
-            RuntimeKind::Docker => &self.docker,
-        }
-    }
-
-    fn docker(&self) -> &DockerRuntime {
-        match &self.docker {
-            Runtime::Docker(d) => d,
-            Runtime::Process(_) => unreachable!("the docker slot holds the docker runtime"),
-        }
     }
 
     /// Deploys a plan. `Err` means the job never started (invalid input, the
@@ -129,7 +117,15 @@ impl Engine {
         let validation = Phase::pending(PhaseName::Validation);
         let started = Utc::now();
         sink.event(&Event::PhaseStarted(PhaseName::Validation));
-        let checked = self.validate(&mut plan).await;
+        let site = match Site::connect(&self.target, &self.state_dir).await {
+            Ok(site) => site,
+            Err(f) => {
+                let failed = finish_phase(validation, started, Err(f.message.clone()), &redactor);
+                sink.event(&Event::PhaseFinished(&failed.view()));
+                return Err(f);
+            }
+        };
+        let checked = self.validate(&site, &mut plan).await;
         let mut validation = finish_phase(validation, started, checked.clone(), &redactor);
         sink.event(&Event::PhaseFinished(&validation.view()));
         checked.map_err(|e| Failure::invalid(redactor.redact(&e)))?;
@@ -138,7 +134,7 @@ impl Engine {
         if lock.waited {
             // Another deploy ran meanwhile: what was checked may have changed.
             let started = Utc::now();
-            let checked = self.validate(&mut plan).await;
+            let checked = self.validate(&site, &mut plan).await;
             validation = finish_phase(
                 Phase::pending(PhaseName::Validation),
                 started,
@@ -161,7 +157,11 @@ impl Engine {
             keep_releases: plan.keep_releases,
             source: Source::Dir(plan.source),
         };
-        self.run(work, validation, (lock, job_id), sink).await
+        let job = self
+            .run(&site, work, validation, (lock, job_id), sink)
+            .await;
+        site.close().await;
+        job
     }
 
     /// Takes a service's deploy lock for a job, or says who holds it.
@@ -187,16 +187,22 @@ impl Engine {
     }
 
     /// Validation: checks that need the target (no writes). Resolves `auto`.
-    async fn validate(&self, plan: &mut Plan) -> Result<String, String> {
+    async fn validate(&self, site: &Site, plan: &mut Plan) -> Result<String, String> {
         let runtime = match plan.method {
+            Method::Process if !site.host.is_local() => {
+                return Err(format!(
+                    "the process method runs services on this machine only; use docker on {}",
+                    site.host.name()
+                ));
+            }
             Method::Process => RuntimeKind::Process,
             Method::Docker => {
-                self.docker().engine_version().await.map_err(|e| {
+                site.docker().engine_version().await.map_err(|e| {
                     format!("the docker method needs a Docker engine, and none answers: {e}")
                 })?;
                 RuntimeKind::Docker
             }
-            Method::Auto => match self.docker().engine_version().await {
+            Method::Auto => match site.docker().engine_version().await {
                 Ok(_) => RuntimeKind::Docker,
                 Err(_) => RuntimeKind::Process,
             },
@@ -227,11 +233,11 @@ impl Engine {
             }
         }
         let port = plan.spec.port;
-        let port_note = if port_is_free(port) {
+        let port_note = if !site.port_in_use(port).await {
             format!("port {port} free")
         } else {
-            let dirs = ServiceDirs::new(&self.state_dir, &plan.service_name);
-            match self
+            let dirs = site.dirs(&plan.service_name);
+            match site
                 .running_releases(&dirs, &plan.service_name)
                 .await
                 .iter()
@@ -246,18 +252,10 @@ impl Engine {
             }
         };
         Ok(format!(
-            "Service files validated: method {}, {port_note}",
-            runtime.as_str()
+            "Service files validated: method {} on {}, {port_note}",
+            runtime.as_str(),
+            site.host.name()
         ))
-    }
-
-    /// Running releases of a service under any runtime.
-    async fn running_releases(&self, dirs: &ServiceDirs, service: &str) -> Vec<(String, u16)> {
-        let mut running = self.process.running(dirs, service).await;
-        if self.docker().engine_version().await.is_ok() {
-            running.extend(self.docker.running(dirs, service).await);
-        }
-        running
     }
 
     /// Rolls a service back to an earlier release (the one before current,
@@ -270,18 +268,19 @@ impl Engine {
     ) -> Result<Job, Failure> {
         crate::plan::validate_name(service)?;
         let store = self.open_store_existing().await?;
-        let dirs = ServiceDirs::new(&self.state_dir, service);
         let releases = store.releases(service).await?;
         if releases.is_empty() {
             return Err(Failure::not_found(format!(
                 "no releases of service '{service}'"
             )));
         }
+        let site = Site::connect(&self.target, &self.state_dir).await?;
+        let dirs = site.dirs(service);
         // Under the lock, so `current` cannot change while the target is chosen.
         let job_id = new_job_id();
         let lock = self.lock(service, &job_id).await?;
         let releases = store.releases(service).await?;
-        let current = dirs.current();
+        let current = site.host.current(&dirs).await;
         let target = match to {
             Some(id) => releases.iter().find(|r| r.id == id).ok_or_else(|| {
                 Failure::not_found(format!("service '{service}' has no release '{id}'"))
@@ -302,7 +301,15 @@ impl Engine {
                 target.id
             )));
         }
-        if !dirs.release(&target.id).is_dir() {
+        if !site
+            .host
+            .exec(
+                &Cmd::new("test").args(["-d", &dirs.release(&target.id).to_string_lossy()]),
+                Duration::from_secs(30),
+            )
+            .await
+            .is_ok_and(|o| o.success())
+        {
             return Err(Failure::not_found(format!(
                 "release {} was pruned; its files are gone",
                 target.id
@@ -335,12 +342,7 @@ impl Engine {
             &Redactor::default(),
         );
         sink.event(&Event::PhaseFinished(&validation.view()));
-        let address = self
-            .config
-            .target
-            .address
-            .clone()
-            .unwrap_or_else(|| "127.0.0.1".into());
+        let address = crate::plan::service_address(&self.config);
         let work = Work {
             kind: JobKind::Rollback,
             service: service.to_string(),
@@ -357,7 +359,11 @@ impl Engine {
             keep_releases: usize::MAX,
             source: Source::Existing(target.id.clone()),
         };
-        self.run(work, validation, (lock, job_id), sink).await
+        let job = self
+            .run(&site, work, validation, (lock, job_id), sink)
+            .await;
+        site.close().await;
+        job
     }
 
     /// Stops every running release of a service (it stays deployed:
@@ -373,10 +379,11 @@ impl Engine {
         }
         let job_id = new_job_id();
         let _lock = self.lock(service, &job_id).await?;
-        let dirs = ServiceDirs::new(&self.state_dir, service);
+        let site = Site::connect(&self.target, &self.state_dir).await?;
+        let dirs = site.dirs(service);
         let started = std::time::Instant::now();
         let mut stopped = Vec::new();
-        for (id, _) in self.running_releases(&dirs, service).await {
+        for (id, _) in site.running_releases(&dirs, service).await {
             let Some(r) = releases.iter().find(|r| r.id == id) else {
                 continue;
             };
@@ -387,7 +394,7 @@ impl Engine {
                 spec: r.spec.clone(),
                 secrets: Vec::new(),
             };
-            self.runtime(r.spec.runtime)
+            site.runtime(r.spec.runtime)
                 .stop(&ctx)
                 .await
                 .map_err(|e| Failure::internal(format!("stopping release {id}: {e}")))?;
@@ -426,12 +433,13 @@ impl Engine {
     /// Takes the lock, creates the job and runs the phases after Validation.
     async fn run(
         &self,
+        site: &Site,
         work: Work,
         validation: Phase,
         (lock, job_id): (Lock, String),
         sink: &dyn Sink,
     ) -> Result<Job, Failure> {
-        let dirs = ServiceDirs::new(&self.state_dir, &work.service);
+        let dirs = site.dirs(&work.service);
         let store = Store::open(&self.state_dir).await?;
         // Holding the lock, no other job of this service can be running: any
         // marked running had its deployer die mid-way.
@@ -458,7 +466,7 @@ impl Engine {
                 .await?;
         }
         let redactor = Redactor::new(work.secrets.iter().map(|(_, s)| s.clone()));
-        let previous = dirs.current();
+        let previous = site.host.current(&dirs).await;
         let mut phases = vec![validation];
         phases.extend(PhaseName::ALL[1..].iter().map(|n| Phase::pending(*n)));
         let job = Job {
@@ -488,6 +496,7 @@ impl Engine {
         store.save_job(&job).await?;
         let mut run = JobRun {
             engine: self,
+            site,
             store,
             sink,
             redactor,
@@ -517,6 +526,7 @@ impl Engine {
 /// One job in progress: its phases, its undo stack, and where it reports.
 struct JobRun<'a> {
     engine: &'a Engine,
+    site: &'a Site,
     store: Store,
     sink: &'a dyn Sink,
     redactor: Redactor,
@@ -662,7 +672,7 @@ impl JobRun<'_> {
         let release = match self.work.source.clone() {
             Source::Dir(src) => {
                 let started = self.begin(PhaseName::Transfer).await;
-                match self.transfer(&src, &spec).await {
+                match self.transfer(&src, &spec, previous.as_deref()).await {
                     Ok((id, details)) => {
                         self.end(PhaseName::Transfer, started, Ok(details)).await;
                         id
@@ -707,12 +717,16 @@ impl JobRun<'_> {
         }
 
         // Healthy: make it current, remember the previous one, prune.
-        self.dirs.switch_current(&release).map_err(|e| {
-            (
-                FailureKind::Internal,
-                format!("switching current to {release}: {e}"),
-            )
-        })?;
+        self.site
+            .host
+            .switch_current(&self.dirs, &release)
+            .await
+            .map_err(|e| {
+                (
+                    FailureKind::Internal,
+                    format!("switching current to {release}: {e}"),
+                )
+            })?;
         let _ = self
             .store
             .set_release_status(&self.work.service, &release, ReleaseStatus::Current)
@@ -770,12 +784,20 @@ impl JobRun<'_> {
         }
     }
 
-    async fn transfer(&mut self, src: &Path, spec: &RunSpec) -> Result<(String, String), String> {
+    async fn transfer(
+        &mut self,
+        src: &Path,
+        spec: &RunSpec,
+        previous: Option<&str>,
+    ) -> Result<(String, String), String> {
         let hash =
             release::content_hash(src).map_err(|e| format!("reading {}: {e}", src.display()))?;
         let id = release::new_release_id(&hash, &self.dirs);
-        let stats = release::copy_release(src, &self.dirs, &id)
-            .map_err(|e| format!("copying {} to release {id}: {e}", src.display()))?;
+        let stats = self
+            .site
+            .host
+            .put_release(src, &self.dirs, &id, previous)
+            .await?;
         self.store
             .save_release(&Release {
                 service_name: self.work.service.clone(),
@@ -803,7 +825,7 @@ impl JobRun<'_> {
         ctx: &ReleaseCtx,
         previous: Option<&str>,
     ) -> Result<(), (FailureKind, String)> {
-        let runtime = self.engine.runtime(ctx.spec.runtime);
+        let runtime = self.site.runtime(ctx.spec.runtime);
 
         // Build.
         if matches!(self.work.source, Source::Existing(_)) {
@@ -813,12 +835,12 @@ impl JobRun<'_> {
             self.skip(PhaseName::Build, "no build command".into()).await;
         } else {
             let c = ctx.clone();
-            let engine = self.engine;
+            let host = self.site.host.clone();
             let res = self
                 .phase(PhaseName::Build, |_| async move {
                     let mut details = Vec::new();
                     if let Some(build) = &c.spec.build {
-                        run_build_command(&engine.transport, &c, build).await?;
+                        run_build_command(&*host, &c, build).await?;
                         details.push(format!("ran `{build}`"));
                     }
                     if let Some(d) = runtime
@@ -844,7 +866,7 @@ impl JobRun<'_> {
         // Start Service: stop whatever of this service runs, then start.
         let started = self.begin(PhaseName::StartService).await;
         let running = self
-            .engine
+            .site
             .running_releases(&self.dirs, &self.work.service)
             .await;
         let mut stopped = Vec::new();
@@ -855,7 +877,7 @@ impl JobRun<'_> {
             let prev_ctx = self.previous_ctx(rel).await;
             self.note(format!("stopping release {rel}")).await;
             if let Err(e) = self
-                .engine
+                .site
                 .runtime(prev_ctx.spec.runtime)
                 .stop(&prev_ctx)
                 .await
@@ -893,7 +915,7 @@ impl JobRun<'_> {
         }
 
         // Verify Health.
-        let check = health_check(&ctx.spec);
+        let check = health_check(&ctx.spec, &self.site.health_host());
         let started = self.begin(PhaseName::VerifyHealth).await;
         let result = check
             .wait(&self.engine.http, || runtime.liveness(ctx))
@@ -951,15 +973,15 @@ impl JobRun<'_> {
                 Undo::StopNew(ctx) => {
                     self.note(format!("rollback: stopping release {}", ctx.release))
                         .await;
-                    if let Err(e) = self.engine.runtime(ctx.spec.runtime).stop(&ctx).await {
+                    if let Err(e) = self.site.runtime(ctx.spec.runtime).stop(&ctx).await {
                         self.note(format!("rollback: {e}")).await;
                     }
                 }
                 Undo::RestartPrevious(ctx) => {
                     record.to_release = Some(ctx.release.clone());
-                    let runtime = self.engine.runtime(ctx.spec.runtime);
+                    let runtime = self.site.runtime(ctx.spec.runtime);
                     let alive = self
-                        .engine
+                        .site
                         .running_releases(&self.dirs, &self.work.service)
                         .await
                         .iter()
@@ -971,7 +993,7 @@ impl JobRun<'_> {
                     self.note(format!("rollback: restarting release {}", ctx.release))
                         .await;
                     let outcome = match runtime.start(&ctx).await {
-                        Ok(_) => health_check(&ctx.spec)
+                        Ok(_) => health_check(&ctx.spec, &self.site.health_host())
                             .wait(&self.engine.http, || runtime.liveness(&ctx))
                             .await
                             .map(|h| h.after)
@@ -998,13 +1020,15 @@ impl JobRun<'_> {
                     self.note(record.details.clone()).await;
                 }
                 Undo::RemoveBuild(ctx) => {
-                    self.engine
-                        .runtime(ctx.spec.runtime)
-                        .remove_build(&ctx)
-                        .await;
+                    self.site.runtime(ctx.spec.runtime).remove_build(&ctx).await;
                 }
                 Undo::RemoveRelease(ctx) => {
-                    if let Err(e) = self.dirs.remove_release(&ctx.release) {
+                    if let Err(e) = self
+                        .site
+                        .host
+                        .remove_release(&self.dirs, &ctx.release)
+                        .await
+                    {
                         self.note(format!("rollback: removing release {}: {e}", ctx.release))
                             .await;
                     }
@@ -1040,14 +1064,20 @@ impl JobRun<'_> {
                 }
                 ReleaseStatus::Failed if !keep_always => {
                     // Failed releases never count; their files went at rollback.
-                    let _ = self.dirs.remove_release(&r.id);
+                    let _ = self.site.host.remove_release(&self.dirs, &r.id).await;
                     continue;
                 }
                 _ => continue,
             }
             let ctx = self.ctx(&r.id, &r.spec, &[]);
-            self.engine.runtime(r.spec.runtime).remove_build(&ctx).await;
-            if self.dirs.remove_release(&r.id).is_ok() {
+            self.site.runtime(r.spec.runtime).remove_build(&ctx).await;
+            if self
+                .site
+                .host
+                .remove_release(&self.dirs, &r.id)
+                .await
+                .is_ok()
+            {
                 let _ = self
                     .store
                     .set_release_status(&self.work.service, &r.id, ReleaseStatus::Removed)
@@ -1080,9 +1110,9 @@ fn finish_phase(
     phase
 }
 
-fn health_check(spec: &RunSpec) -> HealthCheck {
+fn health_check(spec: &RunSpec, host: &str) -> HealthCheck {
     HealthCheck {
-        url: format!("http://127.0.0.1:{}{}", spec.port, spec.health.path),
+        url: format!("http://{host}:{}{}", spec.port, spec.health.path),
         timeout: Duration::from_secs(spec.health.timeout_secs),
         retries: spec.health.retries,
     }
@@ -1091,7 +1121,7 @@ fn health_check(spec: &RunSpec) -> HealthCheck {
 /// Runs the manifest's build command in the release directory, with the
 /// service's plain environment (never its secrets).
 async fn run_build_command(
-    transport: &LocalTransport,
+    transport: &impl Transport,
     ctx: &ReleaseCtx,
     build: &str,
 ) -> Result<(), (FailureKind, String)> {

@@ -22,6 +22,9 @@ pub enum FailureKind {
     RollbackFailed,
     /// Bad input: config, manifest, flags, path, name, port.
     Invalid,
+    /// The target host cannot be reached: connection, authentication, or a
+    /// host key that is unknown or changed.
+    Unreachable,
     /// Another deploy of the same service holds the lock.
     Locked,
     /// Something the user asked about does not exist (job, service, release).
@@ -41,6 +44,7 @@ impl FailureKind {
             FailureKind::Transfer => 5,
             FailureKind::Register => 6,
             FailureKind::RollbackFailed => 7,
+            FailureKind::Unreachable => 8,
             FailureKind::Invalid => 10,
             FailureKind::Locked => 11,
             FailureKind::NotFound => 12,
@@ -57,6 +61,7 @@ impl FailureKind {
             FailureKind::Transfer => "transfer",
             FailureKind::Register => "register",
             FailureKind::RollbackFailed => "rollback_failed",
+            FailureKind::Unreachable => "unreachable",
             FailureKind::Invalid => "invalid",
             FailureKind::Locked => "locked",
             FailureKind::NotFound => "not_found",
@@ -73,6 +78,7 @@ impl FailureKind {
             "transfer" => FailureKind::Transfer,
             "register" => FailureKind::Register,
             "rollback_failed" => FailureKind::RollbackFailed,
+            "unreachable" => FailureKind::Unreachable,
             "invalid" => FailureKind::Invalid,
             "locked" => FailureKind::Locked,
             "not_found" => FailureKind::NotFound,

@@ -286,8 +286,18 @@ pub struct Job {
 /// What the Transfer phase moved.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct TransferStats {
+    /// Files in the release.
     pub files: u64,
+    /// Bytes in the release.
     pub bytes: u64,
+    /// Files whose content was sent (all of them for a local copy).
+    #[serde(default)]
+    pub uploaded_files: u64,
+    #[serde(default)]
+    pub uploaded_bytes: u64,
+    /// Unchanged files hard-linked from the previous release on the host.
+    #[serde(default)]
+    pub linked_files: u64,
 }
 
 /// A release's lifecycle state.

@@ -120,14 +120,6 @@ impl Plan {
         config: &DeployerConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Plan, Failure> {
-        if let Some(host) = config.target.host.as_deref()
-            && !matches!(host, "local" | "localhost" | "127.0.0.1")
-        {
-            return Err(Failure::invalid(format!(
-                "target host '{host}' (SERVER_HOST or target.host) is remote; remote targets need the SSH \
-                 transport, which this build does not have yet: unset it to deploy on this machine"
-            )));
-        }
         let path = &req.service_path;
         if path.as_os_str().is_empty() {
             return Err(Failure::invalid("service path is empty"));
@@ -298,13 +290,28 @@ impl Plan {
             secrets,
             keep_releases,
             register,
-            address: config
-                .target
-                .address
-                .clone()
-                .unwrap_or_else(|| "127.0.0.1".to_string()),
+            address: service_address(config),
         })
     }
+}
+
+/// The address in service URLs: `target.address`, else the remote host's
+/// own address, else 127.0.0.1.
+pub fn service_address(config: &DeployerConfig) -> String {
+    if let Some(a) = &config.target.address {
+        return a.clone();
+    }
+    match config.target.host.as_deref() {
+        Some(h) if !is_local_host(h) => crate::ssh::SshTarget::parse_address(h)
+            .map(|(_, host, _)| host)
+            .unwrap_or_else(|_| h.to_string()),
+        _ => "127.0.0.1".to_string(),
+    }
+}
+
+/// Whether a target host names this machine (deployed without SSH).
+pub fn is_local_host(h: &str) -> bool {
+    matches!(h, "local" | "localhost")
 }
 
 /// Service names become directory names, image names and container names,

@@ -115,7 +115,7 @@ pub fn new_release_id(content_hash: &str, dirs: &ServiceDirs) -> String {
 }
 
 /// The files of a service directory that belong in a release, sorted.
-fn release_files(src: &Path) -> io::Result<Vec<PathBuf>> {
+pub fn release_files(src: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     let mut stack = vec![PathBuf::new()];
     while let Some(rel) = stack.pop() {
@@ -179,8 +179,11 @@ pub fn copy_release(src: &Path, dirs: &ServiceDirs, id: &str) -> io::Result<Tran
             if meta.file_type().is_symlink() {
                 std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
             } else {
-                stats.bytes += std::fs::copy(&from, &to)?;
+                let n = std::fs::copy(&from, &to)?;
                 std::fs::set_permissions(&to, meta.permissions())?;
+                stats.bytes += n;
+                stats.uploaded_bytes += n;
+                stats.uploaded_files += 1;
             }
             stats.files += 1;
         }

@@ -30,6 +30,20 @@ pub struct Cli {
     /// Print machine-readable JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Deploy to this server over SSH: user@host:port (default: this
+    /// machine; seed: SERVER_HOST).
+    #[arg(long, global = true, value_name = "USER@HOST:PORT")]
+    pub host: Option<String>,
+    /// SSH private key for --host (seed: SSH_KEY_PATH).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub ssh_key: Option<PathBuf>,
+    /// known_hosts file checked for --host (default ~/.ssh/known_hosts).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub known_hosts: Option<PathBuf>,
+    /// Trust and record the host key of a server never contacted before.
+    /// A changed host key is always refused.
+    #[arg(long, global = true)]
+    pub accept_new_host_key: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -63,7 +77,18 @@ pub struct Context {
 impl Cli {
     pub async fn run(self) -> Result<i32, Failure> {
         let env = |k: &str| std::env::var(k).ok();
-        let config = DeployerConfig::load(self.config.as_deref(), &env)?;
+        let mut config = DeployerConfig::load(self.config.as_deref(), &env)?;
+        // Flags win over file and environment.
+        if let Some(h) = self.host.clone() {
+            config.target.host = Some(h);
+        }
+        if let Some(k) = self.ssh_key.clone() {
+            config.target.ssh_key = Some(k);
+        }
+        if let Some(k) = self.known_hosts.clone() {
+            config.target.known_hosts = Some(k);
+        }
+        config.target.accept_new_host_key |= self.accept_new_host_key;
         let state_dir = self
             .state_dir
             .clone()
@@ -91,6 +116,14 @@ impl Cli {
     }
 }
 
+/// `~/x` → `$HOME/x`, as a shell would.
+fn expand_home(p: &std::path::Path) -> PathBuf {
+    match p.strip_prefix("~") {
+        Ok(rest) => std::env::home_dir().unwrap_or_default().join(rest),
+        Err(_) => p.to_path_buf(),
+    }
+}
+
 impl Context {
     /// Opens the store for reading; a state directory that was never used is
     /// "not found", not silently created.
@@ -104,12 +137,59 @@ impl Context {
         Ok(crate::store::Store::open(&self.state_dir).await?)
     }
 
-    pub fn engine(&self, lock_wait_secs: u64) -> crate::engine::Engine {
-        crate::engine::Engine::new(
+    pub fn engine(&self, lock_wait_secs: u64) -> Result<crate::engine::Engine, Failure> {
+        Ok(crate::engine::Engine::new(
             self.config.clone(),
             self.state_dir.clone(),
             std::time::Duration::from_secs(lock_wait_secs),
-        )
+            self.target()?,
+        ))
+    }
+
+    /// Where commands act: this machine, or the configured SSH host.
+    pub fn target(&self) -> Result<crate::site::TargetSpec, Failure> {
+        let t = &self.config.target;
+        let Some(host) = t.host.as_deref().filter(|h| !crate::plan::is_local_host(h)) else {
+            return Ok(crate::site::TargetSpec::Local);
+        };
+        let (mut user, hostname, port) =
+            crate::ssh::SshTarget::parse_address(host).map_err(Failure::invalid)?;
+        if !host.contains('@')
+            && let Some(u) = &t.user
+        {
+            user = u.clone();
+        }
+        let key = t.ssh_key.clone().ok_or_else(|| {
+            Failure::invalid(format!(
+                "deploying to {host} needs an SSH key: pass --ssh-key PATH or set SSH_KEY_PATH"
+            ))
+        })?;
+        let key = expand_home(&key);
+        if !key.is_file() {
+            return Err(Failure::invalid(format!(
+                "SSH key {} does not exist",
+                key.display()
+            )));
+        }
+        Ok(crate::site::TargetSpec::Ssh {
+            ssh: crate::ssh::SshTarget {
+                user,
+                host: hostname,
+                port,
+                key,
+                known_hosts: t
+                    .known_hosts
+                    .as_deref()
+                    .map(expand_home)
+                    .unwrap_or_else(crate::ssh::default_known_hosts),
+                accept_new: t.accept_new_host_key,
+                connect_timeout: std::time::Duration::from_secs(15),
+            },
+            base_dir: t
+                .base_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("/srv/deployer")),
+        })
     }
 
     /// Renders a finished job and gives the exit code for it.

@@ -9,8 +9,10 @@
 //! environment (`-e NAME` with no value), never through its arguments.
 
 use super::ReleaseCtx;
-use crate::cmd::{Cmd, CmdOutput, LocalTransport, Transport};
+use crate::cmd::{Cmd, CmdOutput, Transport};
 use crate::health::Liveness;
+use crate::host::Host;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LABEL_SERVICE: &str = "deployer.service";
@@ -20,7 +22,7 @@ const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
 const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct DockerRuntime {
-    transport: LocalTransport,
+    host: Arc<Host>,
     /// Liveness is asked between health polls; `docker inspect` costs tens of
     /// milliseconds, so its answer is reused for a short while.
     last_inspect: std::sync::Mutex<Option<(Instant, Liveness)>>,
@@ -128,15 +130,15 @@ pub fn network_create_cmd(net: &str) -> Cmd {
 }
 
 impl DockerRuntime {
-    pub fn new() -> Self {
+    pub fn new(host: Arc<Host>) -> Self {
         DockerRuntime {
-            transport: LocalTransport,
+            host,
             last_inspect: std::sync::Mutex::new(None),
         }
     }
 
     async fn run(&self, cmd: &Cmd, timeout: Duration) -> Result<CmdOutput, String> {
-        self.transport
+        self.host
             .exec(cmd, timeout)
             .await
             .map_err(|e| e.to_string())
@@ -252,12 +254,6 @@ impl DockerRuntime {
                 Some((rel.to_string(), port.trim().parse().ok()?))
             })
             .collect()
-    }
-}
-
-impl Default for DockerRuntime {
-    fn default() -> Self {
-        Self::new()
     }
 }
 

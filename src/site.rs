@@ -1,0 +1,126 @@
+//! A site: the host a command acts on, with its runtimes and where service
+//! directories live there. Made once per command, so one SSH connection
+//! serves a whole deploy.
+
+use crate::cmd::{Cmd, LocalTransport, Transport};
+use crate::error::{Failure, FailureKind};
+use crate::host::Host;
+use crate::plan::RuntimeKind;
+use crate::release::ServiceDirs;
+use crate::runtime::{Runtime, docker::DockerRuntime, process::ProcessRuntime};
+use crate::ssh::{SshSession, SshTarget};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where deploys go, before connecting.
+#[derive(Clone, Debug)]
+pub enum TargetSpec {
+    /// This machine; service directories under STATE_DIR/services.
+    Local,
+    /// A server over SSH; service directories under `base_dir`.
+    Ssh { ssh: SshTarget, base_dir: PathBuf },
+}
+
+impl TargetSpec {
+    pub fn is_local(&self) -> bool {
+        matches!(self, TargetSpec::Local)
+    }
+}
+
+/// A connected host and its runtimes.
+pub struct Site {
+    pub host: Arc<Host>,
+    process: Runtime,
+    docker: Runtime,
+    root: PathBuf,
+}
+
+impl Site {
+    /// Connects to the target (no-op for this machine).
+    pub async fn connect(
+        target: &TargetSpec,
+        state_dir: &std::path::Path,
+    ) -> Result<Site, Failure> {
+        let (host, root) = match target {
+            TargetSpec::Local => (Host::Local(LocalTransport), state_dir.join("services")),
+            TargetSpec::Ssh { ssh, base_dir } => {
+                let session = SshSession::connect(ssh)
+                    .await
+                    .map_err(|e| Failure::new(FailureKind::Unreachable, e.to_string()))?;
+                (Host::Ssh(session), base_dir.clone())
+            }
+        };
+        let host = Arc::new(host);
+        Ok(Site {
+            process: Runtime::Process(ProcessRuntime::default()),
+            docker: Runtime::Docker(DockerRuntime::new(host.clone())),
+            host,
+            root,
+        })
+    }
+
+    pub fn dirs(&self, service: &str) -> ServiceDirs {
+        ServiceDirs {
+            root: self.root.join(service),
+        }
+    }
+
+    pub fn runtime(&self, kind: RuntimeKind) -> &Runtime {
+        match kind {
+            RuntimeKind::Process => &self.process,
+            RuntimeKind::Docker => &self.docker,
+        }
+    }
+
+    pub fn docker(&self) -> &DockerRuntime {
+        match &self.docker {
+            Runtime::Docker(d) => d,
+            Runtime::Process(_) => unreachable!("the docker slot holds the docker runtime"),
+        }
+    }
+
+    /// The address health checks use to reach services on this host.
+    pub fn health_host(&self) -> String {
+        self.host
+            .address()
+            .unwrap_or_else(|| "127.0.0.1".to_string())
+    }
+
+    /// Running releases of a service under any runtime.
+    pub async fn running_releases(&self, dirs: &ServiceDirs, service: &str) -> Vec<(String, u16)> {
+        let mut running = Vec::new();
+        if self.host.is_local() {
+            running.extend(self.process.running(dirs, service).await);
+        }
+        if self.docker().engine_version().await.is_ok() {
+            running.extend(self.docker.running(dirs, service).await);
+        }
+        running
+    }
+
+    /// Whether something listens on `port` on the host.
+    pub async fn port_in_use(&self, port: u16) -> bool {
+        if self.host.is_local() {
+            return !crate::engine::port_is_free(port);
+        }
+        let script = format!("ss -Hltn 'sport = :{port}' 2>/dev/null || true");
+        match self
+            .host
+            .exec(
+                &Cmd::new("sh").args(["-c", &script]),
+                Duration::from_secs(30),
+            )
+            .await
+        {
+            Ok(out) => !out.stdout.trim().is_empty(),
+            Err(_) => false,
+        }
+    }
+
+    pub async fn close(&self) {
+        if let Host::Ssh(s) = &*self.host {
+            s.close().await;
+        }
+    }
+}
