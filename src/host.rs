@@ -25,7 +25,7 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 /// Where releases live and commands run.
 pub enum Host {
     Local(LocalTransport),
-    Ssh(SshSession),
+    Ssh(Box<SshSession>),
 }
 
 /// One file of a release, as the manifest records it.
@@ -241,6 +241,7 @@ impl Host {
             .filter(|(k, e)| e.link.is_none() && old.get(*k) == Some(e))
             .map(|(k, _)| k)
             .collect();
+        // (`old` is empty without a previous release, so is `unchanged`.)
         if let (Some(prev), false) = (previous, unchanged.is_empty()) {
             let mut pairs = Vec::new();
             for k in &unchanged {
@@ -267,42 +268,42 @@ impl Host {
         }
         let upload_err =
             |k: &str, e: &dyn std::fmt::Display| format!("uploading {k} to {}: {e}", self.name());
+        // Creates (or truncates) a file on the host with content and mode.
+        let put = async |dest: String, data: &[u8], mode: u32| -> Result<(), String> {
+            use tokio::io::AsyncWriteExt;
+            let mut file = sftp.create(dest.clone()).await.map_err(|e| e.to_string())?;
+            file.write_all(data).await.map_err(|e| e.to_string())?;
+            file.shutdown().await.map_err(|e| e.to_string())?;
+            let attrs = russh_sftp::protocol::FileAttributes {
+                permissions: Some(mode),
+                ..Default::default()
+            };
+            sftp.set_metadata(dest, attrs)
+                .await
+                .map_err(|e| e.to_string())
+        };
         for (k, e) in &manifest {
             let dest = format!("{releases}/{partial}/{k}");
+            stats.files += 1;
             if let Some(target) = &e.link {
                 sftp.symlink(dest, target.clone())
                     .await
                     .map_err(|err| upload_err(k, &err))?;
-                stats.files += 1;
                 continue;
             }
-            stats.files += 1;
             stats.bytes += e.size;
-            if unchanged.contains(&k) && previous.is_some() {
+            if unchanged.contains(&k) {
                 continue;
             }
             let data = std::fs::read(src.join(k)).map_err(|err| format!("reading {k}: {err}"))?;
-            let mut file = sftp
-                .create(dest.clone())
-                .await
-                .map_err(|err| upload_err(k, &err))?;
-            use tokio::io::AsyncWriteExt;
-            file.write_all(&data)
-                .await
-                .map_err(|err| upload_err(k, &err))?;
-            file.shutdown().await.map_err(|err| upload_err(k, &err))?;
-            let attrs = russh_sftp::protocol::FileAttributes {
-                permissions: Some(e.mode),
-                ..Default::default()
-            };
-            sftp.set_metadata(dest, attrs)
+            put(dest, &data, e.mode)
                 .await
                 .map_err(|err| upload_err(k, &err))?;
             stats.uploaded_files += 1;
             stats.uploaded_bytes += e.size;
         }
         let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-        sftp.write(format!("{releases}/{partial}/{MANIFEST}"), &json)
+        put(format!("{releases}/{partial}/{MANIFEST}"), &json, 0o644)
             .await
             .map_err(|err| upload_err(MANIFEST, &err))?;
         self.sh(&format!(

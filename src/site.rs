@@ -48,7 +48,7 @@ impl Site {
                 let session = SshSession::connect(ssh)
                     .await
                     .map_err(|e| Failure::new(FailureKind::Unreachable, e.to_string()))?;
-                (Host::Ssh(session), base_dir.clone())
+                (Host::Ssh(Box::new(session)), base_dir.clone())
             }
         };
         let host = Arc::new(host);
