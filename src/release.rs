@@ -18,7 +18,11 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 /// Directory names never copied into a release.
-const ALWAYS_IGNORED: [&str; 3] = [".git", ".deployer", "target"];
+const ALWAYS_IGNORED: [&str; 2] = [".git", ".deployer"];
+
+/// A file in a service directory listing what not to deploy, in
+/// `.gitignore` syntax; `.gitignore` files are honoured too.
+pub const DEPLOYIGNORE: &str = ".deployignore";
 
 /// The paths of one service's state.
 #[derive(Clone, Debug)]
@@ -114,25 +118,29 @@ pub fn new_release_id(content_hash: &str, dirs: &ServiceDirs) -> String {
     id
 }
 
-/// The files of a service directory that belong in a release, sorted.
+/// The files of a service directory that belong in a release, sorted:
+/// everything but what `.deployignore` and `.gitignore` exclude (with git's
+/// rules, whether or not the directory is a git checkout), `.git` and
+/// deployer's own state.
 pub fn release_files(src: &Path) -> io::Result<Vec<PathBuf>> {
+    let walker = ignore::WalkBuilder::new(src)
+        .hidden(false)
+        .parents(false)
+        .git_global(false)
+        .git_exclude(false)
+        .require_git(false)
+        .add_custom_ignore_filename(DEPLOYIGNORE)
+        .filter_entry(|e| !ALWAYS_IGNORED.iter().any(|i| e.file_name() == *i))
+        .build();
     let mut out = Vec::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let dir = src.join(&rel);
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            if ALWAYS_IGNORED.iter().any(|i| name == *i) {
-                continue;
-            }
-            let rel_path = rel.join(&name);
-            let ft = entry.file_type()?;
-            if ft.is_dir() {
-                stack.push(rel_path);
-            } else if ft.is_file() || ft.is_symlink() {
-                out.push(rel_path);
-            }
+    for entry in walker {
+        let entry = entry.map_err(io::Error::other)?;
+        let Some(ft) = entry.file_type() else {
+            continue;
+        };
+        if ft.is_file() || ft.is_symlink() {
+            let rel = entry.path().strip_prefix(src).map_err(io::Error::other)?;
+            out.push(rel.to_path_buf());
         }
     }
     out.sort();
@@ -227,6 +235,27 @@ mod tests {
         assert_eq!(dirs.current().as_deref(), Some(id.as_str()));
         assert!(dirs.switch_current("missing").is_err());
         assert_eq!(dirs.current().as_deref(), Some(id.as_str()));
+    }
+
+    #[test]
+    fn deployignore_and_gitignore_are_honoured() {
+        let src = tempfile::tempdir().unwrap();
+        let p = src.path();
+        std::fs::create_dir_all(p.join("node_modules/x")).unwrap();
+        std::fs::create_dir_all(p.join("logs")).unwrap();
+        std::fs::write(p.join("node_modules/x/a.js"), "").unwrap();
+        std::fs::write(p.join("logs/today.log"), "").unwrap();
+        std::fs::write(p.join("app.py"), "").unwrap();
+        std::fs::write(p.join("keep.log"), "").unwrap();
+        std::fs::write(p.join("secret.env"), "").unwrap();
+        std::fs::write(p.join(".gitignore"), "node_modules/\n*.log\n!keep.log\n").unwrap();
+        std::fs::write(p.join(DEPLOYIGNORE), "secret.env\n").unwrap();
+        let files: Vec<String> = release_files(p)
+            .unwrap()
+            .iter()
+            .map(|f| f.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(files, [".deployignore", ".gitignore", "app.py", "keep.log"]);
     }
 
     #[test]
