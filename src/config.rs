@@ -86,6 +86,8 @@ pub enum Method {
     Process,
     /// A Docker container from an image built on the target.
     Docker,
+    /// A systemd unit per release on a host where systemd is init.
+    Systemd,
     /// Docker when an engine answers, else a process.
     Auto,
 }
@@ -96,11 +98,12 @@ impl Method {
             "process" => Ok(Method::Process),
             "docker" => Ok(Method::Docker),
             "auto" => Ok(Method::Auto),
-            "systemd" | "swarm" => Err(format!(
-                "deployment method '{s}' is not available in this build (use process, docker or auto)"
+            "systemd" => Ok(Method::Systemd),
+            "swarm" => Err(format!(
+                "deployment method '{s}' is not available in this build (use process, docker, systemd or auto)"
             )),
             other => Err(format!(
-                "unknown deployment method '{other}' (expected process, docker or auto)"
+                "unknown deployment method '{other}' (expected process, docker, systemd or auto)"
             )),
         }
     }
@@ -252,6 +255,16 @@ pub struct Manifest {
     pub secrets: Vec<String>,
     #[serde(default)]
     pub docker: DockerConfig,
+    #[serde(default)]
+    pub systemd: SystemdConfig,
+}
+
+/// `[systemd]` in a manifest.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SystemdConfig {
+    /// The user the unit runs as (default: root, systemd's default).
+    pub user: Option<String>,
 }
 
 /// `[health]` in a manifest.

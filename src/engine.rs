@@ -11,6 +11,7 @@ use crate::cmd::{Cmd, Transport};
 use crate::config::{DeployerConfig, Method};
 use crate::error::{Failure, FailureKind};
 use crate::health::{HealthCheck, Unhealthy};
+use crate::host::RemoteLockError;
 use crate::lock::{Holder, Lock};
 use crate::model::*;
 use crate::plan::{Plan, RegisterPlan, RunSpec, RuntimeKind};
@@ -202,14 +203,19 @@ impl Engine {
                 })?;
                 RuntimeKind::Docker
             }
+            Method::Systemd => {
+                site.systemd().available().await?;
+                RuntimeKind::Systemd
+            }
             Method::Auto => match site.docker().engine_version().await {
                 Ok(_) => RuntimeKind::Docker,
-                Err(_) => RuntimeKind::Process,
+                Err(_) if site.host.is_local() => RuntimeKind::Process,
+                Err(_) => RuntimeKind::Systemd,
             },
         };
         plan.spec.runtime = runtime;
         match runtime {
-            RuntimeKind::Process => {
+            RuntimeKind::Process | RuntimeKind::Systemd => {
                 if plan
                     .spec
                     .start
@@ -217,7 +223,8 @@ impl Engine {
                     .is_none_or(|s| s.trim().is_empty())
                 {
                     return Err(format!(
-                        "the process method needs a start command: set `start` in {} or pass --start",
+                        "the {} method needs a start command: set `start` in {} or pass --start",
+                        runtime.as_str(),
                         plan.source.join(crate::config::MANIFEST_FILE).display()
                     ));
                 }
@@ -440,7 +447,59 @@ impl Engine {
         sink: &dyn Sink,
     ) -> Result<Job, Failure> {
         let dirs = site.dirs(&work.service);
+        let holder = Holder {
+            job_id: job_id.clone(),
+            pid: std::process::id(),
+            actor: self.actor.clone(),
+            since: Utc::now(),
+        };
+        let stale = site.host.lock(&dirs, &holder).await.map_err(|e| match e {
+            RemoteLockError::Busy(who) => Failure::new(
+                FailureKind::Locked,
+                format!(
+                    "service '{}' on {} is locked by another deployer: {who}",
+                    work.service,
+                    site.host.name()
+                ),
+            ),
+            RemoteLockError::Failed(msg) => Failure::new(FailureKind::Unreachable, msg),
+        })?;
+        // Refresh the host's lock while the job runs; a deployer that dies
+        // stops refreshing it and the next one takes it over.
+        let heartbeat = {
+            let (host, dirs) = (site.host.clone(), dirs.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(20)).await;
+                    host.heartbeat(&dirs).await;
+                }
+            })
+        };
+        let result = self
+            .run_locked(site, work, validation, (lock, job_id), &dirs, stale, sink)
+            .await;
+        heartbeat.abort();
+        site.host.unlock(&dirs).await;
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_locked(
+        &self,
+        site: &Site,
+        work: Work,
+        validation: Phase,
+        (lock, job_id): (Lock, String),
+        dirs: &ServiceDirs,
+        stale: Option<String>,
+        sink: &dyn Sink,
+    ) -> Result<Job, Failure> {
+        let dirs = dirs.clone();
         let store = Store::open(&self.state_dir).await?;
+        if let Some(old) = stale {
+            let msg = format!("took over a stale lock on {}: {old}", site.host.name());
+            sink.event(&Event::Note(&msg));
+        }
         // Holding the lock, no other job of this service can be running: any
         // marked running had its deployer die mid-way.
         let interrupted = store.mark_interrupted(&work.service).await?;
@@ -656,6 +715,20 @@ impl JobRun<'_> {
             details: self.redactor.redact(&details),
         };
         if let Err(e) = self.store.audit(&entry).await {
+            self.note(format!("warning: {e}")).await;
+        }
+        let host_line = format!(
+            "{} actor={} action={} job={} release={} outcome={:?} duration_ms={} details={:?}",
+            entry.at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            entry.actor,
+            entry.action,
+            self.job.deploy_job_id,
+            self.job.release.as_deref().unwrap_or("-"),
+            entry.outcome,
+            entry.duration_ms.unwrap_or(0),
+            entry.details,
+        );
+        if let Err(e) = self.site.host.audit(&self.dirs, &host_line).await {
             self.note(format!("warning: {e}")).await;
         }
         let job = self.job.clone();

@@ -8,6 +8,7 @@
 //! current release are hard-linked on the server instead of uploaded.
 
 use crate::cmd::{Cmd, CmdOutput, ExecError, LocalTransport, Transport, quote};
+use crate::lock::Holder;
 use crate::model::TransferStats;
 use crate::release::{self, ServiceDirs};
 use crate::ssh::SshSession;
@@ -16,6 +17,17 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
+
+/// Why the lock on a host was not taken.
+#[derive(Debug)]
+pub enum RemoteLockError {
+    /// Another deployer holds it (who).
+    Busy(String),
+    Failed(String),
+}
+
+/// A remote lock not refreshed for this long belongs to a dead deployer.
+pub const REMOTE_LOCK_STALE_SECS: u64 = 90;
 
 /// The manifest file written into every remote release.
 pub const MANIFEST: &str = ".deployer-manifest.json";
@@ -158,6 +170,133 @@ impl Host {
         }
     }
 
+    /// Takes the deploy lock on an SSH host, so deployers on different
+    /// machines never interleave: `mkdir` of `deploy.lock.d` is atomic, and
+    /// `holder.json` in it names the holder. The holder touches it while it
+    /// works ([`Host::heartbeat`]); a lock not touched for
+    /// [`REMOTE_LOCK_STALE_SECS`] belongs to a deployer that died, and is
+    /// taken over. Returns the stale holder taken over, if any. On this
+    /// machine the local flock already covers this, so it does nothing.
+    pub async fn lock(
+        &self,
+        dirs: &ServiceDirs,
+        holder: &Holder,
+    ) -> Result<Option<String>, RemoteLockError> {
+        let Host::Ssh(s) = self else { return Ok(None) };
+        let d = quote(&dirs.root.join("deploy.lock.d").to_string_lossy());
+        let script = format!(
+            "mkdir -p {root} || exit 4\n\
+             if mkdir {d} 2>/dev/null; then cat > {d}/holder.json; echo acquired; exit 0; fi\n\
+             age=$(( $(date +%s) - $(stat -c %Y {d}/holder.json 2>/dev/null || echo 0) ))\n\
+             if [ \"$age\" -gt {stale} ]; then old=$(cat {d}/holder.json 2>/dev/null); rm -rf {d}; \
+               if mkdir {d} 2>/dev/null; then cat > {d}/holder.json; echo \"stale $old\"; exit 0; fi; fi\n\
+             cat {d}/holder.json 2>/dev/null; exit 3\n",
+            root = quote(&dirs.root.to_string_lossy()),
+            stale = REMOTE_LOCK_STALE_SECS,
+        );
+        let cmd = Cmd::new("sh").args(["-c", &script]);
+        let out = s
+            .run_line(
+                &crate::ssh::remote_line(&cmd),
+                serde_json::to_string(holder).unwrap_or_default().as_bytes(),
+            )
+            .await
+            .map_err(|e| RemoteLockError::Failed(e.to_string()))?;
+        match out.code {
+            Some(0) => Ok(out.stdout.trim().strip_prefix("stale ").map(str::to_string)),
+            Some(3) => Err(RemoteLockError::Busy(
+                match serde_json::from_str::<Holder>(out.stdout.trim()) {
+                    Ok(h) => h.to_string(),
+                    Err(_) => "holder unknown".to_string(),
+                },
+            )),
+            _ => Err(RemoteLockError::Failed(format!(
+                "taking the lock on {}: {}",
+                self.name(),
+                out.tail(3)
+            ))),
+        }
+    }
+
+    /// Keeps a held remote lock fresh.
+    pub async fn heartbeat(&self, dirs: &ServiceDirs) {
+        if !self.is_local() {
+            let f = dirs.root.join("deploy.lock.d/holder.json");
+            let _ = self
+                .sh(&format!("touch {}", quote(&f.to_string_lossy())))
+                .await;
+        }
+    }
+
+    pub async fn unlock(&self, dirs: &ServiceDirs) {
+        if !self.is_local() {
+            let d = dirs.root.join("deploy.lock.d");
+            let _ = self
+                .sh(&format!("rm -rf {}", quote(&d.to_string_lossy())))
+                .await;
+        }
+    }
+
+    /// Appends a line to the service's audit log on an SSH host
+    /// (`ROOT/audit.log`), so the host itself records who deployed what.
+    pub async fn audit(&self, dirs: &ServiceDirs, line: &str) -> Result<(), String> {
+        let Host::Ssh(s) = self else { return Ok(()) };
+        let log = dirs.root.join("audit.log");
+        let cmd = Cmd::new("sh").args(["-c", &format!("cat >> {}", quote(&log.to_string_lossy()))]);
+        let out = s
+            .run_line(
+                &crate::ssh::remote_line(&cmd),
+                format!("{line}\n").as_bytes(),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "writing the audit log on {}: {}",
+                self.name(),
+                out.tail(2)
+            ))
+        }
+    }
+
+    /// Writes a file on the host with a mode (parent directories made as
+    /// needed). Written beside the target and renamed into place.
+    pub async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), String> {
+        let parent = Path::new(path)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into());
+        let tmp = format!("{path}.deployer-tmp");
+        match self {
+            Host::Local(_) => {
+                let write = || -> std::io::Result<()> {
+                    std::fs::create_dir_all(&parent)?;
+                    let mut opts = std::fs::OpenOptions::new();
+                    use std::os::unix::fs::OpenOptionsExt;
+                    opts.write(true).create(true).truncate(true).mode(mode);
+                    std::io::Write::write_all(&mut opts.open(&tmp)?, data)?;
+                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+                    std::fs::rename(&tmp, path)
+                };
+                write().map_err(|e| format!("writing {path}: {e}"))
+            }
+            Host::Ssh(s) => {
+                self.sh(&format!("mkdir -p {}", quote(&parent))).await?;
+                let sftp = s.sftp().await.map_err(|e| e.to_string())?;
+                sftp_put(&sftp, &tmp, data, mode)
+                    .await
+                    .map_err(|e| format!("writing {path} on {}: {e}", self.name()))?;
+                let _ = sftp.close().await;
+                // SFTP's rename will not replace an existing file; mv will.
+                self.sh(&format!("mv -f {} {}", quote(&tmp), quote(path)))
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
     pub async fn remove_release(&self, dirs: &ServiceDirs, id: &str) -> Result<(), String> {
         match self {
             Host::Local(_) => dirs.remove_release(id).map_err(|e| e.to_string()),
@@ -268,20 +407,6 @@ impl Host {
         }
         let upload_err =
             |k: &str, e: &dyn std::fmt::Display| format!("uploading {k} to {}: {e}", self.name());
-        // Creates (or truncates) a file on the host with content and mode.
-        let put = async |dest: String, data: &[u8], mode: u32| -> Result<(), String> {
-            use tokio::io::AsyncWriteExt;
-            let mut file = sftp.create(dest.clone()).await.map_err(|e| e.to_string())?;
-            file.write_all(data).await.map_err(|e| e.to_string())?;
-            file.shutdown().await.map_err(|e| e.to_string())?;
-            let attrs = russh_sftp::protocol::FileAttributes {
-                permissions: Some(mode),
-                ..Default::default()
-            };
-            sftp.set_metadata(dest, attrs)
-                .await
-                .map_err(|e| e.to_string())
-        };
         for (k, e) in &manifest {
             let dest = format!("{releases}/{partial}/{k}");
             stats.files += 1;
@@ -296,16 +421,21 @@ impl Host {
                 continue;
             }
             let data = std::fs::read(src.join(k)).map_err(|err| format!("reading {k}: {err}"))?;
-            put(dest, &data, e.mode)
+            sftp_put(&sftp, &dest, &data, e.mode)
                 .await
                 .map_err(|err| upload_err(k, &err))?;
             stats.uploaded_files += 1;
             stats.uploaded_bytes += e.size;
         }
         let json = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
-        put(format!("{releases}/{partial}/{MANIFEST}"), &json, 0o644)
-            .await
-            .map_err(|err| upload_err(MANIFEST, &err))?;
+        sftp_put(
+            &sftp,
+            &format!("{releases}/{partial}/{MANIFEST}"),
+            &json,
+            0o644,
+        )
+        .await
+        .map_err(|err| upload_err(MANIFEST, &err))?;
         self.sh(&format!(
             "cd {} && mv -T {} {}",
             quote(&releases),
@@ -316,4 +446,35 @@ impl Host {
         let _ = sftp.close().await;
         Ok(stats)
     }
+}
+
+/// Creates (or truncates) a file over SFTP with its content and mode. The
+/// mode is set when the file is created, so a secret file is never readable
+/// by others, not even for a moment.
+async fn sftp_put(
+    sftp: &russh_sftp::client::SftpSession,
+    dest: &str,
+    data: &[u8],
+    mode: u32,
+) -> Result<(), String> {
+    use russh_sftp::protocol::{FileAttributes, OpenFlags};
+    use tokio::io::AsyncWriteExt;
+    let attrs = FileAttributes {
+        permissions: Some(mode),
+        ..Default::default()
+    };
+    let mut file = sftp
+        .open_with_flags_and_attributes(
+            dest,
+            OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE,
+            attrs.clone(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    file.write_all(data).await.map_err(|e| e.to_string())?;
+    file.shutdown().await.map_err(|e| e.to_string())?;
+    // The umask may have narrowed the mode at creation; set it exactly.
+    sftp.set_metadata(dest, attrs)
+        .await
+        .map_err(|e| e.to_string())
 }

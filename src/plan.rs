@@ -49,6 +49,9 @@ pub struct RunSpec {
     pub network: Option<String>,
     pub restart: String,
     pub stop_grace_secs: u64,
+    /// The user a systemd unit runs as.
+    #[serde(default)]
+    pub user: Option<String>,
 }
 
 /// The runtime a release runs under, once `auto` is resolved.
@@ -57,6 +60,7 @@ pub struct RunSpec {
 pub enum RuntimeKind {
     Process,
     Docker,
+    Systemd,
 }
 
 impl RuntimeKind {
@@ -64,6 +68,7 @@ impl RuntimeKind {
         match self {
             RuntimeKind::Process => "process",
             RuntimeKind::Docker => "docker",
+            RuntimeKind::Systemd => "systemd",
         }
     }
 }
@@ -256,6 +261,7 @@ impl Plan {
             // Resolved by the engine's Validation phase for `auto`.
             runtime: match method {
                 Method::Docker => RuntimeKind::Docker,
+                Method::Systemd => RuntimeKind::Systemd,
                 _ => RuntimeKind::Process,
             },
             port,
@@ -279,6 +285,7 @@ impl Plan {
                 .stop_grace_secs
                 .or(config.defaults.stop_grace_secs)
                 .unwrap_or(10),
+            user: manifest.systemd.user.clone(),
         };
 
         Ok(Plan {

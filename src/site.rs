@@ -7,7 +7,9 @@ use crate::error::{Failure, FailureKind};
 use crate::host::Host;
 use crate::plan::RuntimeKind;
 use crate::release::ServiceDirs;
-use crate::runtime::{Runtime, docker::DockerRuntime, process::ProcessRuntime};
+use crate::runtime::{
+    Runtime, docker::DockerRuntime, process::ProcessRuntime, systemd::SystemdRuntime,
+};
 use crate::ssh::{SshSession, SshTarget};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -33,6 +35,7 @@ pub struct Site {
     pub host: Arc<Host>,
     process: Runtime,
     docker: Runtime,
+    systemd: Runtime,
     root: PathBuf,
 }
 
@@ -55,6 +58,7 @@ impl Site {
         Ok(Site {
             process: Runtime::Process(ProcessRuntime::default()),
             docker: Runtime::Docker(DockerRuntime::new(host.clone())),
+            systemd: Runtime::Systemd(SystemdRuntime::new(host.clone())),
             host,
             root,
         })
@@ -70,13 +74,21 @@ impl Site {
         match kind {
             RuntimeKind::Process => &self.process,
             RuntimeKind::Docker => &self.docker,
+            RuntimeKind::Systemd => &self.systemd,
+        }
+    }
+
+    pub fn systemd(&self) -> &SystemdRuntime {
+        match &self.systemd {
+            Runtime::Systemd(s) => s,
+            _ => unreachable!("the systemd slot holds the systemd runtime"),
         }
     }
 
     pub fn docker(&self) -> &DockerRuntime {
         match &self.docker {
             Runtime::Docker(d) => d,
-            Runtime::Process(_) => unreachable!("the docker slot holds the docker runtime"),
+            _ => unreachable!("the docker slot holds the docker runtime"),
         }
     }
 
@@ -95,6 +107,9 @@ impl Site {
         }
         if self.docker().engine_version().await.is_ok() {
             running.extend(self.docker.running(dirs, service).await);
+        }
+        if !self.host.is_local() {
+            running.extend(self.systemd.running(dirs, service).await);
         }
         running
     }

@@ -246,3 +246,43 @@ fn changing_one_file_of_a_2000_file_service_uploads_only_that_file() {
     assert_eq!(mode & 0o111, 0o111, "{mode:o}");
     assert_eq!(version_on(port).as_deref(), Some("v1"));
 }
+
+#[test]
+fn the_lock_on_the_host_refuses_a_second_deployer_and_a_stale_one_is_taken_over() {
+    if !require_docker() {
+        return;
+    }
+    let r = Remote::new();
+    let name = &r.sb.name("rlock");
+    let port = free_port();
+    let src = r.service("hello", "v1");
+    // Another deployer, on another machine, holds the lock on the host.
+    let lock_dir = r.base.join(name).join("deploy.lock.d");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    let holder = r#"{"job_id":"deploy-elsewhere","pid":4242,"actor":"ops@laptop","since":"2026-11-25T10:00:00Z"}"#;
+    std::fs::write(lock_dir.join("holder.json"), holder).unwrap();
+    let refused = r.deploy(&src, name, port);
+    refused.assert_code(11);
+    assert!(
+        refused.stderr.contains("deploy-elsewhere") && refused.stderr.contains("ops@laptop"),
+        "{}",
+        refused.stderr
+    );
+    assert!(r.releases_on_server(name).is_empty(), "nothing transferred");
+
+    // Its deployer died: the lock has not been refreshed for minutes.
+    let old = std::process::Command::new("touch")
+        .args(["-d", "10 minutes ago"])
+        .arg(lock_dir.join("holder.json"))
+        .status()
+        .unwrap();
+    assert!(old.success());
+    let job = r.deploy(&src, name, port).assert_code(0).json();
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    assert!(!lock_dir.exists(), "the lock is released after the job");
+    let audit = std::fs::read_to_string(r.base.join(name).join("audit.log")).unwrap();
+    assert!(
+        audit.contains(job["deploy_job_id"].as_str().unwrap()),
+        "{audit}"
+    );
+}

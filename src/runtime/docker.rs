@@ -285,6 +285,7 @@ mod tests {
                 network: Some("fpai-network".into()),
                 restart: "unless-stopped".into(),
                 stop_grace_secs: 10,
+                user: None,
             },
             secrets: vec![("API_KEY".into(), Secret::new("sk-very-secret"))],
         }

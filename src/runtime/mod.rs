@@ -5,6 +5,7 @@
 
 pub mod docker;
 pub mod process;
+pub mod systemd;
 
 use crate::health::Liveness;
 use crate::plan::{RunSpec, RuntimeKind};
@@ -44,6 +45,7 @@ impl ReleaseCtx {
 pub enum Runtime {
     Process(process::ProcessRuntime),
     Docker(docker::DockerRuntime),
+    Systemd(systemd::SystemdRuntime),
 }
 
 impl Runtime {
@@ -51,6 +53,7 @@ impl Runtime {
         match self {
             Runtime::Process(_) => RuntimeKind::Process,
             Runtime::Docker(_) => RuntimeKind::Docker,
+            Runtime::Systemd(_) => RuntimeKind::Systemd,
         }
     }
 
@@ -60,13 +63,16 @@ impl Runtime {
         match self {
             Runtime::Process(_) => Ok(None),
             Runtime::Docker(d) => d.build(ctx).await.map(Some),
+            Runtime::Systemd(s) => s.build(ctx).await.map(Some),
         }
     }
 
     /// Undoes `build`: removes the release's image.
     pub async fn remove_build(&self, ctx: &ReleaseCtx) {
-        if let Runtime::Docker(d) = self {
-            d.remove_image(ctx).await;
+        match self {
+            Runtime::Process(_) => {}
+            Runtime::Docker(d) => d.remove_image(ctx).await,
+            Runtime::Systemd(s) => s.remove_build(ctx).await,
         }
     }
 
@@ -74,6 +80,7 @@ impl Runtime {
         match self {
             Runtime::Process(p) => p.start(ctx).await,
             Runtime::Docker(d) => d.start(ctx).await,
+            Runtime::Systemd(s) => s.start(ctx).await,
         }
     }
 
@@ -81,6 +88,7 @@ impl Runtime {
         match self {
             Runtime::Process(p) => p.stop(ctx).await,
             Runtime::Docker(d) => d.stop(ctx).await,
+            Runtime::Systemd(s) => s.stop(ctx).await,
         }
     }
 
@@ -88,6 +96,7 @@ impl Runtime {
         match self {
             Runtime::Process(p) => p.liveness(ctx).await,
             Runtime::Docker(d) => d.liveness(ctx).await,
+            Runtime::Systemd(s) => s.liveness(ctx).await,
         }
     }
 
@@ -96,6 +105,7 @@ impl Runtime {
         match self {
             Runtime::Process(p) => p.running(dirs),
             Runtime::Docker(d) => d.running(service).await,
+            Runtime::Systemd(s) => s.running(dirs, service).await,
         }
     }
 }

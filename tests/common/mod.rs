@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod sshd;
+pub mod testhost;
 
 use assert_cmd::cargo::CommandCargoExt;
 use std::io::{Read, Write};

@@ -1,0 +1,389 @@
+//! The systemd runtime: each release runs as its own unit,
+//! `deployer-NAME-RELEASE.service`, with WorkingDirectory in the release, an
+//! EnvironmentFile of mode 0600 (environment and secrets), Restart=on-failure
+//! and an optional User. One unit per release makes a rollback exact: the
+//! previous release's unit, unchanged, is started again.
+//!
+//! Python services get a virtualenv per release (`.venv` in the release)
+//! with `pip install -r requirements.txt`, from a `wheelhouse/` directory
+//! shipped with the service when there is one (no index is contacted then).
+//!
+//! Like the docker runtime, it only builds commands; the host runs them.
+
+use super::ReleaseCtx;
+use crate::cmd::{Cmd, CmdOutput, Transport, quote};
+use crate::health::Liveness;
+use crate::host::Host;
+use crate::release::ServiceDirs;
+use std::sync::Arc;
+use std::time::Duration;
+
+const CMD_TIMEOUT: Duration = Duration::from_secs(120);
+const PIP_TIMEOUT: Duration = Duration::from_secs(600);
+const UNIT_DIR: &str = "/etc/systemd/system";
+
+pub struct SystemdRuntime {
+    host: Arc<Host>,
+}
+
+/// The unit of one release.
+pub fn unit_name(ctx: &ReleaseCtx) -> String {
+    format!("deployer-{}-{}.service", ctx.service, ctx.release)
+}
+
+fn env_file(ctx: &ReleaseCtx) -> String {
+    ctx.dirs
+        .root
+        .join("env")
+        .join(format!("{}.env", ctx.release))
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// systemd's quoting for a value in an EnvironmentFile line.
+fn env_line(k: &str, v: &str) -> String {
+    let escaped = v
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    format!("{k}=\"{escaped}\"\n")
+}
+
+/// The unit file for a release.
+pub fn unit_file(ctx: &ReleaseCtx) -> String {
+    let dir = ctx.dir().to_string_lossy().into_owned();
+    let start = ctx.spec.start.as_deref().unwrap_or("false");
+    let mut unit = format!(
+        "# Written by deployer: release {rel} of {svc}. Do not edit; deploy instead.\n\
+         [Unit]\n\
+         Description={svc} release {rel} (deployer)\n\
+         After=network-online.target\n\n\
+         [Service]\n\
+         Type=simple\n\
+         WorkingDirectory={dir}\n\
+         EnvironmentFile={env}\n\
+         ExecStart=/bin/sh -c {start}\n\
+         Restart=on-failure\n\
+         RestartSec=1\n\
+         KillMode=control-group\n\
+         TimeoutStopSec={grace}\n",
+        rel = ctx.release,
+        svc = ctx.service,
+        env = env_file(ctx),
+        start = systemd_quote(&format!("exec {start}")),
+        grace = ctx.spec.stop_grace_secs,
+    );
+    if let Some(user) = &ctx.spec.user {
+        unit.push_str(&format!("User={user}\n"));
+    }
+    unit.push_str("\n[Install]\nWantedBy=multi-user.target\n");
+    unit
+}
+
+/// Quotes one argument for a systemd command line (double quotes, with `$`
+/// doubled so systemd does not expand it and the shell does).
+fn systemd_quote(s: &str) -> String {
+    format!(
+        "\"{}\"",
+        s.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('$', "$$")
+    )
+}
+
+/// The environment file's contents: PATH with the release's venv first,
+/// deployer's variables, the configured ones, then the secrets.
+pub fn env_contents(ctx: &ReleaseCtx) -> String {
+    let venv = ctx.dir().join(".venv/bin");
+    let mut out = env_line(
+        "PATH",
+        &format!("{}:/usr/local/bin:/usr/bin:/bin", venv.display()),
+    );
+    for (k, v) in ctx.base_env() {
+        out.push_str(&env_line(&k, &v));
+    }
+    for (k, v) in &ctx.secrets {
+        out.push_str(&env_line(k, v.expose()));
+    }
+    out
+}
+
+pub fn systemctl(args: &[&str]) -> Cmd {
+    Cmd::new("systemctl").args(args.iter().copied())
+}
+
+/// Creates the venv and installs requirements, offline from the wheelhouse
+/// when the service ships one.
+pub fn venv_script(ctx: &ReleaseCtx) -> String {
+    let dir = quote(&ctx.dir().to_string_lossy());
+    format!(
+        "cd {dir} && if [ -f requirements.txt ]; then \
+           python3 -m venv .venv && \
+           if [ -d wheelhouse ]; then .venv/bin/pip install --quiet --no-index --find-links wheelhouse -r requirements.txt; \
+           else .venv/bin/pip install --quiet -r requirements.txt; fi; \
+         fi"
+    )
+}
+
+impl SystemdRuntime {
+    pub fn new(host: Arc<Host>) -> Self {
+        SystemdRuntime { host }
+    }
+
+    async fn run(&self, cmd: &Cmd, timeout: Duration) -> Result<CmdOutput, String> {
+        self.host
+            .exec(cmd, timeout)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn run_ok(&self, cmd: &Cmd, timeout: Duration) -> Result<CmdOutput, String> {
+        let out = self.run(cmd, timeout).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(format!("`{}` failed:\n{}", cmd.display(), out.tail(8)))
+        }
+    }
+
+    /// Whether systemd runs as the host's init.
+    pub async fn available(&self) -> Result<(), String> {
+        let out = self
+            .run(&systemctl(&["is-system-running"]), Duration::from_secs(20))
+            .await?;
+        match out.stdout.trim() {
+            "running" | "degraded" | "starting" => Ok(()),
+            other => Err(format!(
+                "systemd is not running on {} (is-system-running: {})",
+                self.host.name(),
+                if other.is_empty() {
+                    out.tail(1)
+                } else {
+                    other.to_string()
+                }
+            )),
+        }
+    }
+
+    /// Build: the venv, then the unit and environment file.
+    pub async fn build(&self, ctx: &ReleaseCtx) -> Result<String, String> {
+        self.run_ok(&Cmd::new("sh").args(["-c", &venv_script(ctx)]), PIP_TIMEOUT)
+            .await?;
+        self.write_unit(ctx).await?;
+        Ok(format!("unit {} written", unit_name(ctx)))
+    }
+
+    async fn write_unit(&self, ctx: &ReleaseCtx) -> Result<(), String> {
+        self.host
+            .write_file(
+                &format!("{UNIT_DIR}/{}", unit_name(ctx)),
+                unit_file(ctx).as_bytes(),
+                0o644,
+            )
+            .await?;
+        self.host
+            .write_file(&env_file(ctx), env_contents(ctx).as_bytes(), 0o600)
+            .await?;
+        self.run_ok(&systemctl(&["daemon-reload"]), CMD_TIMEOUT)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn remove_build(&self, ctx: &ReleaseCtx) {
+        let unit = unit_name(ctx);
+        let _ = self
+            .run(&systemctl(&["disable", "--now", &unit]), CMD_TIMEOUT)
+            .await;
+        let _ = self
+            .run(
+                &Cmd::new("rm").args(["-f", &format!("{UNIT_DIR}/{unit}"), &env_file(ctx)]),
+                CMD_TIMEOUT,
+            )
+            .await;
+        let _ = self.run(&systemctl(&["daemon-reload"]), CMD_TIMEOUT).await;
+    }
+
+    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, String> {
+        // The env file holds secrets, so it is written again from this run's
+        // values (a rollback re-reads them), never kept from an old deploy.
+        self.write_unit(ctx).await?;
+        let unit = unit_name(ctx);
+        self.run_ok(&systemctl(&["reset-failed", &unit]), CMD_TIMEOUT)
+            .await
+            .ok();
+        self.run_ok(&systemctl(&["enable", "--now", &unit]), CMD_TIMEOUT)
+            .await?;
+        Ok(format!("systemd unit {unit} enabled and started"))
+    }
+
+    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), String> {
+        let unit = unit_name(ctx);
+        let timeout = Duration::from_secs(ctx.spec.stop_grace_secs) + CMD_TIMEOUT;
+        self.run_ok(&systemctl(&["disable", "--now", &unit]), timeout)
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn liveness(&self, ctx: &ReleaseCtx) -> Liveness {
+        let unit = unit_name(ctx);
+        let show = systemctl(&[
+            "show",
+            "-p",
+            "ActiveState,SubState,NRestarts,ExecMainStatus",
+            &unit,
+        ]);
+        let Ok(out) = self.run(&show, CMD_TIMEOUT).await else {
+            return Liveness::Alive;
+        };
+        let field = |k: &str| {
+            out.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or("")
+                .to_string()
+        };
+        let restarts: u32 = field("NRestarts").parse().unwrap_or(0);
+        let state = field("ActiveState");
+        if restarts == 0 && matches!(state.as_str(), "active" | "activating") {
+            return Liveness::Alive;
+        }
+        let logs = self
+            .run(
+                &Cmd::new("journalctl").args(["-u", &unit, "-n", "5", "--no-pager", "-o", "cat"]),
+                CMD_TIMEOUT,
+            )
+            .await
+            .map(|o| crate::cmd::tail_lines(&o.stdout, 5))
+            .unwrap_or_default();
+        Liveness::Exited {
+            how: format!(
+                "unit {unit} exited with status {} ({state}/{}, {restarts} restarts)",
+                field("ExecMainStatus"),
+                field("SubState")
+            ),
+            log_tail: logs,
+        }
+    }
+
+    /// Releases of a service whose unit is active, with their ports (read
+    /// from each release's environment file).
+    pub async fn running(&self, dirs: &ServiceDirs, service: &str) -> Vec<(String, u16)> {
+        let pattern = format!("deployer-{service}-*.service");
+        let Ok(out) = self
+            .run(
+                &systemctl(&[
+                    "list-units",
+                    "--plain",
+                    "--no-legend",
+                    "--state=active",
+                    &pattern,
+                ]),
+                CMD_TIMEOUT,
+            )
+            .await
+        else {
+            return Vec::new();
+        };
+        let prefix = format!("deployer-{service}-");
+        let releases: Vec<String> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter_map(|u| u.strip_prefix(&prefix)?.strip_suffix(".service"))
+            .map(str::to_string)
+            .collect();
+        if releases.is_empty() {
+            return Vec::new();
+        }
+        let env_dir = dirs.root.join("env");
+        let script = format!(
+            "cd {} && grep -H '^PORT=' *.env 2>/dev/null || true",
+            quote(&env_dir.to_string_lossy())
+        );
+        let ports = self
+            .run(&Cmd::new("sh").args(["-c", &script]), CMD_TIMEOUT)
+            .await
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        releases
+            .into_iter()
+            .map(|r| {
+                let port = ports
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&format!("{r}.env:PORT=")))
+                    .and_then(|p| p.trim_matches('"').parse().ok())
+                    .unwrap_or(0);
+                (r, port)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{HealthSpec, RunSpec, RuntimeKind};
+    use crate::secret::Secret;
+
+    fn ctx() -> ReleaseCtx {
+        ReleaseCtx {
+            service: "api".into(),
+            release: "20261125-120000000-abcdef12".into(),
+            dirs: ServiceDirs {
+                root: "/srv/deployer/api".into(),
+            },
+            spec: RunSpec {
+                runtime: RuntimeKind::Systemd,
+                port: 8010,
+                build: None,
+                start: Some("python app.py --greeting \"hi $USER\"".into()),
+                dockerfile: "Dockerfile".into(),
+                env: [("MODE".to_string(), "blue \"sky\"".to_string())].into(),
+                secret_names: vec!["API_KEY".into()],
+                health: HealthSpec {
+                    path: "/health".into(),
+                    timeout_secs: 30,
+                    retries: 3,
+                },
+                network: None,
+                restart: "unless-stopped".into(),
+                stop_grace_secs: 10,
+                user: Some("svc".into()),
+            },
+            secrets: vec![("API_KEY".into(), Secret::new("sk-1"))],
+        }
+    }
+
+    #[test]
+    fn unit_file_runs_the_release_with_its_env_file() {
+        let unit = unit_file(&ctx());
+        assert!(
+            unit.contains(
+                "WorkingDirectory=/srv/deployer/api/releases/20261125-120000000-abcdef12\n"
+            )
+        );
+        assert!(
+            unit.contains(
+                "EnvironmentFile=/srv/deployer/api/env/20261125-120000000-abcdef12.env\n"
+            )
+        );
+        assert!(
+            unit.contains(r#"ExecStart=/bin/sh -c "exec python app.py --greeting \"hi $$USER\"""#),
+            "{unit}"
+        );
+        assert!(unit.contains("Restart=on-failure\n"));
+        assert!(unit.contains("User=svc\n"));
+        assert!(!unit.contains("sk-1"), "secrets live in the env file only");
+    }
+
+    #[test]
+    fn env_file_has_venv_path_env_and_secrets() {
+        let env = env_contents(&ctx());
+        assert!(env.starts_with(
+            "PATH=\"/srv/deployer/api/releases/20261125-120000000-abcdef12/.venv/bin:"
+        ));
+        assert!(env.contains("PORT=\"8010\"\n"));
+        assert!(env.contains("MODE=\"blue \\\"sky\\\"\"\n"));
+        assert!(env.contains("API_KEY=\"sk-1\"\n"));
+    }
+}
