@@ -257,6 +257,25 @@ pub struct Manifest {
     pub docker: DockerConfig,
     #[serde(default)]
     pub systemd: SystemdConfig,
+    /// Hosts to deploy to (`user@host:port`), when not this machine and not
+    /// given with `--host`.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub rollout: RolloutConfig,
+}
+
+/// `[rollout]` in a manifest: how a deploy to several hosts proceeds.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutConfig {
+    /// Hosts in the first (canary) wave. Default 1.
+    pub canary: Option<usize>,
+    /// Hosts deployed at once in each later wave. Default 4.
+    pub parallel: Option<usize>,
+    /// When a wave fails, also roll back hosts that earlier waves switched.
+    /// Default false: they keep the new release.
+    pub rollback_switched: Option<bool>,
 }
 
 /// `[systemd]` in a manifest.

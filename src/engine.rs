@@ -29,6 +29,8 @@ use std::time::Duration;
 pub enum Event<'a> {
     PhaseStarted(PhaseName),
     PhaseFinished(&'a PhaseView),
+    /// A phase finished on one host of a rollout.
+    HostPhaseFinished(&'a str, &'a PhaseView),
     /// A line of progress worth showing (stopping a release, rolling back).
     Note(&'a str),
     JobFinished(&'a Job),
@@ -65,6 +67,9 @@ struct Work {
     keep_releases: usize,
     service_url: String,
     source: Source,
+    rollout: crate::plan::RolloutSpec,
+    /// Set for a rollout, so every host gets the same release id.
+    release_id: Option<String>,
 }
 
 /// The undo of a step that changed something, pushed as the step succeeds.
@@ -82,7 +87,8 @@ pub struct Engine {
     http: reqwest::Client,
     actor: String,
     lock_wait: Duration,
-    target: TargetSpec,
+    /// Where deploys go: one target, or several for a rollout.
+    targets: Vec<TargetSpec>,
 }
 
 impl Engine {
@@ -90,7 +96,7 @@ impl Engine {
         config: DeployerConfig,
         state_dir: PathBuf,
         lock_wait: Duration,
-        target: TargetSpec,
+        targets: Vec<TargetSpec>,
     ) -> Self {
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -103,8 +109,13 @@ impl Engine {
             http,
             actor: actor(),
             lock_wait,
-            target,
+            targets,
         }
+    }
+
+    /// Rollback and stop act on one host: the first target.
+    fn first_target(&self) -> &TargetSpec {
+        self.targets.first().unwrap_or(&TargetSpec::Local)
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -115,36 +126,49 @@ impl Engine {
     /// lock was busy); a job that ran is returned whether it succeeded or not.
     pub async fn deploy(&self, mut plan: Plan, sink: &dyn Sink) -> Result<Job, Failure> {
         let redactor = plan.redactor();
-        let validation = Phase::pending(PhaseName::Validation);
         let started = Utc::now();
         sink.event(&Event::PhaseStarted(PhaseName::Validation));
-        let site = match Site::connect(&self.target, &self.state_dir).await {
-            Ok(site) => site,
+        let mut sites = Vec::with_capacity(self.targets.len());
+        for target in &self.targets {
+            match Site::connect(target, &self.state_dir).await {
+                Ok(site) => sites.push(site),
+                Err(f) => {
+                    let pending = Phase::pending(PhaseName::Validation);
+                    let failed = finish_phase(pending, started, Err(f.message.clone()), &redactor);
+                    sink.event(&Event::PhaseFinished(&failed.view()));
+                    close_all(&sites).await;
+                    return Err(f);
+                }
+            }
+        }
+        let mut validation = self
+            .validate_all(&sites, &mut plan, started, &redactor, sink)
+            .await;
+        if let Err(f) = validation {
+            close_all(&sites).await;
+            return Err(f);
+        }
+        let job_id = new_job_id();
+        let lock = match self.lock(&plan.service_name, &job_id).await {
+            Ok(l) => l,
             Err(f) => {
-                let failed = finish_phase(validation, started, Err(f.message.clone()), &redactor);
-                sink.event(&Event::PhaseFinished(&failed.view()));
+                close_all(&sites).await;
                 return Err(f);
             }
         };
-        let checked = self.validate(&site, &mut plan).await;
-        let mut validation = finish_phase(validation, started, checked.clone(), &redactor);
-        sink.event(&Event::PhaseFinished(&validation.view()));
-        checked.map_err(|e| Failure::invalid(redactor.redact(&e)))?;
-        let job_id = new_job_id();
-        let lock = self.lock(&plan.service_name, &job_id).await?;
         if lock.waited {
             // Another deploy ran meanwhile: what was checked may have changed.
-            let started = Utc::now();
-            let checked = self.validate(&site, &mut plan).await;
-            validation = finish_phase(
-                Phase::pending(PhaseName::Validation),
-                started,
-                checked.clone(),
-                &redactor,
-            );
-            sink.event(&Event::PhaseFinished(&validation.view()));
-            checked.map_err(|e| Failure::invalid(redactor.redact(&e)))?;
+            validation = self
+                .validate_all(&sites, &mut plan, Utc::now(), &redactor, sink)
+                .await;
         }
+        let validation = match validation {
+            Ok(v) => v,
+            Err(f) => {
+                close_all(&sites).await;
+                return Err(f);
+            }
+        };
         let work = Work {
             kind: JobKind::Deploy,
             service_url: plan.service_url(),
@@ -157,12 +181,51 @@ impl Engine {
             register: plan.register,
             keep_releases: plan.keep_releases,
             source: Source::Dir(plan.source),
+            rollout: plan.rollout,
+            release_id: None,
         };
         let job = self
-            .run(&site, work, validation, (lock, job_id), sink)
+            .run(&sites, work, validation, (lock, job_id), sink)
             .await;
-        site.close().await;
+        close_all(&sites).await;
         job
+    }
+
+    /// Validation on every host; the phase fails if any host fails it.
+    async fn validate_all(
+        &self,
+        sites: &[Site],
+        plan: &mut Plan,
+        started: chrono::DateTime<Utc>,
+        redactor: &Redactor,
+        sink: &dyn Sink,
+    ) -> Result<Phase, Failure> {
+        let mut details = Vec::new();
+        let mut result = Ok(());
+        for site in sites {
+            match self.validate(site, plan).await {
+                Ok(d) => details.push(d),
+                Err(e) if sites.len() > 1 => {
+                    result = Err(format!("{}: {e}", site.host.name()));
+                    break;
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let checked = result.map(|_| details.join("; "));
+        let phase = finish_phase(
+            Phase::pending(PhaseName::Validation),
+            started,
+            checked.clone(),
+            redactor,
+        );
+        sink.event(&Event::PhaseFinished(&phase.view()));
+        checked
+            .map(|_| phase)
+            .map_err(|e| Failure::invalid(redactor.redact(&e)))
     }
 
     /// Takes a service's deploy lock for a job, or says who holds it.
@@ -281,7 +344,7 @@ impl Engine {
                 "no releases of service '{service}'"
             )));
         }
-        let site = Site::connect(&self.target, &self.state_dir).await?;
+        let site = Site::connect(self.first_target(), &self.state_dir).await?;
         let dirs = site.dirs(service);
         // Under the lock, so `current` cannot change while the target is chosen.
         let job_id = new_job_id();
@@ -365,9 +428,17 @@ impl Engine {
             register,
             keep_releases: usize::MAX,
             source: Source::Existing(target.id.clone()),
+            rollout: Default::default(),
+            release_id: None,
         };
         let job = self
-            .run(&site, work, validation, (lock, job_id), sink)
+            .run(
+                std::slice::from_ref(&site),
+                work,
+                validation,
+                (lock, job_id),
+                sink,
+            )
             .await;
         site.close().await;
         job
@@ -386,7 +457,7 @@ impl Engine {
         }
         let job_id = new_job_id();
         let _lock = self.lock(service, &job_id).await?;
-        let site = Site::connect(&self.target, &self.state_dir).await?;
+        let site = Site::connect(self.first_target(), &self.state_dir).await?;
         let dirs = site.dirs(service);
         let started = std::time::Instant::now();
         let mut stopped = Vec::new();
@@ -440,65 +511,88 @@ impl Engine {
     /// Takes the lock, creates the job and runs the phases after Validation.
     async fn run(
         &self,
-        site: &Site,
+        sites: &[Site],
         work: Work,
         validation: Phase,
         (lock, job_id): (Lock, String),
         sink: &dyn Sink,
     ) -> Result<Job, Failure> {
-        let dirs = site.dirs(&work.service);
         let holder = Holder {
             job_id: job_id.clone(),
             pid: std::process::id(),
             actor: self.actor.clone(),
             since: Utc::now(),
         };
-        let stale = site.host.lock(&dirs, &holder).await.map_err(|e| match e {
-            RemoteLockError::Busy(who) => Failure::new(
-                FailureKind::Locked,
-                format!(
-                    "service '{}' on {} is locked by another deployer: {who}",
-                    work.service,
-                    site.host.name()
-                ),
-            ),
-            RemoteLockError::Failed(msg) => Failure::new(FailureKind::Unreachable, msg),
-        })?;
-        // Refresh the host's lock while the job runs; a deployer that dies
-        // stops refreshing it and the next one takes it over.
-        let heartbeat = {
-            let (host, dirs) = (site.host.clone(), dirs.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(20)).await;
-                    host.heartbeat(&dirs).await;
+        // The lock on every host first: all or nothing.
+        let mut locked: Vec<&Site> = Vec::new();
+        let mut notes = Vec::new();
+        for site in sites {
+            let dirs = site.dirs(&work.service);
+            match site.host.lock(&dirs, &holder).await {
+                Ok(stale) => {
+                    locked.push(site);
+                    if let Some(old) = stale {
+                        notes.push(format!(
+                            "took over a stale lock on {}: {old}",
+                            site.host.name()
+                        ));
+                    }
                 }
-            })
-        };
+                Err(e) => {
+                    for s in locked {
+                        s.host.unlock(&s.dirs(&work.service)).await;
+                    }
+                    return Err(match e {
+                        RemoteLockError::Busy(who) => Failure::new(
+                            FailureKind::Locked,
+                            format!(
+                                "service '{}' on {} is locked by another deployer: {who}",
+                                work.service,
+                                site.host.name()
+                            ),
+                        ),
+                        RemoteLockError::Failed(msg) => Failure::new(FailureKind::Unreachable, msg),
+                    });
+                }
+            }
+        }
+        // Refresh the hosts' locks while the job runs; a deployer that dies
+        // stops refreshing them and the next one takes them over.
+        let beats: Vec<_> = sites
+            .iter()
+            .map(|s| (s.host.clone(), s.dirs(&work.service)))
+            .collect();
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                for (host, dirs) in &beats {
+                    host.heartbeat(dirs).await;
+                }
+            }
+        });
+        let service = work.service.clone();
         let result = self
-            .run_locked(site, work, validation, (lock, job_id), &dirs, stale, sink)
+            .run_locked(sites, work, validation, (lock, job_id), notes, sink)
             .await;
         heartbeat.abort();
-        site.host.unlock(&dirs).await;
+        for site in sites {
+            site.host.unlock(&site.dirs(&service)).await;
+        }
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn run_locked(
         &self,
-        site: &Site,
+        sites: &[Site],
         work: Work,
         validation: Phase,
         (lock, job_id): (Lock, String),
-        dirs: &ServiceDirs,
-        stale: Option<String>,
+        notes: Vec<String>,
         sink: &dyn Sink,
     ) -> Result<Job, Failure> {
-        let dirs = dirs.clone();
         let store = Store::open(&self.state_dir).await?;
-        if let Some(old) = stale {
-            let msg = format!("took over a stale lock on {}: {old}", site.host.name());
-            sink.event(&Event::Note(&msg));
+        for note in &notes {
+            sink.event(&Event::Note(note));
         }
         // Holding the lock, no other job of this service can be running: any
         // marked running had its deployer die mid-way.
@@ -524,11 +618,66 @@ impl Engine {
                 })
                 .await?;
         }
-        let redactor = Redactor::new(work.secrets.iter().map(|(_, s)| s.clone()));
-        let previous = site.host.current(&dirs).await;
-        let mut phases = vec![validation];
+        let mut previous = Vec::with_capacity(sites.len());
+        for site in sites {
+            previous.push(site.host.current(&site.dirs(&work.service)).await);
+        }
+        let multi = sites.len() > 1;
+        let mut job = self.new_job(&work, job_id, &validation, previous[0].clone());
+        if multi {
+            job.previous_release = None;
+            let waves = work.rollout.waves(sites.len());
+            job.hosts = sites
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let wave = waves.iter().position(|w| w.contains(&i)).unwrap_or(0);
+                    HostReport::pending(s.host.name(), wave)
+                })
+                .collect();
+        }
+        store.save_job(&job).await?;
+        let book = JobBook {
+            store: store.clone(),
+            parent: tokio::sync::Mutex::new(job),
+            multi,
+        };
+        let job = if multi {
+            self.rollout(sites, &book, work, &validation, previous, sink)
+                .await
+        } else {
+            let job_id = book.parent.lock().await.deploy_job_id.clone();
+            let prev = previous[0].clone();
+            let mut run = JobRun::new(
+                self,
+                &sites[0],
+                &book,
+                0,
+                sink,
+                work,
+                &validation,
+                prev.clone(),
+                job_id,
+            );
+            run.execute(prev).await;
+            run.job
+        };
+        store.close().await;
+        drop(lock);
+        Ok(job)
+    }
+
+    /// A job record as it starts: Validation done, the rest pending.
+    fn new_job(
+        &self,
+        work: &Work,
+        job_id: String,
+        validation: &Phase,
+        previous: Option<String>,
+    ) -> Job {
+        let mut phases = vec![validation.clone()];
         phases.extend(PhaseName::ALL[1..].iter().map(|n| Phase::pending(*n)));
-        let job = Job {
+        Job {
             deploy_job_id: job_id,
             kind: work.kind,
             service_name: work.service.clone(),
@@ -539,11 +688,11 @@ impl Engine {
             service_url: None,
             deployment_method: work.method.clone(),
             release: None,
-            previous_release: previous.clone(),
+            previous_release: previous,
             phases: phases.iter().map(Phase::view).collect(),
             registration: None,
             rollback: None,
-            started_at: phases[0].view().started_at.unwrap_or_else(Utc::now),
+            started_at: validation.view().started_at.unwrap_or_else(Utc::now),
             completed_at: None,
             duration_seconds: None,
             success: false,
@@ -551,25 +700,291 @@ impl Engine {
             failure: None,
             actor: self.actor.clone(),
             transfer: None,
+            hosts: Vec::new(),
+        }
+    }
+
+    /// Deploys to several hosts in waves: the canary wave first, then the
+    /// rest, `parallel` at a time. A failed wave stops the rollout: its
+    /// hosts are rolled back (each failed host by its own unwind, each
+    /// switched one here), later waves are left untouched, and with
+    /// `rollback_switched` the hosts of earlier waves are rolled back too.
+    async fn rollout(
+        &self,
+        sites: &[Site],
+        book: &JobBook,
+        mut work: Work,
+        validation: &Phase,
+        previous: Vec<Option<String>>,
+        sink: &dyn Sink,
+    ) -> Job {
+        let started = std::time::Instant::now();
+        let job_id = book.parent.lock().await.deploy_job_id.clone();
+        if let Source::Dir(src) = &work.source
+            && let Ok(hash) = release::content_hash(src)
+        {
+            work.release_id = Some(release::new_release_id(
+                &hash,
+                &sites[0].dirs(&work.service),
+            ));
+        }
+        let register = std::mem::replace(
+            &mut work.register,
+            RegisterPlan::Skip {
+                reason: "registered once for all hosts, after the last wave".into(),
+            },
+        );
+        let waves = work.rollout.waves(sites.len());
+        let mut switched: Vec<usize> = Vec::new();
+        let mut failure: Option<(FailureKind, String)> = None;
+        for (w, wave) in waves.iter().enumerate() {
+            if failure.is_some() {
+                for &i in wave {
+                    book.edit(|j| {
+                        j.hosts[i].status = JobStatus::Failed;
+                        j.hosts[i].failure = Some("not_run".into());
+                        j.hosts[i].error = Some("not deployed: the rollout stopped".into());
+                        for p in j.hosts[i].phases.iter_mut().skip(1) {
+                            p.status = "skipped".into();
+                            p.details = "not run: the rollout stopped".into();
+                        }
+                    })
+                    .await;
+                }
+                continue;
+            }
+            let names: Vec<String> = wave.iter().map(|&i| sites[i].host.name()).collect();
+            let what = if w == 0 && work.rollout.canary > 0 {
+                "canary wave"
+            } else {
+                "wave"
+            };
+            sink.event(&Event::Note(&format!(
+                "{what} {}: {}",
+                w + 1,
+                names.join(", ")
+            )));
+            let runs = wave.iter().map(|&i| {
+                let work = work.clone();
+                let job_id = job_id.clone();
+                let prev = previous[i].clone();
+                async move {
+                    let host_sink = HostSink {
+                        inner: sink,
+                        host: sites[i].host.name(),
+                    };
+                    let mut run = JobRun::new(
+                        self,
+                        &sites[i],
+                        book,
+                        i,
+                        &host_sink,
+                        work,
+                        validation,
+                        prev.clone(),
+                        job_id,
+                    );
+                    run.execute(prev).await;
+                    (i, run.job)
+                }
+            });
+            let results = futures_util::future::join_all(runs).await;
+            let failed: Vec<&(usize, Job)> = results.iter().filter(|(_, j)| !j.success).collect();
+            if let Some((i, j)) = failed.first() {
+                let kind = j
+                    .failure
+                    .as_deref()
+                    .and_then(FailureKind::parse)
+                    .unwrap_or(FailureKind::Internal);
+                failure = Some((
+                    kind,
+                    format!(
+                        "{}: {}",
+                        sites[*i].host.name(),
+                        j.error.clone().unwrap_or_default()
+                    ),
+                ));
+                let mut to_revert: Vec<usize> = results
+                    .iter()
+                    .filter(|(_, j)| j.success)
+                    .map(|(i, _)| *i)
+                    .collect();
+                if work.rollout.rollback_switched {
+                    to_revert.extend(switched.iter().copied());
+                }
+                for i in to_revert {
+                    let record = self
+                        .revert(&sites[i], &work, previous[i].as_deref(), sink)
+                        .await;
+                    book.edit(|j| {
+                        j.hosts[i].rollback = Some(record);
+                    })
+                    .await;
+                }
+            } else {
+                switched.extend(wave.iter().copied());
+            }
+        }
+
+        // Register once, when every host runs the release.
+        let mut register_phase = Phase::pending(PhaseName::Register);
+        let mut registration = None;
+        if failure.is_some() {
+            register_phase.state = PhaseState::Skipped {
+                reason: "not run: the rollout failed".into(),
+            };
+        } else {
+            match register {
+                RegisterPlan::Skip { reason } => {
+                    register_phase.state = PhaseState::Skipped { reason }
+                }
+                RegisterPlan::To {
+                    registry_url,
+                    droplet_id,
+                } => {
+                    let at = Utc::now();
+                    let result = crate::registry::register(
+                        &self.http,
+                        &registry_url,
+                        droplet_id,
+                        &work.service,
+                        &work.service_url,
+                    )
+                    .await;
+                    let details = result
+                        .as_ref()
+                        .map(|_| format!("Registered as Droplet #{droplet_id}"))
+                        .map_err(|e| e.clone());
+                    register_phase =
+                        finish_phase(register_phase, at, details, &Redactor::default());
+                    match result {
+                        Ok(r) => registration = Some(r),
+                        Err(e) => failure = Some((FailureKind::Register, e)),
+                    }
+                }
+            }
+        }
+        if let PhaseState::Skipped { .. } | PhaseState::Success { .. } | PhaseState::Failed { .. } =
+            register_phase.state
+        {
+            sink.event(&Event::PhaseFinished(&register_phase.view()));
+        }
+        let release = work.release_id.clone();
+        let job = book
+            .edit(|j| {
+                j.phases[5] = register_phase.view();
+                j.registration = registration;
+                j.release = release;
+                j.completed_at = Some(Utc::now());
+                j.duration_seconds = Some(started.elapsed().as_millis() as f64 / 1000.0);
+                j.success = failure.is_none();
+                j.status = if failure.is_none() {
+                    JobStatus::Completed
+                } else {
+                    JobStatus::Failed
+                };
+                j.service_url = failure.is_none().then(|| work.service_url.clone());
+                j.failure = failure.as_ref().map(|(k, _)| k.as_str().to_string());
+                j.error = failure.as_ref().map(|(_, e)| e.clone());
+            })
+            .await;
+        let deployed = job
+            .hosts
+            .iter()
+            .filter(|h| h.status == JobStatus::Completed && h.rollback.is_none())
+            .count();
+        let entry = AuditEntry {
+            at: Utc::now(),
+            actor: self.actor.clone(),
+            action: "deploy".into(),
+            service_name: work.service.clone(),
+            job_id: Some(job.deploy_job_id.clone()),
+            outcome: if job.success {
+                "success".into()
+            } else {
+                format!("failed ({})", job.failure.as_deref().unwrap_or("?"))
+            },
+            duration_ms: Some(started.elapsed().as_millis() as i64),
+            details: format!(
+                "release {} on {deployed} of {} hosts",
+                job.release.as_deref().unwrap_or("?"),
+                job.hosts.len()
+            ),
         };
-        store.save_job(&job).await?;
-        let mut run = JobRun {
-            engine: self,
-            site,
-            store,
-            sink,
-            redactor,
-            phases,
-            job,
-            undo: Vec::new(),
-            dirs,
-            work,
+        if let Err(e) = book.store.audit(&entry).await {
+            sink.event(&Event::Note(&format!("warning: {e}")));
+        }
+        sink.event(&Event::JobFinished(&job));
+        job
+    }
+
+    /// Takes a host that a failed rollout had switched back to the release
+    /// it ran before (or stops it, when it had none).
+    async fn revert(
+        &self,
+        site: &Site,
+        work: &Work,
+        previous: Option<&str>,
+        sink: &dyn Sink,
+    ) -> RollbackRecord {
+        let dirs = site.dirs(&work.service);
+        let name = site.host.name();
+        let new = site.host.current(&dirs).await.unwrap_or_default();
+        let ctx = |release: &str, spec: &RunSpec| ReleaseCtx {
+            service: work.service.clone(),
+            release: release.to_string(),
+            dirs: dirs.clone(),
+            spec: spec.clone(),
+            secrets: work.secrets.clone(),
         };
-        run.execute(previous).await;
-        let job = run.job.clone();
-        run.store.close().await;
-        drop(lock);
-        Ok(job)
+        let new_ctx = ctx(&new, &work.spec);
+        sink.event(&Event::Note(&format!(
+            "[{name}] rollback: stopping release {new}"
+        )));
+        let _ = site.runtime(work.spec.runtime).stop(&new_ctx).await;
+        let Some(prev) = previous else {
+            return RollbackRecord {
+                to_release: None,
+                from_release: new,
+                success: true,
+                details: format!("{name}: stopped; it had no previous release"),
+            };
+        };
+        let store = Store::open(&self.state_dir).await.ok();
+        let spec = match &store {
+            Some(s) => Self::release_record(s, &work.service, prev)
+                .await
+                .map(|r| r.spec),
+            None => None,
+        }
+        .unwrap_or_else(|| work.spec.clone());
+        let prev_ctx = ctx(prev, &spec);
+        let runtime = site.runtime(spec.runtime);
+        let outcome = match runtime.start(&prev_ctx).await {
+            Ok(_) => health_check(&spec, &site.health_host())
+                .wait(&self.http, || runtime.liveness(&prev_ctx))
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        let record = match outcome.and(site.host.switch_current(&dirs, prev).await) {
+            Ok(_) => RollbackRecord {
+                to_release: Some(prev.to_string()),
+                from_release: new,
+                success: true,
+                details: format!("{name}: rolled back to release {prev}"),
+            },
+            Err(e) => RollbackRecord {
+                to_release: Some(prev.to_string()),
+                from_release: new,
+                success: false,
+                details: format!(
+                    "{name}: rollback to release {prev} FAILED, the service may be down: {e}"
+                ),
+            },
+        };
+        sink.event(&Event::Note(&record.details));
+        record
     }
 
     async fn release_record(store: &Store, service: &str, id: &str) -> Option<Release> {
@@ -582,10 +997,88 @@ impl Engine {
     }
 }
 
-/// One job in progress: its phases, its undo stack, and where it reports.
+/// Where a job is written as it changes. With one host, the host's run is
+/// the job; with several, each host's run updates its entry in the job and
+/// the job's phases sum them up.
+struct JobBook {
+    store: Store,
+    parent: tokio::sync::Mutex<Job>,
+    multi: bool,
+}
+
+impl JobBook {
+    async fn update(&self, host: usize, host_job: &Job) -> Result<(), crate::store::StoreError> {
+        let mut parent = self.parent.lock().await;
+        if self.multi {
+            parent.hosts[host].update_from(host_job);
+            parent.phases = sum_phases(&parent.hosts, &parent.phases);
+        } else {
+            *parent = host_job.clone();
+        }
+        self.store.save_job(&parent).await
+    }
+
+    async fn edit(&self, f: impl FnOnce(&mut Job)) -> Job {
+        let mut parent = self.parent.lock().await;
+        f(&mut parent);
+        if let Err(e) = self.store.save_job(&parent).await {
+            eprintln!("warning: {e}");
+        }
+        parent.clone()
+    }
+}
+
+/// The job's phases over several hosts: Validation as run once, the rest
+/// summed up from the hosts (Register is the rollout's own).
+fn sum_phases(hosts: &[HostReport], current: &[PhaseView]) -> Vec<PhaseView> {
+    PhaseName::ALL
+        .iter()
+        .enumerate()
+        .map(|(i, name)| match name {
+            PhaseName::Validation | PhaseName::Register => current[i].clone(),
+            _ => {
+                let views: Vec<&PhaseView> = hosts
+                    .iter()
+                    .filter(|h| h.status != JobStatus::Pending)
+                    .map(|h| &h.phases[i])
+                    .collect();
+                aggregate_phase(*name, &views)
+            }
+        })
+        .collect()
+}
+
+/// Shows a host's events with the host's name, inside a rollout.
+struct HostSink<'a> {
+    inner: &'a dyn Sink,
+    host: String,
+}
+
+impl Sink for HostSink<'_> {
+    fn event(&self, e: &Event) {
+        match e {
+            Event::PhaseFinished(v) => self.inner.event(&Event::HostPhaseFinished(&self.host, v)),
+            Event::Note(n) => self
+                .inner
+                .event(&Event::Note(&format!("[{}] {n}", self.host))),
+            Event::PhaseStarted(_) | Event::HostPhaseFinished(..) | Event::JobFinished(_) => {}
+        }
+    }
+}
+
+async fn close_all(sites: &[Site]) {
+    for s in sites {
+        s.close().await;
+    }
+}
+
+/// One job in progress on one host: its phases, its undo stack, and where
+/// it reports.
 struct JobRun<'a> {
     engine: &'a Engine,
     site: &'a Site,
+    book: &'a JobBook,
+    host_index: usize,
     store: Store,
     sink: &'a dyn Sink,
     redactor: Redactor,
@@ -599,10 +1092,42 @@ struct JobRun<'a> {
 /// A phase's failure: its kind and message.
 type PhaseResult = Result<String, (FailureKind, String)>;
 
-impl JobRun<'_> {
+impl<'a> JobRun<'a> {
+    // Everything a host's run is made of; grouping them would only rename them.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        engine: &'a Engine,
+        site: &'a Site,
+        book: &'a JobBook,
+        host_index: usize,
+        sink: &'a dyn Sink,
+        work: Work,
+        validation: &Phase,
+        previous: Option<String>,
+        job_id: String,
+    ) -> Self {
+        let mut phases = vec![validation.clone()];
+        phases.extend(PhaseName::ALL[1..].iter().map(|n| Phase::pending(*n)));
+        let job = engine.new_job(&work, job_id, validation, previous);
+        JobRun {
+            engine,
+            site,
+            book,
+            host_index,
+            store: book.store.clone(),
+            sink,
+            redactor: Redactor::new(work.secrets.iter().map(|(_, s)| s.clone())),
+            phases,
+            job,
+            undo: Vec::new(),
+            dirs: site.dirs(&work.service),
+            work,
+        }
+    }
+
     async fn save(&mut self) {
         self.job.phases = self.phases.iter().map(Phase::view).collect();
-        if let Err(e) = self.store.save_job(&self.job).await {
+        if let Err(e) = self.book.update(self.host_index, &self.job).await {
             let msg = format!("warning: {e}");
             self.sink.event(&Event::Note(&msg));
         }
@@ -714,7 +1239,9 @@ impl JobRun<'_> {
             duration_ms: Some(started.elapsed().as_millis() as i64),
             details: self.redactor.redact(&details),
         };
-        if let Err(e) = self.store.audit(&entry).await {
+        if !self.book.multi
+            && let Err(e) = self.store.audit(&entry).await
+        {
             self.note(format!("warning: {e}")).await;
         }
         let host_line = format!(
@@ -731,8 +1258,10 @@ impl JobRun<'_> {
         if let Err(e) = self.site.host.audit(&self.dirs, &host_line).await {
             self.note(format!("warning: {e}")).await;
         }
-        let job = self.job.clone();
-        self.sink.event(&Event::JobFinished(&job));
+        if !self.book.multi {
+            let job = self.job.clone();
+            self.sink.event(&Event::JobFinished(&job));
+        }
     }
 
     /// Transfer → Build → Start Service → Verify Health → Register, unwinding
@@ -865,7 +1394,11 @@ impl JobRun<'_> {
     ) -> Result<(String, String), String> {
         let hash =
             release::content_hash(src).map_err(|e| format!("reading {}: {e}", src.display()))?;
-        let id = release::new_release_id(&hash, &self.dirs);
+        let id = self
+            .work
+            .release_id
+            .clone()
+            .unwrap_or_else(|| release::new_release_id(&hash, &self.dirs));
         let stats = self
             .site
             .host

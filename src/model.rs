@@ -281,6 +281,105 @@ pub struct Job {
     pub actor: String,
     /// Counts from the Transfer phase.
     pub transfer: Option<TransferStats>,
+    /// Per host, when the service is deployed to several hosts (the phases
+    /// above then sum them up: failed if any host failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<HostReport>,
+}
+
+/// One host's part of a job deployed to several hosts.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HostReport {
+    pub host: String,
+    /// 0 is the canary wave.
+    pub wave: usize,
+    pub status: JobStatus,
+    pub release: Option<String>,
+    pub previous_release: Option<String>,
+    pub phases: Vec<PhaseView>,
+    pub error: Option<String>,
+    pub failure: Option<String>,
+    pub rollback: Option<RollbackRecord>,
+    pub transfer: Option<TransferStats>,
+}
+
+impl HostReport {
+    pub fn pending(host: String, wave: usize) -> Self {
+        HostReport {
+            host,
+            wave,
+            status: JobStatus::Pending,
+            release: None,
+            previous_release: None,
+            phases: PhaseName::ALL
+                .iter()
+                .map(|n| Phase::pending(*n).view())
+                .collect(),
+            error: None,
+            failure: None,
+            rollback: None,
+            transfer: None,
+        }
+    }
+
+    /// A host's report from the job its own pipeline kept.
+    pub fn update_from(&mut self, job: &Job) {
+        self.status = job.status;
+        self.release = job.release.clone();
+        self.previous_release = job.previous_release.clone();
+        self.phases = job.phases.clone();
+        self.error = job.error.clone();
+        self.failure = job.failure.clone();
+        self.rollback = job.rollback.clone();
+        self.transfer = job.transfer.clone();
+    }
+}
+
+/// Sums up one phase over several hosts: failed if any failed, running if
+/// any runs, success when all succeeded, skipped when all skipped; timed
+/// from the first start to the last end.
+pub fn aggregate_phase(name: PhaseName, views: &[&PhaseView]) -> PhaseView {
+    let any = |s: &str| views.iter().any(|v| v.status == s);
+    let all = |s: &str| !views.is_empty() && views.iter().all(|v| v.status == s);
+    let status = if any("failed") {
+        "failed"
+    } else if any("running") {
+        "running"
+    } else if all("skipped") {
+        "skipped"
+    } else if views
+        .iter()
+        .all(|v| v.status == "success" || v.status == "skipped")
+        && any("success")
+    {
+        "success"
+    } else if any("success") {
+        "running"
+    } else {
+        "pending"
+    };
+    let started_at = views.iter().filter_map(|v| v.started_at).min();
+    let completed_at = if matches!(status, "success" | "failed") {
+        views.iter().filter_map(|v| v.completed_at).max()
+    } else {
+        None
+    };
+    let duration_ms = match (started_at, completed_at) {
+        (Some(s), Some(c)) => Some((c - s).num_milliseconds()),
+        _ => None,
+    };
+    let hosts = views.len();
+    let ok = views.iter().filter(|v| v.status == "success").count();
+    PhaseView {
+        phase: name,
+        status: status.to_string(),
+        started_at,
+        completed_at,
+        duration_seconds: duration_ms.map(|ms| ms as f64 / 1000.0),
+        duration_ms,
+        details: format!("{ok} of {hosts} hosts succeeded"),
+        error: views.iter().find_map(|v| v.error.clone()),
+    }
 }
 
 /// What the Transfer phase moved.

@@ -27,6 +27,14 @@ impl Sink for Human {
         match e {
             Event::PhaseStarted(_) => {}
             Event::PhaseFinished(p) => println!("{}", phase_line(p)),
+            Event::HostPhaseFinished(host, p) => {
+                let line = phase_line(p);
+                let (first, rest) = line.split_once('\n').unwrap_or((&line, ""));
+                println!("{first}  {DIM}[{host}]{DIM:#}");
+                if !rest.is_empty() {
+                    println!("{rest}");
+                }
+            }
             Event::Note(text) => {
                 for line in text.lines() {
                     println!("    {DIM}{line}{DIM:#}");

@@ -82,6 +82,44 @@ pub struct HealthSpec {
     pub retries: u32,
 }
 
+/// How a deploy to several hosts rolls out: a canary wave first, then the
+/// rest in waves of at most `parallel` hosts at once.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutSpec {
+    /// Hosts in the first wave (0: no canary wave).
+    pub canary: usize,
+    /// Hosts deployed at once in each later wave.
+    pub parallel: usize,
+    /// When a wave fails, also roll back the hosts earlier waves switched.
+    pub rollback_switched: bool,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        RolloutSpec {
+            canary: 1,
+            parallel: 4,
+            rollback_switched: false,
+        }
+    }
+}
+
+impl RolloutSpec {
+    /// Host indexes per wave, in order.
+    pub fn waves(&self, hosts: usize) -> Vec<Vec<usize>> {
+        let mut waves = Vec::new();
+        let canary = self.canary.min(hosts);
+        if canary > 0 {
+            waves.push((0..canary).collect());
+        }
+        let rest: Vec<usize> = (canary..hosts).collect();
+        for chunk in rest.chunks(self.parallel.max(1)) {
+            waves.push(chunk.to_vec());
+        }
+        waves
+    }
+}
+
 /// Whether and where the Register phase registers the service.
 #[derive(Clone, Debug, PartialEq)]
 pub enum RegisterPlan {
@@ -108,6 +146,10 @@ pub struct Plan {
     pub register: RegisterPlan,
     /// The address in the service URL and the registration.
     pub address: String,
+    /// Hosts the manifest lists (`hosts = [...]`); flags and config may
+    /// name others.
+    pub hosts: Vec<String>,
+    pub rollout: RolloutSpec,
 }
 
 impl Plan {
@@ -298,6 +340,12 @@ impl Plan {
             keep_releases,
             register,
             address: service_address(config),
+            hosts: manifest.hosts.clone(),
+            rollout: RolloutSpec {
+                canary: manifest.rollout.canary.unwrap_or(1),
+                parallel: manifest.rollout.parallel.unwrap_or(4),
+                rollback_switched: manifest.rollout.rollback_switched.unwrap_or(false),
+            },
         })
     }
 }
@@ -422,6 +470,23 @@ fn read_secrets_file(path: &Path) -> Result<BTreeMap<String, String>, Failure> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn waves_start_with_the_canary() {
+        let r = RolloutSpec {
+            canary: 1,
+            parallel: 2,
+            rollback_switched: false,
+        };
+        assert_eq!(r.waves(5), vec![vec![0], vec![1, 2], vec![3, 4]]);
+        assert_eq!(r.waves(1), vec![vec![0]]);
+        let no_canary = RolloutSpec {
+            canary: 0,
+            parallel: 3,
+            rollback_switched: false,
+        };
+        assert_eq!(no_canary.waves(3), vec![vec![0, 1, 2]]);
+    }
 
     #[test]
     fn names() {

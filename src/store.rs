@@ -45,7 +45,8 @@ const SCHEMA: &[&str] = &[
         success INTEGER NOT NULL,
         error TEXT,
         failure TEXT,
-        actor TEXT NOT NULL
+        actor TEXT NOT NULL,
+        hosts TEXT
     )",
     "CREATE INDEX IF NOT EXISTS jobs_service ON jobs (service_name, started_at)",
     "CREATE TABLE IF NOT EXISTS phases (
@@ -145,14 +146,14 @@ impl Store {
         sqlx::query(
             "INSERT INTO jobs (id, kind, service_name, service_path, status, droplet_id, service_port,
                 service_url, method, release_id, previous_release, registration, rollback, transfer,
-                started_at, completed_at, success, error, failure, actor)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20)
+                started_at, completed_at, success, error, failure, actor, hosts)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
              ON CONFLICT (id) DO UPDATE SET status = excluded.status, service_url = excluded.service_url,
                 method = excluded.method, release_id = excluded.release_id,
                 previous_release = excluded.previous_release, registration = excluded.registration,
                 rollback = excluded.rollback, transfer = excluded.transfer,
                 completed_at = excluded.completed_at, success = excluded.success,
-                error = excluded.error, failure = excluded.failure",
+                error = excluded.error, failure = excluded.failure, hosts = excluded.hosts",
         )
         .bind(&job.deploy_job_id)
         .bind(serde_json::to_value(job.kind).ok().and_then(|v| v.as_str().map(str::to_string)))
@@ -174,6 +175,11 @@ impl Store {
         .bind(&job.error)
         .bind(&job.failure)
         .bind(&job.actor)
+        .bind(if job.hosts.is_empty() {
+            None
+        } else {
+            serde_json::to_string(&job.hosts).ok()
+        })
         .execute(&mut *tx)
         .await
         .map_err(ctx(format!("saving job {}", job.deploy_job_id)))?;
@@ -291,6 +297,7 @@ impl Store {
             error: row.get("error"),
             failure: row.get("failure"),
             actor: row.get("actor"),
+            hosts: from_json(row.get("hosts")).unwrap_or_default(),
         })
     }
 

@@ -31,9 +31,9 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
     /// Deploy to this server over SSH: user@host:port (default: this
-    /// machine; seed: SERVER_HOST).
-    #[arg(long, global = true, value_name = "USER@HOST:PORT")]
-    pub host: Option<String>,
+    /// machine; seed: SERVER_HOST). Repeat for a rollout to several hosts.
+    #[arg(long = "host", global = true, value_name = "USER@HOST:PORT")]
+    pub hosts: Vec<String>,
     /// SSH private key for --host (seed: SSH_KEY_PATH).
     #[arg(long, global = true, value_name = "PATH")]
     pub ssh_key: Option<PathBuf>,
@@ -72,6 +72,8 @@ pub struct Context {
     pub config: DeployerConfig,
     pub state_dir: PathBuf,
     pub json: bool,
+    /// `--host` flags, in order.
+    pub hosts: Vec<String>,
 }
 
 impl Cli {
@@ -79,9 +81,7 @@ impl Cli {
         let env = |k: &str| std::env::var(k).ok();
         let mut config = DeployerConfig::load(self.config.as_deref(), &env)?;
         // Flags win over file and environment.
-        if let Some(h) = self.host.clone() {
-            config.target.host = Some(h);
-        }
+
         if let Some(k) = self.ssh_key.clone() {
             config.target.ssh_key = Some(k);
         }
@@ -103,6 +103,7 @@ impl Cli {
             config,
             state_dir,
             json: self.json,
+            hosts: self.hosts.clone(),
         };
         match self.command {
             Command::Deploy(a) => deploy::run(ctx, a).await,
@@ -137,21 +138,53 @@ impl Context {
         Ok(crate::store::Store::open(&self.state_dir).await?)
     }
 
-    pub fn engine(&self, lock_wait_secs: u64) -> Result<crate::engine::Engine, Failure> {
+    /// An engine acting on the hosts from `--host`, else `manifest_hosts`,
+    /// else the config's `target.host` (SERVER_HOST), else this machine.
+    pub fn engine(
+        &self,
+        lock_wait_secs: u64,
+        manifest_hosts: &[String],
+    ) -> Result<crate::engine::Engine, Failure> {
+        let hosts: Vec<String> = if !self.hosts.is_empty() {
+            self.hosts.clone()
+        } else if !manifest_hosts.is_empty() {
+            manifest_hosts.to_vec()
+        } else {
+            self.config.target.host.iter().cloned().collect()
+        };
+        let remote: Vec<&String> = hosts
+            .iter()
+            .filter(|h| !crate::plan::is_local_host(h))
+            .collect();
+        let targets = if remote.is_empty() {
+            vec![crate::site::TargetSpec::Local]
+        } else if remote.len() < hosts.len() {
+            return Err(Failure::invalid(
+                "'local' cannot be mixed with SSH hosts in one rollout",
+            ));
+        } else {
+            let mut seen = std::collections::BTreeSet::new();
+            let mut targets = Vec::new();
+            for h in remote {
+                if !seen.insert(h.clone()) {
+                    return Err(Failure::invalid(format!("host {h} is listed twice")));
+                }
+                targets.push(self.ssh_target(h)?);
+            }
+            targets
+        };
         Ok(crate::engine::Engine::new(
             self.config.clone(),
             self.state_dir.clone(),
             std::time::Duration::from_secs(lock_wait_secs),
-            self.target()?,
+            targets,
         ))
     }
 
-    /// Where commands act: this machine, or the configured SSH host.
-    pub fn target(&self) -> Result<crate::site::TargetSpec, Failure> {
+    /// An SSH target for `host`, with the key, known_hosts and base
+    /// directory from flags and config.
+    fn ssh_target(&self, host: &str) -> Result<crate::site::TargetSpec, Failure> {
         let t = &self.config.target;
-        let Some(host) = t.host.as_deref().filter(|h| !crate::plan::is_local_host(h)) else {
-            return Ok(crate::site::TargetSpec::Local);
-        };
         let (mut user, hostname, port) =
             crate::ssh::SshTarget::parse_address(host).map_err(Failure::invalid)?;
         if !host.contains('@')

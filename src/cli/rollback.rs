@@ -16,7 +16,7 @@ pub struct Args {
 }
 
 pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
-    let engine = ctx.engine(args.wait)?;
+    let engine = ctx.engine(args.wait, &[])?;
     let sink = ctx.sink();
     let job = engine
         .rollback(&args.name, args.to.as_deref(), sink.as_ref())

@@ -11,7 +11,7 @@ pub struct Args {
 }
 
 pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
-    let stopped = ctx.engine(0)?.stop(&args.name).await?;
+    let stopped = ctx.engine(0, &[])?.stop(&args.name).await?;
     if ctx.json {
         crate::output::print_json(
             &serde_json::json!({ "service_name": args.name, "stopped": stopped }),
