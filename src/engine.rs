@@ -528,7 +528,8 @@ impl Engine {
         let mut notes = Vec::new();
         for site in sites {
             let dirs = site.dirs(&work.service);
-            match site.host.lock(&dirs, &holder).await {
+            let dead = |h: &Holder| h.actor == self.actor && !crate::lock::pid_alive(h.pid);
+            match site.host.lock(&dirs, &holder, dead).await {
                 Ok(stale) => {
                     locked.push(site);
                     if let Some(old) = stale {
@@ -741,9 +742,7 @@ impl Engine {
             if failure.is_some() {
                 for &i in wave {
                     book.edit(|j| {
-                        j.hosts[i].status = JobStatus::Failed;
-                        j.hosts[i].failure = Some("not_run".into());
-                        j.hosts[i].error = Some("not deployed: the rollout stopped".into());
+                        j.hosts[i].status = JobStatus::Skipped;
                         for p in j.hosts[i].phases.iter_mut().skip(1) {
                             p.status = "skipped".into();
                             p.details = "not run: the rollout stopped".into();
@@ -1039,7 +1038,7 @@ fn sum_phases(hosts: &[HostReport], current: &[PhaseView]) -> Vec<PhaseView> {
             _ => {
                 let views: Vec<&PhaseView> = hosts
                     .iter()
-                    .filter(|h| h.status != JobStatus::Pending)
+                    .filter(|h| !matches!(h.status, JobStatus::Pending | JobStatus::Skipped))
                     .map(|h| &h.phases[i])
                     .collect();
                 aggregate_phase(*name, &views)

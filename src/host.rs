@@ -181,6 +181,7 @@ impl Host {
         &self,
         dirs: &ServiceDirs,
         holder: &Holder,
+        holder_is_dead: impl Fn(&Holder) -> bool,
     ) -> Result<Option<String>, RemoteLockError> {
         let Host::Ssh(s) = self else { return Ok(None) };
         let d = quote(&dirs.root.join("deploy.lock.d").to_string_lossy());
@@ -204,12 +205,26 @@ impl Host {
             .map_err(|e| RemoteLockError::Failed(e.to_string()))?;
         match out.code {
             Some(0) => Ok(out.stdout.trim().strip_prefix("stale ").map(str::to_string)),
-            Some(3) => Err(RemoteLockError::Busy(
-                match serde_json::from_str::<Holder>(out.stdout.trim()) {
-                    Ok(h) => h.to_string(),
-                    Err(_) => "holder unknown".to_string(),
-                },
-            )),
+            Some(3) => match serde_json::from_str::<Holder>(out.stdout.trim()) {
+                // A deployer on this machine that has exited (its connection
+                // broke before it could unlock): no need to wait it out.
+                Ok(h) if holder_is_dead(&h) => {
+                    let force = format!("rm -rf {d} && mkdir {d} && cat > {d}/holder.json");
+                    let cmd = Cmd::new("sh").args(["-c", &force]);
+                    let body = serde_json::to_string(holder).unwrap_or_default();
+                    let out = s
+                        .run_line(&crate::ssh::remote_line(&cmd), body.as_bytes())
+                        .await
+                        .map_err(|e| RemoteLockError::Failed(e.to_string()))?;
+                    if out.success() {
+                        Ok(Some(format!("{h} (its process has exited)")))
+                    } else {
+                        Err(RemoteLockError::Failed(out.tail(3)))
+                    }
+                }
+                Ok(h) => Err(RemoteLockError::Busy(h.to_string())),
+                Err(_) => Err(RemoteLockError::Busy("holder unknown".to_string())),
+            },
             _ => Err(RemoteLockError::Failed(format!(
                 "taking the lock on {}: {}",
                 self.name(),
@@ -359,8 +374,9 @@ impl Host {
         dirs_needed.sort();
         dirs_needed.dedup();
         // One round trip: a clean partial directory with every subdirectory.
+        // Partial copies left by an upload that broke off go first.
         let mut script = format!(
-            "mkdir -p {r} && cd {r} && rm -rf {p} && mkdir {p} && cd {p}",
+            "mkdir -p {r} && cd {r} && find . -maxdepth 1 -name '.*.partial' -exec rm -rf {{}} + && mkdir {p} && cd {p}",
             r = quote(&releases),
             p = quote(&partial)
         );

@@ -200,6 +200,8 @@ pub enum JobStatus {
     Running,
     Completed,
     Failed,
+    /// A host a stopped rollout never reached.
+    Skipped,
 }
 
 impl JobStatus {
@@ -209,6 +211,7 @@ impl JobStatus {
             JobStatus::Running => "running",
             JobStatus::Completed => "completed",
             JobStatus::Failed => "failed",
+            JobStatus::Skipped => "skipped",
         }
     }
 
@@ -217,6 +220,7 @@ impl JobStatus {
             "pending" => JobStatus::Pending,
             "running" => JobStatus::Running,
             "completed" => JobStatus::Completed,
+            "skipped" => JobStatus::Skipped,
             _ => JobStatus::Failed,
         }
     }

@@ -39,32 +39,8 @@ impl Remote {
         }
     }
 
-    /// An example service with its binary built here (as a CI would), so
-    /// the server needs no compiler: the manifest has no build command.
     fn service(&self, example: &str, version: &str) -> PathBuf {
-        let dir = self.sb.service(example, version);
-        let ok = std::process::Command::new("rustc")
-            .args([
-                "-O",
-                "-C",
-                "target-feature=+crt-static",
-                "-o",
-                "hello",
-                "main.rs",
-            ])
-            .current_dir(&dir)
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "building {example}");
-        let manifest = std::fs::read_to_string(dir.join("service.toml")).unwrap();
-        let manifest: String = manifest
-            .lines()
-            .filter(|l| !l.starts_with("build ="))
-            .map(|l| format!("{l}\n"))
-            .collect();
-        std::fs::write(dir.join("service.toml"), manifest).unwrap();
-        dir
+        self.sb.prebuilt(example, version)
     }
 
     fn deploy(&self, src: &Path, name: &str, port: u16) -> Run {

@@ -2,51 +2,9 @@
 //! as PID 1 and sshd, reached over SSH.
 
 mod common;
-use common::testhost::{TestHost, client_key, image_ready};
+use common::testhost::{TestHost, client_key, config_for, image_ready};
 use common::*;
-use std::path::{Path, PathBuf};
-
-fn config_for(sb: &Sandbox, host: &TestHost) -> String {
-    let config = sb.dir.path().join(format!("{}.toml", host.name));
-    std::fs::write(
-        &config,
-        format!(
-            "[target]\nhost = \"{}\"\nssh_key = {:?}\nknown_hosts = {:?}\nbase_dir = \"/srv/deployer\"\naccept_new_host_key = true\n",
-            host.address(),
-            host.key,
-            sb.dir.path().join("known_hosts"),
-        ),
-    )
-    .unwrap();
-    config.to_str().unwrap().to_string()
-}
-
-/// An example with its static binary built here; no build command.
-fn prebuilt(sb: &Sandbox, example: &str, version: &str) -> PathBuf {
-    let dir = sb.service(example, version);
-    let ok = std::process::Command::new("rustc")
-        .args([
-            "-O",
-            "-C",
-            "target-feature=+crt-static",
-            "-o",
-            "hello",
-            "main.rs",
-        ])
-        .current_dir(&dir)
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let manifest: String = std::fs::read_to_string(dir.join("service.toml"))
-        .unwrap()
-        .lines()
-        .filter(|l| !l.starts_with("build ="))
-        .map(|l| format!("{l}\n"))
-        .collect();
-    std::fs::write(dir.join("service.toml"), manifest).unwrap();
-    dir
-}
+use std::path::Path;
 
 fn deploy(sb: &Sandbox, cfg: &str, src: &Path, name: &str, port: u16, extra: &[&str]) -> Run {
     let mut args = vec!["--config", cfg];
@@ -153,11 +111,11 @@ fn static_binary_v1_v2_and_a_failed_deploy_rolls_back_release_and_unit() {
     let host = TestHost::start(&sb.name("sd-bin"), &client_key(sb.dir.path()), &[port]);
     let cfg = config_for(&sb, &host);
     let name = &sb.name("hello");
-    let j1 = deploy(&sb, &cfg, &prebuilt(&sb, "hello", "v1"), name, port, &[])
+    let j1 = deploy(&sb, &cfg, &sb.prebuilt("hello", "v1"), name, port, &[])
         .assert_code(0)
         .json();
     assert_eq!(version_on(port).as_deref(), Some("v1"));
-    let j2 = deploy(&sb, &cfg, &prebuilt(&sb, "hello", "v2"), name, port, &[])
+    let j2 = deploy(&sb, &cfg, &sb.prebuilt("hello", "v2"), name, port, &[])
         .assert_code(0)
         .json();
     assert_eq!(version_on(port).as_deref(), Some("v2"));
@@ -173,7 +131,7 @@ fn static_binary_v1_v2_and_a_failed_deploy_rolls_back_release_and_unit() {
     );
 
     for (example, code) in [("broken/never-healthy", 4), ("broken/exits-at-start", 3)] {
-        let bad = deploy(&sb, &cfg, &prebuilt(&sb, example, "v3"), name, port, &[]);
+        let bad = deploy(&sb, &cfg, &sb.prebuilt(example, "v3"), name, port, &[]);
         bad.assert_code(code);
         let job = bad.json();
         assert_eq!(job["rollback"]["success"], true, "{example}: {job:#}");
@@ -212,4 +170,89 @@ fn static_binary_v1_v2_and_a_failed_deploy_rolls_back_release_and_unit() {
             .trim(),
         "active"
     );
+}
+
+#[test]
+fn sshd_stopped_mid_transfer_fails_clearly_keeps_the_old_release_and_a_retry_succeeds() {
+    if !image_ready() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let port = free_port();
+    let host = TestHost::start(&sb.name("sd-cut"), &client_key(sb.dir.path()), &[port]);
+    let cfg = config_for(&sb, &host);
+    let name = &sb.name("hello");
+    let j1 = deploy(&sb, &cfg, &sb.prebuilt("hello", "v1"), name, port, &[])
+        .assert_code(0)
+        .json();
+
+    // A release big enough that the upload takes a while.
+    let src = sb.prebuilt("hello", "v2");
+    let blob: Vec<u8> = (0..200u32 * 1024 * 1024)
+        .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
+        .collect();
+    std::fs::write(src.join("blob.bin"), blob).unwrap();
+    let child = sb
+        .cmd()
+        .args([
+            "--json",
+            "--config",
+            &cfg,
+            "deploy",
+            src.to_str().unwrap(),
+            "--name",
+            name,
+        ])
+        .args(["--port", &port.to_string(), "--method", "systemd"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    eventually(60, "the upload to start", || {
+        let ls = host.exec(&["ls", "-a", &format!("/srv/deployer/{name}/releases")]);
+        ls.contains(".partial").then_some(())
+    });
+    host.exec(&["pkill", "-9", "sshd"]);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let err = phase(&job, "Transfer")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains(&host.address()),
+        "the error names the host: {err}"
+    );
+    assert_eq!(
+        version_on(port).as_deref(),
+        Some("v1"),
+        "the old release still answers"
+    );
+    let current = host.exec(&["readlink", &format!("/srv/deployer/{name}/current")]);
+    assert_eq!(
+        current.trim(),
+        format!("releases/{}", j1["release"].as_str().unwrap())
+    );
+
+    host.exec(&["systemctl", "restart", "ssh"]);
+    eventually(30, "sshd to come back", || {
+        (host.exec(&["systemctl", "is-active", "ssh"]).trim() == "active").then_some(())
+    });
+    let retry = deploy(&sb, &cfg, &src, name, port, &[])
+        .assert_code(0)
+        .json();
+    assert_eq!(version_on(port).as_deref(), Some("v2"));
+    let leftovers = host.exec(&[
+        "sh",
+        "-c",
+        &format!("ls -a /srv/deployer/{name}/releases | grep -c partial"),
+    ]);
+    assert_eq!(leftovers.trim(), "0", "the broken-off copy was cleaned up");
+    assert_ne!(retry["release"], j1["release"]);
 }

@@ -138,6 +138,34 @@ impl Sandbox {
         dest
     }
 
+    /// An example with its static binary built here (as a CI would), so a
+    /// server needs no compiler: the manifest's build command is dropped.
+    pub fn prebuilt(&self, example: &str, version: &str) -> PathBuf {
+        let dir = self.service(example, version);
+        let ok = Command::new("rustc")
+            .args([
+                "-O",
+                "-C",
+                "target-feature=+crt-static",
+                "-o",
+                "hello",
+                "main.rs",
+            ])
+            .current_dir(&dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "building {example}");
+        let manifest: String = std::fs::read_to_string(dir.join("service.toml"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.starts_with("build ="))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(dir.join("service.toml"), manifest).unwrap();
+        dir
+    }
+
     /// Deploys a directory as service `name` on `port` with `method`; extra
     /// flags follow. Adds `--json` so the job can be read back.
     pub fn deploy(&self, path: &Path, name: &str, port: u16, method: &str, extra: &[&str]) -> Run {
@@ -299,8 +327,13 @@ pub fn free_port() -> u16 {
 /// GET http://127.0.0.1:PORT/PATH: status code and body, or None when
 /// nothing answers.
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut s =
-        TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2)).ok()?;
+    http_get_at("127.0.0.1", port, path)
+}
+
+/// GET http://IP:PORT/PATH, for services on other loopback addresses.
+pub fn http_get_at(ip: &str, port: u16, path: &str) -> Option<(u16, String)> {
+    let addr = std::net::SocketAddr::new(ip.parse().ok()?, port);
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
         s,

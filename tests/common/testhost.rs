@@ -10,6 +10,7 @@ pub const IMAGE: &str = "deployer-testhost:ready";
 
 pub struct TestHost {
     pub name: String,
+    pub ip: String,
     pub ssh_port: u16,
     pub key: PathBuf,
 }
@@ -38,6 +39,12 @@ impl TestHost {
     /// Starts a host container named `name`, with `key.pub` authorized for
     /// root, publishing `ports` on 127.0.0.1.
     pub fn start(name: &str, key: &Path, ports: &[u16]) -> TestHost {
+        Self::start_on("127.0.0.1", name, key, ports)
+    }
+
+    /// As [`TestHost::start`], publishing on another loopback address, so
+    /// several hosts can serve the same port.
+    pub fn start_on(ip: &str, name: &str, key: &Path, ports: &[u16]) -> TestHost {
         let ssh_port = super::free_port();
         let _ = Command::new("docker").args(["rm", "-f", name]).output();
         let mut args: Vec<String> = [
@@ -59,10 +66,10 @@ impl TestHost {
         .map(|s| s.to_string())
         .collect();
         args.push("-p".into());
-        args.push(format!("127.0.0.1:{ssh_port}:22"));
+        args.push(format!("{ip}:{ssh_port}:22"));
         for p in ports {
             args.push("-p".into());
-            args.push(format!("127.0.0.1:{p}:{p}"));
+            args.push(format!("{ip}:{p}:{p}"));
         }
         args.push("-v".into());
         args.push(format!(
@@ -79,6 +86,7 @@ impl TestHost {
         );
         let host = TestHost {
             name: name.to_string(),
+            ip: ip.to_string(),
             ssh_port,
             key: key.to_path_buf(),
         };
@@ -90,7 +98,7 @@ impl TestHost {
         use std::io::Read;
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.ssh_port)) {
+            if let Ok(mut s) = std::net::TcpStream::connect((self.ip.as_str(), self.ssh_port)) {
                 s.set_read_timeout(Some(Duration::from_secs(2))).ok();
                 let mut banner = [0u8; 4];
                 if s.read_exact(&mut banner).is_ok() && &banner == b"SSH-" {
@@ -107,7 +115,7 @@ impl TestHost {
     }
 
     pub fn address(&self) -> String {
-        format!("root@127.0.0.1:{}", self.ssh_port)
+        format!("root@{}:{}", self.ip, self.ssh_port)
     }
 
     /// Runs a command inside the host, returning stdout.
@@ -143,4 +151,29 @@ pub fn client_key(dir: &Path) -> PathBuf {
         assert!(ok);
     }
     key
+}
+
+/// A deployer.toml for deploying to `host` over SSH (with accept-new, a
+/// known_hosts in the sandbox and /srv/deployer on the host).
+pub fn config_for(sb: &super::Sandbox, host: &TestHost) -> String {
+    let config = sb.dir.path().join(format!("{}.toml", host.name));
+    std::fs::write(
+        &config,
+        format!(
+            "[target]\nhost = \"{}\"\n{}",
+            host.address(),
+            ssh_settings(sb, &host.key)
+        ),
+    )
+    .unwrap();
+    config.to_str().unwrap().to_string()
+}
+
+/// The `[target]` keys every test host shares (no `host`).
+pub fn ssh_settings(sb: &super::Sandbox, key: &Path) -> String {
+    format!(
+        "ssh_key = {:?}\nknown_hosts = {:?}\nbase_dir = \"/srv/deployer\"\naccept_new_host_key = true\n",
+        key,
+        sb.dir.path().join("known_hosts"),
+    )
 }

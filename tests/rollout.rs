@@ -1,0 +1,247 @@
+//! Rollouts to three hosts (systemd containers on 127.0.0.2-4): a canary
+//! wave first, then the rest; a failed wave stops the rollout.
+
+mod common;
+use common::testhost::{TestHost, client_key, image_ready, ssh_settings};
+use common::*;
+use std::path::{Path, PathBuf};
+
+struct Fleet {
+    sb: Sandbox,
+    hosts: Vec<TestHost>,
+    config: PathBuf,
+    port: u16,
+    name: String,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        let sb = Sandbox::new();
+        let port = free_port();
+        let key = client_key(sb.dir.path());
+        let hosts: Vec<TestHost> = (2..=4)
+            .map(|i| {
+                TestHost::start_on(
+                    &format!("127.0.0.{i}"),
+                    &sb.name(&format!("fleet{i}")),
+                    &key,
+                    &[port],
+                )
+            })
+            .collect();
+        let config = sb.dir.path().join("deployer.toml");
+        std::fs::write(&config, format!("[target]\n{}", ssh_settings(&sb, &key))).unwrap();
+        let name = sb.name("web");
+        Fleet {
+            sb,
+            hosts,
+            config,
+            port,
+            name,
+        }
+    }
+
+    /// The example, prebuilt, with a rollout policy in its manifest.
+    fn service(&self, example: &str, version: &str, extra_manifest: &str) -> PathBuf {
+        let dir = self.sb.prebuilt(example, version);
+        let mut manifest = std::fs::read_to_string(dir.join("service.toml")).unwrap();
+        manifest.push_str(&format!(
+            "\n[rollout]\ncanary = 1\nparallel = 2\n{extra_manifest}"
+        ));
+        std::fs::write(dir.join("service.toml"), manifest).unwrap();
+        dir
+    }
+
+    fn deploy(&self, src: &Path, extra: &[&str]) -> Run {
+        let mut args = vec!["--config", self.config.to_str().unwrap()];
+        let addresses: Vec<String> = self.hosts.iter().map(|h| h.address()).collect();
+        for a in &addresses {
+            args.push("--host");
+            args.push(a);
+        }
+        args.extend_from_slice(extra);
+        self.sb.deploy(src, &self.name, self.port, "systemd", &args)
+    }
+
+    fn versions(&self) -> Vec<Option<String>> {
+        self.hosts
+            .iter()
+            .map(|h| http_get_at(&h.ip, self.port, "/version").map(|(_, b)| b.trim().to_string()))
+            .collect()
+    }
+
+    fn current(&self, host: &TestHost) -> String {
+        host.exec(&["readlink", &format!("/srv/deployer/{}/current", self.name)])
+            .trim()
+            .to_string()
+    }
+}
+
+fn v(s: &str) -> Option<String> {
+    Some(s.to_string())
+}
+
+#[test]
+fn a_canary_failure_stops_the_rollout_and_a_good_release_reaches_all_three() {
+    if !image_ready() {
+        return;
+    }
+    let f = Fleet::new();
+    let j1 = f
+        .deploy(&f.service("hello", "v1", ""), &[])
+        .assert_code(0)
+        .json();
+    assert_eq!(f.versions(), [v("v1"), v("v1"), v("v1")]);
+    let hosts = j1["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 3);
+    assert_eq!(
+        hosts
+            .iter()
+            .map(|h| h["wave"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [0, 1, 1]
+    );
+    assert!(
+        hosts
+            .iter()
+            .all(|h| h["status"] == "completed" && h["release"] == j1["release"])
+    );
+    assert_eq!(
+        phase(&j1, "Verify Health")["details"],
+        "3 of 3 hosts succeeded"
+    );
+    let before: Vec<String> = f.hosts.iter().map(|h| f.current(h)).collect();
+
+    // The canary never becomes healthy: the others are never touched.
+    let bad = f.deploy(&f.service("broken/never-healthy", "v2", ""), &[]);
+    bad.assert_code(4);
+    let job = bad.json();
+    let hosts = job["hosts"].as_array().unwrap();
+    assert_eq!(hosts[0]["status"], "failed");
+    assert_eq!(hosts[0]["rollback"]["success"], true);
+    assert_eq!(hosts[1]["status"], "skipped");
+    assert_eq!(hosts[2]["status"], "skipped");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .starts_with(&f.hosts[0].address()),
+        "{}",
+        job["error"]
+    );
+    assert_eq!(f.versions(), [v("v1"), v("v1"), v("v1")]);
+    let after: Vec<String> = f.hosts.iter().map(|h| f.current(h)).collect();
+    assert_eq!(after, before);
+    for h in &f.hosts[1..] {
+        let releases = h.exec(&["ls", &format!("/srv/deployer/{}/releases", f.name)]);
+        assert_eq!(
+            releases.lines().count(),
+            1,
+            "nothing was transferred to {}",
+            h.name
+        );
+    }
+
+    let j3 = f
+        .deploy(&f.service("hello", "v3", ""), &[])
+        .assert_code(0)
+        .json();
+    assert_eq!(f.versions(), [v("v3"), v("v3"), v("v3")]);
+    for h in &f.hosts {
+        assert_eq!(
+            f.current(h),
+            format!("releases/{}", j3["release"].as_str().unwrap())
+        );
+    }
+    let text =
+        f.sb.run(&["status", j3["deploy_job_id"].as_str().unwrap()])
+            .assert_code(0)
+            .stdout
+            .clone();
+    assert!(text.contains("✓ Verify Health"), "{text}");
+}
+
+#[test]
+fn a_host_killed_mid_deploy_fails_clearly_and_its_wave_rolls_back() {
+    if !image_ready() {
+        return;
+    }
+    let f = Fleet::new();
+    f.deploy(&f.service("hello", "v1", ""), &[]).assert_code(0);
+
+    // v2 builds slowly (a build command that sleeps), so the second wave
+    // (hosts 2 and 3) is mid-Build when host 2 is killed.
+    let src = f.service("hello", "v2", "");
+    let child =
+        f.sb.cmd()
+            .args(["--json", "--config", f.config.to_str().unwrap()])
+            .args(
+                f.hosts
+                    .iter()
+                    .flat_map(|h| ["--host".to_string(), h.address()]),
+            )
+            .args([
+                "deploy",
+                src.to_str().unwrap(),
+                "--name",
+                &f.name,
+                "--port",
+                &f.port.to_string(),
+            ])
+            .args(["--method", "systemd", "--build", "sleep 4"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+    let victim = &f.hosts[1];
+    eventually(60, "host 2 to start building", || {
+        let partial = victim.exec(&[
+            "sh",
+            "-c",
+            &format!("ls /srv/deployer/{}/releases | wc -l", f.name),
+        ]);
+        (partial.trim() == "2").then_some(())
+    });
+    std::process::Command::new("docker")
+        .args(["kill", &victim.name])
+        .output()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let code = out.status.code();
+    let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a job");
+    assert_ne!(code, Some(0));
+    let hosts = job["hosts"].as_array().unwrap();
+    assert_eq!(
+        hosts[0]["status"], "completed",
+        "the canary keeps v2 (rollback_switched is off)"
+    );
+    assert_eq!(hosts[1]["status"], "failed");
+    let err = hosts[1]["error"].as_str().unwrap();
+    assert!(
+        err.contains(&victim.address()) && err.contains("connection closed"),
+        "{err}"
+    );
+    assert_eq!(hosts[2]["rollback"]["success"], true, "{:#}", hosts[2]);
+    let versions = f.versions();
+    assert_eq!(versions[0], v("v2"));
+    assert_eq!(versions[1], None, "the killed host answers nothing");
+    assert_eq!(versions[2], v("v1"), "its wave-mate was rolled back");
+    // No lock left behind, here or on the surviving hosts.
+    let lock =
+        f.sb.state_dir()
+            .join("services")
+            .join(&f.name)
+            .join("deploy.lock");
+    assert_eq!(std::fs::read_to_string(lock).unwrap_or_default(), "");
+    for h in [&f.hosts[0], &f.hosts[2]] {
+        let held = h.exec(&[
+            "sh",
+            "-c",
+            &format!(
+                "test -e /srv/deployer/{}/deploy.lock.d && echo held",
+                f.name
+            ),
+        ]);
+        assert_eq!(held.trim(), "", "{}", h.name);
+    }
+}
