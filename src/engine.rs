@@ -29,6 +29,11 @@ use std::time::Duration;
 pub enum Event<'a> {
     PhaseStarted(PhaseName),
     PhaseFinished(&'a PhaseView),
+    /// Bytes of a release sent so far (uploads only).
+    TransferProgress {
+        sent: u64,
+        total: u64,
+    },
     /// A phase finished on one host of a rollout.
     HostPhaseFinished(&'a str, &'a PhaseView),
     /// A line of progress worth showing (stopping a release, rolling back).
@@ -1060,7 +1065,10 @@ impl Sink for HostSink<'_> {
             Event::Note(n) => self
                 .inner
                 .event(&Event::Note(&format!("[{}] {n}", self.host))),
-            Event::PhaseStarted(_) | Event::HostPhaseFinished(..) | Event::JobFinished(_) => {}
+            Event::PhaseStarted(_)
+            | Event::HostPhaseFinished(..)
+            | Event::JobFinished(_)
+            | Event::TransferProgress { .. } => {}
         }
     }
 }
@@ -1398,10 +1406,12 @@ impl<'a> JobRun<'a> {
             .release_id
             .clone()
             .unwrap_or_else(|| release::new_release_id(&hash, &self.dirs));
+        let sink = self.sink;
+        let progress = |sent: u64, total: u64| sink.event(&Event::TransferProgress { sent, total });
         let stats = self
             .site
             .host
-            .put_release(src, &self.dirs, &id, previous)
+            .put_release(src, &self.dirs, &id, previous, &progress)
             .await?;
         self.store
             .save_release(&Release {
@@ -1415,12 +1425,25 @@ impl<'a> JobRun<'a> {
             })
             .await
             .map_err(|e| e.to_string())?;
-        let details = format!(
-            "{} files ({}) copied to {}",
-            stats.files,
-            human_bytes(stats.bytes),
-            self.dirs.release(&id).display()
-        );
+        let details = if self.site.host.is_local() {
+            format!(
+                "{} files ({}) copied to {}",
+                stats.files,
+                human_bytes(stats.bytes),
+                self.dirs.release(&id).display()
+            )
+        } else {
+            format!(
+                "{} files ({}) to {} on {}: {} uploaded ({}), {} unchanged and hard-linked",
+                stats.files,
+                human_bytes(stats.bytes),
+                self.dirs.release(&id).display(),
+                self.site.host.name(),
+                stats.uploaded_files,
+                human_bytes(stats.uploaded_bytes),
+                stats.linked_files
+            )
+        };
         self.job.transfer = Some(stats);
         Ok((id, details))
     }

@@ -34,6 +34,9 @@ pub const MANIFEST: &str = ".deployer-manifest.json";
 
 const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Told how far an upload is: bytes sent, bytes to send.
+pub type Progress<'a> = dyn Fn(u64, u64) + Sync + 'a;
+
 /// Where releases live and commands run.
 pub enum Host {
     Local(LocalTransport),
@@ -300,7 +303,7 @@ impl Host {
             Host::Ssh(s) => {
                 self.sh(&format!("mkdir -p {}", quote(&parent))).await?;
                 let sftp = s.sftp().await.map_err(|e| e.to_string())?;
-                sftp_put(&sftp, &tmp, data, mode)
+                sftp_put(&sftp, &tmp, data, mode, &|_| {})
                     .await
                     .map_err(|e| format!("writing {path} on {}: {e}", self.name()))?;
                 let _ = sftp.close().await;
@@ -333,11 +336,12 @@ impl Host {
         dirs: &ServiceDirs,
         id: &str,
         previous: Option<&str>,
+        progress: &Progress<'_>,
     ) -> Result<TransferStats, String> {
         match self {
             Host::Local(_) => release::copy_release(src, dirs, id)
                 .map_err(|e| format!("copying {} to release {id}: {e}", src.display())),
-            Host::Ssh(s) => self.upload(s, src, dirs, id, previous).await,
+            Host::Ssh(s) => self.upload(s, src, dirs, id, previous, progress).await,
         }
     }
 
@@ -348,6 +352,7 @@ impl Host {
         dirs: &ServiceDirs,
         id: &str,
         previous: Option<&str>,
+        progress: &Progress<'_>,
     ) -> Result<TransferStats, String> {
         let manifest = manifest_of(src).map_err(|e| format!("reading {}: {e}", src.display()))?;
         let sftp = ssh.sftp().await.map_err(|e| e.to_string())?;
@@ -423,6 +428,11 @@ impl Host {
         }
         let upload_err =
             |k: &str, e: &dyn std::fmt::Display| format!("uploading {k} to {}: {e}", self.name());
+        let to_send: u64 = manifest
+            .iter()
+            .filter(|(k, e)| e.link.is_none() && !unchanged.contains(k))
+            .map(|(_, e)| e.size)
+            .sum();
         for (k, e) in &manifest {
             let dest = format!("{releases}/{partial}/{k}");
             stats.files += 1;
@@ -437,9 +447,12 @@ impl Host {
                 continue;
             }
             let data = std::fs::read(src.join(k)).map_err(|err| format!("reading {k}: {err}"))?;
-            sftp_put(&sftp, &dest, &data, e.mode)
-                .await
-                .map_err(|err| upload_err(k, &err))?;
+            let sent_before = stats.uploaded_bytes;
+            sftp_put(&sftp, &dest, &data, e.mode, &|n| {
+                progress(sent_before + n, to_send)
+            })
+            .await
+            .map_err(|err| upload_err(k, &err))?;
             stats.uploaded_files += 1;
             stats.uploaded_bytes += e.size;
         }
@@ -449,6 +462,7 @@ impl Host {
             &format!("{releases}/{partial}/{MANIFEST}"),
             &json,
             0o644,
+            &|_| {},
         )
         .await
         .map_err(|err| upload_err(MANIFEST, &err))?;
@@ -472,6 +486,7 @@ async fn sftp_put(
     dest: &str,
     data: &[u8],
     mode: u32,
+    sent: &(dyn Fn(u64) + Sync),
 ) -> Result<(), String> {
     use russh_sftp::protocol::{FileAttributes, OpenFlags};
     use tokio::io::AsyncWriteExt;
@@ -487,7 +502,13 @@ async fn sftp_put(
         )
         .await
         .map_err(|e| e.to_string())?;
-    file.write_all(data).await.map_err(|e| e.to_string())?;
+    // In chunks, so a progress bar moves during a large file.
+    let mut done = 0u64;
+    for chunk in data.chunks(1 << 20) {
+        file.write_all(chunk).await.map_err(|e| e.to_string())?;
+        done += chunk.len() as u64;
+        sent(done);
+    }
     file.shutdown().await.map_err(|e| e.to_string())?;
     // The umask may have narrowed the mode at creation; set it exactly.
     sftp.set_metadata(dest, attrs)

@@ -12,8 +12,20 @@ const RED: Style = AnsiColor::Red.on_default();
 const DIM: Style = Style::new().dimmed();
 const BOLD: Style = Style::new().bold();
 
-/// Prints a job's events as they arrive.
-pub struct Human;
+/// Prints a job's events as they arrive, with a progress bar for uploads
+/// when stdout is a terminal.
+#[derive(Default)]
+pub struct Human {
+    bar: std::sync::Mutex<Option<indicatif::ProgressBar>>,
+}
+
+impl Human {
+    fn clear_bar(&self) {
+        if let Some(bar) = self.bar.lock().unwrap().take() {
+            bar.finish_and_clear();
+        }
+    }
+}
 
 /// Prints nothing as a job runs (`--json` prints the finished job).
 pub struct Quiet;
@@ -26,8 +38,31 @@ impl Sink for Human {
     fn event(&self, e: &Event) {
         match e {
             Event::PhaseStarted(_) => {}
-            Event::PhaseFinished(p) => println!("{}", phase_line(p)),
+            Event::TransferProgress { sent, total } => {
+                use std::io::IsTerminal;
+                if !std::io::stdout().is_terminal() {
+                    return;
+                }
+                let mut bar = self.bar.lock().unwrap();
+                let bar = bar.get_or_insert_with(|| {
+                    let b = indicatif::ProgressBar::new(*total);
+                    b.set_style(
+                        indicatif::ProgressStyle::with_template(
+                            "  uploading {bar:30} {bytes}/{total_bytes} {binary_bytes_per_sec} {eta}",
+                        )
+                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+                    );
+                    b
+                });
+                bar.set_length(*total);
+                bar.set_position(*sent);
+            }
+            Event::PhaseFinished(p) => {
+                self.clear_bar();
+                println!("{}", phase_line(p))
+            }
             Event::HostPhaseFinished(host, p) => {
+                self.clear_bar();
                 let line = phase_line(p);
                 let (first, rest) = line.split_once('\n').unwrap_or((&line, ""));
                 println!("{first}  {DIM}[{host}]{DIM:#}");

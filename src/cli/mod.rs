@@ -245,7 +245,7 @@ impl Context {
         if self.json {
             Box::new(crate::output::Quiet)
         } else {
-            Box::new(crate::output::Human)
+            Box::new(crate::output::Human::default())
         }
     }
 }
