@@ -2,7 +2,7 @@
 //! it starts. The target (issue #2): within about 100 ms of that moment.
 //! Run: `cargo bench --bench health_latency`. Figures go in docs/benchmarks.md.
 
-use deployer::health::{HealthCheck, Liveness};
+use deployer::health::{HealthCheck, Liveness, Probe};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -52,7 +52,7 @@ async fn measure(refuse: Duration) -> Vec<f64> {
             retries: 100,
         };
         check
-            .wait(&client, || async { Liveness::Alive })
+            .wait(Probe::Http(&client), || async { Liveness::Alive })
             .await
             .expect("healthy");
         lateness.push((start.elapsed() - HEALTHY_AFTER).as_secs_f64() * 1000.0);

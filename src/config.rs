@@ -297,6 +297,18 @@ pub struct HealthConfig {
     /// Consecutive unhealthy answers, once the service answers at all, that
     /// fail the phase before the deadline (seed: "retry up to 3 times").
     pub retries: Option<u32>,
+    /// Where the check runs: `deployer` (default, HTTP from this machine)
+    /// or `target` (curl on the host, over SSH), for a port a firewall keeps
+    /// from deployer's machine.
+    pub from: Option<HealthFrom>,
+}
+
+/// Where a health check runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthFrom {
+    Deployer,
+    Target,
 }
 
 /// `[docker]` in a manifest.

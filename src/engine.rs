@@ -10,7 +10,7 @@
 use crate::cmd::{Cmd, Transport};
 use crate::config::{DeployerConfig, Method};
 use crate::error::{Failure, FailureKind};
-use crate::health::{HealthCheck, Unhealthy};
+use crate::health::{HealthCheck, Probe, Unhealthy};
 use crate::host::RemoteLockError;
 use crate::lock::{Holder, Lock};
 use crate::model::*;
@@ -966,7 +966,9 @@ impl Engine {
         let runtime = site.runtime(spec.runtime);
         let outcome = match runtime.start(&prev_ctx).await {
             Ok(_) => health_check(&spec, &site.health_host())
-                .wait(&self.http, || runtime.liveness(&prev_ctx))
+                .wait(probe(&self.http, site, &spec), || {
+                    runtime.liveness(&prev_ctx)
+                })
                 .await
                 .map_err(|e| e.to_string()),
             Err(e) => Err(e),
@@ -1546,7 +1548,9 @@ impl<'a> JobRun<'a> {
         let check = health_check(&ctx.spec, &self.site.health_host());
         let started = self.begin(PhaseName::VerifyHealth).await;
         let result = check
-            .wait(&self.engine.http, || runtime.liveness(ctx))
+            .wait(probe(&self.engine.http, self.site, &ctx.spec), || {
+                runtime.liveness(ctx)
+            })
             .await;
         let summary = result.as_ref().map_err(ToString::to_string).map(|h| {
             format!(
@@ -1622,7 +1626,9 @@ impl<'a> JobRun<'a> {
                         .await;
                     let outcome = match runtime.start(&ctx).await {
                         Ok(_) => health_check(&ctx.spec, &self.site.health_host())
-                            .wait(&self.engine.http, || runtime.liveness(&ctx))
+                            .wait(probe(&self.engine.http, self.site, &ctx.spec), || {
+                                runtime.liveness(&ctx)
+                            })
                             .await
                             .map(|h| h.after)
                             .map_err(|e| e.to_string()),
@@ -1738,7 +1744,23 @@ fn finish_phase(
     phase
 }
 
+/// How a release's health is reached: over HTTP from here, or with curl on
+/// the host when the spec says so.
+fn probe<'a>(http: &'a reqwest::Client, site: &'a Site, spec: &RunSpec) -> Probe<'a> {
+    if spec.health.from_target {
+        Probe::OnHost(&site.host)
+    } else {
+        Probe::Http(http)
+    }
+}
+
 fn health_check(spec: &RunSpec, host: &str) -> HealthCheck {
+    // Checked on the host itself, the service is on its loopback.
+    let host = if spec.health.from_target {
+        "127.0.0.1"
+    } else {
+        host
+    };
     HealthCheck {
         url: format!("http://{host}:{}{}", spec.port, spec.health.path),
         timeout: Duration::from_secs(spec.health.timeout_secs),

@@ -53,6 +53,65 @@ pub struct Healthy {
     pub checks: u32,
 }
 
+/// Where health is checked from.
+#[derive(Clone, Copy)]
+pub enum Probe<'a> {
+    /// From deployer's machine, over HTTP.
+    Http(&'a reqwest::Client),
+    /// From the target host itself, with `curl` over SSH: for a port that a
+    /// firewall keeps from deployer's machine.
+    OnHost(&'a crate::host::Host),
+}
+
+enum Answer {
+    Status(u16),
+    NoAnswer(String),
+}
+
+impl Probe<'_> {
+    async fn get(&self, url: &str, timeout: Duration) -> Answer {
+        match self {
+            Probe::Http(client) => match client.get(url).timeout(timeout).send().await {
+                Ok(resp) => Answer::Status(resp.status().as_u16()),
+                Err(e) => Answer::NoAnswer(describe(&e)),
+            },
+            Probe::OnHost(host) => {
+                use crate::cmd::Transport;
+                let secs = format!("{:.1}", timeout.as_secs_f64());
+                let cmd = crate::cmd::Cmd::new("curl").args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    &secs,
+                    url,
+                ]);
+                match host.exec(&cmd, timeout + Duration::from_secs(10)).await {
+                    Ok(out) => match out.stdout.trim().parse::<u16>() {
+                        Ok(code) if code > 0 => Answer::Status(code),
+                        _ => Answer::NoAnswer(match out.code {
+                            Some(7) => "connection refused".to_string(),
+                            Some(28) => "timed out".to_string(),
+                            Some(127) => format!("curl is not installed on {}", host.name()),
+                            _ => format!("curl on {} failed: {}", host.name(), out.tail(1)),
+                        }),
+                    },
+                    Err(e) => Answer::NoAnswer(e.to_string()),
+                }
+            }
+        }
+    }
+}
+
+fn status_text(code: u16) -> String {
+    match reqwest::StatusCode::from_u16(code) {
+        Ok(s) => s.to_string(),
+        Err(_) => code.to_string(),
+    }
+}
+
 const FIRST_INTERVAL: Duration = Duration::from_millis(50);
 const MAX_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -61,7 +120,7 @@ impl HealthCheck {
     /// service fails the check at once.
     pub async fn wait<F, Fut>(
         &self,
-        client: &reqwest::Client,
+        probe: Probe<'_>,
         mut liveness: F,
     ) -> Result<Healthy, Unhealthy>
     where
@@ -80,23 +139,23 @@ impl HealthCheck {
             let per_request = deadline
                 .saturating_duration_since(Instant::now())
                 .clamp(Duration::from_millis(200), Duration::from_secs(5));
-            match client.get(&self.url).timeout(per_request).send().await {
-                Ok(resp) if resp.status().is_success() => {
+            match probe.get(&self.url, per_request).await {
+                Answer::Status(code) if (200..300).contains(&code) => {
                     return Ok(Healthy {
                         after: start.elapsed(),
                         checks,
                     });
                 }
-                Ok(resp) => {
+                Answer::Status(code) => {
                     answered = true;
                     consecutive += 1;
-                    last = format!("answered {}", resp.status());
+                    last = format!("answered {}", status_text(code));
                 }
-                Err(e) => {
+                Answer::NoAnswer(why) => {
                     if answered {
                         consecutive += 1;
                     }
-                    last = describe(&e);
+                    last = why;
                 }
             }
             if answered && consecutive > self.retries {

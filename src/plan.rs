@@ -80,6 +80,10 @@ pub struct HealthSpec {
     pub timeout_secs: u64,
     /// Consecutive unhealthy answers (after the first answer) that fail early.
     pub retries: u32,
+    /// Check from the target host itself (curl over SSH) instead of from
+    /// deployer's machine.
+    #[serde(default)]
+    pub from_target: bool,
 }
 
 /// How a deploy to several hosts rolls out: a canary wave first, then the
@@ -259,6 +263,7 @@ impl Plan {
                 .retries
                 .or(config.defaults.health_retries)
                 .unwrap_or(3),
+            from_target: manifest.health.from == Some(crate::config::HealthFrom::Target),
         };
 
         let dockerfile = manifest

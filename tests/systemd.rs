@@ -256,3 +256,56 @@ fn sshd_stopped_mid_transfer_fails_clearly_keeps_the_old_release_and_a_retry_suc
     assert_eq!(leftovers.trim(), "0", "the broken-off copy was cleaned up");
     assert_ne!(retry["release"], j1["release"]);
 }
+
+#[test]
+fn health_is_checked_on_the_host_when_its_port_is_not_reachable_from_here() {
+    if !image_ready() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let port = free_port();
+    // The service port is not published: deployer's machine cannot reach it.
+    let host = TestHost::start(&sb.name("sd-fw"), &client_key(sb.dir.path()), &[]);
+    let cfg = config_for(&sb, &host);
+    let name = &sb.name("hello");
+    let with_health = |from: &str, version: &str| {
+        let src = sb.prebuilt("hello", version);
+        let manifest = std::fs::read_to_string(src.join("service.toml"))
+            .unwrap()
+            .replace("timeout_secs = 30", "timeout_secs = 3")
+            .replace("[health]\n", &format!("[health]\n{from}"));
+        std::fs::write(src.join("service.toml"), manifest).unwrap();
+        src
+    };
+    let unreachable = deploy(&sb, &cfg, &with_health("", "v1"), name, port, &[]);
+    unreachable.assert_code(4);
+    let err = phase(&unreachable.json(), "Verify Health")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("not healthy within 3 s") && err.contains("connection refused"),
+        "{err}"
+    );
+
+    let job = deploy(
+        &sb,
+        &cfg,
+        &with_health("from = \"target\"\n", "v2"),
+        name,
+        port,
+        &[],
+    )
+    .assert_code(0)
+    .json();
+    let details = phase(&job, "Verify Health")["details"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        details.contains(&format!("http://127.0.0.1:{port}/health")),
+        "{details}"
+    );
+    let version = host.exec(&["curl", "-s", &format!("http://127.0.0.1:{port}/version")]);
+    assert_eq!(version.trim(), "v2");
+}

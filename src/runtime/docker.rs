@@ -281,6 +281,7 @@ mod tests {
                     path: "/health".into(),
                     timeout_secs: 30,
                     retries: 3,
+                    from_target: false,
                 },
                 network: Some("fpai-network".into()),
                 restart: "unless-stopped".into(),

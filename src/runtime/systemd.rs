@@ -344,6 +344,7 @@ mod tests {
                     path: "/health".into(),
                     timeout_secs: 30,
                     retries: 3,
+                    from_target: false,
                 },
                 network: None,
                 restart: "unless-stopped".into(),
