@@ -37,8 +37,8 @@ fn every_documented_example_parses() {
         }
     }
     // One example per section: top level, [target], [defaults]; top level,
-    // [health], [env], [docker].
-    assert_eq!((deployer, service), (3, 4));
+    // [health], [env], [docker], [systemd], [rollout].
+    assert_eq!((deployer, service), (3, 6));
 }
 
 #[test]
