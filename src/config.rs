@@ -150,6 +150,9 @@ pub struct TargetConfig {
     pub address: Option<String>,
     /// known_hosts file for host-key checks. Default ~/.ssh/known_hosts.
     pub known_hosts: Option<PathBuf>,
+    /// The host's key, pinned (`ssh-ed25519 AAAA…`), checked instead of
+    /// known_hosts.
+    pub host_key: Option<String>,
     /// Record the host key of a host never seen before (first contact).
     /// A changed key is refused regardless.
     #[serde(default)]

@@ -21,8 +21,12 @@ pub struct SshTarget {
     pub user: String,
     pub host: String,
     pub port: u16,
-    pub key: PathBuf,
+    /// How to authenticate: a key file, or the keys an ssh-agent holds.
+    pub auth: SshAuth,
     pub known_hosts: PathBuf,
+    /// A host key pinned in config (`ssh-ed25519 AAAA…`): checked instead
+    /// of known_hosts.
+    pub pinned_host_key: Option<String>,
     pub accept_new: bool,
     pub connect_timeout: Duration,
 }
@@ -61,6 +65,22 @@ impl SshTarget {
     }
 }
 
+/// Key authentication: a private key file, or an ssh-agent's socket.
+#[derive(Clone, Debug, PartialEq)]
+pub enum SshAuth {
+    KeyFile(PathBuf),
+    Agent(PathBuf),
+}
+
+impl std::fmt::Display for SshAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SshAuth::KeyFile(p) => write!(f, "key {}", p.display()),
+            SshAuth::Agent(p) => write!(f, "the keys of the ssh-agent at {}", p.display()),
+        }
+    }
+}
+
 /// Why a connection failed, in words a user can act on.
 #[derive(Debug, thiserror::Error)]
 pub enum SshError {
@@ -77,6 +97,15 @@ pub enum SshError {
         presented: String,
     },
     #[error(
+        "HOST KEY CHANGED for {host}: the key pinned in config is {expected}, the server \
+         presented {presented}. Refusing to connect: this could be a man-in-the-middle."
+    )]
+    PinnedKeyMismatch {
+        host: String,
+        expected: String,
+        presented: String,
+    },
+    #[error(
         "unknown host key for {host} ({presented}): it is not in {known_hosts}. Verify the \
          fingerprint, then add it there, or allow first contact with accept-new"
     )]
@@ -87,7 +116,7 @@ pub enum SshError {
     },
     #[error("cannot connect to {host}: {reason}")]
     Connect { host: String, reason: String },
-    #[error("{host} refused key authentication for user {user} with key {key}")]
+    #[error("{host} refused key authentication for user {user} with {key}")]
     AuthRejected {
         host: String,
         user: String,
@@ -123,6 +152,7 @@ struct HostKeyCheck {
     host: String,
     port: u16,
     known_hosts: PathBuf,
+    pinned: Option<String>,
     accept_new: bool,
     verdict: Arc<Mutex<Option<Verdict>>>,
 }
@@ -137,6 +167,21 @@ fn fingerprint(key: &PublicKey) -> String {
 
 impl HostKeyCheck {
     fn decide(&self, key: &PublicKey) -> Verdict {
+        if let Some(pinned) = &self.pinned {
+            let parsed = pinned
+                .split_whitespace()
+                .nth(1)
+                .and_then(|b64| russh::keys::parse_public_key_base64(b64).ok());
+            return match parsed {
+                Some(k) if &k == key => Verdict::Trusted,
+                Some(k) => Verdict::Changed {
+                    line: 0,
+                    expected: fingerprint(&k),
+                    presented: fingerprint(key),
+                },
+                None => Verdict::Error(format!("the pinned host key '{pinned}' cannot be read")),
+            };
+        }
         let known = match russh::keys::known_hosts::known_host_keys_path(
             &self.host,
             self.port,
@@ -235,12 +280,15 @@ pub struct SshSession {
 impl SshSession {
     pub async fn connect(target: &SshTarget) -> Result<SshSession, SshError> {
         let host = target.display();
-        let key_err = |reason: String| SshError::Key {
-            path: target.key.display().to_string(),
-            reason,
+        let key = match &target.auth {
+            SshAuth::KeyFile(path) => Some(russh::keys::load_secret_key(path, None).map_err(
+                |e| SshError::Key {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                },
+            )?),
+            SshAuth::Agent(_) => None,
         };
-        let key =
-            russh::keys::load_secret_key(&target.key, None).map_err(|e| key_err(e.to_string()))?;
         let config = Arc::new(russh::client::Config {
             inactivity_timeout: Some(Duration::from_secs(300)),
             keepalive_interval: Some(Duration::from_secs(15)),
@@ -255,6 +303,7 @@ impl SshSession {
             host: target.host.clone(),
             port: target.port,
             known_hosts: target.known_hosts.clone(),
+            pinned: target.pinned_host_key.clone(),
             accept_new: target.accept_new,
             verdict: verdict.clone(),
         };
@@ -271,6 +320,15 @@ impl SshSession {
             Ok(Err(e)) => {
                 let known_hosts = target.known_hosts.display().to_string();
                 return Err(match verdict.lock().unwrap().clone() {
+                    Some(Verdict::Changed {
+                        expected,
+                        presented,
+                        ..
+                    }) if target.pinned_host_key.is_some() => SshError::PinnedKeyMismatch {
+                        host,
+                        expected,
+                        presented,
+                    },
                     Some(Verdict::Changed {
                         line,
                         expected,
@@ -301,21 +359,28 @@ impl SshSession {
             .ok()
             .flatten()
             .flatten();
-        let auth = handle
-            .authenticate_publickey(
-                &target.user,
-                PrivateKeyWithHashAlg::new(Arc::new(key), hash),
-            )
-            .await
-            .map_err(|e| SshError::Connect {
-                host: host.clone(),
-                reason: describe(&e),
-            })?;
-        if !auth.success() {
+        let accepted = match (&target.auth, key) {
+            (SshAuth::KeyFile(_), Some(key)) => handle
+                .authenticate_publickey(
+                    &target.user,
+                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+                )
+                .await
+                .map_err(|e| SshError::Connect {
+                    host: host.clone(),
+                    reason: describe(&e),
+                })?
+                .success(),
+            (SshAuth::Agent(socket), _) => {
+                agent_auth(&mut handle, &target.user, socket, hash, &host).await?
+            }
+            (SshAuth::KeyFile(_), None) => false,
+        };
+        if !accepted {
             return Err(SshError::AuthRejected {
                 host,
                 user: target.user.clone(),
-                key: target.key.display().to_string(),
+                key: target.auth.to_string(),
             });
         }
         Ok(SshSession {
@@ -403,6 +468,46 @@ impl SshSession {
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
     }
+}
+
+/// Tries each key an ssh-agent holds; true when one is accepted.
+async fn agent_auth(
+    handle: &mut russh::client::Handle<HostKeyCheck>,
+    user: &str,
+    socket: &Path,
+    hash: Option<HashAlg>,
+    host: &str,
+) -> Result<bool, SshError> {
+    let agent_err = |e: &dyn std::fmt::Display| SshError::Key {
+        path: socket.display().to_string(),
+        reason: format!("ssh-agent: {e}"),
+    };
+    let mut agent = russh::keys::agent::client::AgentClient::connect_uds(socket)
+        .await
+        .map_err(|e| agent_err(&e))?;
+    let identities = agent
+        .request_identities()
+        .await
+        .map_err(|e| agent_err(&e))?;
+    for identity in identities {
+        let russh::keys::agent::AgentIdentity::PublicKey { key, .. } = identity else {
+            continue;
+        };
+        match handle
+            .authenticate_publickey_with(user, key, hash, &mut agent)
+            .await
+        {
+            Ok(r) if r.success() => return Ok(true),
+            Ok(_) => continue,
+            Err(e) => {
+                return Err(SshError::Connect {
+                    host: host.to_string(),
+                    reason: format!("ssh-agent: {e}"),
+                });
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// The command line a remote shell runs for `cmd`. Secret environment

@@ -5,7 +5,7 @@ mod common;
 use common::sshd::Sshd;
 use deployer::cmd::{Cmd, Transport};
 use deployer::secret::Secret;
-use deployer::ssh::{SshError, SshSession, SshTarget};
+use deployer::ssh::{SshAuth, SshError, SshSession, SshTarget};
 use std::time::Duration;
 
 fn target(sshd: &Sshd, known_hosts: &std::path::Path, accept_new: bool) -> SshTarget {
@@ -13,8 +13,9 @@ fn target(sshd: &Sshd, known_hosts: &std::path::Path, accept_new: bool) -> SshTa
         user: "root".into(),
         host: "127.0.0.1".into(),
         port: sshd.port,
-        key: sshd.client_key(),
+        auth: SshAuth::KeyFile(sshd.client_key()),
         known_hosts: known_hosts.to_path_buf(),
+        pinned_host_key: None,
         accept_new,
         connect_timeout: Duration::from_secs(10),
     }
@@ -109,11 +110,11 @@ async fn wrong_client_key_and_closed_port_are_clear_errors() {
         .arg(&other)
         .status()
         .unwrap();
-    t.key = other;
+    t.auth = SshAuth::KeyFile(other);
     let err = SshSession::connect(&t).await.err().expect("rejected");
     assert!(matches!(err, SshError::AuthRejected { .. }), "{err}");
 
-    t.key = dir.path().join("missing_key");
+    t.auth = SshAuth::KeyFile(dir.path().join("missing_key"));
     let err = SshSession::connect(&t).await.err().expect("no key");
     assert!(err.to_string().contains("missing_key"), "{err}");
 
@@ -153,4 +154,62 @@ async fn secret_env_reaches_the_command_but_not_its_argv() {
         "{}",
         out.stdout
     );
+}
+
+#[tokio::test]
+async fn keys_held_by_an_ssh_agent_authenticate() {
+    let dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(&dir.path().join("sshd"));
+    let sock = dir.path().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("ssh-agent");
+    common::eventually(10, "the agent socket", || sock.exists().then_some(()));
+    let added = std::process::Command::new("ssh-add")
+        .arg(sshd.client_key())
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let mut t = target(&sshd, &dir.path().join("known_hosts"), true);
+    t.auth = SshAuth::Agent(sock.clone());
+    let s = SshSession::connect(&t).await.expect("agent auth");
+    let out = s
+        .exec(&Cmd::new("true"), Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert_eq!(out.code, Some(0));
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+#[tokio::test]
+async fn a_pinned_host_key_is_checked_instead_of_known_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sshd = Sshd::start(&dir.path().join("sshd"));
+    let pinned = std::fs::read_to_string(sshd.dir.join("host_ed25519.pub")).unwrap();
+    let mut t = target(&sshd, &dir.path().join("no_known_hosts"), false);
+    t.pinned_host_key = Some(pinned.trim().to_string());
+    SshSession::connect(&t)
+        .await
+        .expect("the pinned key matches")
+        .close()
+        .await;
+    assert!(!dir.path().join("no_known_hosts").exists());
+
+    sshd.swap_host_key();
+    let err = SshSession::connect(&t).await.err().expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("HOST KEY CHANGED") && msg.contains("the key pinned in config"),
+        "{msg}"
+    );
+    assert_eq!(msg.matches("SHA256:").count(), 2, "{msg}");
 }

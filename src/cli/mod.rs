@@ -192,29 +192,38 @@ impl Context {
         {
             user = u.clone();
         }
-        let key = t.ssh_key.clone().ok_or_else(|| {
-            Failure::invalid(format!(
-                "deploying to {host} needs an SSH key: pass --ssh-key PATH or set SSH_KEY_PATH"
-            ))
-        })?;
-        let key = expand_home(&key);
-        if !key.is_file() {
-            return Err(Failure::invalid(format!(
-                "SSH key {} does not exist",
-                key.display()
-            )));
-        }
+        // A key file when one is named, else the keys of a running ssh-agent.
+        let auth = match (&t.ssh_key, std::env::var_os("SSH_AUTH_SOCK")) {
+            (Some(key), _) => {
+                let key = expand_home(key);
+                if !key.is_file() {
+                    return Err(Failure::invalid(format!(
+                        "SSH key {} does not exist",
+                        key.display()
+                    )));
+                }
+                crate::ssh::SshAuth::KeyFile(key)
+            }
+            (None, Some(sock)) => crate::ssh::SshAuth::Agent(PathBuf::from(sock)),
+            (None, None) => {
+                return Err(Failure::invalid(format!(
+                    "deploying to {host} needs an SSH key: pass --ssh-key PATH, set SSH_KEY_PATH, \
+                     or run an ssh-agent (SSH_AUTH_SOCK)"
+                )));
+            }
+        };
         Ok(crate::site::TargetSpec::Ssh {
             ssh: crate::ssh::SshTarget {
                 user,
                 host: hostname,
                 port,
-                key,
+                auth,
                 known_hosts: t
                     .known_hosts
                     .as_deref()
                     .map(expand_home)
                     .unwrap_or_else(crate::ssh::default_known_hosts),
+                pinned_host_key: t.host_key.clone(),
                 accept_new: t.accept_new_host_key,
                 connect_timeout: std::time::Duration::from_secs(15),
             },
