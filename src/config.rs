@@ -133,6 +133,27 @@ pub struct DeployerConfig {
     pub target: TargetConfig,
     #[serde(default)]
     pub defaults: Defaults,
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// `[api]`: `deployer serve`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address to listen on. Default 127.0.0.1.
+    pub bind: Option<String>,
+    /// Bearer token for mutating endpoints (environment DEPLOYER_API_TOKEN
+    /// wins). Without one the server listens on loopback only.
+    pub token: Option<String>,
+    /// Require the token on reading endpoints too.
+    #[serde(default)]
+    pub read_requires_token: bool,
+    /// Directories a deploy request's service_path must be inside.
+    #[serde(default)]
+    pub allowed_roots: Vec<PathBuf>,
+    /// Deploy jobs run at once (default 4).
+    pub workers: Option<usize>,
 }
 
 /// Where services are deployed. Only this machine (`local`) in this build.

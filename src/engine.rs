@@ -129,7 +129,18 @@ impl Engine {
 
     /// Deploys a plan. `Err` means the job never started (invalid input, the
     /// lock was busy); a job that ran is returned whether it succeeded or not.
-    pub async fn deploy(&self, mut plan: Plan, sink: &dyn Sink) -> Result<Job, Failure> {
+    pub async fn deploy(&self, plan: Plan, sink: &dyn Sink) -> Result<Job, Failure> {
+        self.deploy_as(plan, None, sink).await
+    }
+
+    /// [`Engine::deploy`] under a job id chosen by the caller (the HTTP API
+    /// has already stored the job as pending under it).
+    pub async fn deploy_as(
+        &self,
+        mut plan: Plan,
+        job_id: Option<String>,
+        sink: &dyn Sink,
+    ) -> Result<Job, Failure> {
         let redactor = plan.redactor();
         let started = Utc::now();
         sink.event(&Event::PhaseStarted(PhaseName::Validation));
@@ -153,7 +164,7 @@ impl Engine {
             close_all(&sites).await;
             return Err(f);
         }
-        let job_id = new_job_id();
+        let job_id = job_id.unwrap_or_else(new_job_id);
         let lock = match self.lock(&plan.service_name, &job_id).await {
             Ok(l) => l,
             Err(f) => {
@@ -365,16 +376,16 @@ impl Engine {
                 .find(|r| r.status == ReleaseStatus::Previous && Some(&r.id) != current.as_ref())
                 .ok_or_else(|| {
                     Failure::new(
-                        FailureKind::NotFound,
+                        FailureKind::Conflict,
                         format!("service '{service}' has no previous release to roll back to"),
                     )
                 })?,
         };
         if Some(&target.id) == current.as_ref() {
-            return Err(Failure::invalid(format!(
-                "release {} is already current",
-                target.id
-            )));
+            return Err(Failure::new(
+                FailureKind::Conflict,
+                format!("release {} is already current", target.id),
+            ));
         }
         if !site
             .host
@@ -1818,7 +1829,7 @@ fn human_bytes(b: u64) -> String {
 }
 
 /// A job id like the spec's `deploy-abc12345`.
-fn new_job_id() -> String {
+pub fn new_job_id() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(Utc::now().timestamp_nanos_opt().unwrap_or_default() as u128);

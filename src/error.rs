@@ -29,6 +29,9 @@ pub enum FailureKind {
     Locked,
     /// Something the user asked about does not exist (job, service, release).
     NotFound,
+    /// The request cannot apply to the current state (no previous release
+    /// to roll back to; the release is already current).
+    Conflict,
     /// An unexpected internal or environment error.
     Internal,
 }
@@ -48,6 +51,7 @@ impl FailureKind {
             FailureKind::Invalid => 10,
             FailureKind::Locked => 11,
             FailureKind::NotFound => 12,
+            FailureKind::Conflict => 13,
             FailureKind::Internal => 70,
         }
     }
@@ -65,6 +69,7 @@ impl FailureKind {
             FailureKind::Invalid => "invalid",
             FailureKind::Locked => "locked",
             FailureKind::NotFound => "not_found",
+            FailureKind::Conflict => "conflict",
             FailureKind::Internal => "internal",
         }
     }
@@ -82,6 +87,7 @@ impl FailureKind {
             "invalid" => FailureKind::Invalid,
             "locked" => FailureKind::Locked,
             "not_found" => FailureKind::NotFound,
+            "conflict" => FailureKind::Conflict,
             "internal" => FailureKind::Internal,
             _ => return None,
         })
@@ -94,6 +100,8 @@ impl FailureKind {
 pub struct Failure {
     pub kind: FailureKind,
     pub message: String,
+    /// The request field the failure is about (for the HTTP API's 400s).
+    pub field: Option<&'static str>,
 }
 
 impl Failure {
@@ -101,11 +109,20 @@ impl Failure {
         Failure {
             kind,
             message: message.into(),
+            field: None,
         }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
         Self::new(FailureKind::Invalid, message)
+    }
+
+    /// Invalid input in a named request field.
+    pub fn invalid_field(field: &'static str, message: impl Into<String>) -> Self {
+        Failure {
+            field: Some(field),
+            ..Self::new(FailureKind::Invalid, message)
+        }
     }
 
     pub fn internal(message: impl Into<String>) -> Self {

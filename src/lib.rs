@@ -6,6 +6,7 @@
 //! (`engine`) → effects through runtimes (`runtime`), the store (`store`) and
 //! the registry (`registry`). The CLI (`cli`) is a thin front end.
 
+pub mod api;
 pub mod cli;
 pub mod cmd;
 pub mod config;

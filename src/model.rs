@@ -466,3 +466,42 @@ pub struct AuditEntry {
     pub duration_ms: Option<i64>,
     pub details: String,
 }
+
+impl Job {
+    /// A job accepted but not started: every phase pending.
+    pub fn pending(
+        id: String,
+        service_name: String,
+        service_path: String,
+        service_port: u16,
+        method: String,
+        droplet_id: Option<i64>,
+        actor: String,
+    ) -> Job {
+        Job {
+            deploy_job_id: id,
+            kind: JobKind::Deploy,
+            service_name,
+            service_path,
+            status: JobStatus::Pending,
+            droplet_id,
+            service_port,
+            service_url: None,
+            deployment_method: method,
+            release: None,
+            previous_release: None,
+            phases: PhaseName::ALL.iter().map(|n| Phase::pending(*n).view()).collect(),
+            registration: None,
+            rollback: None,
+            started_at: chrono::Utc::now(),
+            completed_at: None,
+            duration_seconds: None,
+            success: false,
+            error: None,
+            failure: None,
+            actor,
+            transfer: None,
+            hosts: Vec::new(),
+        }
+    }
+}

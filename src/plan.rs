@@ -173,23 +173,29 @@ impl Plan {
     ) -> Result<Plan, Failure> {
         let path = &req.service_path;
         if path.as_os_str().is_empty() {
-            return Err(Failure::invalid("service path is empty"));
+            return Err(Failure::invalid_field(
+                "service_path",
+                "service path is empty",
+            ));
         }
         if !path.exists() {
-            return Err(Failure::invalid(format!(
-                "service path {} does not exist",
-                path.display()
-            )));
+            return Err(Failure::invalid_field(
+                "service_path",
+                format!("service path {} does not exist", path.display()),
+            ));
         }
         if !path.is_dir() {
-            return Err(Failure::invalid(format!(
-                "service path {} is not a directory",
-                path.display()
-            )));
+            return Err(Failure::invalid_field(
+                "service_path",
+                format!("service path {} is not a directory", path.display()),
+            ));
         }
-        let source = path
-            .canonicalize()
-            .map_err(|e| Failure::invalid(format!("service path {}: {e}", path.display())))?;
+        let source = path.canonicalize().map_err(|e| {
+            Failure::invalid_field(
+                "service_path",
+                format!("service path {}: {e}", path.display()),
+            )
+        })?;
         let manifest = Manifest::load_from_dir(&source)?.unwrap_or_default();
 
         let service_name = req
@@ -197,24 +203,33 @@ impl Plan {
             .clone()
             .or(manifest.name.clone())
             .ok_or_else(|| {
-                Failure::invalid(format!(
-                    "no service name: give --name or set `name` in {}",
-                    source.join(crate::config::MANIFEST_FILE).display()
-                ))
+                Failure::invalid_field(
+                    "service_name",
+                    format!(
+                        "no service name: give --name or set `name` in {}",
+                        source.join(crate::config::MANIFEST_FILE).display()
+                    ),
+                )
             })?;
         validate_name(&service_name)?;
 
         let port = req.service_port.or(manifest.port).ok_or_else(|| {
-            Failure::invalid("no port: give --port or set `port` in service.toml")
+            Failure::invalid_field(
+                "service_port",
+                "no port: give --port or set `port` in service.toml",
+            )
         })?;
         if port == 0 {
-            return Err(Failure::invalid(
+            return Err(Failure::invalid_field(
+                "service_port",
                 "port 0 is not a valid service port (1-65535)",
             ));
         }
 
         let method = match req.deployment_method.as_deref() {
-            Some(m) => Method::parse(m).map_err(Failure::invalid)?,
+            Some(m) => {
+                Method::parse(m).map_err(|e| Failure::invalid_field("deployment_method", e))?
+            }
             None => manifest
                 .method
                 .or(config.defaults.method)
@@ -224,7 +239,10 @@ impl Plan {
         let mut env_vars = manifest.env.clone();
         env_vars.extend(req.environment_vars.clone());
         for key in env_vars.keys() {
-            validate_env_name(key)?;
+            validate_env_name(key).map_err(|f| Failure {
+                field: Some("environment_vars"),
+                ..f
+            })?;
         }
         let mut secret_names = manifest.secrets.clone();
         for s in &req.secrets {
@@ -247,9 +265,10 @@ impl Plan {
             .or(manifest.health.path.clone())
             .unwrap_or_else(|| "/health".to_string());
         if !health_path.starts_with('/') || health_path.chars().any(|c| c.is_whitespace()) {
-            return Err(Failure::invalid(format!(
-                "health path '{health_path}' must start with '/' and contain no spaces"
-            )));
+            return Err(Failure::invalid_field(
+                "health_path",
+                format!("health path '{health_path}' must start with '/' and contain no spaces"),
+            ));
         }
         let health = HealthSpec {
             path: health_path,
@@ -293,7 +312,8 @@ impl Plan {
                 reason: "no registry configured (registry_url / REGISTRY_URL)".to_string(),
             },
             (_, Some(_), None) => {
-                return Err(Failure::invalid(
+                return Err(Failure::invalid_field(
+                    "droplet_id",
                     "a registry is configured but the service has no droplet_id: give --droplet-id, \
                      set `droplet_id` in service.toml, or pass --no-register",
                 ));
@@ -386,10 +406,13 @@ pub fn validate_name(name: &str) -> Result<(), Failure> {
     if ok {
         Ok(())
     } else {
-        Err(Failure::invalid(format!(
-            "invalid service name '{}': use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit",
-            name.escape_default()
-        )))
+        Err(Failure::invalid_field(
+            "service_name",
+            format!(
+                "invalid service name '{}': use 1-63 lowercase letters, digits, '-' or '_', starting with a letter or digit",
+                name.escape_default()
+            ),
+        ))
     }
 }
 

@@ -3,6 +3,7 @@
 //! serves a whole deploy.
 
 use crate::cmd::{Cmd, LocalTransport, Transport};
+use crate::config::DeployerConfig;
 use crate::error::{Failure, FailureKind};
 use crate::host::Host;
 use crate::plan::RuntimeKind;
@@ -137,5 +138,96 @@ impl Site {
         if let Host::Ssh(s) = &*self.host {
             s.close().await;
         }
+    }
+}
+
+/// The targets for a command: `hosts` (flags or a manifest's list), else the
+/// config's `target.host` (SERVER_HOST), else this machine.
+pub fn targets(config: &DeployerConfig, hosts: &[String]) -> Result<Vec<TargetSpec>, Failure> {
+    let hosts: Vec<String> = if hosts.is_empty() {
+        config.target.host.iter().cloned().collect()
+    } else {
+        hosts.to_vec()
+    };
+    let remote: Vec<&String> = hosts
+        .iter()
+        .filter(|h| !crate::plan::is_local_host(h))
+        .collect();
+    if remote.is_empty() {
+        return Ok(vec![TargetSpec::Local]);
+    }
+    if remote.len() < hosts.len() {
+        return Err(Failure::invalid(
+            "'local' cannot be mixed with SSH hosts in one rollout",
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    let mut targets = Vec::new();
+    for h in remote {
+        if !seen.insert(h.clone()) {
+            return Err(Failure::invalid(format!("host {h} is listed twice")));
+        }
+        targets.push(ssh_target(config, h)?);
+    }
+    Ok(targets)
+}
+
+/// An SSH target for `host`, with the key, known_hosts and base directory
+/// from the config (which flags have already overridden).
+fn ssh_target(config: &DeployerConfig, host: &str) -> Result<TargetSpec, Failure> {
+    let t = &config.target;
+    let (mut user, hostname, port) = SshTarget::parse_address(host).map_err(Failure::invalid)?;
+    if !host.contains('@')
+        && let Some(u) = &t.user
+    {
+        user = u.clone();
+    }
+    // A key file when one is named, else the keys of a running ssh-agent.
+    let auth = match (&t.ssh_key, std::env::var_os("SSH_AUTH_SOCK")) {
+        (Some(key), _) => {
+            let key = expand_home(key);
+            if !key.is_file() {
+                return Err(Failure::invalid(format!(
+                    "SSH key {} does not exist",
+                    key.display()
+                )));
+            }
+            crate::ssh::SshAuth::KeyFile(key)
+        }
+        (None, Some(sock)) => crate::ssh::SshAuth::Agent(PathBuf::from(sock)),
+        (None, None) => {
+            return Err(Failure::invalid(format!(
+                "deploying to {host} needs an SSH key: pass --ssh-key PATH, set SSH_KEY_PATH, \
+                 or run an ssh-agent (SSH_AUTH_SOCK)"
+            )));
+        }
+    };
+    Ok(TargetSpec::Ssh {
+        ssh: SshTarget {
+            user,
+            host: hostname,
+            port,
+            auth,
+            known_hosts: t
+                .known_hosts
+                .as_deref()
+                .map(expand_home)
+                .unwrap_or_else(crate::ssh::default_known_hosts),
+            pinned_host_key: t.host_key.clone(),
+            accept_new: t.accept_new_host_key,
+            connect_timeout: Duration::from_secs(15),
+        },
+        base_dir: t
+            .base_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/srv/deployer")),
+    })
+}
+
+/// `~/x` → `$HOME/x`, as a shell would.
+fn expand_home(p: &std::path::Path) -> PathBuf {
+    match p.strip_prefix("~") {
+        Ok(rest) => std::env::home_dir().unwrap_or_default().join(rest),
+        Err(_) => p.to_path_buf(),
     }
 }

@@ -3,7 +3,7 @@
 //! what a crash leaves behind says how far a job got. SQL is kept portable
 //! (`$1` placeholders) for a PostgreSQL store later.
 
-use crate::model::{AuditEntry, Job, JobStatus, Phase, PhaseView, Release, ReleaseStatus};
+use crate::model::{AuditEntry, Job, JobStatus, PhaseView, Release, ReleaseStatus};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
@@ -70,6 +70,12 @@ const SCHEMA: &[&str] = &[
         created_at TEXT NOT NULL,
         spec TEXT NOT NULL,
         PRIMARY KEY (service_name, id)
+    )",
+    "CREATE TABLE IF NOT EXISTS registry (
+        service_name TEXT PRIMARY KEY,
+        droplet_id INTEGER NOT NULL,
+        endpoint TEXT NOT NULL,
+        registered_at TEXT NOT NULL
     )",
     "CREATE TABLE IF NOT EXISTS audit (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -456,12 +462,95 @@ impl Store {
             .collect())
     }
 
+    /// Marks every job still pending or running as interrupted: called when
+    /// `deployer serve` starts, since none of them can be running then.
+    pub async fn interrupt_all(&self) -> Result<Vec<String>, StoreError> {
+        let services: Vec<String> = sqlx::query(
+            "SELECT DISTINCT service_name FROM jobs WHERE status IN ('running', 'pending')",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx("finding unfinished jobs"))?
+        .into_iter()
+        .map(|r| r.get("service_name"))
+        .collect();
+        sqlx::query("UPDATE jobs SET status = 'running' WHERE status = 'pending'")
+            .execute(&self.pool)
+            .await
+            .map_err(ctx("finding unfinished jobs"))?;
+        let mut ids = Vec::new();
+        for s in services {
+            ids.extend(self.mark_interrupted(&s).await?);
+        }
+        Ok(ids)
+    }
+
+    /// How many jobs are in each status.
+    pub async fn job_counts(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ctx("counting jobs"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.get::<String, _>("status"), r.get::<i64, _>("n")))
+            .collect())
+    }
+
+    /// Registers (or re-registers) a service in the built-in registry.
+    pub async fn register(&self, e: &RegistryEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO registry (service_name, droplet_id, endpoint, registered_at)
+             VALUES ($1, $2, $3, $4)
+             ON CONFLICT (service_name) DO UPDATE SET droplet_id = excluded.droplet_id,
+                endpoint = excluded.endpoint, registered_at = excluded.registered_at",
+        )
+        .bind(&e.service_name)
+        .bind(e.droplet_id)
+        .bind(&e.endpoint)
+        .bind(ts(&e.registered_at))
+        .execute(&self.pool)
+        .await
+        .map_err(ctx(format!("registering {}", e.service_name)))?;
+        Ok(())
+    }
+
+    pub async fn registry(&self) -> Result<Vec<RegistryEntry>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM registry ORDER BY service_name")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ctx("reading the registry"))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| RegistryEntry {
+                service_name: r.get("service_name"),
+                droplet_id: r.get("droplet_id"),
+                endpoint: r.get("endpoint"),
+                registered_at: parse_ts(&r.get::<String, _>("registered_at")),
+            })
+            .collect())
+    }
+
+    /// Removes a service from the registry; false when it was not there.
+    pub async fn deregister(&self, service: &str) -> Result<bool, StoreError> {
+        let r = sqlx::query("DELETE FROM registry WHERE service_name = $1")
+            .bind(service)
+            .execute(&self.pool)
+            .await
+            .map_err(ctx(format!("deregistering {service}")))?;
+        Ok(r.rows_affected() > 0)
+    }
+
     pub async fn close(self) {
         self.pool.close().await;
     }
 }
 
-/// Rebuilds phases from a stored job (for rendering).
-pub fn phases_of(job: &Job) -> Vec<Phase> {
-    job.phases.iter().map(Phase::from_view).collect()
+/// One service in the built-in registry (the seed's Registry API).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct RegistryEntry {
+    pub service_name: String,
+    pub droplet_id: i64,
+    pub endpoint: String,
+    pub registered_at: DateTime<Utc>,
 }

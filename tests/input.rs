@@ -187,7 +187,7 @@ fn unknown_service_and_job_are_not_found() {
         r.stderr
     );
     let r = sb.run(&["rollback", web]);
-    r.assert_code(12);
+    r.assert_code(13);
     assert!(r.stderr.contains("no previous release"), "{}", r.stderr);
     let r = sb.run(&["history", "../x"]);
     r.assert_code(10);

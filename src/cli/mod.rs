@@ -7,6 +7,7 @@ mod deploy;
 mod history;
 mod releases;
 mod rollback;
+mod serve;
 mod status;
 mod stop;
 
@@ -65,6 +66,8 @@ pub enum Command {
     Audit(audit::Args),
     /// Stop a service's running release (it stays deployed).
     Stop(stop::Args),
+    /// Serve the HTTP API (port 8007 by default).
+    Serve(serve::Args),
 }
 
 /// What every command gets: the loaded config and where state lives.
@@ -113,15 +116,8 @@ impl Cli {
             Command::Releases(a) => releases::run(ctx, a).await,
             Command::Audit(a) => audit::run(ctx, a).await,
             Command::Stop(a) => stop::run(ctx, a).await,
+            Command::Serve(a) => serve::run(ctx, a).await,
         }
-    }
-}
-
-/// `~/x` → `$HOME/x`, as a shell would.
-fn expand_home(p: &std::path::Path) -> PathBuf {
-    match p.strip_prefix("~") {
-        Ok(rest) => std::env::home_dir().unwrap_or_default().join(rest),
-        Err(_) => p.to_path_buf(),
     }
 }
 
@@ -145,93 +141,17 @@ impl Context {
         lock_wait_secs: u64,
         manifest_hosts: &[String],
     ) -> Result<crate::engine::Engine, Failure> {
-        let hosts: Vec<String> = if !self.hosts.is_empty() {
-            self.hosts.clone()
-        } else if !manifest_hosts.is_empty() {
+        let hosts: Vec<String> = if self.hosts.is_empty() {
             manifest_hosts.to_vec()
         } else {
-            self.config.target.host.iter().cloned().collect()
-        };
-        let remote: Vec<&String> = hosts
-            .iter()
-            .filter(|h| !crate::plan::is_local_host(h))
-            .collect();
-        let targets = if remote.is_empty() {
-            vec![crate::site::TargetSpec::Local]
-        } else if remote.len() < hosts.len() {
-            return Err(Failure::invalid(
-                "'local' cannot be mixed with SSH hosts in one rollout",
-            ));
-        } else {
-            let mut seen = std::collections::BTreeSet::new();
-            let mut targets = Vec::new();
-            for h in remote {
-                if !seen.insert(h.clone()) {
-                    return Err(Failure::invalid(format!("host {h} is listed twice")));
-                }
-                targets.push(self.ssh_target(h)?);
-            }
-            targets
+            self.hosts.clone()
         };
         Ok(crate::engine::Engine::new(
             self.config.clone(),
             self.state_dir.clone(),
             std::time::Duration::from_secs(lock_wait_secs),
-            targets,
+            crate::site::targets(&self.config, &hosts)?,
         ))
-    }
-
-    /// An SSH target for `host`, with the key, known_hosts and base
-    /// directory from flags and config.
-    fn ssh_target(&self, host: &str) -> Result<crate::site::TargetSpec, Failure> {
-        let t = &self.config.target;
-        let (mut user, hostname, port) =
-            crate::ssh::SshTarget::parse_address(host).map_err(Failure::invalid)?;
-        if !host.contains('@')
-            && let Some(u) = &t.user
-        {
-            user = u.clone();
-        }
-        // A key file when one is named, else the keys of a running ssh-agent.
-        let auth = match (&t.ssh_key, std::env::var_os("SSH_AUTH_SOCK")) {
-            (Some(key), _) => {
-                let key = expand_home(key);
-                if !key.is_file() {
-                    return Err(Failure::invalid(format!(
-                        "SSH key {} does not exist",
-                        key.display()
-                    )));
-                }
-                crate::ssh::SshAuth::KeyFile(key)
-            }
-            (None, Some(sock)) => crate::ssh::SshAuth::Agent(PathBuf::from(sock)),
-            (None, None) => {
-                return Err(Failure::invalid(format!(
-                    "deploying to {host} needs an SSH key: pass --ssh-key PATH, set SSH_KEY_PATH, \
-                     or run an ssh-agent (SSH_AUTH_SOCK)"
-                )));
-            }
-        };
-        Ok(crate::site::TargetSpec::Ssh {
-            ssh: crate::ssh::SshTarget {
-                user,
-                host: hostname,
-                port,
-                auth,
-                known_hosts: t
-                    .known_hosts
-                    .as_deref()
-                    .map(expand_home)
-                    .unwrap_or_else(crate::ssh::default_known_hosts),
-                pinned_host_key: t.host_key.clone(),
-                accept_new: t.accept_new_host_key,
-                connect_timeout: std::time::Duration::from_secs(15),
-            },
-            base_dir: t
-                .base_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("/srv/deployer")),
-        })
     }
 
     /// Renders a finished job and gives the exit code for it.

@@ -1,0 +1,267 @@
+//! `/deploy`: submit a deploy (202 and a job id, the job already on disk),
+//! read a job, roll back, a service's history, and a job's live events.
+
+use super::{ApiError, Shared};
+use crate::engine::{Engine, Event, Sink};
+use crate::error::FailureKind;
+use crate::model::{Job, JobStatus, PhaseName, PhaseView};
+use crate::plan::{DeployRequest, Plan};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::broadcast;
+
+pub fn routes() -> axum::Router<Shared> {
+    axum::Router::new()
+        .route("/deploy", post(create))
+        .route("/deploy/history/{service_name}", get(history))
+        .route("/deploy/{job_id}", get(read))
+        .route("/deploy/{job_id}/rollback", post(rollback))
+        .route("/deploy/{job_id}/events", get(events))
+}
+
+/// How long a queued job waits for another deploy of its service.
+const LOCK_WAIT: Duration = Duration::from_secs(1800);
+
+/// Parses a request body, naming the field a problem is in.
+pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.inner().to_string();
+        let field = if path == "." {
+            // "missing field `x`" names the field in the message.
+            msg.split('`').nth(1).unwrap_or("body").to_string()
+        } else {
+            path
+        };
+        ApiError::bad_field(field, format!("invalid request: {msg}"))
+    })
+}
+
+async fn create(State(state): State<Shared>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: DeployRequest = parse(&body)?;
+    check_allowed(&state, &req)?;
+    let plan = Plan::build(&req, &state.config, &|k| std::env::var(k).ok())?;
+    let job_id = crate::engine::new_job_id();
+    let job = Job::pending(
+        job_id.clone(),
+        plan.service_name.clone(),
+        plan.source.display().to_string(),
+        plan.spec.port,
+        serde_json::to_value(plan.method)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        plan.droplet_id,
+        format!("api@{}", crate::engine::actor().split('@').nth(1).unwrap_or("localhost")),
+    );
+    // On disk before the 202: a crash from here on leaves a job to find.
+    state.store.save_job(&job).await?;
+    let (tx, _) = broadcast::channel(1024);
+    state.events.lock().unwrap().insert(job_id.clone(), tx.clone());
+    tokio::spawn(run(state.clone(), plan, job_id.clone(), tx));
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "deploy_job_id": job_id,
+            "service_name": job.service_name,
+            "status": "pending",
+            "created_at": job.started_at,
+        })),
+    ))
+}
+
+/// The service path must be inside one of the allowed roots.
+fn check_allowed(state: &Shared, req: &DeployRequest) -> Result<(), ApiError> {
+    let roots = &state.options.allowed_roots;
+    let path = &req.service_path;
+    let canonical = path.canonicalize().map_err(|_| {
+        ApiError::bad_field("service_path", format!("service path {} does not exist", path.display()))
+    })?;
+    if roots.iter().any(|r| canonical.starts_with(r)) {
+        Ok(())
+    } else if roots.is_empty() {
+        Err(ApiError::bad_field(
+            "service_path",
+            "no directory is allowed for deploys: start the server with --allow-root DIR",
+        ))
+    } else {
+        Err(ApiError::bad_field(
+            "service_path",
+            format!(
+                "service path {} is outside the allowed roots ({})",
+                path.display(),
+                roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        ))
+    }
+}
+
+/// Sends a job's events to its live stream, and keeps the Validation phase
+/// for a job that never gets past it.
+struct ApiSink {
+    tx: broadcast::Sender<String>,
+    validation: Mutex<Option<PhaseView>>,
+}
+
+impl Sink for ApiSink {
+    fn event(&self, e: &Event) {
+        let msg = match e {
+            Event::PhaseStarted(p) => json!({"event": "phase_started", "phase": p}),
+            Event::PhaseFinished(v) => {
+                if v.phase == PhaseName::Validation {
+                    *self.validation.lock().unwrap() = Some((*v).clone());
+                }
+                json!({"event": "phase", "phase": v})
+            }
+            Event::HostPhaseFinished(h, v) => json!({"event": "phase", "host": h, "phase": v}),
+            Event::Note(n) => json!({"event": "note", "text": n}),
+            Event::TransferProgress { sent, total } => json!({"event": "progress", "sent": sent, "total": total}),
+            Event::JobFinished(_) => return,
+        };
+        let _ = self.tx.send(msg.to_string());
+    }
+}
+
+async fn run(state: Shared, plan: Plan, job_id: String, tx: broadcast::Sender<String>) {
+    let _permit = state.workers.clone().acquire_owned().await;
+    let sink = ApiSink {
+        tx: tx.clone(),
+        validation: Mutex::new(None),
+    };
+    let outcome = match crate::site::targets(&state.config, &plan.hosts) {
+        Ok(targets) => {
+            let engine = Engine::new(state.config.clone(), state.state_dir.clone(), LOCK_WAIT, targets);
+            engine.deploy_as(plan, Some(job_id.clone()), &sink).await
+        }
+        Err(f) => Err(f),
+    };
+    if let Err(f) = outcome {
+        // It never started (invalid on the target, unreachable, locked):
+        // the stored job says so.
+        if let Ok(Some(mut job)) = state.store.job(&job_id).await {
+            job.status = JobStatus::Failed;
+            job.failure = Some(f.kind.as_str().to_string());
+            job.error = Some(f.message.clone());
+            job.completed_at = Some(chrono::Utc::now());
+            let validation = sink.validation.lock().unwrap().clone();
+            for p in job.phases.iter_mut() {
+                if p.phase == PhaseName::Validation && validation.is_some() {
+                    *p = validation.clone().unwrap();
+                } else {
+                    p.status = "skipped".into();
+                    p.details = "not run: the job did not start".into();
+                }
+            }
+            let _ = state.store.save_job(&job).await;
+        }
+    }
+    if let Ok(Some(job)) = state.store.job(&job_id).await {
+        let _ = tx.send(json!({"event": "done", "job": job}).to_string());
+    }
+    state.events.lock().unwrap().remove(&job_id);
+}
+
+async fn read(State(state): State<Shared>, Path(job_id): Path<String>) -> Result<Json<Job>, ApiError> {
+    state
+        .store
+        .job(&job_id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job '{job_id}'")))
+}
+
+async fn history(
+    State(state): State<Shared>,
+    Path(service): Path<String>,
+) -> Result<Json<Vec<Job>>, ApiError> {
+    crate::plan::validate_name(&service)?;
+    let jobs = state.store.history(&service, 100).await?;
+    if jobs.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no deploys of service '{service}'"),
+        ));
+    }
+    Ok(Json(jobs))
+}
+
+async fn rollback(State(state): State<Shared>, Path(job_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let job = state
+        .store
+        .job(&job_id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job '{job_id}'")))?;
+    let targets = crate::site::targets(&state.config, &[])?;
+    let engine = Engine::new(state.config.clone(), state.state_dir.clone(), LOCK_WAIT, targets);
+    let quiet = crate::output::Quiet;
+    let done = engine.rollback(&job.service_name, None, &quiet).await.map_err(|f| {
+        // The job exists; a service without releases has nothing to go back to.
+        if f.kind == FailureKind::NotFound {
+            ApiError::new(StatusCode::CONFLICT, f.message)
+        } else {
+            ApiError::from(f)
+        }
+    })?;
+    let status = if done.success { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
+    if !done.success {
+        return Err(ApiError::new(
+            status,
+            done.error.unwrap_or_else(|| "rollback failed".into()),
+        ));
+    }
+    Ok(Json(json!({
+        "status": "rolled_back",
+        "service_name": done.service_name,
+        "rollback_job_id": done.deploy_job_id,
+        "release": done.release,
+        "from_release": done.previous_release,
+    })))
+}
+
+async fn events(
+    State(state): State<Shared>,
+    Path(job_id): Path<String>,
+) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, ApiError> {
+    let rx = state.events.lock().unwrap().get(&job_id).map(|tx| tx.subscribe());
+    let job = state
+        .store
+        .job(&job_id)
+        .await?
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job '{job_id}'")))?;
+    // First what has happened so far, then what happens next.
+    let mut first: Vec<String> = job
+        .phases
+        .iter()
+        .filter(|p| p.status != "pending")
+        .map(|p| json!({"event": "phase", "phase": p}).to_string())
+        .collect();
+    if rx.is_none() {
+        first.push(json!({"event": "done", "job": job}).to_string());
+    }
+    let live = futures_util::stream::unfold(rx, |rx| async move {
+        let mut rx = rx?;
+        loop {
+            match rx.recv().await {
+                Ok(msg) => {
+                    let done = msg.starts_with("{\"event\":\"done\"");
+                    return Some((msg, if done { None } else { Some(rx) }));
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    use futures_util::StreamExt;
+    let stream = futures_util::stream::iter(first)
+        .chain(live)
+        .map(|msg| Ok(SseEvent::default().data(msg)));
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}

@@ -1,0 +1,58 @@
+//! `deployer serve`: the HTTP API over the same engine.
+
+use super::Context;
+use crate::api::{ServeOptions, serve};
+use crate::error::Failure;
+use crate::secret::Secret;
+use std::path::PathBuf;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Port to listen on (default: serve_port or SERVICE_PORT, else 8007;
+    /// 0 picks a free one).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Address to listen on (default 127.0.0.1). Any other address needs an
+    /// API token.
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// A directory deploy requests may name (repeatable).
+    #[arg(long = "allow-root", value_name = "DIR")]
+    pub allow_roots: Vec<PathBuf>,
+    /// Deploy jobs run at once.
+    #[arg(long)]
+    pub workers: Option<usize>,
+}
+
+pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
+    let api = &ctx.config.api;
+    let port = args.port.or(ctx.config.serve_port).unwrap_or(8007);
+    let bind = args
+        .bind
+        .or(api.bind.clone())
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let ip: std::net::IpAddr = bind
+        .parse()
+        .map_err(|_| Failure::invalid(format!("--bind {bind}: not an IP address")))?;
+    let token = std::env::var("DEPLOYER_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+        .or(api.token.clone())
+        .map(Secret::new);
+    let mut allowed_roots = Vec::new();
+    for root in args.allow_roots.iter().chain(&api.allowed_roots) {
+        let canonical = root.canonicalize().map_err(|e| {
+            Failure::invalid(format!("allowed root {}: {e}", root.display()))
+        })?;
+        allowed_roots.push(canonical);
+    }
+    let options = ServeOptions {
+        addr: std::net::SocketAddr::new(ip, port),
+        token,
+        read_requires_token: api.read_requires_token,
+        allowed_roots,
+        workers: args.workers.or(api.workers).unwrap_or(4),
+    };
+    serve(ctx.config, ctx.state_dir, options).await?;
+    Ok(0)
+}
