@@ -490,7 +490,10 @@ impl Job {
             deployment_method: method,
             release: None,
             previous_release: None,
-            phases: PhaseName::ALL.iter().map(|n| Phase::pending(*n).view()).collect(),
+            phases: PhaseName::ALL
+                .iter()
+                .map(|n| Phase::pending(*n).view())
+                .collect(),
             registration: None,
             rollback: None,
             started_at: chrono::Utc::now(),

@@ -45,7 +45,10 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     })
 }
 
-async fn create(State(state): State<Shared>, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn create(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: DeployRequest = parse(&body)?;
     check_allowed(&state, &req)?;
     let plan = Plan::build(&req, &state.config, &|k| std::env::var(k).ok())?;
@@ -60,12 +63,22 @@ async fn create(State(state): State<Shared>, body: Bytes) -> Result<(StatusCode,
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
         plan.droplet_id,
-        format!("api@{}", crate::engine::actor().split('@').nth(1).unwrap_or("localhost")),
+        format!(
+            "api@{}",
+            crate::engine::actor()
+                .split('@')
+                .nth(1)
+                .unwrap_or("localhost")
+        ),
     );
     // On disk before the 202: a crash from here on leaves a job to find.
     state.store.save_job(&job).await?;
     let (tx, _) = broadcast::channel(1024);
-    state.events.lock().unwrap().insert(job_id.clone(), tx.clone());
+    state
+        .events
+        .lock()
+        .unwrap()
+        .insert(job_id.clone(), tx.clone());
     tokio::spawn(run(state.clone(), plan, job_id.clone(), tx));
     Ok((
         StatusCode::ACCEPTED,
@@ -83,7 +96,10 @@ fn check_allowed(state: &Shared, req: &DeployRequest) -> Result<(), ApiError> {
     let roots = &state.options.allowed_roots;
     let path = &req.service_path;
     let canonical = path.canonicalize().map_err(|_| {
-        ApiError::bad_field("service_path", format!("service path {} does not exist", path.display()))
+        ApiError::bad_field(
+            "service_path",
+            format!("service path {} does not exist", path.display()),
+        )
     })?;
     if roots.iter().any(|r| canonical.starts_with(r)) {
         Ok(())
@@ -98,7 +114,11 @@ fn check_allowed(state: &Shared, req: &DeployRequest) -> Result<(), ApiError> {
             format!(
                 "service path {} is outside the allowed roots ({})",
                 path.display(),
-                roots.iter().map(|r| r.display().to_string()).collect::<Vec<_>>().join(", ")
+                roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         ))
     }
@@ -123,7 +143,9 @@ impl Sink for ApiSink {
             }
             Event::HostPhaseFinished(h, v) => json!({"event": "phase", "host": h, "phase": v}),
             Event::Note(n) => json!({"event": "note", "text": n}),
-            Event::TransferProgress { sent, total } => json!({"event": "progress", "sent": sent, "total": total}),
+            Event::TransferProgress { sent, total } => {
+                json!({"event": "progress", "sent": sent, "total": total})
+            }
             Event::JobFinished(_) => return,
         };
         let _ = self.tx.send(msg.to_string());
@@ -138,7 +160,12 @@ async fn run(state: Shared, plan: Plan, job_id: String, tx: broadcast::Sender<St
     };
     let outcome = match crate::site::targets(&state.config, &plan.hosts) {
         Ok(targets) => {
-            let engine = Engine::new(state.config.clone(), state.state_dir.clone(), LOCK_WAIT, targets);
+            let engine = Engine::new(
+                state.config.clone(),
+                state.state_dir.clone(),
+                LOCK_WAIT,
+                targets,
+            );
             engine.deploy_as(plan, Some(job_id.clone()), &sink).await
         }
         Err(f) => Err(f),
@@ -169,7 +196,10 @@ async fn run(state: Shared, plan: Plan, job_id: String, tx: broadcast::Sender<St
     state.events.lock().unwrap().remove(&job_id);
 }
 
-async fn read(State(state): State<Shared>, Path(job_id): Path<String>) -> Result<Json<Job>, ApiError> {
+async fn read(
+    State(state): State<Shared>,
+    Path(job_id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
     state
         .store
         .job(&job_id)
@@ -193,24 +223,39 @@ async fn history(
     Ok(Json(jobs))
 }
 
-async fn rollback(State(state): State<Shared>, Path(job_id): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn rollback(
+    State(state): State<Shared>,
+    Path(job_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let job = state
         .store
         .job(&job_id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job '{job_id}'")))?;
     let targets = crate::site::targets(&state.config, &[])?;
-    let engine = Engine::new(state.config.clone(), state.state_dir.clone(), LOCK_WAIT, targets);
+    let engine = Engine::new(
+        state.config.clone(),
+        state.state_dir.clone(),
+        LOCK_WAIT,
+        targets,
+    );
     let quiet = crate::output::Quiet;
-    let done = engine.rollback(&job.service_name, None, &quiet).await.map_err(|f| {
-        // The job exists; a service without releases has nothing to go back to.
-        if f.kind == FailureKind::NotFound {
-            ApiError::new(StatusCode::CONFLICT, f.message)
-        } else {
-            ApiError::from(f)
-        }
-    })?;
-    let status = if done.success { StatusCode::OK } else { StatusCode::INTERNAL_SERVER_ERROR };
+    let done = engine
+        .rollback(&job.service_name, None, &quiet)
+        .await
+        .map_err(|f| {
+            // The job exists; a service without releases has nothing to go back to.
+            if f.kind == FailureKind::NotFound {
+                ApiError::new(StatusCode::CONFLICT, f.message)
+            } else {
+                ApiError::from(f)
+            }
+        })?;
+    let status = if done.success {
+        StatusCode::OK
+    } else {
+        StatusCode::INTERNAL_SERVER_ERROR
+    };
     if !done.success {
         return Err(ApiError::new(
             status,
@@ -229,8 +274,16 @@ async fn rollback(State(state): State<Shared>, Path(job_id): Path<String>) -> Re
 async fn events(
     State(state): State<Shared>,
     Path(job_id): Path<String>,
-) -> Result<Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>, ApiError> {
-    let rx = state.events.lock().unwrap().get(&job_id).map(|tx| tx.subscribe());
+) -> Result<
+    Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>,
+    ApiError,
+> {
+    let rx = state
+        .events
+        .lock()
+        .unwrap()
+        .get(&job_id)
+        .map(|tx| tx.subscribe());
     let job = state
         .store
         .job(&job_id)

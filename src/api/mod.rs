@@ -140,7 +140,8 @@ fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
 /// Checks the bearer token on mutating requests (and on reads when the
 /// server is set up so).
 async fn auth(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    let mutating = req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD;
+    let mutating =
+        req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD;
     let needs = mutating || state.options.read_requires_token;
     if needs && !authorized(&state, req.headers()) {
         return ApiError::new(
@@ -165,7 +166,11 @@ pub fn router(state: Shared) -> Router {
 
 /// Runs the server until interrupted. Jobs left running by a previous
 /// server are marked interrupted first.
-pub async fn serve(config: DeployerConfig, state_dir: PathBuf, options: ServeOptions) -> Result<(), Failure> {
+pub async fn serve(
+    config: DeployerConfig,
+    state_dir: PathBuf,
+    options: ServeOptions,
+) -> Result<(), Failure> {
     if options.token.is_none() && !options.addr.ip().is_loopback() {
         return Err(Failure::invalid(format!(
             "refusing to listen on {} without an API token: set DEPLOYER_API_TOKEN (or api_token in \

@@ -35,7 +35,10 @@ async fn register(State(state): State<Shared>, body: Bytes) -> Result<Json<Value
     let req: RegisterRequest = super::deploy::parse(&body)?;
     crate::plan::validate_name(&req.service_name)?;
     if !(req.endpoint.starts_with("http://") || req.endpoint.starts_with("https://")) {
-        return Err(ApiError::bad_field("endpoint", "endpoint must be an http(s) URL"));
+        return Err(ApiError::bad_field(
+            "endpoint",
+            "endpoint must be an http(s) URL",
+        ));
     }
     let entry = RegistryEntry {
         service_name: req.service_name,
@@ -62,21 +65,35 @@ async fn find(state: &Shared, name: &str) -> Result<RegistryEntry, ApiError> {
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("'{name}' is not registered")))
 }
 
-async fn one(State(state): State<Shared>, Path(name): Path<String>) -> Result<Json<RegistryEntry>, ApiError> {
+async fn one(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<RegistryEntry>, ApiError> {
     find(&state, &name).await.map(Json)
 }
 
-async fn remove(State(state): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn remove(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     crate::plan::validate_name(&name)?;
     if state.store.deregister(&name).await? {
-        Ok(Json(json!({"status": "deregistered", "service_name": name})))
+        Ok(Json(
+            json!({"status": "deregistered", "service_name": name}),
+        ))
     } else {
-        Err(ApiError::new(StatusCode::NOT_FOUND, format!("'{name}' is not registered")))
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("'{name}' is not registered"),
+        ))
     }
 }
 
 /// Asks a registered service its health.
-async fn health(State(state): State<Shared>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn health(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let entry = find(&state, &name).await?;
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -89,5 +106,7 @@ async fn health(State(state): State<Shared>, Path(name): Path<String>) -> Result
         Ok(r) => ("unhealthy", Some(r.status().as_u16())),
         Err(_) => ("unreachable", None),
     };
-    Ok(Json(json!({"service_name": name, "url": url, "status": status, "http_status": code})))
+    Ok(Json(
+        json!({"service_name": name, "url": url, "status": status, "http_status": code}),
+    ))
 }

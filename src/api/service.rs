@@ -83,10 +83,7 @@ async fn health(State(state): State<Shared>) -> (StatusCode, Json<Value>) {
 
 async fn capabilities(State(state): State<Shared>) -> Json<Value> {
     let docker = crate::cmd::LocalTransport
-        .exec(
-            &crate::runtime::docker::info_cmd(),
-            Duration::from_secs(5),
-        )
+        .exec(&crate::runtime::docker::info_cmd(), Duration::from_secs(5))
         .await
         .is_ok_and(|o| o.success());
     Json(json!({

@@ -41,9 +41,9 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
         .map(Secret::new);
     let mut allowed_roots = Vec::new();
     for root in args.allow_roots.iter().chain(&api.allowed_roots) {
-        let canonical = root.canonicalize().map_err(|e| {
-            Failure::invalid(format!("allowed root {}: {e}", root.display()))
-        })?;
+        let canonical = root
+            .canonicalize()
+            .map_err(|e| Failure::invalid(format!("allowed root {}: {e}", root.display())))?;
         allowed_roots.push(canonical);
     }
     let options = ServeOptions {

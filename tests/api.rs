@@ -1,0 +1,344 @@
+//! `deployer serve` on a random port, driven over real HTTP.
+
+mod common;
+use common::server::{Server, request};
+use common::*;
+use serde_json::{Value, json};
+
+/// Polls a job until it is no longer pending or running.
+fn finished(server: &Server, id: &str) -> Value {
+    eventually(120, &format!("job {id} to finish"), || {
+        let (code, job) = server.get(&format!("/deploy/{id}"));
+        assert_eq!(code, 200, "{job}");
+        (job["status"] == "completed" || job["status"] == "failed").then_some(job)
+    })
+}
+
+#[test]
+fn the_seed_request_deploys_registers_and_reports_six_phases() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let server = Server::start(&sb, src.parent().unwrap(), &[]);
+    let name = &sb.name("i-proactive");
+    sb.track(name);
+    let port = free_port();
+    let body = json!({
+        "service_path": src,
+        "service_name": name,
+        "droplet_id": 20,
+        "service_port": port,
+        "deployment_method": "process",
+        "environment_vars": {"GREETING": "from the api"},
+        "auto_register": true
+    });
+    let (code, accepted) = server.call("POST", "/deploy", Some(&body.to_string()), None);
+    assert_eq!(code, 202, "{accepted}");
+    assert_eq!(accepted["status"], "pending");
+    assert_eq!(accepted["service_name"], name.as_str());
+    assert!(accepted["created_at"].is_string());
+    let id = accepted["deploy_job_id"].as_str().unwrap();
+    assert!(id.starts_with("deploy-"));
+
+    let job = finished(&server, id);
+    assert_eq!(job["status"], "completed", "{job:#}");
+    assert_eq!(job["success"], true);
+    let names: Vec<&str> = job["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Validation",
+            "Transfer",
+            "Build",
+            "Start Service",
+            "Verify Health",
+            "Register"
+        ]
+    );
+    for p in job["phases"].as_array().unwrap() {
+        assert_eq!(p["status"], "success", "{p:#}");
+        assert!(p["duration_seconds"].is_number(), "{p:#}");
+    }
+    assert_eq!(job["registration"]["droplet_id"], 20);
+    assert_eq!(job["service_url"], format!("http://127.0.0.1:{port}"));
+    assert_eq!(http_get(port, "/env/GREETING").unwrap().1, "from the api");
+
+    let (code, registry) = server.get("/registry");
+    assert_eq!(code, 200);
+    let listed = registry["services"].as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["service_name"], name.as_str());
+    assert_eq!(listed[0]["endpoint"], format!("http://127.0.0.1:{port}"));
+    let (code, health) = server.get(&format!("/registry/{name}/health"));
+    assert_eq!((code, health["status"].as_str()), (200, Some("healthy")));
+
+    let (code, history) = server.get(&format!("/deploy/history/{name}"));
+    assert_eq!(code, 200);
+    assert_eq!(history.as_array().unwrap().len(), 1);
+    let (code, state) = server.get("/state");
+    assert_eq!((code, state["completed"].as_i64()), (200, Some(1)));
+    let (code, health) = server.get("/health");
+    assert_eq!(code, 200, "{health}");
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["registry_status"], "builtin");
+    assert_eq!(server.get("/capabilities").0, 200);
+    assert_eq!(server.get("/dependencies").0, 200);
+
+    // Unknown things are 404s; a second version then a rollback.
+    assert_eq!(server.get("/deploy/deploy-00000000").0, 404);
+    assert_eq!(server.get("/deploy/history/nothing").0, 404);
+    let (code, conflict) = server.call("POST", &format!("/deploy/{id}/rollback"), None, None);
+    assert_eq!(code, 409, "no previous version: {conflict}");
+    let src2 = sb.service("hello", "v2");
+    let body2 = json!({"service_path": src2, "service_name": name, "droplet_id": 20, "service_port": port, "deployment_method": "process"});
+    let (_, a2) = server.call("POST", "/deploy", Some(&body2.to_string()), None);
+    let j2 = finished(&server, a2["deploy_job_id"].as_str().unwrap());
+    assert_eq!(j2["status"], "completed");
+    assert_eq!(version_on(port).as_deref(), Some("v2"));
+    let (code, rb) = server.call(
+        "POST",
+        &format!("/deploy/{}/rollback", j2["deploy_job_id"].as_str().unwrap()),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{rb}");
+    assert_eq!(rb["release"], job["release"]);
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    assert_eq!(
+        server
+            .call("POST", "/deploy/deploy-00000000/rollback", None, None)
+            .0,
+        404
+    );
+}
+
+#[test]
+fn fifty_concurrent_deploys_across_five_services_all_complete_one_at_a_time_per_service() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let server = Server::start(&sb, src.parent().unwrap(), &[]);
+    let services: Vec<(String, u16)> = (0..5)
+        .map(|i| (sb.name(&format!("svc{i}")), free_port()))
+        .collect();
+    for (n, _) in &services {
+        sb.track(n);
+    }
+    let ids: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..50)
+            .map(|i| {
+                let (name, port) = &services[i % 5];
+                let body = json!({
+                    "service_path": src, "service_name": name, "service_port": port,
+                    "deployment_method": "process", "auto_register": false
+                })
+                .to_string();
+                let port_api = server.port;
+                scope.spawn(move || {
+                    request(port_api, "POST", "/deploy", Some(body.as_bytes()), None)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let (code, body) = h.join().unwrap();
+                assert_eq!(code, 202, "{body}");
+                let v: Value = serde_json::from_str(&body).unwrap();
+                v["deploy_job_id"].as_str().unwrap().to_string()
+            })
+            .collect()
+    });
+    let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 50, "fifty distinct jobs");
+    let jobs: Vec<Value> = ids.iter().map(|id| finished(&server, id)).collect();
+    for j in &jobs {
+        assert_eq!(j["status"], "completed", "{j:#}");
+    }
+    // Per service: the jobs' working spans (Transfer start to Verify Health
+    // end) never overlap.
+    for (name, port) in &services {
+        let mut spans: Vec<(String, String)> = jobs
+            .iter()
+            .filter(|j| j["service_name"] == name.as_str())
+            .map(|j| {
+                (
+                    phase(j, "Transfer")["started_at"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                    phase(j, "Verify Health")["completed_at"]
+                        .as_str()
+                        .unwrap()
+                        .to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(spans.len(), 10);
+        spans.sort();
+        for w in spans.windows(2) {
+            assert!(w[0].1 <= w[1].0, "{name}: overlapping jobs {w:?}");
+        }
+        assert_eq!(version_on(*port).as_deref(), Some("v1"));
+        assert_eq!(service_pids(name).len(), 1, "{name}");
+    }
+    let (_, state) = server.get("/state");
+    assert_eq!(state["completed"], 50);
+}
+
+#[test]
+fn a_server_killed_mid_deploy_leaves_an_interrupted_job_and_a_free_lock() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let mut server = Server::start(&sb, src.parent().unwrap(), &[]);
+    let name = &sb.name("crash");
+    sb.track(name);
+    let port = free_port();
+    let slow = json!({"service_path": src, "service_name": name, "service_port": port,
+        "deployment_method": "process", "build": "sleep 30", "auto_register": false});
+    let (code, a) = server.call("POST", "/deploy", Some(&slow.to_string()), None);
+    assert_eq!(code, 202);
+    let id = a["deploy_job_id"].as_str().unwrap().to_string();
+    eventually(30, "the build to run", || {
+        let (_, job) = server.get(&format!("/deploy/{id}"));
+        (phase(&job, "Build")["status"] == "running").then_some(())
+    });
+    server.kill(); // SIGKILL: no clean-up
+
+    let server = Server::start(&sb, src.parent().unwrap(), &[]);
+    let (_, job) = server.get(&format!("/deploy/{id}"));
+    assert_eq!(job["status"], "failed", "{job:#}");
+    assert_eq!(job["failure"], "interrupted");
+    assert_eq!(
+        phase(&job, "Transfer")["status"],
+        "success",
+        "what was done is kept"
+    );
+    assert_eq!(phase(&job, "Build")["status"], "failed");
+    let next = json!({"service_path": src, "service_name": name, "service_port": port,
+        "deployment_method": "process", "auto_register": false});
+    let (_, a) = server.call("POST", "/deploy", Some(&next.to_string()), None);
+    let done = finished(&server, a["deploy_job_id"].as_str().unwrap());
+    assert_eq!(done["status"], "completed", "the lock was free: {done:#}");
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+}
+
+#[test]
+fn tokens_roots_body_limits_and_bad_fields() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let token = "t0ken-for-tests-7f3a";
+    let server = Server::start(&sb, src.parent().unwrap(), &[("DEPLOYER_API_TOKEN", token)]);
+    for (method, path) in [
+        ("POST", "/deploy"),
+        ("POST", "/deploy/deploy-00000000/rollback"),
+        ("POST", "/message"),
+        ("POST", "/register"),
+        ("DELETE", "/registry/x"),
+    ] {
+        let (code, body) = server.call(method, path, Some("{}"), None);
+        assert_eq!(code, 401, "{method} {path}: {body}");
+        let (code, _) = server.call(method, path, Some("{}"), Some("wrong-token"));
+        assert_eq!(code, 401, "{method} {path} with a wrong token");
+        let (code, _) = server.call(method, path, Some("{}"), Some(token));
+        assert_ne!(code, 401, "{method} {path} with the token");
+    }
+    assert_eq!(server.get("/health").0, 200, "reads need no token");
+
+    let name = sb.name("guarded");
+    let outside = json!({"service_path": "/etc", "service_name": name, "service_port": 9999});
+    let (code, err) = server.call("POST", "/deploy", Some(&outside.to_string()), Some(token));
+    assert_eq!(
+        (code, err["field"].as_str()),
+        (400, Some("service_path")),
+        "{err}"
+    );
+    let sneaky = json!({"service_path": format!("{}/../../..", src.display()), "service_name": name, "service_port": 9999});
+    let (code, _) = server.call("POST", "/deploy", Some(&sneaky.to_string()), Some(token));
+    assert_eq!(code, 400, "../ out of the root is refused");
+
+    let bad_port = json!({"service_path": src, "service_name": name, "service_port": "eighty"});
+    let (code, err) = server.call("POST", "/deploy", Some(&bad_port.to_string()), Some(token));
+    assert_eq!(
+        (code, err["field"].as_str()),
+        (400, Some("service_port")),
+        "{err}"
+    );
+    let (code, err) = server.call(
+        "POST",
+        "/deploy",
+        Some(r#"{"service_name": "x"}"#),
+        Some(token),
+    );
+    assert_eq!(
+        (code, err["field"].as_str()),
+        (400, Some("service_path")),
+        "{err}"
+    );
+    let bad_name = json!({"service_path": src, "service_name": "../evil", "service_port": 9999});
+    let (code, err) = server.call("POST", "/deploy", Some(&bad_name.to_string()), Some(token));
+    assert_eq!(
+        (code, err["field"].as_str()),
+        (400, Some("service_name")),
+        "{err}"
+    );
+
+    let huge = format!(
+        "{{\"service_path\": \"{}\", \"pad\": \"{}\"}}",
+        src.display(),
+        "x".repeat(10 * 1024 * 1024)
+    );
+    let (code, _) = request(
+        server.port,
+        "POST",
+        "/deploy",
+        Some(huge.as_bytes()),
+        Some(token),
+    );
+    assert_eq!(code, 413);
+}
+
+#[test]
+fn the_seed_readme_curl_examples_work_as_written() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let server = Server::start(&sb, src.parent().unwrap(), &[]);
+    let name = "auto-fix-engine";
+    let port = free_port();
+    // As in the seed's README, host and paths aside (and a port that is free here).
+    let submit = format!(
+        r#"curl -X POST http://localhost:{api}/deploy \
+  -H "Content-Type: application/json" \
+  -d '{{
+    "service_path": "{path}",
+    "service_name": "{name}",
+    "droplet_id": 23,
+    "service_port": {port},
+    "deployment_method": "process",
+    "auto_register": true
+  }}'"#,
+        api = server.port,
+        path = src.display(),
+    );
+    sb.track(name);
+    let out = std::process::Command::new("sh")
+        .args(["-c", &submit])
+        .output()
+        .unwrap();
+    let accepted: Value = serde_json::from_slice(&out.stdout).expect("JSON from curl");
+    let id = accepted["deploy_job_id"].as_str().unwrap();
+    let check = format!("curl http://localhost:{}/deploy/{id}", server.port);
+    let job = eventually(60, "the job", || {
+        let out = std::process::Command::new("sh")
+            .args(["-c", &check])
+            .output()
+            .unwrap();
+        let job: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (job["status"] == "completed").then_some(job)
+    });
+    assert_eq!(job["registration"]["droplet_id"], 23);
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+}
