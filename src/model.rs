@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The six phases, named exactly as in the deployer spec.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum PhaseName {
     Validation,
     Transfer,
@@ -75,7 +75,7 @@ pub struct Phase {
 }
 
 /// A phase as the spec's `DeploymentPhase` shows it (JSON, store, API).
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct PhaseView {
     pub phase: PhaseName,
     pub status: String,
@@ -193,7 +193,7 @@ impl Phase {
 }
 
 /// A job's overall status, as in the spec's `DeployJob.status`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobStatus {
     Pending,
@@ -227,7 +227,7 @@ impl JobStatus {
 }
 
 /// What a job does: deploy new content, or bring back an existing release.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum JobKind {
     Deploy,
@@ -235,17 +235,18 @@ pub enum JobKind {
 }
 
 /// The spec's `RegistrationInfo`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Registration {
     pub droplet_id: i64,
     pub service_name: String,
     pub endpoint: String,
     pub registered_at: DateTime<Utc>,
+    #[schema(value_type = Object)]
     pub registry_response: serde_json::Value,
 }
 
 /// What an automatic rollback did.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct RollbackRecord {
     /// The release that was restored, if there was one.
     pub to_release: Option<String>,
@@ -256,7 +257,7 @@ pub struct RollbackRecord {
 }
 
 /// A deploy (or rollback) job: the spec's `DeployJob` plus deployer's extras.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Job {
     pub deploy_job_id: String,
     pub kind: JobKind,
@@ -292,7 +293,7 @@ pub struct Job {
 }
 
 /// One host's part of a job deployed to several hosts.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct HostReport {
     pub host: String,
     /// 0 is the canary wave.
@@ -387,7 +388,7 @@ pub fn aggregate_phase(name: PhaseName, views: &[&PhaseView]) -> PhaseView {
 }
 
 /// What the Transfer phase moved.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct TransferStats {
     /// Files in the release.
     pub files: u64,
@@ -404,7 +405,7 @@ pub struct TransferStats {
 }
 
 /// A release's lifecycle state.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ReleaseStatus {
     /// Being deployed.
@@ -455,7 +456,7 @@ pub struct Release {
 }
 
 /// One line of the audit trail.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub at: DateTime<Utc>,
     pub actor: String,

@@ -15,8 +15,10 @@ pub const RESERVED_ENV: [&str; 3] = ["PORT", "SERVICE_NAME", "RELEASE"];
 
 /// What the user asked for: the spec's `DeployRequest`, every field optional
 /// where a manifest can supply it.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct DeployRequest {
+    /// The service directory, inside one of the server's allowed roots.
+    #[schema(value_type = String)]
     pub service_path: PathBuf,
     pub service_name: Option<String>,
     pub droplet_id: Option<i64>,

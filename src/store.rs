@@ -547,7 +547,7 @@ impl Store {
 }
 
 /// One service in the built-in registry (the seed's Registry API).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct RegistryEntry {
     pub service_name: String,
     pub droplet_id: i64,

@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::broadcast;
@@ -24,6 +24,28 @@ pub fn routes() -> axum::Router<Shared> {
         .route("/deploy/{job_id}", get(read))
         .route("/deploy/{job_id}/rollback", post(rollback))
         .route("/deploy/{job_id}/events", get(events))
+}
+
+/// The answer to an accepted deploy: the job is stored and queued.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Accepted {
+    pub deploy_job_id: String,
+    pub service_name: String,
+    /// Always `pending`: the job waits for a worker and the service's lock.
+    pub status: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The answer to a rollback.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RolledBack {
+    pub status: String,
+    pub service_name: String,
+    pub rollback_job_id: String,
+    /// The release now current.
+    pub release: Option<String>,
+    /// The release that was current before.
+    pub from_release: Option<String>,
 }
 
 /// How long a queued job waits for another deploy of its service.
@@ -45,10 +67,20 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
     })
 }
 
-async fn create(
+/// Submit a service for deployment.
+#[utoipa::path(post, path = "/deploy", tag = "deploy",
+    request_body = DeployRequest,
+    responses(
+        (status = 202, description = "Accepted; the job is stored", body = Accepted),
+        (status = 400, description = "Invalid input; `field` names it", body = super::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = super::ErrorBody),
+        (status = 413, description = "Body over 1 MiB"),
+    ),
+    security(("bearer" = [])))]
+pub async fn create(
     State(state): State<Shared>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let req: DeployRequest = parse(&body)?;
     check_allowed(&state, &req)?;
     let plan = Plan::build(&req, &state.config, &|k| std::env::var(k).ok())?;
@@ -82,12 +114,12 @@ async fn create(
     tokio::spawn(run(state.clone(), plan, job_id.clone(), tx));
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({
-            "deploy_job_id": job_id,
-            "service_name": job.service_name,
-            "status": "pending",
-            "created_at": job.started_at,
-        })),
+        Json(Accepted {
+            deploy_job_id: job_id,
+            service_name: job.service_name,
+            status: "pending".into(),
+            created_at: job.started_at,
+        }),
     ))
 }
 
@@ -196,7 +228,14 @@ async fn run(state: Shared, plan: Plan, job_id: String, tx: broadcast::Sender<St
     state.events.lock().unwrap().remove(&job_id);
 }
 
-async fn read(
+/// A deploy job with its phases.
+#[utoipa::path(get, path = "/deploy/{job_id}", tag = "deploy",
+    params(("job_id" = String, Path, description = "deploy-…")),
+    responses(
+        (status = 200, body = Job),
+        (status = 404, description = "No such job", body = super::ErrorBody),
+    ))]
+pub async fn read(
     State(state): State<Shared>,
     Path(job_id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
@@ -208,7 +247,15 @@ async fn read(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job '{job_id}'")))
 }
 
-async fn history(
+/// A service's jobs, newest first.
+#[utoipa::path(get, path = "/deploy/history/{service_name}", tag = "deploy",
+    params(("service_name" = String, Path)),
+    responses(
+        (status = 200, body = Vec<Job>),
+        (status = 400, description = "Invalid name", body = super::ErrorBody),
+        (status = 404, description = "Never deployed", body = super::ErrorBody),
+    ))]
+pub async fn history(
     State(state): State<Shared>,
     Path(service): Path<String>,
 ) -> Result<Json<Vec<Job>>, ApiError> {
@@ -223,10 +270,21 @@ async fn history(
     Ok(Json(jobs))
 }
 
-async fn rollback(
+/// Roll the job's service back to its previous release.
+#[utoipa::path(post, path = "/deploy/{job_id}/rollback", tag = "deploy",
+    params(("job_id" = String, Path)),
+    responses(
+        (status = 200, body = RolledBack),
+        (status = 401, description = "Missing or wrong token", body = super::ErrorBody),
+        (status = 404, description = "No such job", body = super::ErrorBody),
+        (status = 409, description = "No previous version", body = super::ErrorBody),
+        (status = 500, description = "The rollback failed", body = super::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn rollback(
     State(state): State<Shared>,
     Path(job_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RolledBack>, ApiError> {
     let job = state
         .store
         .job(&job_id)
@@ -262,16 +320,24 @@ async fn rollback(
             done.error.unwrap_or_else(|| "rollback failed".into()),
         ));
     }
-    Ok(Json(json!({
-        "status": "rolled_back",
-        "service_name": done.service_name,
-        "rollback_job_id": done.deploy_job_id,
-        "release": done.release,
-        "from_release": done.previous_release,
-    })))
+    Ok(Json(RolledBack {
+        status: "rolled_back".into(),
+        service_name: done.service_name,
+        rollback_job_id: done.deploy_job_id,
+        release: done.release,
+        from_release: done.previous_release,
+    }))
 }
 
-async fn events(
+/// A job's progress as Server-Sent Events: each `data:` is a JSON object
+/// with `event` = phase_started | phase | note | progress | done.
+#[utoipa::path(get, path = "/deploy/{job_id}/events", tag = "deploy",
+    params(("job_id" = String, Path)),
+    responses(
+        (status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 404, description = "No such job", body = super::ErrorBody),
+    ))]
+pub async fn events(
     State(state): State<Shared>,
     Path(job_id): Path<String>,
 ) -> Result<

@@ -19,7 +19,6 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -57,6 +56,49 @@ pub struct AppState {
 }
 
 pub type Shared = Arc<AppState>;
+
+/// The body of every error answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    /// The request field the error is about, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// The API's OpenAPI 3.1 description, generated from the handlers' and
+/// types' annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(title = "deployer", description = "Deploys services in six phases and rolls back on failure."),
+    paths(
+        deploy::create, deploy::read, deploy::history, deploy::rollback, deploy::events,
+        service::health, service::capabilities, service::state_counts, service::dependencies,
+        service::message,
+        registry::register, registry::list, registry::one, registry::remove, registry::health,
+    ),
+    modifiers(&BearerAuth),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
+}
+
+async fn openapi() -> axum::Json<utoipa::openapi::OpenApi> {
+    use utoipa::OpenApi;
+    axum::Json(ApiDoc::openapi())
+}
 
 /// An error as the API shows it: a status and `{"error", "field"?}`.
 #[derive(Debug)]
@@ -109,10 +151,10 @@ impl From<crate::store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.message });
-        if let Some(f) = self.field {
-            body["field"] = json!(f);
-        }
+        let body = ErrorBody {
+            error: self.message,
+            field: self.field,
+        };
         (self.status, axum::Json(body)).into_response()
     }
 }
@@ -159,6 +201,7 @@ pub fn router(state: Shared) -> Router {
         .merge(deploy::routes())
         .merge(service::routes())
         .merge(registry::routes())
+        .route("/openapi.json", axum::routing::get(openapi))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)

@@ -13,7 +13,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use serde::Deserialize;
-use serde_json::{Value, json};
 use std::time::Duration;
 
 pub fn routes() -> axum::Router<Shared> {
@@ -24,14 +23,54 @@ pub fn routes() -> axum::Router<Shared> {
         .route("/registry/{service_name}/health", get(health))
 }
 
-#[derive(Deserialize)]
-struct RegisterRequest {
+/// The seed's Registry API request.
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct RegisterRequest {
     droplet_id: i64,
     service_name: String,
     endpoint: String,
 }
 
-async fn register(State(state): State<Shared>, body: Bytes) -> Result<Json<Value>, ApiError> {
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Registered {
+    pub status: String,
+    pub service: RegistryEntry,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct RegistryList {
+    pub services: Vec<RegistryEntry>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Deregistered {
+    pub status: String,
+    pub service_name: String,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ServiceHealth {
+    pub service_name: String,
+    pub url: String,
+    /// healthy | unhealthy | unreachable
+    pub status: String,
+    pub http_status: Option<u16>,
+}
+
+/// Register (or re-register) a service.
+#[utoipa::path(post, path = "/register", tag = "registry",
+    request_body = RegisterRequest,
+    responses(
+        (status = 200, body = Registered),
+        (status = 400, body = super::ErrorBody),
+        (status = 401, body = super::ErrorBody),
+        (status = 413, description = "Body over 1 MiB"),
+    ),
+    security(("bearer" = [])))]
+pub async fn register(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<Json<Registered>, ApiError> {
     let req: RegisterRequest = super::deploy::parse(&body)?;
     crate::plan::validate_name(&req.service_name)?;
     if !(req.endpoint.starts_with("http://") || req.endpoint.starts_with("https://")) {
@@ -47,11 +86,19 @@ async fn register(State(state): State<Shared>, body: Bytes) -> Result<Json<Value
         registered_at: chrono::Utc::now(),
     };
     state.store.register(&entry).await?;
-    Ok(Json(json!({"status": "registered", "service": entry})))
+    Ok(Json(Registered {
+        status: "registered".into(),
+        service: entry,
+    }))
 }
 
-async fn list(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({"services": state.store.registry().await?})))
+/// Every registered service.
+#[utoipa::path(get, path = "/registry", tag = "registry",
+    responses((status = 200, body = RegistryList), (status = 500, body = super::ErrorBody)))]
+pub async fn list(State(state): State<Shared>) -> Result<Json<RegistryList>, ApiError> {
+    Ok(Json(RegistryList {
+        services: state.store.registry().await?,
+    }))
 }
 
 async fn find(state: &Shared, name: &str) -> Result<RegistryEntry, ApiError> {
@@ -65,22 +112,41 @@ async fn find(state: &Shared, name: &str) -> Result<RegistryEntry, ApiError> {
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("'{name}' is not registered")))
 }
 
-async fn one(
+/// One registered service.
+#[utoipa::path(get, path = "/registry/{service_name}", tag = "registry",
+    params(("service_name" = String, Path)),
+    responses(
+        (status = 200, body = RegistryEntry),
+        (status = 400, body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody),
+    ))]
+pub async fn one(
     State(state): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Json<RegistryEntry>, ApiError> {
     find(&state, &name).await.map(Json)
 }
 
-async fn remove(
+/// Deregister a service.
+#[utoipa::path(delete, path = "/registry/{service_name}", tag = "registry",
+    params(("service_name" = String, Path)),
+    responses(
+        (status = 200, body = Deregistered),
+        (status = 400, body = super::ErrorBody),
+        (status = 401, body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn remove(
     State(state): State<Shared>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deregistered>, ApiError> {
     crate::plan::validate_name(&name)?;
     if state.store.deregister(&name).await? {
-        Ok(Json(
-            json!({"status": "deregistered", "service_name": name}),
-        ))
+        Ok(Json(Deregistered {
+            status: "deregistered".into(),
+            service_name: name,
+        }))
     } else {
         Err(ApiError::new(
             StatusCode::NOT_FOUND,
@@ -90,10 +156,17 @@ async fn remove(
 }
 
 /// Asks a registered service its health.
-async fn health(
+#[utoipa::path(get, path = "/registry/{service_name}/health", tag = "registry",
+    params(("service_name" = String, Path)),
+    responses(
+        (status = 200, body = ServiceHealth),
+        (status = 400, body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody),
+    ))]
+pub async fn health(
     State(state): State<Shared>,
     Path(name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ServiceHealth>, ApiError> {
     let entry = find(&state, &name).await?;
     let client = reqwest::Client::builder()
         .no_proxy()
@@ -106,7 +179,10 @@ async fn health(
         Ok(r) => ("unhealthy", Some(r.status().as_u16())),
         Err(_) => ("unreachable", None),
     };
-    Ok(Json(
-        json!({"service_name": name, "url": url, "status": status, "http_status": code}),
-    ))
+    Ok(Json(ServiceHealth {
+        service_name: name,
+        url,
+        status: status.into(),
+        http_status: code,
+    }))
 }

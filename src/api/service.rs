@@ -1,14 +1,15 @@
 //! The UDC endpoints every droplet has: `/health`, `/capabilities`,
 //! `/state`, `/dependencies`, `/message`.
 
-use super::{ApiError, Shared};
+use super::{ApiError, ErrorBody, Shared};
 use crate::cmd::Transport;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
 use std::time::Duration;
 
 pub fn routes() -> axum::Router<Shared> {
@@ -20,13 +21,71 @@ pub fn routes() -> axum::Router<Shared> {
         .route("/message", post(message))
 }
 
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// healthy | unhealthy
+    pub status: String,
+    /// connected | unreachable | local (deploys stay on this machine) | misconfigured
+    pub ssh_status: String,
+    /// reachable | unreachable | builtin | not_configured
+    pub registry_status: String,
+    /// ok | failing
+    pub database: String,
+    pub version: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Limits {
+    pub max_body_bytes: usize,
+    pub concurrent_jobs: usize,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Capabilities {
+    pub service: String,
+    pub version: String,
+    pub deployment_methods: Vec<String>,
+    pub docker_available: bool,
+    pub phases: Vec<String>,
+    pub features: Vec<String>,
+    pub limits: Limits,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct StateCounts {
+    pub active: i64,
+    pub pending: i64,
+    pub completed: i64,
+    pub failed: i64,
+    pub uptime_seconds: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Dependency {
+    pub name: String,
+    pub status: String,
+    /// Where it is (a URL, a host, a path), when it has an address.
+    pub location: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Dependencies {
+    pub dependencies: Vec<Dependency>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct MessageAck {
+    pub status: String,
+    pub from: String,
+}
+
 /// Whether the configured SSH target answers: "local" when deploys stay on
 /// this machine.
 async fn ssh_status(state: &Shared) -> String {
     match crate::site::targets(&state.config, &[]) {
         Ok(targets) => match targets.first() {
-            Some(crate::site::TargetSpec::Ssh { .. }) => {
-                match crate::site::Site::connect(&targets[0], &state.state_dir).await {
+            Some(t @ crate::site::TargetSpec::Ssh { .. }) => {
+                match crate::site::Site::connect(t, &state.state_dir).await {
                     Ok(site) => {
                         site.close().await;
                         "connected".into()
@@ -59,7 +118,17 @@ async fn registry_status(state: &Shared) -> String {
     }
 }
 
-async fn health(State(state): State<Shared>) -> (StatusCode, Json<Value>) {
+async fn docker_available() -> bool {
+    crate::cmd::LocalTransport
+        .exec(&crate::runtime::docker::info_cmd(), Duration::from_secs(5))
+        .await
+        .is_ok_and(|o| o.success())
+}
+
+/// Health of deployer and what it depends on; 500 when unhealthy.
+#[utoipa::path(get, path = "/health", tag = "service",
+    responses((status = 200, body = Health), (status = 500, description = "Unhealthy", body = Health)))]
+pub async fn health(State(state): State<Shared>) -> (StatusCode, Json<Health>) {
     let db_ok = state.store.job_counts().await.is_ok();
     let ssh = ssh_status(&state).await;
     let registry = registry_status(&state).await;
@@ -69,70 +138,106 @@ async fn health(State(state): State<Shared>) -> (StatusCode, Json<Value>) {
     } else {
         StatusCode::INTERNAL_SERVER_ERROR
     };
-    (
-        code,
-        Json(json!({
-            "status": if healthy { "healthy" } else { "unhealthy" },
-            "ssh_status": ssh,
-            "registry_status": registry,
-            "database": if db_ok { "ok" } else { "failing" },
-            "version": env!("CARGO_PKG_VERSION"),
-        })),
-    )
+    let body = Health {
+        status: if healthy { "healthy" } else { "unhealthy" }.into(),
+        ssh_status: ssh,
+        registry_status: registry,
+        database: if db_ok { "ok" } else { "failing" }.into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    (code, Json(body))
 }
 
-async fn capabilities(State(state): State<Shared>) -> Json<Value> {
-    let docker = crate::cmd::LocalTransport
-        .exec(&crate::runtime::docker::info_cmd(), Duration::from_secs(5))
-        .await
-        .is_ok_and(|o| o.success());
-    Json(json!({
-        "service": "deployer",
-        "version": env!("CARGO_PKG_VERSION"),
-        "deployment_methods": ["process", "docker", "systemd", "auto"],
-        "docker_available": docker,
-        "phases": crate::model::PhaseName::ALL.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
-        "features": [
-            "automatic rollback", "manual rollback", "per-service lock", "audit log",
-            "ssh + sftp incremental transfer", "strict host keys", "rolling waves with canary",
-            "built-in registry", "server-sent events",
-        ],
-        "limits": {
-            "max_body_bytes": super::BODY_LIMIT,
-            "concurrent_jobs": state.options.workers,
+/// Deployment methods, features and limits.
+#[utoipa::path(get, path = "/capabilities", tag = "service", responses((status = 200, body = Capabilities)))]
+pub async fn capabilities(State(state): State<Shared>) -> Json<Capabilities> {
+    let strings = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    Json(Capabilities {
+        service: "deployer".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        deployment_methods: strings(&["process", "docker", "systemd", "auto"]),
+        docker_available: docker_available().await,
+        phases: crate::model::PhaseName::ALL
+            .iter()
+            .map(|p| p.as_str().to_string())
+            .collect(),
+        features: strings(&[
+            "automatic rollback",
+            "manual rollback",
+            "per-service lock",
+            "audit log",
+            "ssh + sftp incremental transfer",
+            "strict host keys",
+            "rolling waves with canary",
+            "built-in registry",
+            "server-sent events",
+        ]),
+        limits: Limits {
+            max_body_bytes: super::BODY_LIMIT,
+            concurrent_jobs: state.options.workers,
         },
-    }))
+    })
 }
 
-async fn state_counts(State(state): State<Shared>) -> Result<Json<Value>, ApiError> {
+/// How many jobs are active, pending, completed and failed.
+#[utoipa::path(get, path = "/state", tag = "service",
+    responses((status = 200, body = StateCounts), (status = 500, body = ErrorBody)))]
+pub async fn state_counts(State(state): State<Shared>) -> Result<Json<StateCounts>, ApiError> {
     let counts = state.store.job_counts().await?;
     let get = |k: &str| counts.get(k).copied().unwrap_or(0);
-    Ok(Json(json!({
-        "active": get("running"),
-        "pending": get("pending"),
-        "completed": get("completed"),
-        "failed": get("failed"),
-        "uptime_seconds": state.started.elapsed().as_secs(),
-    })))
-}
-
-async fn dependencies(State(state): State<Shared>) -> Json<Value> {
-    let docker = crate::cmd::LocalTransport
-        .exec(&crate::runtime::docker::info_cmd(), Duration::from_secs(5))
-        .await
-        .is_ok_and(|o| o.success());
-    Json(json!({
-        "dependencies": [
-            {"name": "registry", "url": state.config.registry_url, "status": registry_status(&state).await},
-            {"name": "ssh", "host": state.config.target.host, "status": ssh_status(&state).await},
-            {"name": "docker", "status": if docker { "available" } else { "unavailable" }},
-            {"name": "database", "path": state.state_dir.join("deployer.db"), "status": "ok"},
-        ]
+    Ok(Json(StateCounts {
+        active: get("running"),
+        pending: get("pending"),
+        completed: get("completed"),
+        failed: get("failed"),
+        uptime_seconds: state.started.elapsed().as_secs(),
     }))
 }
 
-/// Inter-droplet messages: recorded in the audit log, acknowledged.
-async fn message(State(state): State<Shared>, body: Bytes) -> Result<Json<Value>, ApiError> {
+/// What deployer depends on and whether each answers.
+#[utoipa::path(get, path = "/dependencies", tag = "service", responses((status = 200, body = Dependencies)))]
+pub async fn dependencies(State(state): State<Shared>) -> Json<Dependencies> {
+    let docker = docker_available().await;
+    Json(Dependencies {
+        dependencies: vec![
+            Dependency {
+                name: "registry".into(),
+                status: registry_status(&state).await,
+                location: state.config.registry_url.clone(),
+            },
+            Dependency {
+                name: "ssh".into(),
+                status: ssh_status(&state).await,
+                location: state.config.target.host.clone(),
+            },
+            Dependency {
+                name: "docker".into(),
+                status: if docker { "available" } else { "unavailable" }.into(),
+                location: None,
+            },
+            Dependency {
+                name: "database".into(),
+                status: "ok".into(),
+                location: Some(state.state_dir.join("deployer.db").display().to_string()),
+            },
+        ],
+    })
+}
+
+/// An inter-droplet message: recorded in the audit log, acknowledged.
+#[utoipa::path(post, path = "/message", tag = "service",
+    request_body(content = Object, description = "Any JSON object; `from` names the sender"),
+    responses(
+        (status = 200, body = MessageAck),
+        (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody),
+        (status = 413, description = "Body over 1 MiB"),
+    ),
+    security(("bearer" = [])))]
+pub async fn message(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<Json<MessageAck>, ApiError> {
     let msg: Value = super::deploy::parse(&body)?;
     if !msg.is_object() {
         return Err(ApiError::bad_field("body", "a message is a JSON object"));
@@ -157,5 +262,8 @@ async fn message(State(state): State<Shared>, body: Bytes) -> Result<Json<Value>
             details: text,
         })
         .await?;
-    Ok(Json(json!({"status": "received", "from": from})))
+    Ok(Json(MessageAck {
+        status: "received".into(),
+        from,
+    }))
 }
