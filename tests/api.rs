@@ -87,6 +87,41 @@ fn the_seed_request_deploys_registers_and_reports_six_phases() {
     assert_eq!(health["registry_status"], "builtin");
     assert_eq!(server.get("/capabilities").0, 200);
     assert_eq!(server.get("/dependencies").0, 200);
+    let (code, metrics) = request(server.port, "GET", "/metrics", None, None);
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("deployer_deploys_total{outcome=\"success\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("deployer_phase_duration_seconds_count{phase=\"Verify Health\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("deployer_active_jobs 0"), "{metrics}");
+    let (code, doc) = server.get("/openapi.json");
+    assert_eq!(code, 200);
+    assert_eq!(doc["openapi"], "3.1.0");
+    assert!(doc["paths"]["/deploy"]["post"].is_object());
+    assert!(doc["components"]["schemas"]["Job"].is_object());
+
+    // The events of a finished job: its phases, then the job.
+    let (code, stream) = request(
+        server.port,
+        "GET",
+        &format!("/deploy/{id}/events"),
+        None,
+        None,
+    );
+    assert_eq!(code, 200);
+    let events: Vec<Value> = stream
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert_eq!(events.len(), 7, "{stream}");
+    assert_eq!(events[0]["phase"]["phase"], "Validation");
+    assert_eq!(events[6]["event"], "done");
+    assert_eq!(events[6]["job"]["deploy_job_id"], id);
 
     // Unknown things are 404s; a second version then a rollback.
     assert_eq!(server.get("/deploy/deploy-00000000").0, 404);
@@ -341,4 +376,42 @@ fn the_seed_readme_curl_examples_work_as_written() {
     });
     assert_eq!(job["registration"]["droplet_id"], 23);
     assert_eq!(version_on(port).as_deref(), Some("v1"));
+}
+
+#[test]
+fn a_running_job_streams_its_phases_live() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let server = Server::start(&sb, src.parent().unwrap(), &[]);
+    let name = &sb.name("live");
+    sb.track(name);
+    let body = json!({"service_path": src, "service_name": name, "service_port": free_port(),
+        "deployment_method": "process", "build": "sleep 1 && rustc -o hello main.rs", "auto_register": false});
+    let (_, a) = server.call("POST", "/deploy", Some(&body.to_string()), None);
+    let id = a["deploy_job_id"].as_str().unwrap();
+    // Subscribed while it runs: the stream ends with the finished job.
+    let (code, stream) = request(
+        server.port,
+        "GET",
+        &format!("/deploy/{id}/events"),
+        None,
+        None,
+    );
+    assert_eq!(code, 200);
+    let events: Vec<Value> = stream
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let done = events.last().unwrap();
+    assert_eq!(done["event"], "done", "{stream}");
+    assert_eq!(done["job"]["status"], "completed");
+    let phases: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "phase")
+        .map(|e| e["phase"]["phase"].as_str().unwrap())
+        .collect();
+    for p in ["Build", "Start Service", "Verify Health"] {
+        assert!(phases.contains(&p), "{p} in {phases:?}");
+    }
 }

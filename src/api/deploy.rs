@@ -186,6 +186,7 @@ impl Sink for ApiSink {
 
 async fn run(state: Shared, plan: Plan, job_id: String, tx: broadcast::Sender<String>) {
     let _permit = state.workers.clone().acquire_owned().await;
+    state.metrics.job_started();
     let sink = ApiSink {
         tx: tx.clone(),
         validation: Mutex::new(None),
@@ -223,6 +224,7 @@ async fn run(state: Shared, plan: Plan, job_id: String, tx: broadcast::Sender<St
         }
     }
     if let Ok(Some(job)) = state.store.job(&job_id).await {
+        state.metrics.job_finished(&job);
         let _ = tx.send(json!({"event": "done", "job": job}).to_string());
     }
     state.events.lock().unwrap().remove(&job_id);

@@ -7,6 +7,7 @@
 //! listens on loopback. Request bodies are capped at 1 MiB.
 
 mod deploy;
+mod metrics;
 mod registry;
 mod service;
 
@@ -53,6 +54,7 @@ pub struct AppState {
     pub started: std::time::Instant,
     /// The address the server answers on (for its own built-in registry).
     pub base_url: String,
+    pub metrics: metrics::Metrics,
 }
 
 pub type Shared = Arc<AppState>;
@@ -76,6 +78,7 @@ pub struct ErrorBody {
         service::health, service::capabilities, service::state_counts, service::dependencies,
         service::message,
         registry::register, registry::list, registry::one, registry::remove, registry::health,
+        metrics::metrics,
     ),
     modifiers(&BearerAuth),
 )]
@@ -202,6 +205,7 @@ pub fn router(state: Shared) -> Router {
         .merge(service::routes())
         .merge(registry::routes())
         .route("/openapi.json", axum::routing::get(openapi))
+        .route("/metrics", axum::routing::get(metrics::metrics))
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
@@ -244,6 +248,7 @@ pub async fn serve(
         events: Mutex::new(HashMap::new()),
         started: std::time::Instant::now(),
         base_url,
+        metrics: Default::default(),
     });
     if !interrupted.is_empty() {
         eprintln!(
