@@ -415,3 +415,72 @@ fn a_running_job_streams_its_phases_live() {
         assert!(phases.contains(&p), "{p} in {phases:?}");
     }
 }
+
+#[test]
+fn deploy_with_server_renders_the_same_output_as_a_local_deploy() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let token = "remote-cli-token-1";
+    let server = Server::start(&sb, src.parent().unwrap(), &[("DEPLOYER_API_TOKEN", token)]);
+    let name = &sb.name("remote");
+    let port = free_port();
+    sb.track(name);
+    let url = server.url("");
+    let args = [
+        "deploy",
+        src.to_str().unwrap(),
+        "--server",
+        &url,
+        "--name",
+        name,
+        "--port",
+        &port.to_string(),
+        "--no-register",
+    ];
+    // Without the token: refused, clearly.
+    let refused = sb.run(&args);
+    refused.assert_code(10);
+    assert!(refused.stderr.contains("401"), "{}", refused.stderr);
+
+    let r = sb.run_with(&args, |c| {
+        c.env("DEPLOYER_API_TOKEN", token);
+    });
+    r.assert_code(0);
+    for p in [
+        "✓ Validation",
+        "✓ Transfer",
+        "✓ Build",
+        "✓ Start Service",
+        "✓ Verify Health",
+        "- Register",
+    ] {
+        assert!(r.stdout.contains(p), "{p} in:\n{}", r.stdout);
+    }
+    assert!(
+        r.stdout.contains(&format!("✓ {name} deploy succeeded")),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+
+    // A failing deploy gives the same exit code as locally.
+    let bad = sb.service("broken/never-healthy", "v2");
+    let args = [
+        "deploy",
+        bad.to_str().unwrap(),
+        "--server",
+        &url,
+        "--name",
+        name,
+        "--port",
+        &port.to_string(),
+        "--no-register",
+    ];
+    let r = sb.run_with(&args, |c| {
+        c.env("DEPLOYER_API_TOKEN", token);
+    });
+    r.assert_code(4);
+    assert!(r.stdout.contains("✗ Verify Health"), "{}", r.stdout);
+    assert!(r.stdout.contains("rolled back to release"), "{}", r.stdout);
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+}

@@ -45,6 +45,11 @@ pub struct Args {
     /// instead of refusing at once.
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub wait: u64,
+    /// Have the deployer serving at URL run the deploy (`deployer serve`);
+    /// its token comes from DEPLOYER_API_TOKEN. PATH is a path on that
+    /// server's machine.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
 }
 
 fn parse_key_value(s: &str) -> Result<(String, String), String> {
@@ -67,6 +72,11 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
         health_path: args.health_path,
         secrets: args.secrets,
     };
+    if let Some(server) = &args.server {
+        let mut req = req;
+        req.service_path = std::path::absolute(&req.service_path).unwrap_or(req.service_path);
+        return super::remote::deploy(&ctx, server, &req).await;
+    }
     let plan = Plan::build(&req, &ctx.config, &|k| std::env::var(k).ok())?;
     let engine = ctx.engine(args.wait, &plan.hosts)?;
     let sink = ctx.sink();

@@ -6,6 +6,7 @@ mod audit;
 mod deploy;
 mod history;
 mod releases;
+mod remote;
 mod rollback;
 mod serve;
 mod status;
