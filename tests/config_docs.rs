@@ -36,9 +36,9 @@ fn every_documented_example_parses() {
             ),
         }
     }
-    // One example per section: top level, [target], [defaults]; top level,
-    // [health], [env], [docker], [systemd], [rollout].
-    assert_eq!((deployer, service), (3, 6));
+    // One example per section: top level, [target], [defaults], [api]; top
+    // level, [health], [env], [docker], [systemd], [rollout].
+    assert_eq!((deployer, service), (4, 6));
 }
 
 #[test]
