@@ -352,14 +352,8 @@ impl Engine {
         to: Option<&str>,
         sink: &dyn Sink,
     ) -> Result<Job, Failure> {
-        crate::plan::validate_name(service)?;
-        let store = self.open_store_existing().await?;
-        let releases = store.releases(service).await?;
-        if releases.is_empty() {
-            return Err(Failure::not_found(format!(
-                "no releases of service '{service}'"
-            )));
-        }
+        // Read again under the lock below; here it only refuses an unknown service.
+        let (store, _) = self.known_releases(service).await?;
         let site = Site::connect(self.first_target(), &self.state_dir).await?;
         let dirs = site.dirs(service);
         // Under the lock, so `current` cannot change while the target is chosen.
@@ -463,14 +457,7 @@ impl Engine {
     /// Stops every running release of a service (it stays deployed:
     /// `current` is kept, and a later deploy or rollback starts it again).
     pub async fn stop(&self, service: &str) -> Result<Vec<String>, Failure> {
-        crate::plan::validate_name(service)?;
-        let store = self.open_store_existing().await?;
-        let releases = store.releases(service).await?;
-        if releases.is_empty() {
-            return Err(Failure::not_found(format!(
-                "no releases of service '{service}'"
-            )));
-        }
+        let (store, releases) = self.known_releases(service).await?;
         let job_id = new_job_id();
         let _lock = self.lock(service, &job_id).await?;
         let site = Site::connect(self.first_target(), &self.state_dir).await?;
@@ -512,6 +499,19 @@ impl Engine {
             .await?;
         store.close().await;
         Ok(stopped)
+    }
+
+    /// The store and a service's releases; not found when it has none.
+    async fn known_releases(&self, service: &str) -> Result<(Store, Vec<Release>), Failure> {
+        crate::plan::validate_name(service)?;
+        let store = self.open_store_existing().await?;
+        let releases = store.releases(service).await?;
+        if releases.is_empty() {
+            return Err(Failure::not_found(format!(
+                "no releases of service '{service}'"
+            )));
+        }
+        Ok((store, releases))
     }
 
     async fn open_store_existing(&self) -> Result<Store, Failure> {

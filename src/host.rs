@@ -122,6 +122,22 @@ impl Host {
         }
     }
 
+    /// Runs a command; the error says why it could not run at all.
+    pub async fn run(&self, cmd: &Cmd, timeout: Duration) -> Result<CmdOutput, String> {
+        self.exec(cmd, timeout).await.map_err(|e| e.to_string())
+    }
+
+    /// Runs a command that must succeed; the error names the command and
+    /// carries the end of its output.
+    pub async fn run_ok(&self, cmd: &Cmd, timeout: Duration) -> Result<CmdOutput, String> {
+        let out = self.run(cmd, timeout).await?;
+        if out.success() {
+            Ok(out)
+        } else {
+            Err(format!("`{}` failed:\n{}", cmd.display(), out.tail(8)))
+        }
+    }
+
     /// Runs a shell snippet (for file operations on the host).
     async fn sh(&self, script: &str) -> Result<CmdOutput, String> {
         let out = self

@@ -5,6 +5,24 @@ use common::server::{Server, request};
 use common::*;
 use serde_json::{Value, json};
 
+/// Reads a job's whole event stream: its events, and the raw text.
+fn sse_events(server: &Server, id: &str) -> (Vec<Value>, String) {
+    let (code, stream) = request(
+        server.port,
+        "GET",
+        &format!("/deploy/{id}/events"),
+        None,
+        None,
+    );
+    assert_eq!(code, 200, "{stream}");
+    let events = stream
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    (events, stream)
+}
+
 /// Polls a job until it is no longer pending or running.
 fn finished(server: &Server, id: &str) -> Value {
     eventually(120, &format!("job {id} to finish"), || {
@@ -105,19 +123,7 @@ fn the_seed_request_deploys_registers_and_reports_six_phases() {
     assert!(doc["components"]["schemas"]["Job"].is_object());
 
     // The events of a finished job: its phases, then the job.
-    let (code, stream) = request(
-        server.port,
-        "GET",
-        &format!("/deploy/{id}/events"),
-        None,
-        None,
-    );
-    assert_eq!(code, 200);
-    let events: Vec<Value> = stream
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let (events, stream) = sse_events(&server, id);
     assert_eq!(events.len(), 7, "{stream}");
     assert_eq!(events[0]["phase"]["phase"], "Validation");
     assert_eq!(events[6]["event"], "done");
@@ -390,19 +396,7 @@ fn a_running_job_streams_its_phases_live() {
     let (_, a) = server.call("POST", "/deploy", Some(&body.to_string()), None);
     let id = a["deploy_job_id"].as_str().unwrap();
     // Subscribed while it runs: the stream ends with the finished job.
-    let (code, stream) = request(
-        server.port,
-        "GET",
-        &format!("/deploy/{id}/events"),
-        None,
-        None,
-    );
-    assert_eq!(code, 200);
-    let events: Vec<Value> = stream
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let (events, stream) = sse_events(&server, id);
     let done = events.last().unwrap();
     assert_eq!(done["event"], "done", "{stream}");
     assert_eq!(done["job"]["status"], "completed");

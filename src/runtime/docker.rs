@@ -9,7 +9,7 @@
 //! environment (`-e NAME` with no value), never through its arguments.
 
 use super::ReleaseCtx;
-use crate::cmd::{Cmd, CmdOutput, Transport};
+use crate::cmd::Cmd;
 use crate::health::Liveness;
 use crate::host::Host;
 use std::sync::Arc;
@@ -137,61 +137,50 @@ impl DockerRuntime {
         }
     }
 
-    async fn run(&self, cmd: &Cmd, timeout: Duration) -> Result<CmdOutput, String> {
-        self.host
-            .exec(cmd, timeout)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    /// Runs a command that must succeed; the error names the command and
-    /// carries the end of its output.
-    async fn run_ok(&self, cmd: &Cmd, timeout: Duration) -> Result<CmdOutput, String> {
-        let out = self.run(cmd, timeout).await?;
-        if out.success() {
-            Ok(out)
-        } else {
-            Err(format!("`{}` failed:\n{}", cmd.display(), out.tail(8)))
-        }
-    }
-
     /// Whether a Docker engine answers, and its version.
     pub async fn engine_version(&self) -> Result<String, String> {
-        self.run_ok(&info_cmd(), Duration::from_secs(10))
+        self.host
+            .run_ok(&info_cmd(), Duration::from_secs(10))
             .await
             .map(|o| o.stdout.trim().to_string())
     }
 
     pub async fn build(&self, ctx: &ReleaseCtx) -> Result<String, String> {
-        self.run_ok(&build_cmd(ctx), BUILD_TIMEOUT).await?;
+        self.host.run_ok(&build_cmd(ctx), BUILD_TIMEOUT).await?;
         Ok(format!("Docker image built: {}", image(ctx)))
     }
 
     pub async fn remove_image(&self, ctx: &ReleaseCtx) {
-        let _ = self.run(&remove_image_cmd(ctx), CMD_TIMEOUT).await;
+        let _ = self.host.run(&remove_image_cmd(ctx), CMD_TIMEOUT).await;
     }
 
     pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, String> {
         if let Some(net) = &ctx.spec.network
             && !self
+                .host
                 .run(&network_inspect_cmd(net), CMD_TIMEOUT)
                 .await?
                 .success()
         {
-            self.run_ok(&network_create_cmd(net), CMD_TIMEOUT).await?;
+            self.host
+                .run_ok(&network_create_cmd(net), CMD_TIMEOUT)
+                .await?;
         }
         // A container left from an earlier run of the same release.
-        let _ = self.run(&remove_container_cmd(ctx), CMD_TIMEOUT).await;
+        let _ = self.host.run(&remove_container_cmd(ctx), CMD_TIMEOUT).await;
         *self.last_inspect.lock().unwrap() = None;
-        self.run_ok(&run_cmd(ctx), CMD_TIMEOUT).await?;
-        self.run_ok(&tag_latest_cmd(ctx), CMD_TIMEOUT).await?;
+        self.host.run_ok(&run_cmd(ctx), CMD_TIMEOUT).await?;
+        self.host.run_ok(&tag_latest_cmd(ctx), CMD_TIMEOUT).await?;
         Ok(format!("Docker container {} started", container(ctx)))
     }
 
     pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), String> {
         let grace = Duration::from_secs(ctx.spec.stop_grace_secs) + CMD_TIMEOUT;
-        let _ = self.run(&stop_cmd(ctx), grace).await;
-        let out = self.run(&remove_container_cmd(ctx), CMD_TIMEOUT).await?;
+        let _ = self.host.run(&stop_cmd(ctx), grace).await;
+        let out = self
+            .host
+            .run(&remove_container_cmd(ctx), CMD_TIMEOUT)
+            .await?;
         if out.success() || out.stderr.contains("No such container") {
             Ok(())
         } else {
@@ -215,7 +204,7 @@ impl DockerRuntime {
     }
 
     async fn inspect(&self, ctx: &ReleaseCtx) -> Liveness {
-        let out = match self.run(&inspect_cmd(ctx), CMD_TIMEOUT).await {
+        let out = match self.host.run(&inspect_cmd(ctx), CMD_TIMEOUT).await {
             Ok(o) if o.success() => o,
             Ok(o) => {
                 return Liveness::Exited {
@@ -233,6 +222,7 @@ impl DockerRuntime {
             return Liveness::Alive;
         }
         let logs = self
+            .host
             .run(&logs_cmd(ctx), CMD_TIMEOUT)
             .await
             .map(|o| crate::cmd::tail_lines(&format!("{}{}", o.stdout, o.stderr), 5))
@@ -244,7 +234,7 @@ impl DockerRuntime {
     }
 
     pub async fn running(&self, service: &str) -> Vec<(String, u16)> {
-        let Ok(out) = self.run(&running_cmd(service), CMD_TIMEOUT).await else {
+        let Ok(out) = self.host.run(&running_cmd(service), CMD_TIMEOUT).await else {
             return Vec::new();
         };
         out.stdout

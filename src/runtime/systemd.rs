@@ -11,7 +11,7 @@
 //! Like the docker runtime, it only builds commands; the host runs them.
 
 use super::ReleaseCtx;
-use crate::cmd::{Cmd, CmdOutput, Transport, quote};
+use crate::cmd::{Cmd, quote};
 use crate::health::Liveness;
 use crate::host::Host;
 use crate::release::ServiceDirs;
@@ -130,25 +130,10 @@ impl SystemdRuntime {
         SystemdRuntime { host }
     }
 
-    async fn run(&self, cmd: &Cmd, timeout: Duration) -> Result<CmdOutput, String> {
-        self.host
-            .exec(cmd, timeout)
-            .await
-            .map_err(|e| e.to_string())
-    }
-
-    async fn run_ok(&self, cmd: &Cmd, timeout: Duration) -> Result<CmdOutput, String> {
-        let out = self.run(cmd, timeout).await?;
-        if out.success() {
-            Ok(out)
-        } else {
-            Err(format!("`{}` failed:\n{}", cmd.display(), out.tail(8)))
-        }
-    }
-
     /// Whether systemd runs as the host's init.
     pub async fn available(&self) -> Result<(), String> {
         let out = self
+            .host
             .run(&systemctl(&["is-system-running"]), Duration::from_secs(20))
             .await?;
         match out.stdout.trim() {
@@ -167,7 +152,8 @@ impl SystemdRuntime {
 
     /// Build: the venv, then the unit and environment file.
     pub async fn build(&self, ctx: &ReleaseCtx) -> Result<String, String> {
-        self.run_ok(&Cmd::new("sh").args(["-c", &venv_script(ctx)]), PIP_TIMEOUT)
+        self.host
+            .run_ok(&Cmd::new("sh").args(["-c", &venv_script(ctx)]), PIP_TIMEOUT)
             .await?;
         self.write_unit(ctx).await?;
         Ok(format!("unit {} written", unit_name(ctx)))
@@ -184,7 +170,8 @@ impl SystemdRuntime {
         self.host
             .write_file(&env_file(ctx), env_contents(ctx).as_bytes(), 0o600)
             .await?;
-        self.run_ok(&systemctl(&["daemon-reload"]), CMD_TIMEOUT)
+        self.host
+            .run_ok(&systemctl(&["daemon-reload"]), CMD_TIMEOUT)
             .await?;
         Ok(())
     }
@@ -192,15 +179,20 @@ impl SystemdRuntime {
     pub async fn remove_build(&self, ctx: &ReleaseCtx) {
         let unit = unit_name(ctx);
         let _ = self
+            .host
             .run(&systemctl(&["disable", "--now", &unit]), CMD_TIMEOUT)
             .await;
         let _ = self
+            .host
             .run(
                 &Cmd::new("rm").args(["-f", &format!("{UNIT_DIR}/{unit}"), &env_file(ctx)]),
                 CMD_TIMEOUT,
             )
             .await;
-        let _ = self.run(&systemctl(&["daemon-reload"]), CMD_TIMEOUT).await;
+        let _ = self
+            .host
+            .run(&systemctl(&["daemon-reload"]), CMD_TIMEOUT)
+            .await;
     }
 
     pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, String> {
@@ -208,10 +200,12 @@ impl SystemdRuntime {
         // values (a rollback re-reads them), never kept from an old deploy.
         self.write_unit(ctx).await?;
         let unit = unit_name(ctx);
-        self.run_ok(&systemctl(&["reset-failed", &unit]), CMD_TIMEOUT)
+        self.host
+            .run_ok(&systemctl(&["reset-failed", &unit]), CMD_TIMEOUT)
             .await
             .ok();
-        self.run_ok(&systemctl(&["enable", "--now", &unit]), CMD_TIMEOUT)
+        self.host
+            .run_ok(&systemctl(&["enable", "--now", &unit]), CMD_TIMEOUT)
             .await?;
         Ok(format!("systemd unit {unit} enabled and started"))
     }
@@ -219,7 +213,8 @@ impl SystemdRuntime {
     pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), String> {
         let unit = unit_name(ctx);
         let timeout = Duration::from_secs(ctx.spec.stop_grace_secs) + CMD_TIMEOUT;
-        self.run_ok(&systemctl(&["disable", "--now", &unit]), timeout)
+        self.host
+            .run_ok(&systemctl(&["disable", "--now", &unit]), timeout)
             .await
             .map(|_| ())
     }
@@ -232,7 +227,7 @@ impl SystemdRuntime {
             "ActiveState,SubState,NRestarts,ExecMainStatus",
             &unit,
         ]);
-        let Ok(out) = self.run(&show, CMD_TIMEOUT).await else {
+        let Ok(out) = self.host.run(&show, CMD_TIMEOUT).await else {
             return Liveness::Alive;
         };
         let field = |k: &str| {
@@ -248,6 +243,7 @@ impl SystemdRuntime {
             return Liveness::Alive;
         }
         let logs = self
+            .host
             .run(
                 &Cmd::new("journalctl").args(["-u", &unit, "-n", "5", "--no-pager", "-o", "cat"]),
                 CMD_TIMEOUT,
@@ -270,6 +266,7 @@ impl SystemdRuntime {
     pub async fn running(&self, dirs: &ServiceDirs, service: &str) -> Vec<(String, u16)> {
         let pattern = format!("deployer-{service}-*.service");
         let Ok(out) = self
+            .host
             .run(
                 &systemctl(&[
                     "list-units",
@@ -301,6 +298,7 @@ impl SystemdRuntime {
             quote(&env_dir.to_string_lossy())
         );
         let ports = self
+            .host
             .run(&Cmd::new("sh").args(["-c", &script]), CMD_TIMEOUT)
             .await
             .map(|o| o.stdout)
