@@ -1442,18 +1442,18 @@ impl<'a> JobRun<'a> {
             format!(
                 "{} files ({}) copied to {}",
                 stats.files,
-                human_bytes(stats.bytes),
+                crate::host::human_bytes(stats.bytes),
                 self.dirs.release(&id).display()
             )
         } else {
             format!(
                 "{} files ({}) to {} on {}: {} uploaded ({}), {} unchanged and hard-linked",
                 stats.files,
-                human_bytes(stats.bytes),
+                crate::host::human_bytes(stats.bytes),
                 self.dirs.release(&id).display(),
                 self.site.host.name(),
                 stats.uploaded_files,
-                human_bytes(stats.uploaded_bytes),
+                crate::host::human_bytes(stats.uploaded_bytes),
                 stats.linked_files
             )
         };
@@ -1818,14 +1818,6 @@ pub fn port_is_free(port: u16) -> bool {
 
 fn first_line(s: &str) -> &str {
     s.lines().next().unwrap_or("")
-}
-
-fn human_bytes(b: u64) -> String {
-    match b {
-        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1 << 20) as f64),
-        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
-        b => format!("{b} B"),
-    }
 }
 
 /// A job id like the spec's `deploy-abc12345`.

@@ -138,6 +138,29 @@ impl Host {
         }
     }
 
+    /// Bytes free for unprivileged writes on the filesystem holding `path`.
+    pub async fn free_bytes(&self, path: &str) -> Option<u64> {
+        let script = format!("df -Pk {} | tail -n 1", quote(path));
+        let out = self.sh(&script).await.ok()?;
+        let kib: u64 = out.stdout.split_whitespace().nth(3)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
+    /// Refuses a transfer that cannot fit: the release, plus a margin for
+    /// what else the filesystem needs.
+    async fn check_space(&self, path: &str, need: u64) -> Result<(), String> {
+        const MARGIN: u64 = 1 << 20;
+        match self.free_bytes(path).await {
+            Some(free) if free < need + MARGIN => Err(format!(
+                "not enough disk space on {} at {path}: the release needs {}, {} is free",
+                self.name(),
+                human_bytes(need + MARGIN),
+                human_bytes(free)
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Runs a shell snippet (for file operations on the host).
     async fn sh(&self, script: &str) -> Result<CmdOutput, String> {
         let out = self
@@ -355,9 +378,36 @@ impl Host {
         progress: &Progress<'_>,
     ) -> Result<TransferStats, String> {
         match self {
-            Host::Local(_) => release::copy_release(src, dirs, id)
-                .map_err(|e| format!("copying {} to release {id}: {e}", src.display())),
-            Host::Ssh(s) => self.upload(s, src, dirs, id, previous, progress).await,
+            Host::Local(_) => {
+                let mut need = 0;
+                for f in release::release_files(src).map_err(|e| e.to_string())? {
+                    need += std::fs::symlink_metadata(src.join(f))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
+                }
+                let releases = dirs.releases();
+                let existing = releases
+                    .ancestors()
+                    .find(|p| p.exists())
+                    .unwrap_or(Path::new("/"))
+                    .to_string_lossy()
+                    .into_owned();
+                self.check_space(&existing, need).await?;
+                release::copy_release(src, dirs, id)
+                    .map_err(|e| format!("copying {} to release {id}: {e}", src.display()))
+            }
+            Host::Ssh(s) => {
+                let result = self.upload(s, src, dirs, id, previous, progress).await;
+                if result.is_err() {
+                    // A broken-off upload leaves no partial copy behind when
+                    // the host still answers.
+                    let partial = dirs.releases().join(format!(".{id}.partial"));
+                    let _ = self
+                        .sh(&format!("rm -rf {}", quote(&partial.to_string_lossy())))
+                        .await;
+                }
+                result
+            }
         }
     }
 
@@ -449,6 +499,7 @@ impl Host {
             .filter(|(k, e)| e.link.is_none() && !unchanged.contains(k))
             .map(|(_, e)| e.size)
             .sum();
+        self.check_space(&releases, to_send).await?;
         for (k, e) in &manifest {
             let dest = format!("{releases}/{partial}/{k}");
             stats.files += 1;
@@ -530,4 +581,14 @@ async fn sftp_put(
     sftp.set_metadata(dest, attrs)
         .await
         .map_err(|e| e.to_string())
+}
+
+/// Bytes as people read them: `2.6 KiB`, `291.4 MiB`.
+pub fn human_bytes(b: u64) -> String {
+    match b {
+        b if b >= 1 << 30 => format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{:.1} KiB", b as f64 / 1024.0),
+        b => format!("{b} B"),
+    }
 }

@@ -309,3 +309,59 @@ fn health_is_checked_on_the_host_when_its_port_is_not_reachable_from_here() {
     let version = host.exec(&["curl", "-s", &format!("http://127.0.0.1:{port}/version")]);
     assert_eq!(version.trim(), "v2");
 }
+
+#[test]
+fn a_disk_too_small_for_the_release_is_refused_before_uploading() {
+    if !image_ready() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let port = free_port();
+    let host = TestHost::start_with(
+        "127.0.0.1",
+        &sb.name("sd-full"),
+        &client_key(sb.dir.path()),
+        &[port],
+        &["--tmpfs", "/opt:size=12m,exec"],
+    );
+    let config = sb.dir.path().join("small.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[target]\nhost = \"{}\"\n{}",
+            host.address(),
+            common::testhost::ssh_settings(&sb, &host.key)
+                .replace("/srv/deployer", "/opt/deployer")
+        ),
+    )
+    .unwrap();
+    let cfg = config.to_str().unwrap();
+    let name = &sb.name("hello");
+    let small = sb.prebuilt("hello", "v1");
+    let j1 = deploy(&sb, cfg, &small, name, port, &[])
+        .assert_code(0)
+        .json();
+
+    let big = sb.prebuilt("hello", "v2");
+    std::fs::write(big.join("blob.bin"), vec![7u8; 16 << 20]).unwrap();
+    let r = deploy(&sb, cfg, &big, name, port, &[]);
+    r.assert_code(5);
+    let err = phase(&r.json(), "Transfer")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("not enough disk space") && err.contains("/opt/deployer"),
+        "{err}"
+    );
+    assert_eq!(
+        version_on(port).as_deref(),
+        Some("v1"),
+        "the old release still answers"
+    );
+    let ls = host.exec(&["ls", "-a", &format!("/opt/deployer/{name}/releases")]);
+    assert!(
+        !ls.contains("partial") && ls.contains(j1["release"].as_str().unwrap()),
+        "{ls}"
+    );
+}

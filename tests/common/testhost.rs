@@ -45,6 +45,12 @@ impl TestHost {
     /// As [`TestHost::start`], publishing on another loopback address, so
     /// several hosts can serve the same port.
     pub fn start_on(ip: &str, name: &str, key: &Path, ports: &[u16]) -> TestHost {
+        Self::start_with(ip, name, key, ports, &[])
+    }
+
+    /// As [`TestHost::start_on`], with more `docker run` flags (fault
+    /// injection: `--tmpfs /opt:size=2m` for a small disk).
+    pub fn start_with(ip: &str, name: &str, key: &Path, ports: &[u16], extra: &[&str]) -> TestHost {
         let ssh_port = super::free_port();
         let _ = Command::new("docker").args(["rm", "-f", name]).output();
         let mut args: Vec<String> = [
@@ -76,6 +82,7 @@ impl TestHost {
             "{}:/root/.ssh/authorized_keys:ro",
             key.with_extension("pub").display()
         ));
+        args.extend(extra.iter().map(|s| s.to_string()));
         args.push(IMAGE.into());
         args.push("/lib/systemd/systemd".into());
         let out = Command::new("docker").args(&args).output().unwrap();
