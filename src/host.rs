@@ -468,19 +468,30 @@ impl Host {
             .map(|(k, _)| k)
             .collect();
         // (`old` is empty without a previous release, so is `unchanged`.)
+        // Unchanged files: the previous release hard-linked whole (one
+        // `cp -al`), then every link that must not stay is removed (one
+        // `rm`): changed files, files that are gone, symlinks and the old
+        // manifest. A changed file is never written through a link, so the
+        // previous release stays intact.
         if let (Some(prev), false) = (previous, unchanged.is_empty()) {
-            let mut pairs = Vec::new();
-            for k in &unchanged {
-                pairs.extend_from_slice(format!("{prev}/{k}").as_bytes());
-                pairs.push(0);
-                pairs.extend_from_slice(format!("{partial}/{k}").as_bytes());
-                pairs.push(0);
+            let mut doomed = Vec::new();
+            for (k, e) in &old {
+                if e.link.is_some() || manifest.get(k) != Some(e) {
+                    doomed.extend_from_slice(k.as_bytes());
+                    doomed.push(0);
+                }
             }
-            let cmd = Cmd::new("xargs")
-                .args(["-0", "-n", "2", "ln", "--"])
-                .cwd(&releases);
+            doomed.extend_from_slice(MANIFEST.as_bytes());
+            doomed.push(0);
+            let script = format!(
+                "cd {r} && cp -al {prev}/. {p}/ && cd {p} && xargs -0 rm -f --",
+                r = quote(&releases),
+                prev = quote(prev),
+                p = quote(&partial)
+            );
+            let cmd = Cmd::new("sh").args(["-c", &script]);
             let out = ssh
-                .run_line(&crate::ssh::remote_line(&cmd), &pairs)
+                .run_line(&crate::ssh::remote_line(&cmd), &doomed)
                 .await
                 .map_err(|e| e.to_string())?;
             if !out.success() {

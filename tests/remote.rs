@@ -192,6 +192,7 @@ fn changing_one_file_of_a_2000_file_service_uploads_only_that_file() {
     );
 
     std::fs::write(assets.join("d7/f777.txt"), "changed\n").unwrap();
+    std::fs::remove_file(assets.join("d3/f300.txt")).unwrap();
     let second = r.deploy(&src, name, port).assert_code(0).json();
     assert_eq!(
         second["transfer"]["uploaded_files"], 1,
@@ -199,7 +200,7 @@ fn changing_one_file_of_a_2000_file_service_uploads_only_that_file() {
         second["transfer"]
     );
     assert_eq!(second["transfer"]["uploaded_bytes"], 8);
-    assert_eq!(second["transfer"]["linked_files"], files - 1);
+    assert_eq!(second["transfer"]["linked_files"], files - 2);
     let release = r
         .base
         .join(name)
@@ -213,6 +214,21 @@ fn changing_one_file_of_a_2000_file_service_uploads_only_that_file() {
         std::fs::read_to_string(release.join("assets/d0/f1.txt")).unwrap(),
         "asset 1\n"
     );
+    assert!(
+        !release.join("assets/d3/f300.txt").exists(),
+        "a deleted file is gone"
+    );
+    // The previous release is untouched by the new one's changes.
+    let previous = r
+        .base
+        .join(name)
+        .join("releases")
+        .join(first["release"].as_str().unwrap());
+    assert_eq!(
+        std::fs::read_to_string(previous.join("assets/d7/f777.txt")).unwrap(),
+        "asset 777\n"
+    );
+    assert!(previous.join("assets/d3/f300.txt").exists());
     // Executables stay executable (the deploy-ops seed's chmod +x lesson).
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(release.join("hello"))
