@@ -115,6 +115,7 @@ async fn main() {
         .unwrap_or(false);
     let scp_time = t.elapsed();
     let _ = sshd.kill();
+    let _ = sshd.wait();
 
     let mib = |b: u64, d: Duration| b as f64 / (1u64 << 20) as f64 / d.as_secs_f64();
     println!(
