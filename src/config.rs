@@ -11,6 +11,7 @@
 //! Errors name the file, the key path and the line:
 //! `service.toml:3: port: invalid type: string "x", expected u16`.
 
+use crate::secret::Secret;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -124,6 +125,9 @@ pub struct DeployerConfig {
     pub state_dir: Option<PathBuf>,
     /// Registry base URL; when absent, the Register phase is skipped.
     pub registry_url: Option<String>,
+    /// Bearer token the registry wants (environment REGISTRY_TOKEN). Never
+    /// printed.
+    pub registry_token: Option<Secret>,
     /// A file of `NAME=value` lines that `--secret NAME` reads from when
     /// deployer's environment has no `NAME`. Keep it mode 0600.
     pub secrets_file: Option<PathBuf>,
@@ -145,7 +149,7 @@ pub struct ApiConfig {
     pub bind: Option<String>,
     /// Bearer token for mutating endpoints (environment DEPLOYER_API_TOKEN
     /// wins). Without one the server listens on loopback only.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// Require the token on reading endpoints too.
     #[serde(default)]
     pub read_requires_token: bool,
@@ -218,6 +222,9 @@ impl DeployerConfig {
         }
         if let Some(v) = nonempty("REGISTRY_URL") {
             self.registry_url = Some(v);
+        }
+        if let Some(v) = nonempty("REGISTRY_TOKEN") {
+            self.registry_token = Some(Secret::new(v));
         }
         if let Some(v) = nonempty("SERVER_HOST") {
             self.target.host = Some(v);

@@ -864,6 +864,7 @@ impl Engine {
                         droplet_id,
                         &work.service,
                         &work.service_url,
+                        self.config.registry_token.as_ref().map(|t| t.expose()),
                     )
                     .await;
                     let details = result
@@ -1379,6 +1380,11 @@ impl<'a> JobRun<'a> {
                     droplet_id,
                     &self.work.service,
                     &self.work.service_url,
+                    self.engine
+                        .config
+                        .registry_token
+                        .as_ref()
+                        .map(|t| t.expose()),
                 )
                 .await;
                 match result {

@@ -12,11 +12,14 @@ pub async fn register(
     droplet_id: i64,
     service_name: &str,
     endpoint: &str,
+    token: Option<&str>,
 ) -> Result<Registration, String> {
     let url = format!("{registry_url}/register");
-    let resp = client
-        .post(&url)
-        .timeout(Duration::from_secs(10))
+    let mut req = client.post(&url).timeout(Duration::from_secs(10));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
         .json(&json!({
             "droplet_id": droplet_id,
             "service_name": service_name,

@@ -429,7 +429,8 @@ fn deploy_with_server_renders_the_same_output_as_a_local_deploy() {
         name,
         "--port",
         &port.to_string(),
-        "--no-register",
+        "--droplet-id",
+        "5",
     ];
     // Without the token: refused, clearly.
     let refused = sb.run(&args);
@@ -440,13 +441,14 @@ fn deploy_with_server_renders_the_same_output_as_a_local_deploy() {
         c.env("DEPLOYER_API_TOKEN", token);
     });
     r.assert_code(0);
+    // The built-in registry takes the server's own token.
     for p in [
         "✓ Validation",
         "✓ Transfer",
         "✓ Build",
         "✓ Start Service",
         "✓ Verify Health",
-        "- Register",
+        "✓ Register",
     ] {
         assert!(r.stdout.contains(p), "{p} in:\n{}", r.stdout);
     }

@@ -236,8 +236,10 @@ pub async fn serve(
     let mut config = config;
     let base_url = format!("http://{addr}");
     if config.registry_url.is_none() {
-        // The built-in registry: the Register phase posts to this server.
+        // The built-in registry: the Register phase posts to this server,
+        // with this server's token.
         config.registry_url = Some(base_url.clone());
+        config.registry_token = options.token.clone();
     }
     let state = Arc::new(AppState {
         config,

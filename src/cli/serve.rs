@@ -37,8 +37,8 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
     let token = std::env::var("DEPLOYER_API_TOKEN")
         .ok()
         .filter(|t| !t.is_empty())
-        .or(api.token.clone())
-        .map(Secret::new);
+        .map(Secret::new)
+        .or(api.token.clone());
     let mut allowed_roots = Vec::new();
     for root in args.allow_roots.iter().chain(&api.allowed_roots) {
         let canonical = root
