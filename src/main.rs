@@ -23,10 +23,23 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    let json = cli.json;
     let code = runtime.block_on(async {
         match cli.run().await {
             Ok(code) => code,
             Err(failure) => {
+                if json {
+                    // Machines get the failure on stdout too, as JSON.
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "error": failure.message,
+                            "failure": failure.kind.as_str(),
+                            "field": failure.field,
+                            "exit_code": failure.kind.exit_code(),
+                        })
+                    );
+                }
                 anstream::eprintln!(
                     "{}error:{} {}",
                     anstyle::AnsiColor::Red.on_default().bold().render(),

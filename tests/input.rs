@@ -118,6 +118,14 @@ fn bad_input_is_refused_before_anything_is_written() {
         &format!("{}:2:", manifest.display()),
     );
 
+    // With --json, a refusal is JSON on stdout too.
+    let r = sb.run(&["--json", "deploy", p, "--name", "../etc", "--port", &port_s]);
+    r.assert_code(10);
+    let err = r.json();
+    assert_eq!(err["failure"], "invalid");
+    assert_eq!(err["field"], "service_name");
+    assert_eq!(err["exit_code"], 10);
+
     // The old version still answers after all of that.
     assert_eq!(version_on(port).as_deref(), Some("v1"));
 }
