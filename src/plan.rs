@@ -56,6 +56,32 @@ pub struct RunSpec {
     pub user: Option<String>,
 }
 
+#[cfg(test)]
+impl RunSpec {
+    /// A spec for unit tests; change fields with struct update syntax.
+    pub fn example(runtime: RuntimeKind) -> RunSpec {
+        RunSpec {
+            runtime,
+            port: 8090,
+            build: None,
+            start: None,
+            dockerfile: "Dockerfile".into(),
+            env: BTreeMap::new(),
+            secret_names: vec!["API_KEY".into()],
+            health: HealthSpec {
+                path: "/health".into(),
+                timeout_secs: 30,
+                retries: 3,
+                from_target: false,
+            },
+            network: None,
+            restart: "unless-stopped".into(),
+            stop_grace_secs: 10,
+            user: None,
+        }
+    }
+}
+
 /// The runtime a release runs under, once `auto` is resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -250,7 +250,7 @@ impl DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{HealthSpec, RunSpec, RuntimeKind};
+    use crate::plan::{RunSpec, RuntimeKind};
     use crate::release::ServiceDirs;
     use crate::secret::Secret;
 
@@ -260,23 +260,9 @@ mod tests {
             release: "20261125-120000000-abcdef12".into(),
             dirs: ServiceDirs::new(std::path::Path::new("/srv/deployer"), "hello"),
             spec: RunSpec {
-                runtime: RuntimeKind::Docker,
-                port: 8090,
-                build: None,
-                start: None,
-                dockerfile: "Dockerfile".into(),
                 env: [("GREETING".to_string(), "hi there".to_string())].into(),
-                secret_names: vec!["API_KEY".into()],
-                health: HealthSpec {
-                    path: "/health".into(),
-                    timeout_secs: 30,
-                    retries: 3,
-                    from_target: false,
-                },
                 network: Some("fpai-network".into()),
-                restart: "unless-stopped".into(),
-                stop_grace_secs: 10,
-                user: None,
+                ..RunSpec::example(RuntimeKind::Docker)
             },
             secrets: vec![("API_KEY".into(), Secret::new("sk-very-secret"))],
         }

@@ -320,7 +320,7 @@ impl SystemdRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{HealthSpec, RunSpec, RuntimeKind};
+    use crate::plan::{RunSpec, RuntimeKind};
     use crate::secret::Secret;
 
     fn ctx() -> ReleaseCtx {
@@ -331,23 +331,11 @@ mod tests {
                 root: "/srv/deployer/api".into(),
             },
             spec: RunSpec {
-                runtime: RuntimeKind::Systemd,
                 port: 8010,
-                build: None,
                 start: Some("python app.py --greeting \"hi $USER\"".into()),
-                dockerfile: "Dockerfile".into(),
                 env: [("MODE".to_string(), "blue \"sky\"".to_string())].into(),
-                secret_names: vec!["API_KEY".into()],
-                health: HealthSpec {
-                    path: "/health".into(),
-                    timeout_secs: 30,
-                    retries: 3,
-                    from_target: false,
-                },
-                network: None,
-                restart: "unless-stopped".into(),
-                stop_grace_secs: 10,
                 user: Some("svc".into()),
+                ..RunSpec::example(RuntimeKind::Systemd)
             },
             secrets: vec![("API_KEY".into(), Secret::new("sk-1"))],
         }
