@@ -166,6 +166,22 @@ pub fn print_job(job: &Job) {
     for p in &job.phases {
         println!("{}", phase_line(p));
     }
+    for h in &job.hosts {
+        println!(
+            "  {BOLD}{}{BOLD:#} (wave {}): {}",
+            h.host,
+            h.wave + 1,
+            h.status.as_str()
+        );
+        for p in &h.phases {
+            for line in phase_line(p).lines() {
+                println!("  {line}");
+            }
+        }
+        if let Some(rb) = &h.rollback {
+            println!("      {}", rb.details);
+        }
+    }
     if let Some(reg) = &job.registration {
         println!(
             "  registered: droplet #{} at {}",

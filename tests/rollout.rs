@@ -159,6 +159,9 @@ fn a_canary_failure_stops_the_rollout_and_a_good_release_reaches_all_three() {
             .stdout
             .clone();
     assert!(text.contains("✓ Verify Health"), "{text}");
+    for h in &f.hosts {
+        assert!(text.contains(&format!("{} (wave", h.address())), "{text}");
+    }
 }
 
 #[test]
