@@ -202,19 +202,13 @@ fn fifty_concurrent_deploys_across_five_services_all_complete_one_at_a_time_per_
     // Per service: the jobs' working spans (Transfer start to Verify Health
     // end) never overlap.
     for (name, port) in &services {
-        let mut spans: Vec<(String, String)> = jobs
+        let mut spans: Vec<(Time, Time)> = jobs
             .iter()
             .filter(|j| j["service_name"] == name.as_str())
             .map(|j| {
                 (
-                    phase(j, "Transfer")["started_at"]
-                        .as_str()
-                        .unwrap()
-                        .to_string(),
-                    phase(j, "Verify Health")["completed_at"]
-                        .as_str()
-                        .unwrap()
-                        .to_string(),
+                    time(&phase(j, "Transfer")["started_at"]),
+                    time(&phase(j, "Verify Health")["completed_at"]),
                 )
             })
             .collect();

@@ -95,9 +95,9 @@ fn concurrent_deploys_with_wait_run_one_after_the_other() {
     assert_eq!(jobs.len(), 2);
     // Never interleaved: one job ended before the other started.
     let (newer, older) = (&jobs[0], &jobs[1]);
-    let transfer_started = phase(newer, "Transfer")["started_at"].as_str().unwrap();
+    let transfer_started = time(&phase(newer, "Transfer")["started_at"]);
     assert!(
-        transfer_started >= older["completed_at"].as_str().unwrap(),
+        transfer_started >= time(&older["completed_at"]),
         "{history:#}"
     );
     assert_eq!(newer["previous_release"], older["release"]);

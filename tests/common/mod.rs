@@ -433,6 +433,17 @@ pub fn containers_of(name: &str) -> Vec<String> {
     .collect()
 }
 
+/// A point in time from a job's JSON.
+pub type Time = chrono::DateTime<chrono::FixedOffset>;
+
+/// Parses a timestamp from a job's JSON (RFC 3339; compare parsed, not as
+/// text: fractions of a second may be left out).
+#[track_caller]
+pub fn time(v: &serde_json::Value) -> Time {
+    chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap_or_else(|| panic!("not a time: {v}")))
+        .unwrap_or_else(|e| panic!("not a time: {v}: {e}"))
+}
+
 /// The phase named `name` in a job's JSON.
 pub fn phase<'a>(job: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     job["phases"]
