@@ -16,7 +16,8 @@ pub struct Args {
     /// Port the service listens on (given to it as PORT).
     #[arg(long)]
     pub port: Option<u16>,
-    /// process, docker or auto (docker when an engine answers).
+    /// process (this machine), docker, systemd (servers), or auto (docker
+    /// when an engine answers).
     #[arg(long)]
     pub method: Option<String>,
     /// An environment variable for the service, KEY=VALUE (repeatable).

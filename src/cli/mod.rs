@@ -20,7 +20,17 @@ use std::path::PathBuf;
 /// deployer: takes a service to running, healthy and registered, and rolls
 /// back by itself when a phase fails.
 #[derive(Debug, Parser)]
-#[command(name = "deployer", version, about, long_about = None)]
+#[command(
+    name = "deployer",
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 success, 1 tests failed, 2 build failed, 3 start failed \
+(or exited before healthy), 4 health check failed (rolled back), 5 transfer failed, \
+6 register failed, 7 rollback failed (service may be down), 8 host unreachable or \
+host key refused, 10 invalid input, 11 locked by another deploy, 12 not found, \
+13 nothing to roll back to, 70 internal error."
+)]
 pub struct Cli {
     /// deployer's own config file (deployer.toml).
     #[arg(long, global = true, env = "DEPLOYER_CONFIG", value_name = "FILE")]
