@@ -37,6 +37,23 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind, for documentation checks.
+    pub const ALL: [FailureKind; 13] = [
+        FailureKind::Tests,
+        FailureKind::Build,
+        FailureKind::Start,
+        FailureKind::Health,
+        FailureKind::Transfer,
+        FailureKind::Register,
+        FailureKind::RollbackFailed,
+        FailureKind::Unreachable,
+        FailureKind::Invalid,
+        FailureKind::Locked,
+        FailureKind::NotFound,
+        FailureKind::Conflict,
+        FailureKind::Internal,
+    ];
+
     /// The process exit code for this failure. Documented in the README.
     pub fn exit_code(self) -> i32 {
         match self {
@@ -131,6 +148,23 @@ impl Failure {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(FailureKind::NotFound, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every kind has its own exit code, and the stable word parses back.
+    #[test]
+    fn codes_are_distinct_and_words_round_trip() {
+        let mut codes: Vec<i32> = FailureKind::ALL.iter().map(|k| k.exit_code()).collect();
+        codes.sort();
+        codes.dedup();
+        assert_eq!(codes.len(), FailureKind::ALL.len());
+        for k in FailureKind::ALL {
+            assert_eq!(FailureKind::parse(k.as_str()), Some(k));
+        }
     }
 }
 

@@ -56,3 +56,27 @@ fn the_example_services_manifests_parse() {
         assert_eq!(m.name.as_deref(), Some("hello"));
     }
 }
+
+#[test]
+fn the_readme_documents_every_exit_code() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme
+        .split("## Exit codes")
+        .nth(1)
+        .expect("an exit code section");
+    let documented: Vec<i32> = table
+        .lines()
+        .take_while(|l| !l.starts_with("## "))
+        .filter_map(|l| l.strip_prefix("| ")?.split(' ').next()?.parse().ok())
+        .collect();
+    let mut expected: Vec<i32> = deployer::error::FailureKind::ALL
+        .iter()
+        .map(|k| k.exit_code())
+        .collect();
+    expected.push(0);
+    expected.sort();
+    let mut documented_sorted = documented.clone();
+    documented_sorted.sort();
+    assert_eq!(documented_sorted, expected, "README exit codes vs the code");
+}
