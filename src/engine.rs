@@ -1817,9 +1817,34 @@ async fn run_build_command(
 }
 
 /// Whether nothing listens on a TCP port (any address).
+///
+/// Read from the kernel's socket tables rather than probed with a bind: two
+/// deployers validating at once would otherwise see each other's probe.
 pub fn port_is_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
-        && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        read_any = true;
+        if listening_ports(&text).any(|p| p == port) {
+            return false;
+        }
+    }
+    read_any || std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+}
+
+/// Ports in state LISTEN (0A) in a /proc/net/tcp table.
+fn listening_ports(table: &str) -> impl Iterator<Item = u16> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1)?;
+        let state = fields.nth(1)?;
+        if state != "0A" {
+            return None;
+        }
+        u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+    })
 }
 
 fn first_line(s: &str) -> &str {
@@ -1845,4 +1870,16 @@ pub fn actor() -> String {
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
     format!("{user}@{host}")
+}
+
+#[cfg(test)]
+mod port_tests {
+    #[test]
+    fn a_listening_socket_makes_its_port_busy() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(!super::port_is_free(port));
+        drop(l);
+        assert!(super::port_is_free(port));
+    }
 }

@@ -82,7 +82,17 @@ impl Lock {
                 Err(TryLockError::WouldBlock) => {
                     waited = true;
                     if Instant::now() >= deadline {
-                        let who = read_holder(&mut file)
+                        // The holder writes its record just after taking the
+                        // lock; give it a moment to appear.
+                        let mut who = None;
+                        for _ in 0..25 {
+                            who = read_holder(&mut file);
+                            if who.is_some() {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        let who = who
                             .map(|h| h.to_string())
                             .unwrap_or_else(|| "holder unknown".to_string());
                         return Err(LockError::Busy(who));

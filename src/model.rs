@@ -5,6 +5,26 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+/// Times in JSON: RFC 3339 in UTC with milliseconds, always, so every
+/// timestamp deployer prints has the same shape.
+pub mod time_format {
+    use chrono::{DateTime, SecondsFormat, Utc};
+
+    pub fn ser<S: serde::Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
+    }
+
+    pub fn ser_opt<S: serde::Serializer>(
+        t: &Option<DateTime<Utc>>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => ser(t, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 /// The six phases, named exactly as in the deployer spec.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 pub enum PhaseName {
@@ -79,7 +99,9 @@ pub struct Phase {
 pub struct PhaseView {
     pub phase: PhaseName,
     pub status: String,
+    #[serde(serialize_with = "crate::model::time_format::ser_opt")]
     pub started_at: Option<DateTime<Utc>>,
+    #[serde(serialize_with = "crate::model::time_format::ser_opt")]
     pub completed_at: Option<DateTime<Utc>>,
     /// Whole seconds would show 0 for most phases, so this is fractional.
     pub duration_seconds: Option<f64>,
@@ -240,6 +262,7 @@ pub struct Registration {
     pub droplet_id: i64,
     pub service_name: String,
     pub endpoint: String,
+    #[serde(serialize_with = "crate::model::time_format::ser")]
     pub registered_at: DateTime<Utc>,
     #[schema(value_type = Object)]
     pub registry_response: serde_json::Value,
@@ -275,7 +298,9 @@ pub struct Job {
     pub phases: Vec<PhaseView>,
     pub registration: Option<Registration>,
     pub rollback: Option<RollbackRecord>,
+    #[serde(serialize_with = "crate::model::time_format::ser")]
     pub started_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::model::time_format::ser_opt")]
     pub completed_at: Option<DateTime<Utc>>,
     pub duration_seconds: Option<f64>,
     pub success: bool,
@@ -450,6 +475,7 @@ pub struct Release {
     pub status: ReleaseStatus,
     pub job_id: String,
     pub content_hash: String,
+    #[serde(serialize_with = "crate::model::time_format::ser")]
     pub created_at: DateTime<Utc>,
     /// How to run it again (no secret values, only their names).
     pub spec: crate::plan::RunSpec,
@@ -458,6 +484,7 @@ pub struct Release {
 /// One line of the audit trail.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct AuditEntry {
+    #[serde(serialize_with = "crate::model::time_format::ser")]
     pub at: DateTime<Utc>,
     pub actor: String,
     pub action: String,

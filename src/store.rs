@@ -552,5 +552,6 @@ pub struct RegistryEntry {
     pub service_name: String,
     pub droplet_id: i64,
     pub endpoint: String,
+    #[serde(serialize_with = "crate::model::time_format::ser")]
     pub registered_at: DateTime<Utc>,
 }

@@ -47,7 +47,14 @@ fn concurrent_deploys_one_is_refused_naming_the_holder() {
     let runs = start_two(&sb, name, port, &[]);
     let codes: Vec<i32> = runs.iter().map(|r| r.code).collect();
     assert!(codes.contains(&0), "one deploy succeeds: {codes:?}");
-    assert!(codes.iter().all(|c| *c == 0 || *c == 11), "{codes:?}");
+    assert!(
+        codes.iter().all(|c| *c == 0 || *c == 11),
+        "{codes:?}: {}",
+        runs.iter()
+            .map(|r| r.stderr.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     for r in runs.iter().filter(|r| r.code == 11) {
         assert!(
             r.stderr

@@ -33,6 +33,7 @@ pub struct Accepted {
     pub service_name: String,
     /// Always `pending`: the job waits for a worker and the service's lock.
     pub status: String,
+    #[serde(serialize_with = "crate::model::time_format::ser")]
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
