@@ -158,11 +158,26 @@ impl Engine {
             }
         }
         let mut validation = self
-            .validate_all(&sites, &mut plan, started, &redactor, sink)
+            .validate_all(&sites, &mut plan, started, &redactor)
             .await;
-        if let Err(f) = validation {
+        let lock_path = ServiceDirs::new(&self.state_dir, &plan.service_name).lock_file();
+        // A failure while another deploy of the service runs may be that
+        // deploy's doing (its release holds the port as it restarts): with
+        // time to wait, wait for it and check again rather than refuse.
+        let retry = validation.is_err() && !self.lock_wait.is_zero() && Lock::is_held(&lock_path);
+        if !retry && let Err(f) = validation {
+            sink.event(&Event::PhaseFinished(&validation_view(
+                started, &f, &redactor,
+            )));
             close_all(&sites).await;
             return Err(f);
+        }
+        if retry {
+            let msg = format!(
+                "another deploy of {} is running; waiting for it, then validating again",
+                plan.service_name
+            );
+            sink.event(&Event::Note(&msg));
         }
         let job_id = job_id.unwrap_or_else(new_job_id);
         let lock = match self.lock(&plan.service_name, &job_id).await {
@@ -172,15 +187,21 @@ impl Engine {
                 return Err(f);
             }
         };
-        if lock.waited {
+        if lock.waited || retry {
             // Another deploy ran meanwhile: what was checked may have changed.
             validation = self
-                .validate_all(&sites, &mut plan, Utc::now(), &redactor, sink)
+                .validate_all(&sites, &mut plan, Utc::now(), &redactor)
                 .await;
         }
         let validation = match validation {
-            Ok(v) => v,
+            Ok(v) => {
+                sink.event(&Event::PhaseFinished(&v.view()));
+                v
+            }
             Err(f) => {
+                sink.event(&Event::PhaseFinished(&validation_view(
+                    started, &f, &redactor,
+                )));
                 close_all(&sites).await;
                 return Err(f);
             }
@@ -207,14 +228,14 @@ impl Engine {
         job
     }
 
-    /// Validation on every host; the phase fails if any host fails it.
+    /// Validation on every host; the phase fails if any host fails it. The
+    /// caller reports the phase once it knows the outcome.
     async fn validate_all(
         &self,
         sites: &[Site],
         plan: &mut Plan,
         started: chrono::DateTime<Utc>,
         redactor: &Redactor,
-        sink: &dyn Sink,
     ) -> Result<Phase, Failure> {
         let mut details = Vec::new();
         let mut result = Ok(());
@@ -238,7 +259,6 @@ impl Engine {
             checked.clone(),
             redactor,
         );
-        sink.event(&Event::PhaseFinished(&phase.view()));
         checked
             .map(|_| phase)
             .map_err(|e| Failure::invalid(redactor.redact(&e)))
@@ -1759,6 +1779,17 @@ fn finish_phase(
         },
     };
     phase
+}
+
+/// The failed Validation phase for a refused deploy.
+fn validation_view(started: chrono::DateTime<Utc>, f: &Failure, redactor: &Redactor) -> PhaseView {
+    finish_phase(
+        Phase::pending(PhaseName::Validation),
+        started,
+        Err(f.message.clone()),
+        redactor,
+    )
+    .view()
 }
 
 /// How a release's health is reached: over HTTP from here, or with curl on

@@ -116,6 +116,24 @@ impl Lock {
     }
 }
 
+impl Lock {
+    /// Whether someone holds the lock now. Writes nothing: a lock file that
+    /// does not exist is not created.
+    pub fn is_held(path: &Path) -> bool {
+        let Ok(file) = OpenOptions::new().read(true).open(path) else {
+            return false;
+        };
+        match file.try_lock_shared() {
+            Ok(()) => {
+                let _ = file.unlock();
+                false
+            }
+            Err(TryLockError::WouldBlock) => true,
+            Err(TryLockError::Error(_)) => false,
+        }
+    }
+}
+
 impl Drop for Lock {
     fn drop(&mut self) {
         // An empty file says "free" to anyone reading it; the kernel releases
