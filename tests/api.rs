@@ -5,6 +5,15 @@ use common::server::{Server, request};
 use common::*;
 use serde_json::{Value, json};
 
+/// A sandbox with the example service (v1) and a server allowed to deploy
+/// it, started with `env`. The server, bound last, is dropped first.
+fn setup(env: &[(&str, &str)]) -> (Sandbox, std::path::PathBuf, Server) {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let server = Server::start(&sb, src.parent().unwrap(), env);
+    (sb, src, server)
+}
+
 /// Reads a job's whole event stream: its events, and the raw text.
 fn sse_events(server: &Server, id: &str) -> (Vec<Value>, String) {
     let (code, stream) = request(
@@ -34,11 +43,8 @@ fn finished(server: &Server, id: &str) -> Value {
 
 #[test]
 fn the_seed_request_deploys_registers_and_reports_six_phases() {
-    let sb = Sandbox::new();
-    let src = sb.service("hello", "v1");
-    let server = Server::start(&sb, src.parent().unwrap(), &[]);
-    let name = &sb.name("i-proactive");
-    sb.track(name);
+    let (sb, src, server) = setup(&[]);
+    let name = &sb.tracked("i-proactive");
     let port = free_port();
     let body = json!({
         "service_path": src,
@@ -159,9 +165,7 @@ fn the_seed_request_deploys_registers_and_reports_six_phases() {
 
 #[test]
 fn fifty_concurrent_deploys_across_five_services_all_complete_one_at_a_time_per_service() {
-    let sb = Sandbox::new();
-    let src = sb.service("hello", "v1");
-    let server = Server::start(&sb, src.parent().unwrap(), &[]);
+    let (sb, src, server) = setup(&[]);
     let services: Vec<(String, u16)> = (0..5)
         .map(|i| (sb.name(&format!("svc{i}")), free_port()))
         .collect();
@@ -226,11 +230,8 @@ fn fifty_concurrent_deploys_across_five_services_all_complete_one_at_a_time_per_
 
 #[test]
 fn a_server_killed_mid_deploy_leaves_an_interrupted_job_and_a_free_lock() {
-    let sb = Sandbox::new();
-    let src = sb.service("hello", "v1");
-    let mut server = Server::start(&sb, src.parent().unwrap(), &[]);
-    let name = &sb.name("crash");
-    sb.track(name);
+    let (sb, src, mut server) = setup(&[]);
+    let name = &sb.tracked("crash");
     let port = free_port();
     let slow = json!({"service_path": src, "service_name": name, "service_port": port,
         "deployment_method": "process", "build": "sleep 30", "auto_register": false});
@@ -263,10 +264,8 @@ fn a_server_killed_mid_deploy_leaves_an_interrupted_job_and_a_free_lock() {
 
 #[test]
 fn tokens_roots_body_limits_and_bad_fields() {
-    let sb = Sandbox::new();
-    let src = sb.service("hello", "v1");
     let token = "t0ken-for-tests-7f3a";
-    let server = Server::start(&sb, src.parent().unwrap(), &[("DEPLOYER_API_TOKEN", token)]);
+    let (sb, src, server) = setup(&[("DEPLOYER_API_TOKEN", token)]);
     for (method, path) in [
         ("POST", "/deploy"),
         ("POST", "/deploy/deploy-00000000/rollback"),
@@ -338,9 +337,7 @@ fn tokens_roots_body_limits_and_bad_fields() {
 
 #[test]
 fn the_seed_readme_curl_examples_work_as_written() {
-    let sb = Sandbox::new();
-    let src = sb.service("hello", "v1");
-    let server = Server::start(&sb, src.parent().unwrap(), &[]);
+    let (sb, src, server) = setup(&[]);
     let name = "auto-fix-engine";
     let port = free_port();
     // As in the seed's README, host and paths aside (and a port that is free here).
@@ -380,11 +377,8 @@ fn the_seed_readme_curl_examples_work_as_written() {
 
 #[test]
 fn a_running_job_streams_its_phases_live() {
-    let sb = Sandbox::new();
-    let src = sb.service("hello", "v1");
-    let server = Server::start(&sb, src.parent().unwrap(), &[]);
-    let name = &sb.name("live");
-    sb.track(name);
+    let (sb, src, server) = setup(&[]);
+    let name = &sb.tracked("live");
     let body = json!({"service_path": src, "service_name": name, "service_port": free_port(),
         "deployment_method": "process", "build": "sleep 1 && rustc -o hello main.rs", "auto_register": false});
     let (_, a) = server.call("POST", "/deploy", Some(&body.to_string()), None);
@@ -406,13 +400,10 @@ fn a_running_job_streams_its_phases_live() {
 
 #[test]
 fn deploy_with_server_renders_the_same_output_as_a_local_deploy() {
-    let sb = Sandbox::new();
-    let src = sb.service("hello", "v1");
     let token = "remote-cli-token-1";
-    let server = Server::start(&sb, src.parent().unwrap(), &[("DEPLOYER_API_TOKEN", token)]);
-    let name = &sb.name("remote");
+    let (sb, src, server) = setup(&[("DEPLOYER_API_TOKEN", token)]);
+    let name = &sb.tracked("remote");
     let port = free_port();
-    sb.track(name);
     let url = server.url("");
     let args = [
         "deploy",

@@ -87,6 +87,13 @@ impl Sandbox {
         format!("{base}-{tag}")
     }
 
+    /// [`Sandbox::name`], cleaned up with the sandbox.
+    pub fn tracked(&self, base: &str) -> String {
+        let name = self.name(base);
+        self.track(&name);
+        name
+    }
+
     pub fn state_dir(&self) -> PathBuf {
         self.dir.path().join("state")
     }
