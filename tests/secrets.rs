@@ -72,25 +72,7 @@ fn env_and_secrets_reach_the_service_and_the_secret_is_never_printed() {
     assert_eq!(http_get(port, "/env/API_KEY").unwrap().1, SECRET);
     // The human-readable output too.
     let p = port.to_string();
-    let human = sb.run_with(
-        &[
-            "deploy",
-            v1.to_str().unwrap(),
-            "--name",
-            name,
-            "--port",
-            &p,
-            "--secret",
-            "API_KEY",
-        ],
-        |c| {
-            c.envs(env);
-        },
-    );
-    human.assert_code(0);
-
-    // Without a value: a clear error that names the secret.
-    let missing = sb.run(&[
+    let args = [
         "deploy",
         v1.to_str().unwrap(),
         "--name",
@@ -99,7 +81,14 @@ fn env_and_secrets_reach_the_service_and_the_secret_is_never_printed() {
         &p,
         "--secret",
         "API_KEY",
-    ]);
+    ];
+    let human = sb.run_with(&args, |c| {
+        c.envs(env);
+    });
+    human.assert_code(0);
+
+    // Without a value: a clear error that names the secret.
+    let missing = sb.run(&args);
     missing.assert_code(10);
     assert!(
         missing.stderr.contains("secret API_KEY has no value"),
