@@ -157,47 +157,29 @@ impl Engine {
                 }
             }
         }
-        let mut validation = self
-            .validate_all(&sites, &mut plan, started, &redactor)
-            .await;
-        let lock_path = ServiceDirs::new(&self.state_dir, &plan.service_name).lock_file();
-        // A failure while another deploy of the service runs may be that
-        // deploy's doing (its release holds the port as it restarts): with
-        // time to wait, wait for it and check again rather than refuse.
-        let retry = validation.is_err() && !self.lock_wait.is_zero() && Lock::is_held(&lock_path);
-        if !retry && let Err(f) = validation {
-            sink.event(&Event::PhaseFinished(&validation_view(
-                started, &f, &redactor,
-            )));
-            close_all(&sites).await;
-            return Err(f);
-        }
-        if retry {
-            let msg = format!(
-                "another deploy of {} is running; waiting for it, then validating again",
-                plan.service_name
-            );
-            sink.event(&Event::Note(&msg));
-        }
         let job_id = job_id.unwrap_or_else(new_job_id);
-        let lock = match self.lock(&plan.service_name, &job_id).await {
-            Ok(l) => l,
-            Err(f) => {
-                close_all(&sites).await;
-                return Err(f);
+        // A deploy that may wait (`--wait`, every job of the HTTP API) takes
+        // the lock first and validates under it, when no other deploy of the
+        // service runs: checked earlier, a running deploy restarting the
+        // service could make its own port look taken. A deploy that may not
+        // wait validates first, so a refusal writes nothing at all.
+        let mut lock = None;
+        if !self.lock_wait.is_zero() {
+            match self.lock(&plan.service_name, &job_id).await {
+                Ok(l) => lock = Some(l),
+                Err(f) => {
+                    close_all(&sites).await;
+                    return Err(f);
+                }
             }
-        };
-        if lock.waited || retry {
-            // Another deploy ran meanwhile: what was checked may have changed.
-            validation = self
-                .validate_all(&sites, &mut plan, Utc::now(), &redactor)
-                .await;
         }
-        let validation = match validation {
-            Ok(v) => {
-                sink.event(&Event::PhaseFinished(&v.view()));
-                v
-            }
+        // Timed from here: waiting for the lock is not validating.
+        let started = Utc::now();
+        let validation = match self
+            .validate_all(&sites, &mut plan, started, &redactor)
+            .await
+        {
+            Ok(v) => v,
             Err(f) => {
                 sink.event(&Event::PhaseFinished(&validation_view(
                     started, &f, &redactor,
@@ -205,6 +187,17 @@ impl Engine {
                 close_all(&sites).await;
                 return Err(f);
             }
+        };
+        sink.event(&Event::PhaseFinished(&validation.view()));
+        let lock = match lock {
+            Some(l) => l,
+            None => match self.lock(&plan.service_name, &job_id).await {
+                Ok(l) => l,
+                Err(f) => {
+                    close_all(&sites).await;
+                    return Err(f);
+                }
+            },
         };
         let work = Work {
             kind: JobKind::Deploy,
@@ -297,7 +290,7 @@ impl Engine {
             }
             Method::Process => RuntimeKind::Process,
             Method::Docker => {
-                site.docker().engine_version().await.map_err(|e| {
+                site.docker_engine().await.map_err(|e| {
                     format!("the docker method needs a Docker engine, and none answers: {e}")
                 })?;
                 RuntimeKind::Docker
@@ -306,7 +299,7 @@ impl Engine {
                 site.systemd().available().await?;
                 RuntimeKind::Systemd
             }
-            Method::Auto => match site.docker().engine_version().await {
+            Method::Auto => match site.docker_engine().await {
                 Ok(_) => RuntimeKind::Docker,
                 Err(_) if site.host.is_local() => RuntimeKind::Process,
                 Err(_) => RuntimeKind::Systemd,

@@ -41,8 +41,6 @@ pub struct Lock {
     /// The holder found in the file when the lock was taken, if its process
     /// had died without releasing it cleanly (the lock was taken over).
     pub took_over: Option<Holder>,
-    /// Whether another holder had it first and this one waited.
-    pub waited: bool,
 }
 
 /// Why a lock could not be taken.
@@ -75,12 +73,10 @@ impl Lock {
             .open(path)
             .map_err(io_err)?;
         let deadline = Instant::now() + wait;
-        let mut waited = false;
         loop {
             match file.try_lock() {
                 Ok(()) => break,
                 Err(TryLockError::WouldBlock) => {
-                    waited = true;
                     if Instant::now() >= deadline {
                         // The holder writes its record just after taking the
                         // lock; give it a moment to appear.
@@ -108,29 +104,7 @@ impl Lock {
         file.write_all(serde_json::to_string(holder).unwrap_or_default().as_bytes())
             .map_err(io_err)?;
         file.sync_all().map_err(io_err)?;
-        Ok(Lock {
-            file,
-            took_over,
-            waited,
-        })
-    }
-}
-
-impl Lock {
-    /// Whether someone holds the lock now. Writes nothing: a lock file that
-    /// does not exist is not created.
-    pub fn is_held(path: &Path) -> bool {
-        let Ok(file) = OpenOptions::new().read(true).open(path) else {
-            return false;
-        };
-        match file.try_lock_shared() {
-            Ok(()) => {
-                let _ = file.unlock();
-                false
-            }
-            Err(TryLockError::WouldBlock) => true,
-            Err(TryLockError::Error(_)) => false,
-        }
+        Ok(Lock { file, took_over })
     }
 }
 

@@ -38,6 +38,9 @@ pub struct Site {
     docker: Runtime,
     systemd: Runtime,
     root: PathBuf,
+    /// Whether a Docker engine answered, asked once per command: Validation,
+    /// Start Service and a rollback all want to know.
+    docker_engine: tokio::sync::OnceCell<Result<String, String>>,
 }
 
 impl Site {
@@ -62,6 +65,7 @@ impl Site {
             systemd: Runtime::Systemd(SystemdRuntime::new(host.clone())),
             host,
             root,
+            docker_engine: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -93,6 +97,14 @@ impl Site {
         }
     }
 
+    /// The Docker engine's version, or why none answers (asked once).
+    pub async fn docker_engine(&self) -> Result<String, String> {
+        self.docker_engine
+            .get_or_init(|| self.docker().engine_version())
+            .await
+            .clone()
+    }
+
     /// The address health checks use to reach services on this host.
     pub fn health_host(&self) -> String {
         self.host
@@ -106,7 +118,7 @@ impl Site {
         if self.host.is_local() {
             running.extend(self.process.running(dirs, service).await);
         }
-        if self.docker().engine_version().await.is_ok() {
+        if self.docker_engine().await.is_ok() {
             running.extend(self.docker.running(dirs, service).await);
         }
         if !self.host.is_local() {
