@@ -32,6 +32,12 @@ pub struct ConfigError {
     pub message: String,
 }
 
+impl From<ConfigError> for crate::error::Failure {
+    fn from(e: ConfigError) -> Self {
+        crate::error::Failure::invalid(e.to_string())
+    }
+}
+
 impl ConfigError {
     pub fn new(
         file: impl Into<String>,
@@ -94,6 +100,15 @@ pub enum Method {
 }
 
 impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Process => "process",
+            Method::Docker => "docker",
+            Method::Systemd => "systemd",
+            Method::Auto => "auto",
+        }
+    }
+
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
             "process" => Ok(Method::Process),

@@ -20,6 +20,9 @@ pub enum FailureKind {
     Register,
     /// Rolling back failed too: the service may be down.
     RollbackFailed,
+    /// The deployer running the job stopped before it finished (killed,
+    /// crashed, the server restarted).
+    Interrupted,
     /// Bad input: config, manifest, flags, path, name, port.
     Invalid,
     /// The target host cannot be reached: connection, authentication, or a
@@ -38,7 +41,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, for documentation checks.
-    pub const ALL: [FailureKind; 13] = [
+    pub const ALL: [FailureKind; 14] = [
         FailureKind::Tests,
         FailureKind::Build,
         FailureKind::Start,
@@ -46,6 +49,7 @@ impl FailureKind {
         FailureKind::Transfer,
         FailureKind::Register,
         FailureKind::RollbackFailed,
+        FailureKind::Interrupted,
         FailureKind::Unreachable,
         FailureKind::Invalid,
         FailureKind::Locked,
@@ -64,6 +68,7 @@ impl FailureKind {
             FailureKind::Transfer => 5,
             FailureKind::Register => 6,
             FailureKind::RollbackFailed => 7,
+            FailureKind::Interrupted => 9,
             FailureKind::Unreachable => 8,
             FailureKind::Invalid => 10,
             FailureKind::Locked => 11,
@@ -82,6 +87,7 @@ impl FailureKind {
             FailureKind::Transfer => "transfer",
             FailureKind::Register => "register",
             FailureKind::RollbackFailed => "rollback_failed",
+            FailureKind::Interrupted => "interrupted",
             FailureKind::Unreachable => "unreachable",
             FailureKind::Invalid => "invalid",
             FailureKind::Locked => "locked",
@@ -100,6 +106,7 @@ impl FailureKind {
             "transfer" => FailureKind::Transfer,
             "register" => FailureKind::Register,
             "rollback_failed" => FailureKind::RollbackFailed,
+            "interrupted" => FailureKind::Interrupted,
             "unreachable" => FailureKind::Unreachable,
             "invalid" => FailureKind::Invalid,
             "locked" => FailureKind::Locked,
@@ -148,18 +155,6 @@ impl Failure {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(FailureKind::NotFound, message)
-    }
-}
-
-impl From<crate::config::ConfigError> for Failure {
-    fn from(e: crate::config::ConfigError) -> Self {
-        Failure::invalid(e.to_string())
-    }
-}
-
-impl From<crate::store::StoreError> for Failure {
-    fn from(e: crate::store::StoreError) -> Self {
-        Failure::internal(e.to_string())
     }
 }
 

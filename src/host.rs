@@ -354,6 +354,15 @@ impl Host {
         }
     }
 
+    /// Whether release `id`'s directory is there.
+    pub async fn has_release(&self, dirs: &ServiceDirs, id: &str) -> bool {
+        let dir = dirs.release(id);
+        let cmd = Cmd::new("test").args(["-d", &dir.to_string_lossy()]);
+        self.exec(&cmd, Duration::from_secs(30))
+            .await
+            .is_ok_and(|o| o.success())
+    }
+
     pub async fn remove_release(&self, dirs: &ServiceDirs, id: &str) -> Result<(), String> {
         match self {
             Host::Local(_) => dirs.remove_release(id).map_err(|e| e.to_string()),

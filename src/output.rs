@@ -118,15 +118,23 @@ pub fn format_ms(ms: i64) -> String {
 
 /// The closing line of a job.
 pub fn summary(job: &Job) -> String {
-    let what = match job.kind {
-        crate::model::JobKind::Deploy => "deploy",
-        crate::model::JobKind::Rollback => "rollback",
-    };
+    let what = job.kind.as_str();
     let took = job
-        .duration_seconds
+        .duration_seconds()
         .map(|s| format!(", {s:.1} s"))
         .unwrap_or_default();
-    if job.success {
+    if let Some(kind) = job.state.failure() {
+        let mut s = format!(
+            "{RED}✗{RED:#} {BOLD}{}{BOLD:#} {what} failed ({}) (job {}{took})",
+            job.service_name,
+            kind.as_str(),
+            job.deploy_job_id
+        );
+        if let Some(rb) = job.state.rollback() {
+            s.push_str(&format!("\n  {}", rb.details));
+        }
+        s
+    } else {
         format!(
             "{GREEN}✓{GREEN:#} {BOLD}{}{BOLD:#} {what} succeeded: release {} is current at {} (job {}{took})",
             job.service_name,
@@ -134,17 +142,6 @@ pub fn summary(job: &Job) -> String {
             job.service_url.as_deref().unwrap_or("?"),
             job.deploy_job_id
         )
-    } else {
-        let mut s = format!(
-            "{RED}✗{RED:#} {BOLD}{}{BOLD:#} {what} failed ({}) (job {}{took})",
-            job.service_name,
-            job.failure.as_deref().unwrap_or("?"),
-            job.deploy_job_id
-        );
-        if let Some(rb) = &job.rollback {
-            s.push_str(&format!("\n  {}", rb.details));
-        }
-        s
     }
 }
 
@@ -153,32 +150,29 @@ pub fn print_job(job: &Job) {
     println!(
         "{BOLD}{}{BOLD:#} {} of {} ({}), started {} by {}",
         job.deploy_job_id,
-        match job.kind {
-            crate::model::JobKind::Deploy => "deploy",
-            crate::model::JobKind::Rollback => "rollback",
-        },
+        job.kind.as_str(),
         job.service_name,
         job.deployment_method,
         job.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
         job.actor
     );
-    println!("  status: {}", job.status.as_str());
+    println!("  status: {}", job.state.status().as_str());
     for p in &job.phases {
-        println!("{}", phase_line(p));
+        println!("{}", phase_line(&p.view()));
     }
     for h in &job.hosts {
         println!(
             "  {BOLD}{}{BOLD:#} (wave {}): {}",
             h.host,
             h.wave + 1,
-            h.status.as_str()
+            h.state.status().as_str()
         );
         for p in &h.phases {
-            for line in phase_line(p).lines() {
+            for line in phase_line(&p.view()).lines() {
                 println!("  {line}");
             }
         }
-        if let Some(rb) = &h.rollback {
+        if let Some(rb) = h.reverted.as_ref().or(h.state.rollback()) {
             println!("      {}", rb.details);
         }
     }

@@ -5,8 +5,9 @@
 
 use crate::config::{DeployerConfig, Manifest, Method};
 use crate::error::Failure;
+use crate::model::{HealthSpec, RunSpec, RuntimeKind};
 use crate::secret::{Redactor, Secret};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -34,84 +35,6 @@ pub struct DeployRequest {
     /// Names of secrets; their values never travel in a request.
     #[serde(default)]
     pub secrets: Vec<String>,
-}
-
-/// How a release runs: stored with each release so a rollback can start it
-/// again. Holds secret names, never values.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct RunSpec {
-    pub runtime: RuntimeKind,
-    pub port: u16,
-    pub build: Option<String>,
-    pub start: Option<String>,
-    pub dockerfile: String,
-    pub env: BTreeMap<String, String>,
-    pub secret_names: Vec<String>,
-    pub health: HealthSpec,
-    pub network: Option<String>,
-    pub restart: String,
-    pub stop_grace_secs: u64,
-    /// The user a systemd unit runs as.
-    #[serde(default)]
-    pub user: Option<String>,
-}
-
-#[cfg(test)]
-impl RunSpec {
-    /// A spec for unit tests; change fields with struct update syntax.
-    pub fn example(runtime: RuntimeKind) -> RunSpec {
-        RunSpec {
-            runtime,
-            port: 8090,
-            build: None,
-            start: None,
-            dockerfile: "Dockerfile".into(),
-            env: BTreeMap::new(),
-            secret_names: vec!["API_KEY".into()],
-            health: HealthSpec {
-                path: "/health".into(),
-                timeout_secs: 30,
-                retries: 3,
-                from_target: false,
-            },
-            network: None,
-            restart: "unless-stopped".into(),
-            stop_grace_secs: 10,
-            user: None,
-        }
-    }
-}
-
-/// The runtime a release runs under, once `auto` is resolved.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RuntimeKind {
-    Process,
-    Docker,
-    Systemd,
-}
-
-impl RuntimeKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RuntimeKind::Process => "process",
-            RuntimeKind::Docker => "docker",
-            RuntimeKind::Systemd => "systemd",
-        }
-    }
-}
-
-/// How health is verified.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct HealthSpec {
-    pub path: String,
-    pub timeout_secs: u64,
-    /// Consecutive unhealthy answers (after the first answer) that fail early.
-    pub retries: u32,
-    /// Check from the target host itself (curl over SSH) instead of from
-    /// deployer's machine.
-    #[serde(default)]
-    pub from_target: bool,
 }
 
 /// How a deploy to several hosts rolls out: a canary wave first, then the

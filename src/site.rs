@@ -6,7 +6,7 @@ use crate::cmd::{Cmd, LocalTransport, Transport};
 use crate::config::DeployerConfig;
 use crate::error::{Failure, FailureKind};
 use crate::host::Host;
-use crate::plan::RuntimeKind;
+use crate::model::RuntimeKind;
 use crate::release::ServiceDirs;
 use crate::runtime::{
     Runtime, docker::DockerRuntime, process::ProcessRuntime, systemd::SystemdRuntime,
@@ -67,6 +67,23 @@ impl Site {
             root,
             docker_engine: tokio::sync::OnceCell::new(),
         })
+    }
+
+    /// This machine with the unit tests' scripted runtime in every slot.
+    #[cfg(test)]
+    pub fn scripted(
+        state_dir: &std::path::Path,
+        runtime: crate::runtime::scripted::ScriptedRuntime,
+    ) -> Site {
+        let slot = || Runtime::Scripted(runtime.clone());
+        Site {
+            host: Arc::new(Host::Local(LocalTransport)),
+            process: slot(),
+            docker: slot(),
+            systemd: slot(),
+            root: state_dir.join("services"),
+            docker_engine: tokio::sync::OnceCell::new_with(Some(Err("not in unit tests".into()))),
+        }
     }
 
     pub fn dirs(&self, service: &str) -> ServiceDirs {
@@ -130,7 +147,7 @@ impl Site {
     /// Whether something listens on `port` on the host.
     pub async fn port_in_use(&self, port: u16) -> bool {
         if self.host.is_local() {
-            return !crate::engine::port_is_free(port);
+            return !port_is_free(port);
         }
         let script = format!("ss -Hltn 'sport = :{port}' 2>/dev/null || true");
         match self
@@ -241,5 +258,48 @@ fn expand_home(p: &std::path::Path) -> PathBuf {
     match p.strip_prefix("~") {
         Ok(rest) => std::env::home_dir().unwrap_or_default().join(rest),
         Err(_) => p.to_path_buf(),
+    }
+}
+
+/// Whether nothing listens on a TCP port (any address).
+///
+/// Read from the kernel's socket tables rather than probed with a bind: two
+/// deployers validating at once would otherwise see each other's probe.
+pub fn port_is_free(port: u16) -> bool {
+    let mut read_any = false;
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        read_any = true;
+        if listening_ports(&text).any(|p| p == port) {
+            return false;
+        }
+    }
+    read_any || std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+}
+
+/// Ports in state LISTEN (0A) in a /proc/net/tcp table.
+fn listening_ports(table: &str) -> impl Iterator<Item = u16> + '_ {
+    table.lines().skip(1).filter_map(|line| {
+        let mut fields = line.split_whitespace();
+        let local = fields.nth(1)?;
+        let state = fields.nth(1)?;
+        if state != "0A" {
+            return None;
+        }
+        u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
+    })
+}
+
+#[cfg(test)]
+mod port_tests {
+    #[test]
+    fn a_listening_socket_makes_its_port_busy() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        assert!(!super::port_is_free(port));
+        drop(l);
+        assert!(super::port_is_free(port));
     }
 }

@@ -3,7 +3,7 @@
 //! what a crash leaves behind says how far a job got. SQL is kept portable
 //! (`$1` placeholders) for a PostgreSQL store later.
 
-use crate::model::{AuditEntry, Job, JobStatus, PhaseView, Release, ReleaseStatus};
+use crate::model::{AuditEntry, Job, JobView, PhaseView, Release, ReleaseStatus};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use sqlx::{Row, SqlitePool};
@@ -17,6 +17,12 @@ use std::time::Duration;
 pub struct StoreError {
     doing: String,
     source: sqlx::Error,
+}
+
+impl From<StoreError> for crate::error::Failure {
+    fn from(e: StoreError) -> Self {
+        crate::error::Failure::internal(e.to_string())
+    }
 }
 
 fn ctx(doing: impl Into<String>) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -59,6 +65,7 @@ const SCHEMA: &[&str] = &[
         duration_ms INTEGER,
         details TEXT NOT NULL,
         error TEXT,
+        steps TEXT,
         PRIMARY KEY (job_id, idx)
     )",
     "CREATE TABLE IF NOT EXISTS releases (
@@ -139,76 +146,112 @@ impl Store {
                 .await
                 .map_err(ctx("creating schema"))?;
         }
+        // Databases made before phases recorded their steps.
+        let has_steps =
+            sqlx::query("SELECT 1 FROM pragma_table_info('phases') WHERE name = 'steps'")
+                .fetch_optional(&pool)
+                .await
+                .map_err(ctx("reading schema"))?
+                .is_some();
+        if !has_steps {
+            sqlx::query("ALTER TABLE phases ADD COLUMN steps TEXT")
+                .execute(&pool)
+                .await
+                .map_err(ctx("adding the steps column"))?;
+        }
         Ok(Store { pool })
     }
 
-    /// Writes a job and all its phases (insert or replace), in one transaction.
+    /// Records a new job and its phases. A job id that exists already is
+    /// an error: two jobs never merge.
+    pub async fn insert_job(&self, job: &Job) -> Result<(), StoreError> {
+        self.write_job(job, true).await
+    }
+
+    /// Writes a recorded job's changes and all its phases. A job that was
+    /// never inserted is an error.
     pub async fn save_job(&self, job: &Job) -> Result<(), StoreError> {
+        self.write_job(job, false).await
+    }
+
+    async fn write_job(&self, job: &Job, insert: bool) -> Result<(), StoreError> {
+        let v = job.view();
+        let id = &v.deploy_job_id;
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(ctx("beginning transaction"))?;
-        sqlx::query(
+        let sql = if insert {
             "INSERT INTO jobs (id, kind, service_name, service_path, status, droplet_id, service_port,
                 service_url, method, release_id, previous_release, registration, rollback, transfer,
                 started_at, completed_at, success, error, failure, actor, hosts)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
-             ON CONFLICT (id) DO UPDATE SET status = excluded.status, service_url = excluded.service_url,
-                method = excluded.method, release_id = excluded.release_id,
-                previous_release = excluded.previous_release, registration = excluded.registration,
-                rollback = excluded.rollback, transfer = excluded.transfer,
-                completed_at = excluded.completed_at, success = excluded.success,
-                error = excluded.error, failure = excluded.failure, hosts = excluded.hosts",
-        )
-        .bind(&job.deploy_job_id)
-        .bind(serde_json::to_value(job.kind).ok().and_then(|v| v.as_str().map(str::to_string)))
-        .bind(&job.service_name)
-        .bind(&job.service_path)
-        .bind(job.status.as_str())
-        .bind(job.droplet_id)
-        .bind(job.service_port as i64)
-        .bind(&job.service_url)
-        .bind(&job.deployment_method)
-        .bind(&job.release)
-        .bind(&job.previous_release)
-        .bind(json(&job.registration))
-        .bind(json(&job.rollback))
-        .bind(json(&job.transfer))
-        .bind(ts(&job.started_at))
-        .bind(job.completed_at.as_ref().map(ts))
-        .bind(job.success)
-        .bind(&job.error)
-        .bind(&job.failure)
-        .bind(&job.actor)
-        .bind(if job.hosts.is_empty() {
-            None
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)"
         } else {
-            serde_json::to_string(&job.hosts).ok()
-        })
-        .execute(&mut *tx)
-        .await
-        .map_err(ctx(format!("saving job {}", job.deploy_job_id)))?;
-        for (idx, p) in job.phases.iter().enumerate() {
+            "UPDATE jobs SET kind = $2, service_name = $3, service_path = $4, status = $5,
+                droplet_id = $6, service_port = $7, service_url = $8, method = $9, release_id = $10,
+                previous_release = $11, registration = $12, rollback = $13, transfer = $14,
+                started_at = $15, completed_at = $16, success = $17, error = $18, failure = $19,
+                actor = $20, hosts = $21
+             WHERE id = $1"
+        };
+        let done = sqlx::query(sql)
+            .bind(id)
+            .bind(v.kind.as_str())
+            .bind(&v.service_name)
+            .bind(&v.service_path)
+            .bind(v.status.as_str())
+            .bind(v.droplet_id)
+            .bind(v.service_port as i64)
+            .bind(&v.service_url)
+            .bind(&v.deployment_method)
+            .bind(&v.release)
+            .bind(&v.previous_release)
+            .bind(json(&v.registration))
+            .bind(json(&v.rollback))
+            .bind(json(&v.transfer))
+            .bind(ts(&v.started_at))
+            .bind(v.completed_at.as_ref().map(ts))
+            .bind(v.success)
+            .bind(&v.error)
+            .bind(&v.failure)
+            .bind(&v.actor)
+            .bind(
+                (!v.hosts.is_empty())
+                    .then(|| serde_json::to_string(&v.hosts).ok())
+                    .flatten(),
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(ctx(format!("saving job {id}")))?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError {
+                doing: format!("saving job {id}"),
+                source: sqlx::Error::RowNotFound,
+            });
+        }
+        for (idx, p) in v.phases.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO phases (job_id, idx, phase, status, started_at, completed_at, duration_ms, details, error)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                "INSERT INTO phases (job_id, idx, phase, status, started_at, completed_at, duration_ms, details, error, steps)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                  ON CONFLICT (job_id, idx) DO UPDATE SET status = excluded.status,
                     started_at = excluded.started_at, completed_at = excluded.completed_at,
-                    duration_ms = excluded.duration_ms, details = excluded.details, error = excluded.error",
+                    duration_ms = excluded.duration_ms, details = excluded.details,
+                    error = excluded.error, steps = excluded.steps",
             )
-            .bind(&job.deploy_job_id)
+            .bind(id)
             .bind(idx as i64)
             .bind(p.phase.as_str())
-            .bind(&p.status)
+            .bind(p.status.as_str())
             .bind(p.started_at.as_ref().map(ts))
             .bind(p.completed_at.as_ref().map(ts))
             .bind(p.duration_ms)
             .bind(&p.details)
             .bind(&p.error)
+            .bind((!p.steps.is_empty()).then(|| serde_json::to_string(&p.steps).ok()).flatten())
             .execute(&mut *tx)
             .await
-            .map_err(ctx(format!("saving phases of job {}", job.deploy_job_id)))?;
+            .map_err(ctx(format!("saving phases of job {id}")))?;
         }
         tx.commit().await.map_err(ctx("committing job"))?;
         Ok(())
@@ -255,9 +298,10 @@ impl Store {
             .filter_map(|r| {
                 let name = crate::model::PhaseName::parse(r.get::<String, _>("phase").as_str())?;
                 let duration_ms: Option<i64> = r.get("duration_ms");
+                let status: String = r.get("status");
                 Some(PhaseView {
                     phase: name,
-                    status: r.get("status"),
+                    status: serde_json::from_value(serde_json::Value::String(status)).ok()?,
                     started_at: r
                         .get::<Option<String>, _>("started_at")
                         .as_deref()
@@ -270,6 +314,7 @@ impl Store {
                     duration_ms,
                     details: r.get("details"),
                     error: r.get("error"),
+                    steps: from_json(r.get("steps")).unwrap_or_default(),
                 })
             })
             .collect();
@@ -278,13 +323,13 @@ impl Store {
             .get::<Option<String>, _>("completed_at")
             .as_deref()
             .map(parse_ts);
-        Ok(Job {
+        Ok(Job::from(JobView {
             deploy_job_id: id,
             kind: serde_json::from_value(serde_json::Value::String(row.get("kind")))
                 .unwrap_or(crate::model::JobKind::Deploy),
             service_name: row.get("service_name"),
             service_path: row.get("service_path"),
-            status: JobStatus::parse(&row.get::<String, _>("status")),
+            status: crate::model::JobStatus::parse(&row.get::<String, _>("status")),
             droplet_id: row.get("droplet_id"),
             service_port: row.get::<i64, _>("service_port") as u16,
             service_url: row.get("service_url"),
@@ -304,7 +349,7 @@ impl Store {
             failure: row.get("failure"),
             actor: row.get("actor"),
             hosts: from_json(row.get("hosts")).unwrap_or_default(),
-        })
+        }))
     }
 
     /// Marks a service's jobs that are still `running` as failed because

@@ -2,9 +2,9 @@
 //! read a job, roll back, a service's history, and a job's live events.
 
 use super::{ApiError, Shared};
-use crate::engine::{Engine, Event, Sink};
+use crate::engine::{Engine, Event, Sink, StreamEvent};
 use crate::error::FailureKind;
-use crate::model::{Job, JobStatus, PhaseName, PhaseView};
+use crate::model::{Job, JobView, PhaseStatus};
 use crate::plan::{DeployRequest, Plan};
 use axum::Json;
 use axum::body::Bytes;
@@ -12,8 +12,6 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::routing::{get, post};
-use serde_json::json;
-use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -85,43 +83,39 @@ pub async fn create(
     let req: DeployRequest = parse(&body)?;
     check_allowed(&state, &req)?;
     let plan = Plan::build(&req, &state.config, &|k| std::env::var(k).ok())?;
-    let job_id = crate::engine::new_job_id();
-    let job = Job::pending(
-        job_id.clone(),
-        plan.service_name.clone(),
-        plan.source.display().to_string(),
-        plan.spec.port,
-        serde_json::to_value(plan.method)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default(),
-        plan.droplet_id,
-        format!(
-            "api@{}",
-            crate::engine::actor()
-                .split('@')
-                .nth(1)
-                .unwrap_or("localhost")
-        ),
-    );
+    let engine = engine_for(&state, &plan.hosts)?;
     // On disk before the 202: a crash from here on leaves a job to find.
-    state.store.save_job(&job).await?;
+    let job = engine.accept(&plan).await?;
     let (tx, _) = broadcast::channel(1024);
-    state
-        .events
-        .lock()
-        .unwrap()
-        .insert(job_id.clone(), tx.clone());
-    tokio::spawn(run(state.clone(), plan, job_id.clone(), tx));
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Accepted {
-            deploy_job_id: job_id,
-            service_name: job.service_name,
-            status: "pending".into(),
-            created_at: job.started_at,
-        }),
-    ))
+    let id = job.deploy_job_id.clone();
+    state.events.lock().unwrap().insert(id.clone(), tx.clone());
+    let accepted = Accepted {
+        deploy_job_id: id,
+        service_name: job.service_name.clone(),
+        status: "pending".into(),
+        created_at: job.started_at,
+    };
+    tokio::spawn(run(state.clone(), engine, plan, job, tx));
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+/// An engine for a request's hosts, writing to the server's store as
+/// `api@HOST`.
+fn engine_for(state: &Shared, hosts: &[String]) -> Result<Engine, ApiError> {
+    let targets = crate::site::targets(&state.config, hosts)?;
+    let host = crate::engine::actor()
+        .split('@')
+        .nth(1)
+        .unwrap_or("localhost")
+        .to_string();
+    Ok(Engine::new(
+        state.config.clone(),
+        state.state_dir.clone(),
+        LOCK_WAIT,
+        targets,
+    )
+    .with_store(state.store.clone())
+    .with_actor(format!("api@{host}")))
 }
 
 /// The service path must be inside one of the allowed roots.
@@ -157,85 +151,41 @@ fn check_allowed(state: &Shared, req: &DeployRequest) -> Result<(), ApiError> {
     }
 }
 
-/// Sends a job's events to its live stream, and keeps the Validation phase
-/// for a job that never gets past it.
+/// Sends a job's events to its live stream.
 struct ApiSink {
-    tx: broadcast::Sender<String>,
-    validation: Mutex<Option<PhaseView>>,
+    tx: broadcast::Sender<StreamEvent>,
 }
 
 impl Sink for ApiSink {
     fn event(&self, e: &Event) {
-        let msg = match e {
-            Event::PhaseStarted(p) => json!({"event": "phase_started", "phase": p}),
-            Event::PhaseFinished(v) => {
-                if v.phase == PhaseName::Validation {
-                    *self.validation.lock().unwrap() = Some((*v).clone());
-                }
-                json!({"event": "phase", "phase": v})
-            }
-            Event::HostPhaseFinished(h, v) => json!({"event": "phase", "host": h, "phase": v}),
-            Event::Note(n) => json!({"event": "note", "text": n}),
-            Event::TransferProgress { sent, total } => {
-                json!({"event": "progress", "sent": sent, "total": total})
-            }
-            Event::JobFinished(_) => return,
-        };
-        let _ = self.tx.send(msg.to_string());
+        // The stream's closing `done` carries the job as stored, sent below.
+        if !matches!(e, Event::JobFinished(_)) {
+            let _ = self.tx.send(StreamEvent::from_event(e));
+        }
     }
 }
 
-async fn run(state: Shared, plan: Plan, job_id: String, tx: broadcast::Sender<String>) {
+async fn run(
+    state: Shared,
+    engine: Engine,
+    plan: Plan,
+    accepted: Job,
+    tx: broadcast::Sender<StreamEvent>,
+) {
     let _permit = state.workers.clone().acquire_owned().await;
     state.metrics.job_started();
-    let sink = ApiSink {
-        tx: tx.clone(),
-        validation: Mutex::new(None),
-    };
-    let outcome = match crate::site::targets(&state.config, &plan.hosts) {
-        Ok(targets) => {
-            let engine = Engine::new(
-                state.config.clone(),
-                state.state_dir.clone(),
-                LOCK_WAIT,
-                targets,
-            );
-            engine.deploy_as(plan, Some(job_id.clone()), &sink).await
-        }
-        Err(f) => Err(f),
-    };
-    if let Err(f) = outcome {
-        // It never started (invalid on the target, unreachable, locked):
-        // the stored job says so.
-        if let Ok(Some(mut job)) = state.store.job(&job_id).await {
-            job.status = JobStatus::Failed;
-            job.failure = Some(f.kind.as_str().to_string());
-            job.error = Some(f.message.clone());
-            job.completed_at = Some(chrono::Utc::now());
-            let validation = sink.validation.lock().unwrap().clone();
-            for p in job.phases.iter_mut() {
-                if p.phase == PhaseName::Validation && validation.is_some() {
-                    *p = validation.clone().unwrap();
-                } else {
-                    p.status = "skipped".into();
-                    p.details = "not run: the job did not start".into();
-                }
-            }
-            let _ = state.store.save_job(&job).await;
-        }
-    }
-    if let Ok(Some(job)) = state.store.job(&job_id).await {
-        state.metrics.job_finished(&job);
-        let _ = tx.send(json!({"event": "done", "job": job}).to_string());
-    }
-    state.events.lock().unwrap().remove(&job_id);
+    let sink = ApiSink { tx: tx.clone() };
+    let job = engine.submit(plan, &accepted, &sink).await;
+    state.metrics.job_finished(&job);
+    let _ = tx.send(StreamEvent::Done { job: Box::new(job) });
+    state.events.lock().unwrap().remove(&accepted.deploy_job_id);
 }
 
 /// A deploy job with its phases.
 #[utoipa::path(get, path = "/deploy/{job_id}", tag = "deploy",
     params(("job_id" = String, Path, description = "deploy-…")),
     responses(
-        (status = 200, body = Job),
+        (status = 200, body = JobView),
         (status = 404, description = "No such job", body = super::ErrorBody),
     ))]
 pub async fn read(
@@ -254,7 +204,7 @@ pub async fn read(
 #[utoipa::path(get, path = "/deploy/history/{service_name}", tag = "deploy",
     params(("service_name" = String, Path)),
     responses(
-        (status = 200, body = Vec<Job>),
+        (status = 200, body = Vec<JobView>),
         (status = 400, description = "Invalid name", body = super::ErrorBody),
         (status = 404, description = "Never deployed", body = super::ErrorBody),
     ))]
@@ -293,13 +243,7 @@ pub async fn rollback(
         .job(&job_id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job '{job_id}'")))?;
-    let targets = crate::site::targets(&state.config, &[])?;
-    let engine = Engine::new(
-        state.config.clone(),
-        state.state_dir.clone(),
-        LOCK_WAIT,
-        targets,
-    );
+    let engine = engine_for(&state, &[])?;
     let quiet = crate::output::Quiet;
     let done = engine
         .rollback(&job.service_name, None, &quiet)
@@ -312,16 +256,8 @@ pub async fn rollback(
                 ApiError::from(f)
             }
         })?;
-    let status = if done.success {
-        StatusCode::OK
-    } else {
-        StatusCode::INTERNAL_SERVER_ERROR
-    };
-    if !done.success {
-        return Err(ApiError::new(
-            status,
-            done.error.unwrap_or_else(|| "rollback failed".into()),
-        ));
+    if let Some(error) = done.state.error() {
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, error));
     }
     Ok(Json(RolledBack {
         status: "rolled_back".into(),
@@ -359,22 +295,25 @@ pub async fn events(
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job '{job_id}'")))?;
     // First what has happened so far, then what happens next.
-    let mut first: Vec<String> = job
+    let mut first: Vec<StreamEvent> = job
         .phases
         .iter()
-        .filter(|p| p.status != "pending")
-        .map(|p| json!({"event": "phase", "phase": p}).to_string())
+        .filter(|p| p.status() != PhaseStatus::Pending)
+        .map(|p| StreamEvent::Phase {
+            host: None,
+            phase: p.view(),
+        })
         .collect();
     if rx.is_none() {
-        first.push(json!({"event": "done", "job": job}).to_string());
+        first.push(StreamEvent::Done { job: Box::new(job) });
     }
     let live = futures_util::stream::unfold(rx, |rx| async move {
         let mut rx = rx?;
         loop {
             match rx.recv().await {
-                Ok(msg) => {
-                    let done = msg.starts_with("{\"event\":\"done\"");
-                    return Some((msg, if done { None } else { Some(rx) }));
+                Ok(event) => {
+                    let next = (!event.is_done()).then_some(rx);
+                    return Some((event, next));
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => continue,
                 Err(broadcast::error::RecvError::Closed) => return None,
@@ -382,8 +321,8 @@ pub async fn events(
         }
     });
     use futures_util::StreamExt;
-    let stream = futures_util::stream::iter(first)
-        .chain(live)
-        .map(|msg| Ok(SseEvent::default().data(msg)));
+    let stream = futures_util::stream::iter(first).chain(live).map(|event| {
+        Ok(SseEvent::default().data(serde_json::to_string(&event).unwrap_or_default()))
+    });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -71,19 +71,18 @@ impl Metrics {
     /// Records a finished job (the gauge goes down, counters go up).
     pub fn job_finished(&self, job: &crate::model::Job) {
         self.active.dec();
-        let outcome = if job.success {
-            "success".to_string()
-        } else {
-            job.failure.clone().unwrap_or_else(|| "failed".into())
+        let outcome = match job.state.failure() {
+            None => "success".to_string(),
+            Some(kind) => kind.as_str().to_string(),
         };
         self.deploys.get_or_create(&Outcome { outcome }).inc();
         for p in &job.phases {
-            if let Some(s) = p.duration_seconds {
+            if let Some(ms) = p.state.duration_ms() {
                 self.phases
                     .get_or_create(&PhaseLabel {
-                        phase: p.phase.as_str().to_string(),
+                        phase: p.name.as_str().to_string(),
                     })
-                    .observe(s);
+                    .observe(ms as f64 / 1000.0);
             }
         }
     }

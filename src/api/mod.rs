@@ -50,7 +50,7 @@ pub struct AppState {
     pub options: ServeOptions,
     pub workers: Arc<Semaphore>,
     /// Live event streams of running jobs, by job id.
-    pub events: Mutex<HashMap<String, broadcast::Sender<String>>>,
+    pub events: Mutex<HashMap<String, broadcast::Sender<crate::engine::StreamEvent>>>,
     pub started: std::time::Instant,
     /// The address the server answers on (for its own built-in registry).
     pub base_url: String,

@@ -81,6 +81,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
     let plan = Plan::build(&req, &ctx.config, &|k| std::env::var(k).ok())?;
     let engine = ctx.engine(args.wait, &plan.hosts)?;
     let sink = ctx.sink();
-    let job = engine.deploy(plan, sink.as_ref()).await?;
-    Ok(ctx.finish(&job))
+    let job = engine.deploy(plan, sink.as_ref()).await;
+    engine.close().await;
+    Ok(ctx.finish(&job?))
 }

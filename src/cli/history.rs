@@ -32,17 +32,14 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
         .map(|j| {
             vec![
                 j.deploy_job_id.clone(),
-                serde_json::to_value(j.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
-                match &j.failure {
-                    Some(f) => format!("{} ({f})", j.status.as_str()),
-                    None => j.status.as_str().to_string(),
+                j.kind.as_str().to_string(),
+                match j.state.failure() {
+                    Some(f) => format!("{} ({})", j.state.status().as_str(), f.as_str()),
+                    None => j.state.status().as_str().to_string(),
                 },
                 j.release.clone().unwrap_or_else(|| "-".into()),
                 j.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
-                j.duration_seconds
+                j.duration_seconds()
                     .map(|s| format_ms((s * 1000.0) as i64))
                     .unwrap_or_default(),
                 j.actor.clone(),

@@ -28,7 +28,7 @@ use std::path::PathBuf;
     after_help = "Exit codes: 0 success, 1 tests failed, 2 build failed, 3 start failed \
 (or exited before healthy), 4 health check failed (rolled back), 5 transfer failed, \
 6 register failed, 7 rollback failed (service may be down), 8 host unreachable or \
-host key refused, 10 invalid input, 11 locked by another deploy, 12 not found, \
+host key refused, 9 job interrupted, 10 invalid input, 11 locked by another deploy, 12 not found, \
 13 nothing to roll back to, 70 internal error."
 )]
 pub struct Cli {
@@ -170,15 +170,7 @@ impl Context {
         if self.json {
             crate::output::print_json(job);
         }
-        match job
-            .failure
-            .as_deref()
-            .and_then(crate::error::FailureKind::parse)
-        {
-            None if job.success => 0,
-            Some(kind) => kind.exit_code(),
-            None => crate::error::FailureKind::Internal.exit_code(),
-        }
+        job.state.exit_code()
     }
 
     pub fn sink(&self) -> Box<dyn crate::engine::Sink> {

@@ -4,9 +4,9 @@
 //! deploy renders them.
 
 use super::Context;
-use crate::engine::Event;
+use crate::engine::StreamEvent;
 use crate::error::{Failure, FailureKind};
-use crate::model::{Job, PhaseView};
+use crate::model::Job;
 use crate::plan::DeployRequest;
 use serde_json::Value;
 
@@ -77,10 +77,13 @@ pub async fn deploy(ctx: &Context, server: &str, req: &DeployRequest) -> Result<
             let Some(data) = line.trim_end().strip_prefix("data: ") else {
                 continue;
             };
-            let Ok(event) = serde_json::from_str::<Value>(data) else {
+            let Ok(event) = serde_json::from_str::<StreamEvent>(data) else {
                 continue;
             };
-            render(sink.as_ref(), &event, &mut job);
+            event.replay(sink.as_ref());
+            if let StreamEvent::Done { job: j } = event {
+                job = Some(*j);
+            }
         }
     }
     match job {
@@ -89,31 +92,5 @@ pub async fn deploy(ctx: &Context, server: &str, req: &DeployRequest) -> Result<
             FailureKind::Unreachable,
             format!("deployer at {base} closed the event stream of job {id} before it finished"),
         )),
-    }
-}
-
-fn render(sink: &dyn crate::engine::Sink, event: &Value, job: &mut Option<Job>) {
-    let view = || serde_json::from_value::<PhaseView>(event["phase"].clone()).ok();
-    match event["event"].as_str() {
-        Some("phase") => {
-            if let Some(v) = view() {
-                match event["host"].as_str() {
-                    Some(h) => sink.event(&Event::HostPhaseFinished(h, &v)),
-                    None => sink.event(&Event::PhaseFinished(&v)),
-                }
-            }
-        }
-        Some("note") => sink.event(&Event::Note(event["text"].as_str().unwrap_or(""))),
-        Some("progress") => sink.event(&Event::TransferProgress {
-            sent: event["sent"].as_u64().unwrap_or(0),
-            total: event["total"].as_u64().unwrap_or(0),
-        }),
-        Some("done") => {
-            if let Ok(j) = serde_json::from_value::<Job>(event["job"].clone()) {
-                sink.event(&Event::JobFinished(&j));
-                *job = Some(j);
-            }
-        }
-        _ => {}
     }
 }

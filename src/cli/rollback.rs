@@ -20,6 +20,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
     let sink = ctx.sink();
     let job = engine
         .rollback(&args.name, args.to.as_deref(), sink.as_ref())
-        .await?;
-    Ok(ctx.finish(&job))
+        .await;
+    engine.close().await;
+    Ok(ctx.finish(&job?))
 }

@@ -11,7 +11,10 @@ pub struct Args {
 }
 
 pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
-    let stopped = ctx.engine(0, &[])?.stop(&args.name).await?;
+    let engine = ctx.engine(0, &[])?;
+    let stopped = engine.stop(&args.name).await;
+    engine.close().await;
+    let stopped = stopped?;
     if ctx.json {
         crate::output::print_json(
             &serde_json::json!({ "service_name": args.name, "stopped": stopped }),

@@ -250,7 +250,7 @@ impl DockerRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{RunSpec, RuntimeKind};
+    use crate::model::{RunSpec, RuntimeKind};
     use crate::release::ServiceDirs;
     use crate::secret::Secret;
 

@@ -5,10 +5,12 @@
 
 pub mod docker;
 pub mod process;
+#[cfg(test)]
+pub mod scripted;
 pub mod systemd;
 
 use crate::health::Liveness;
-use crate::plan::{RunSpec, RuntimeKind};
+use crate::model::{RunSpec, RuntimeKind};
 use crate::release::ServiceDirs;
 use crate::secret::Secret;
 use std::path::PathBuf;
@@ -46,6 +48,9 @@ pub enum Runtime {
     Process(process::ProcessRuntime),
     Docker(docker::DockerRuntime),
     Systemd(systemd::SystemdRuntime),
+    /// Unit tests' stand-in (see `scripted.rs`).
+    #[cfg(test)]
+    Scripted(scripted::ScriptedRuntime),
 }
 
 impl Runtime {
@@ -54,6 +59,8 @@ impl Runtime {
             Runtime::Process(_) => RuntimeKind::Process,
             Runtime::Docker(_) => RuntimeKind::Docker,
             Runtime::Systemd(_) => RuntimeKind::Systemd,
+            #[cfg(test)]
+            Runtime::Scripted(_) => RuntimeKind::Docker,
         }
     }
 
@@ -64,6 +71,8 @@ impl Runtime {
             Runtime::Process(_) => Ok(None),
             Runtime::Docker(d) => d.build(ctx).await.map(Some),
             Runtime::Systemd(s) => s.build(ctx).await.map(Some),
+            #[cfg(test)]
+            Runtime::Scripted(s) => s.build(ctx).await.map(Some),
         }
     }
 
@@ -73,6 +82,8 @@ impl Runtime {
             Runtime::Process(_) => {}
             Runtime::Docker(d) => d.remove_image(ctx).await,
             Runtime::Systemd(s) => s.remove_build(ctx).await,
+            #[cfg(test)]
+            Runtime::Scripted(s) => s.remove_build(ctx).await,
         }
     }
 
@@ -81,6 +92,8 @@ impl Runtime {
             Runtime::Process(p) => p.start(ctx).await,
             Runtime::Docker(d) => d.start(ctx).await,
             Runtime::Systemd(s) => s.start(ctx).await,
+            #[cfg(test)]
+            Runtime::Scripted(s) => s.start(ctx).await,
         }
     }
 
@@ -89,6 +102,8 @@ impl Runtime {
             Runtime::Process(p) => p.stop(ctx).await,
             Runtime::Docker(d) => d.stop(ctx).await,
             Runtime::Systemd(s) => s.stop(ctx).await,
+            #[cfg(test)]
+            Runtime::Scripted(s) => s.stop(ctx).await,
         }
     }
 
@@ -97,6 +112,8 @@ impl Runtime {
             Runtime::Process(p) => p.liveness(ctx).await,
             Runtime::Docker(d) => d.liveness(ctx).await,
             Runtime::Systemd(s) => s.liveness(ctx).await,
+            #[cfg(test)]
+            Runtime::Scripted(s) => s.liveness(ctx).await,
         }
     }
 
@@ -106,6 +123,8 @@ impl Runtime {
             Runtime::Process(p) => p.running(dirs),
             Runtime::Docker(d) => d.running(service).await,
             Runtime::Systemd(s) => s.running(dirs, service).await,
+            #[cfg(test)]
+            Runtime::Scripted(s) => s.running(),
         }
     }
 }

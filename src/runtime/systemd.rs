@@ -320,7 +320,7 @@ impl SystemdRuntime {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{RunSpec, RuntimeKind};
+    use crate::model::{RunSpec, RuntimeKind};
     use crate::secret::Secret;
 
     fn ctx() -> ReleaseCtx {

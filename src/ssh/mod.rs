@@ -8,9 +8,12 @@
 //! an unknown one is refused unless `accept-new` was chosen, in which case
 //! it is recorded (as OpenSSH's `StrictHostKeyChecking=accept-new` does).
 
+mod host_key;
+
 use crate::cmd::{Arg, Cmd, CmdOutput, ExecError, Transport, quote};
+use host_key::{HostKeyCheck, Verdict};
 use russh::ChannelMsg;
-use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -132,145 +135,6 @@ pub enum SshError {
     },
 }
 
-/// What the host-key check decided, kept so a refused connection can say why.
-#[derive(Clone, Debug)]
-enum Verdict {
-    Trusted,
-    Learned,
-    Changed {
-        line: usize,
-        expected: String,
-        presented: String,
-    },
-    Unknown {
-        presented: String,
-    },
-    Error(String),
-}
-
-struct HostKeyCheck {
-    host: String,
-    port: u16,
-    known_hosts: PathBuf,
-    pinned: Option<String>,
-    accept_new: bool,
-    verdict: Arc<Mutex<Option<Verdict>>>,
-}
-
-fn fingerprint(key: &PublicKey) -> String {
-    format!(
-        "{} {}",
-        key.algorithm().as_str(),
-        key.fingerprint(HashAlg::Sha256)
-    )
-}
-
-impl HostKeyCheck {
-    fn decide(&self, key: &PublicKey) -> Verdict {
-        if let Some(pinned) = &self.pinned {
-            let parsed = pinned
-                .split_whitespace()
-                .nth(1)
-                .and_then(|b64| russh::keys::parse_public_key_base64(b64).ok());
-            return match parsed {
-                Some(k) if &k == key => Verdict::Trusted,
-                Some(k) => Verdict::Changed {
-                    line: 0,
-                    expected: fingerprint(&k),
-                    presented: fingerprint(key),
-                },
-                None => Verdict::Error(format!("the pinned host key '{pinned}' cannot be read")),
-            };
-        }
-        let known = match russh::keys::known_hosts::known_host_keys_path(
-            &self.host,
-            self.port,
-            &self.known_hosts,
-        ) {
-            Ok(k) => k,
-            Err(e) => {
-                return Verdict::Error(format!("reading {}: {e}", self.known_hosts.display()));
-            }
-        };
-        if known.iter().any(|(_, k)| k == key) {
-            return Verdict::Trusted;
-        }
-        if let Some((line, k)) = known.iter().find(|(_, k)| k.algorithm() == key.algorithm()) {
-            return Verdict::Changed {
-                line: *line,
-                expected: fingerprint(k),
-                presented: fingerprint(key),
-            };
-        }
-        if let Some((line, k)) = known.first() {
-            // Known under another algorithm only: still a different key.
-            return Verdict::Changed {
-                line: *line,
-                expected: fingerprint(k),
-                presented: fingerprint(key),
-            };
-        }
-        if self.accept_new {
-            match learn(&self.host, self.port, key, &self.known_hosts) {
-                Ok(()) => Verdict::Learned,
-                Err(e) => Verdict::Error(format!(
-                    "recording the host key in {}: {e}",
-                    self.known_hosts.display()
-                )),
-            }
-        } else {
-            Verdict::Unknown {
-                presented: fingerprint(key),
-            }
-        }
-    }
-}
-
-/// Appends a host's key to a known_hosts file in OpenSSH's format.
-fn learn(host: &str, port: u16, key: &PublicKey, path: &Path) -> std::io::Result<()> {
-    use std::io::Write;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let name = if port == 22 {
-        host.to_string()
-    } else {
-        format!("[{host}]:{port}")
-    };
-    let mut key = key.clone();
-    key.set_comment("");
-    let line = key.to_openssh().map_err(std::io::Error::other)?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)?;
-    let needs_newline = std::fs::read(path).is_ok_and(|b| b.last().is_some_and(|c| *c != b'\n'));
-    if needs_newline {
-        writeln!(f)?;
-    }
-    writeln!(f, "{name} {}", line.trim())
-}
-
-impl russh::client::Handler for HostKeyCheck {
-    type Error = russh::Error;
-
-    async fn check_server_key(
-        &mut self,
-        key: &russh::keys::PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
-        let verdict = match key {
-            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => self.decide(key),
-            // Host certificates need a CA to trust; not supported.
-            russh::keys::PublicKeyOrCertificate::Certificate(_) => Verdict::Error(
-                "the server offered a host certificate; only plain host keys are supported".into(),
-            ),
-        };
-        let ok = matches!(verdict, Verdict::Trusted | Verdict::Learned);
-        *self.verdict.lock().unwrap() = Some(verdict);
-        Ok(ok)
-    }
-}
-
 /// An open, authenticated SSH connection.
 pub struct SshSession {
     target: SshTarget,
@@ -279,7 +143,6 @@ pub struct SshSession {
 
 impl SshSession {
     pub async fn connect(target: &SshTarget) -> Result<SshSession, SshError> {
-        let host = target.display();
         let key = match &target.auth {
             SshAuth::KeyFile(path) => Some(russh::keys::load_secret_key(path, None).map_err(
                 |e| SshError::Key {
@@ -289,70 +152,8 @@ impl SshSession {
             )?),
             SshAuth::Agent(_) => None,
         };
-        let config = Arc::new(russh::client::Config {
-            inactivity_timeout: Some(Duration::from_secs(300)),
-            keepalive_interval: Some(Duration::from_secs(15)),
-            keepalive_max: 3,
-            window_size: 16 * 1024 * 1024,
-            maximum_packet_size: 65535,
-            nodelay: true,
-            ..Default::default()
-        });
-        let verdict = Arc::new(Mutex::new(None));
-        let check = HostKeyCheck {
-            host: target.host.clone(),
-            port: target.port,
-            known_hosts: target.known_hosts.clone(),
-            pinned: target.pinned_host_key.clone(),
-            accept_new: target.accept_new,
-            verdict: verdict.clone(),
-        };
-        let connecting = russh::client::connect(config, (target.host.as_str(), target.port), check);
-        let result = tokio::time::timeout(target.connect_timeout, connecting).await;
-        let mut handle = match result {
-            Err(_) => {
-                return Err(SshError::Connect {
-                    host,
-                    reason: format!("no answer within {} s", target.connect_timeout.as_secs()),
-                });
-            }
-            Ok(Ok(h)) => h,
-            Ok(Err(e)) => {
-                let known_hosts = target.known_hosts.display().to_string();
-                return Err(match verdict.lock().unwrap().clone() {
-                    Some(Verdict::Changed {
-                        expected,
-                        presented,
-                        ..
-                    }) if target.pinned_host_key.is_some() => SshError::PinnedKeyMismatch {
-                        host,
-                        expected,
-                        presented,
-                    },
-                    Some(Verdict::Changed {
-                        line,
-                        expected,
-                        presented,
-                    }) => SshError::HostKeyChanged {
-                        host,
-                        known_hosts,
-                        line,
-                        expected,
-                        presented,
-                    },
-                    Some(Verdict::Unknown { presented }) => SshError::HostKeyUnknown {
-                        host,
-                        known_hosts,
-                        presented,
-                    },
-                    Some(Verdict::Error(reason)) => SshError::Connect { host, reason },
-                    _ => SshError::Connect {
-                        host,
-                        reason: describe(&e),
-                    },
-                });
-            }
-        };
+        let mut handle = Self::handshake(target).await?;
+        let host = target.display();
         let hash = handle
             .best_supported_rsa_hash()
             .await
@@ -387,6 +188,43 @@ impl SshSession {
             target: target.clone(),
             handle,
         })
+    }
+
+    /// Connects and checks the host key; a refused key says why.
+    async fn handshake(
+        target: &SshTarget,
+    ) -> Result<russh::client::Handle<HostKeyCheck>, SshError> {
+        let config = Arc::new(russh::client::Config {
+            inactivity_timeout: Some(Duration::from_secs(300)),
+            keepalive_interval: Some(Duration::from_secs(15)),
+            keepalive_max: 3,
+            window_size: 16 * 1024 * 1024,
+            maximum_packet_size: 65535,
+            nodelay: true,
+            ..Default::default()
+        });
+        let verdict = Arc::new(Mutex::new(None));
+        let check = HostKeyCheck {
+            host: target.host.clone(),
+            port: target.port,
+            known_hosts: target.known_hosts.clone(),
+            pinned: target.pinned_host_key.clone(),
+            accept_new: target.accept_new,
+            verdict: verdict.clone(),
+        };
+        let connecting = russh::client::connect(config, (target.host.as_str(), target.port), check);
+        let host = target.display();
+        match tokio::time::timeout(target.connect_timeout, connecting).await {
+            Err(_) => Err(SshError::Connect {
+                host,
+                reason: format!("no answer within {} s", target.connect_timeout.as_secs()),
+            }),
+            Ok(Ok(h)) => Ok(h),
+            Ok(Err(e)) => {
+                let verdict = verdict.lock().unwrap().clone();
+                Err(refused(target, verdict, describe(&e)))
+            }
+        }
     }
 
     pub fn target(&self) -> &SshTarget {
@@ -467,6 +305,41 @@ impl SshSession {
             .handle
             .disconnect(russh::Disconnect::ByApplication, "", "en")
             .await;
+    }
+}
+
+/// Why a connection was refused, from what the host-key check decided.
+fn refused(target: &SshTarget, verdict: Option<Verdict>, reason: String) -> SshError {
+    let host = target.display();
+    let known_hosts = target.known_hosts.display().to_string();
+    match verdict {
+        Some(Verdict::Changed {
+            expected,
+            presented,
+            ..
+        }) if target.pinned_host_key.is_some() => SshError::PinnedKeyMismatch {
+            host,
+            expected,
+            presented,
+        },
+        Some(Verdict::Changed {
+            line,
+            expected,
+            presented,
+        }) => SshError::HostKeyChanged {
+            host,
+            known_hosts,
+            line,
+            expected,
+            presented,
+        },
+        Some(Verdict::Unknown { presented }) => SshError::HostKeyUnknown {
+            host,
+            known_hosts,
+            presented,
+        },
+        Some(Verdict::Error(reason)) => SshError::Connect { host, reason },
+        _ => SshError::Connect { host, reason },
     }
 }
 

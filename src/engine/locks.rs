@@ -1,0 +1,117 @@
+//! The two locks a job holds: the service's `flock` on this machine (two
+//! jobs of one service never interleave here), and on each SSH host a lock
+//! directory (deployers on different machines never interleave there),
+//! refreshed while the job runs.
+
+use super::Engine;
+use crate::error::{Failure, FailureKind};
+use crate::host::RemoteLockError;
+use crate::lock::{Holder, Lock, LockError};
+use crate::release::ServiceDirs;
+use crate::site::Site;
+use chrono::Utc;
+use std::time::Duration;
+
+/// How often a held host lock is refreshed.
+const HEARTBEAT: Duration = Duration::from_secs(20);
+
+impl Engine {
+    fn holder(&self, job_id: &str) -> Holder {
+        Holder {
+            job_id: job_id.to_string(),
+            pid: std::process::id(),
+            actor: self.actor.clone(),
+            since: Utc::now(),
+        }
+    }
+
+    /// Takes a service's deploy lock for a job, or says who holds it.
+    pub(super) async fn lock(&self, service: &str, job_id: &str) -> Result<Lock, Failure> {
+        let dirs = ServiceDirs::new(&self.state_dir, service);
+        Lock::acquire(&dirs.lock_file(), &self.holder(job_id), self.lock_wait)
+            .await
+            .map_err(|e| match e {
+                LockError::Busy(who) => Failure::new(
+                    FailureKind::Locked,
+                    format!(
+                        "service '{service}' is locked by another deploy: {who}; try again when it finishes, or pass --wait SECONDS"
+                    ),
+                ),
+                other => Failure::internal(other.to_string()),
+            })
+    }
+
+    /// Takes the lock on every host, all or nothing, and keeps them fresh
+    /// until [`HostLocks::release`]. Returns notes on stale locks taken over.
+    pub(super) async fn lock_hosts<'a>(
+        &self,
+        sites: &'a [Site],
+        service: &str,
+        job_id: &str,
+    ) -> Result<(HostLocks<'a>, Vec<String>), Failure> {
+        let holder = self.holder(job_id);
+        let mut notes = Vec::new();
+        let dead = |h: &Holder| h.actor == self.actor && !crate::lock::pid_alive(h.pid);
+        for (i, site) in sites.iter().enumerate() {
+            match site.host.lock(&site.dirs(service), &holder, dead).await {
+                Ok(Some(old)) => notes.push(format!(
+                    "took over a stale lock on {}: {old}",
+                    site.host.name()
+                )),
+                Ok(None) => {}
+                Err(e) => {
+                    unlock(&sites[..i], service).await;
+                    return Err(match e {
+                        RemoteLockError::Busy(who) => Failure::new(
+                            FailureKind::Locked,
+                            format!(
+                                "service '{service}' on {} is locked by another deployer: {who}",
+                                site.host.name()
+                            ),
+                        ),
+                        RemoteLockError::Failed(msg) => Failure::new(FailureKind::Unreachable, msg),
+                    });
+                }
+            }
+        }
+        // A deployer that dies stops refreshing; the next one takes over.
+        let beats: Vec<_> = sites
+            .iter()
+            .map(|s| (s.host.clone(), s.dirs(service)))
+            .collect();
+        let heartbeat = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                for (host, dirs) in &beats {
+                    host.heartbeat(dirs).await;
+                }
+            }
+        });
+        let locks = HostLocks {
+            sites,
+            service: service.to_string(),
+            heartbeat,
+        };
+        Ok((locks, notes))
+    }
+}
+
+/// The hosts' locks of a running job.
+pub(super) struct HostLocks<'a> {
+    sites: &'a [Site],
+    service: String,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl HostLocks<'_> {
+    pub async fn release(self) {
+        self.heartbeat.abort();
+        unlock(self.sites, &self.service).await;
+    }
+}
+
+async fn unlock(sites: &[Site], service: &str) {
+    for s in sites {
+        s.host.unlock(&s.dirs(service)).await;
+    }
+}

@@ -1,0 +1,396 @@
+//! The engine: runs a job as a list of steps grouped under the six phases,
+//! reports each change to a [`Sink`], writes the job to the store as it
+//! goes, and unwinds a stack of undos when a step fails. Both front ends
+//! (the CLI and the HTTP API) call it and render its events; no deploy
+//! logic lives anywhere else.
+//!
+//! A deploy and a rollback are the same list of steps: a deploy's release
+//! comes from a directory (Transfer copies it, Build builds it), a
+//! rollback's release already exists (those steps say so and are skipped).
+//!
+//! Where things are: this file is the public API (`deploy`, `submit`,
+//! `rollback`, `stop`); `validate.rs` the Validation phase; `locks.rs` the
+//! service lock and the hosts' locks; `run.rs` one host's run of the step
+//! list with its undo stack; `steps/` the steps, one file each;
+//! `rollout.rs` several hosts in waves; `records.rs` the job's records
+//! (register, audit, finish — each written once); `events.rs` what a job
+//! tells its front end.
+
+mod events;
+mod ids;
+mod locks;
+mod records;
+mod rollout;
+mod run;
+mod steps;
+mod validate;
+
+pub use events::{Event, Sink, StreamEvent};
+pub use ids::{actor, new_job_id};
+
+use crate::config::DeployerConfig;
+use crate::error::Failure;
+use crate::model::*;
+use crate::plan::{Plan, RegisterPlan, RolloutSpec};
+use crate::secret::Secret;
+use crate::site::{Site, TargetSpec};
+use crate::store::Store;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where a job's release comes from.
+#[derive(Clone, Debug)]
+enum Source {
+    /// New content to copy from a directory.
+    Dir(PathBuf),
+    /// A release that exists already (a rollback).
+    Existing(String),
+}
+
+/// A job to run: what a [`Plan`] or a rollback request becomes.
+#[derive(Clone, Debug)]
+struct Work {
+    kind: JobKind,
+    service: String,
+    service_path: String,
+    method: String,
+    spec: RunSpec,
+    secrets: Vec<(String, Secret)>,
+    droplet_id: Option<i64>,
+    register: RegisterPlan,
+    keep_releases: usize,
+    service_url: String,
+    source: Source,
+    rollout: RolloutSpec,
+    /// Set for a rollout, so every host gets the same release id.
+    release_id: Option<String>,
+}
+
+/// The deploy engine.
+pub struct Engine {
+    config: DeployerConfig,
+    state_dir: PathBuf,
+    /// Opened on the first write, so a refused deploy creates nothing; or
+    /// given by the caller (the server shares one store).
+    store: tokio::sync::OnceCell<Store>,
+    http: reqwest::Client,
+    actor: String,
+    lock_wait: Duration,
+    /// Where deploys go: one target, or several for a rollout.
+    targets: Vec<TargetSpec>,
+}
+
+impl Engine {
+    pub fn new(
+        config: DeployerConfig,
+        state_dir: PathBuf,
+        lock_wait: Duration,
+        targets: Vec<TargetSpec>,
+    ) -> Self {
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .expect("HTTP client");
+        Engine {
+            config,
+            state_dir,
+            store: tokio::sync::OnceCell::new(),
+            http,
+            actor: actor(),
+            lock_wait,
+            targets,
+        }
+    }
+
+    /// The engine writes to `store` instead of opening the state
+    /// directory's database itself.
+    pub fn with_store(self, store: Store) -> Self {
+        Engine {
+            store: tokio::sync::OnceCell::new_with(Some(store)),
+            ..self
+        }
+    }
+
+    /// Who the engine's jobs are recorded as run by.
+    pub fn with_actor(self, actor: String) -> Self {
+        Engine { actor, ..self }
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The store, opened (and created) on first use.
+    async fn store(&self) -> Result<&Store, Failure> {
+        Ok(self
+            .store
+            .get_or_try_init(|| Store::open(&self.state_dir))
+            .await?)
+    }
+
+    /// The store of a state directory that has been used before; "not
+    /// found" rather than created when it was not.
+    async fn existing_store(&self) -> Result<&Store, Failure> {
+        if self.store.get().is_none() && !self.state_dir.join("deployer.db").exists() {
+            return Err(Failure::not_found(format!(
+                "no deployer state in {} (nothing was deployed with this state directory)",
+                self.state_dir.display()
+            )));
+        }
+        self.store().await
+    }
+
+    /// Closes the store the engine opened (a CLI command ends here).
+    pub async fn close(self) {
+        if let Some(store) = self.store.get() {
+            store.clone().close().await;
+        }
+    }
+
+    /// Rollback and stop act on one host: the first target.
+    fn first_target(&self) -> &TargetSpec {
+        self.targets.first().unwrap_or(&TargetSpec::Local)
+    }
+
+    /// Deploys a plan. `Err` means the job never started (invalid input, the
+    /// lock was busy) and nothing was written; a job that ran is returned
+    /// whether it succeeded or not.
+    pub async fn deploy(&self, plan: Plan, sink: &dyn Sink) -> Result<Job, Failure> {
+        self.run_plan(plan, None, sink).await
+    }
+
+    /// Records a deploy as accepted (pending, every phase pending) before it
+    /// runs: what the HTTP API answers 202 for. [`Engine::submit`] runs it.
+    pub async fn accept(&self, plan: &Plan) -> Result<Job, Failure> {
+        let mut job = Job::pending(
+            new_job_id(),
+            JobKind::Deploy,
+            plan.service_name.clone(),
+            self.actor.clone(),
+        );
+        job.service_path = plan.source.display().to_string();
+        job.service_port = plan.spec.port;
+        job.deployment_method = plan.method.as_str().to_string();
+        job.droplet_id = plan.droplet_id;
+        self.store().await?.insert_job(&job).await?;
+        Ok(job)
+    }
+
+    /// Runs a job [`Engine::accept`] recorded. A job refused before it runs
+    /// (invalid on the target, unreachable, locked) is recorded as failed
+    /// with its Validation phase, so its history reads like any other.
+    pub async fn submit(&self, plan: Plan, accepted: &Job, sink: &dyn Sink) -> Job {
+        let id = accepted.deploy_job_id.clone();
+        let validation = events::Remember::new(sink);
+        match self.run_plan(plan, Some(id.clone()), &validation).await {
+            Ok(job) => job,
+            Err(f) => {
+                let mut job = accepted.clone();
+                records::refused(&mut job, validation.validation(), &f);
+                if let Ok(store) = self.store().await
+                    && let Err(e) = store.save_job(&job).await
+                {
+                    sink.event(&Event::Note(&format!("warning: {e}")));
+                }
+                job
+            }
+        }
+    }
+
+    /// Rolls a service back to an earlier release (the one before current,
+    /// or `to`). Runs as a job: Start Service, Verify Health and Register.
+    pub async fn rollback(
+        &self,
+        service: &str,
+        to: Option<&str>,
+        sink: &dyn Sink,
+    ) -> Result<Job, Failure> {
+        // Read again under the lock; here it only refuses an unknown service.
+        self.known_releases(service).await?;
+        let site = Site::connect(self.first_target(), &self.state_dir).await?;
+        let job_id = new_job_id();
+        let result = async {
+            // Under the lock, so `current` cannot change while the target is chosen.
+            let lock = self.lock(service, &job_id).await?;
+            let (work, validation) = self.rollback_work(&site, service, to).await?;
+            sink.event(&Event::PhaseFinished(&validation.view()));
+            let ticket = run::Ticket {
+                lock,
+                job_id,
+                accepted: false,
+            };
+            self.run(std::slice::from_ref(&site), work, validation, ticket, sink)
+                .await
+        }
+        .await;
+        site.close().await;
+        result
+    }
+
+    /// Stops every running release of a service (it stays deployed:
+    /// `current` is kept, and a later deploy or rollback starts it again).
+    pub async fn stop(&self, service: &str) -> Result<Vec<String>, Failure> {
+        let releases = self.known_releases(service).await?;
+        let job_id = new_job_id();
+        let _lock = self.lock(service, &job_id).await?;
+        let site = Site::connect(self.first_target(), &self.state_dir).await?;
+        let started = std::time::Instant::now();
+        let stopped = steps::stop_all(&site, service, &releases).await;
+        site.close().await;
+        let stopped = stopped?;
+        let details = if stopped.is_empty() {
+            "nothing was running".to_string()
+        } else {
+            format!("stopped {}", stopped.join(", "))
+        };
+        let entry = AuditEntry {
+            details,
+            ..records::audit_entry(&self.actor, "stop", service, None, "success", started)
+        };
+        self.store().await?.audit(&entry).await?;
+        Ok(stopped)
+    }
+
+    /// A service's releases; not found when it has none.
+    async fn known_releases(&self, service: &str) -> Result<Vec<Release>, Failure> {
+        crate::plan::validate_name(service)?;
+        let releases = self.existing_store().await?.releases(service).await?;
+        if releases.is_empty() {
+            return Err(Failure::not_found(format!(
+                "no releases of service '{service}'"
+            )));
+        }
+        Ok(releases)
+    }
+
+    async fn release_record(&self, service: &str, id: &str) -> Option<Release> {
+        let store = self.store().await.ok()?;
+        store
+            .releases(service)
+            .await
+            .ok()?
+            .into_iter()
+            .find(|r| r.id == id)
+    }
+
+    /// The secrets a release's spec names, from deployer's environment and
+    /// secrets file.
+    fn secrets_for(&self, spec: &RunSpec) -> Result<Vec<(String, Secret)>, Failure> {
+        crate::plan::resolve_secrets(&spec.secret_names, &self.config, &|k| std::env::var(k).ok())
+    }
+
+    /// What a rollback job runs, and its (already passed) Validation phase.
+    async fn rollback_work(
+        &self,
+        site: &Site,
+        service: &str,
+        to: Option<&str>,
+    ) -> Result<(Work, Phase), Failure> {
+        let store = self.store().await?;
+        let target = validate::rollback_target(site, store, service, to).await?;
+        let secrets = self.secrets_for(&target.spec)?;
+        let target_job = store.job(&target.job_id).await?;
+        let droplet_id = target_job.as_ref().and_then(|j| j.droplet_id);
+        let register = match (&self.config.registry_url, droplet_id) {
+            (Some(url), Some(id)) => RegisterPlan::To {
+                registry_url: url.trim_end_matches('/').to_string(),
+                droplet_id: id,
+            },
+            (None, _) => RegisterPlan::Skip {
+                reason: "no registry configured (registry_url / REGISTRY_URL)".into(),
+            },
+            (Some(_), None) => RegisterPlan::Skip {
+                reason: "the release was deployed without a droplet_id".into(),
+            },
+        };
+        let validation =
+            validate::passed(format!("release {} exists; rolling back to it", target.id));
+        let address = crate::plan::service_address(&self.config);
+        let work = Work {
+            kind: JobKind::Rollback,
+            service: service.to_string(),
+            service_path: target_job.map(|j| j.service_path).unwrap_or_default(),
+            method: target.spec.runtime.as_str().to_string(),
+            service_url: format!("http://{address}:{}", target.spec.port),
+            spec: target.spec.clone(),
+            secrets,
+            droplet_id,
+            register,
+            keep_releases: usize::MAX,
+            source: Source::Existing(target.id.clone()),
+            rollout: Default::default(),
+            release_id: None,
+        };
+        Ok((work, validation))
+    }
+
+    /// Validation, the locks, then the job: the one path every deploy takes.
+    async fn run_plan(
+        &self,
+        mut plan: Plan,
+        job_id: Option<String>,
+        sink: &dyn Sink,
+    ) -> Result<Job, Failure> {
+        let sites = validate::connect_all(&self.targets, &self.state_dir, &plan, sink).await?;
+        let accepted = job_id.is_some();
+        let job_id = job_id.unwrap_or_else(new_job_id);
+        let result = async {
+            // A deploy that may wait (`--wait`, every job of the HTTP API)
+            // takes the lock first and validates under it, when no other
+            // deploy of the service runs: checked earlier, a running deploy
+            // restarting the service could make its own port look taken. A
+            // deploy that may not wait validates first, so a refusal writes
+            // nothing at all.
+            let early = if self.lock_wait.is_zero() {
+                None
+            } else {
+                Some(self.lock(&plan.service_name, &job_id).await?)
+            };
+            let validation = validate::all(&sites, &mut plan, sink).await?;
+            let lock = match early {
+                Some(l) => l,
+                None => self.lock(&plan.service_name, &job_id).await?,
+            };
+            let work = Work::from_plan(plan);
+            let ticket = run::Ticket {
+                lock,
+                job_id,
+                accepted,
+            };
+            self.run(&sites, work, validation, ticket, sink).await
+        }
+        .await;
+        for site in &sites {
+            site.close().await;
+        }
+        result
+    }
+}
+
+impl Work {
+    fn from_plan(plan: Plan) -> Work {
+        Work {
+            kind: JobKind::Deploy,
+            service_url: plan.service_url(),
+            service: plan.service_name,
+            service_path: plan.source.display().to_string(),
+            method: plan.spec.runtime.as_str().to_string(),
+            spec: plan.spec,
+            secrets: plan.secrets,
+            droplet_id: plan.droplet_id,
+            register: plan.register,
+            keep_releases: plan.keep_releases,
+            source: Source::Dir(plan.source),
+            rollout: plan.rollout,
+            release_id: None,
+        }
+    }
+}
+
+/// Failures a job's refusal is recorded with when it never ran.
+impl From<&Failure> for JobState {
+    fn from(f: &Failure) -> Self {
+        JobState::failed(f.kind, f.message.clone())
+    }
+}

@@ -1,0 +1,292 @@
+//! A deploy to several hosts, in waves: the canary wave first, then the
+//! rest, `parallel` at a time (concurrently within a wave). Every host runs
+//! the same step list with the same release id. A failed wave stops the
+//! rollout: its failed hosts have unwound themselves, its switched hosts are
+//! taken back here, later waves are skipped. Register runs once, at the end.
+
+use super::events::HostSink;
+use super::records::{self, JobBook};
+use super::run::JobRun;
+use super::steps;
+use super::{Engine, Event, Sink, Source, Work};
+use crate::error::FailureKind;
+use crate::model::*;
+use crate::plan::RegisterPlan;
+use crate::release;
+use crate::site::Site;
+use chrono::Utc;
+use std::time::Instant;
+
+/// How a stopped rollout failed: the kind and the first failed host's error.
+type RolloutFailure = (FailureKind, String);
+
+impl Engine {
+    pub(super) async fn rollout(
+        &self,
+        sites: &[Site],
+        book: &JobBook<'_>,
+        mut work: Work,
+        validation: &Phase,
+        previous: Vec<Option<String>>,
+        sink: &dyn Sink,
+    ) -> Job {
+        let started = Instant::now();
+        if let Source::Dir(src) = &work.source
+            && let Ok(hash) = release::content_hash(src)
+        {
+            let dirs = sites[0].dirs(&work.service);
+            work.release_id = Some(release::new_release_id(&hash, &dirs));
+        }
+        let register = std::mem::replace(
+            &mut work.register,
+            RegisterPlan::Skip {
+                reason: "registered once for all hosts, after the last wave".into(),
+            },
+        );
+        let waves = work.rollout.waves(sites.len());
+        let mut switched: Vec<usize> = Vec::new();
+        let mut failure: Option<RolloutFailure> = None;
+        for (w, wave) in waves.iter().enumerate() {
+            if failure.is_some() {
+                skip_hosts(book, wave).await;
+                continue;
+            }
+            let what = if w == 0 && work.rollout.canary > 0 {
+                "canary wave"
+            } else {
+                "wave"
+            };
+            let names: Vec<String> = wave.iter().map(|&i| sites[i].host.name()).collect();
+            let note = format!("{what} {}: {}", w + 1, names.join(", "));
+            sink.event(&Event::Note(&note));
+            let ctx = WaveCtx {
+                sites,
+                book,
+                work: &work,
+                validation,
+                previous: &previous,
+                sink,
+            };
+            let results = self.run_wave(&ctx, wave).await;
+            match results.iter().find(|(_, j)| !j.succeeded()) {
+                Some((i, j)) => {
+                    let kind = j.state.failure().unwrap_or(FailureKind::Internal);
+                    let error = j.state.error().unwrap_or_default();
+                    failure = Some((kind, format!("{}: {error}", sites[*i].host.name())));
+                    let mut back: Vec<usize> = results
+                        .iter()
+                        .filter(|(_, j)| j.succeeded())
+                        .map(|(i, _)| *i)
+                        .collect();
+                    if work.rollout.rollback_switched {
+                        back.extend(switched.iter().copied());
+                    }
+                    self.revert_hosts(&ctx, &back).await;
+                }
+                None => switched.extend(wave.iter().copied()),
+            }
+        }
+        let register_phase = self
+            .register_once(&work, register, book, &mut failure)
+            .await;
+        sink.event(&Event::PhaseFinished(&register_phase.view()));
+        self.finish_rollout(book, &work, register_phase, failure, started)
+            .await
+    }
+
+    /// Runs one wave's hosts at once; each host's run and its final job.
+    async fn run_wave(&self, ctx: &WaveCtx<'_>, wave: &[usize]) -> Vec<(usize, Job)> {
+        let job_id = ctx.book.parent.lock().await.deploy_job_id.clone();
+        let runs = wave.iter().map(|&i| {
+            let job_id = job_id.clone();
+            async move {
+                let host_sink = HostSink {
+                    inner: ctx.sink,
+                    host: ctx.sites[i].host.name(),
+                };
+                let mut run = JobRun::new(self, &ctx.sites[i], ctx.book, i, &host_sink, ctx.work);
+                run.start(ctx.validation, ctx.previous[i].clone(), &job_id);
+                run.execute(&steps::deploy_steps()).await;
+                (i, run.job)
+            }
+        });
+        futures_util::future::join_all(runs).await
+    }
+
+    async fn revert_hosts(&self, ctx: &WaveCtx<'_>, hosts: &[usize]) {
+        for &i in hosts {
+            let record = self
+                .revert(
+                    &ctx.sites[i],
+                    ctx.work,
+                    ctx.previous[i].as_deref(),
+                    ctx.sink,
+                )
+                .await;
+            ctx.book.edit(|j| j.hosts[i].reverted = Some(record)).await;
+        }
+    }
+
+    /// Takes a host that a failed rollout had switched back to the release
+    /// it ran before (or stops it, when it had none).
+    async fn revert(
+        &self,
+        site: &Site,
+        work: &Work,
+        previous: Option<&str>,
+        sink: &dyn Sink,
+    ) -> RollbackRecord {
+        let dirs = site.dirs(&work.service);
+        let name = site.host.name();
+        let new = site.host.current(&dirs).await.unwrap_or_default();
+        let ctx = |release: &str, spec: &RunSpec| crate::runtime::ReleaseCtx {
+            service: work.service.clone(),
+            release: release.to_string(),
+            dirs: dirs.clone(),
+            spec: spec.clone(),
+            secrets: work.secrets.clone(),
+        };
+        let note = format!("[{name}] rollback: stopping release {new}");
+        sink.event(&Event::Note(&note));
+        let _ = site
+            .runtime(work.spec.runtime)
+            .stop(&ctx(&new, &work.spec))
+            .await;
+        let mut record = RollbackRecord {
+            to_release: previous.map(str::to_string),
+            from_release: new,
+            success: true,
+            details: format!("{name}: stopped; it had no previous release"),
+        };
+        if let Some(prev) = previous {
+            let spec = match self.release_record(&work.service, prev).await {
+                Some(r) => r.spec,
+                None => work.spec.clone(),
+            };
+            let outcome = steps::restart_and_verify(site, &self.http, &ctx(prev, &spec)).await;
+            let outcome = match outcome {
+                Ok(_) => site.host.switch_current(&dirs, prev).await,
+                Err(e) => Err(e),
+            };
+            record.success = outcome.is_ok();
+            record.details = match outcome {
+                Ok(()) => format!("{name}: rolled back to release {prev}"),
+                Err(e) => format!(
+                    "{name}: rollback to release {prev} FAILED, the service may be down: {e}"
+                ),
+            };
+        }
+        sink.event(&Event::Note(&record.details));
+        record
+    }
+
+    /// Register, once every host runs the release.
+    async fn register_once(
+        &self,
+        work: &Work,
+        register: RegisterPlan,
+        book: &JobBook<'_>,
+        failure: &mut Option<RolloutFailure>,
+    ) -> Phase {
+        let state = match (&failure, register) {
+            (Some(_), _) => PhaseState::Skipped {
+                reason: "not run: the rollout failed".into(),
+            },
+            (None, RegisterPlan::Skip { reason }) => PhaseState::Skipped { reason },
+            (
+                None,
+                RegisterPlan::To {
+                    registry_url,
+                    droplet_id,
+                },
+            ) => {
+                let at = Utc::now();
+                let result = records::register(self, work, &registry_url, droplet_id).await;
+                let details = result
+                    .as_ref()
+                    .map(|_| format!("Registered as Droplet #{droplet_id}"))
+                    .map_err(|e| e.clone());
+                match result {
+                    Ok(r) => book.edit(|j| j.registration = Some(r)).await,
+                    Err(e) => {
+                        *failure = Some((FailureKind::Register, e));
+                        book.parent.lock().await.clone()
+                    }
+                };
+                PhaseState::finished(at, details, "Register failed".into())
+            }
+        };
+        Phase {
+            state,
+            ..Phase::pending(PhaseName::Register)
+        }
+    }
+
+    async fn finish_rollout(
+        &self,
+        book: &JobBook<'_>,
+        work: &Work,
+        register_phase: Phase,
+        failure: Option<RolloutFailure>,
+        started: Instant,
+    ) -> Job {
+        let completed_at = Utc::now();
+        let job = book
+            .edit(|j| {
+                j.phases[PhaseName::Register.index()] = register_phase;
+                j.release = work.release_id.clone();
+                j.service_url = failure.is_none().then(|| work.service_url.clone());
+                j.state = match failure {
+                    None => JobState::Completed { completed_at },
+                    Some((kind, error)) => JobState::Failed {
+                        kind,
+                        error,
+                        rollback: None,
+                        completed_at,
+                    },
+                };
+            })
+            .await;
+        let deployed = job.hosts.iter().filter(|h| h.deployed()).count();
+        let details = format!(
+            "release {} on {deployed} of {} hosts",
+            job.release.as_deref().unwrap_or("?"),
+            job.hosts.len()
+        );
+        let entry = AuditEntry {
+            details,
+            ..records::job_audit(&job, started)
+        };
+        if let Err(e) = book.store.audit(&entry).await {
+            book.sink.event(&Event::Note(&format!("warning: {e}")));
+        }
+        book.sink.event(&Event::JobFinished(&job));
+        job
+    }
+}
+
+/// What every host of a wave shares.
+struct WaveCtx<'a> {
+    sites: &'a [Site],
+    book: &'a JobBook<'a>,
+    work: &'a Work,
+    validation: &'a Phase,
+    previous: &'a [Option<String>],
+    sink: &'a dyn Sink,
+}
+
+/// Marks the hosts of a wave the stopped rollout never reached.
+async fn skip_hosts(book: &JobBook<'_>, wave: &[usize]) {
+    for &i in wave {
+        book.edit(|j| {
+            let host = &mut j.hosts[i];
+            host.state = JobState::Skipped;
+            for p in host.phases.iter_mut().skip(1) {
+                p.state = PhaseState::Skipped {
+                    reason: "not run: the rollout stopped".into(),
+                };
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,397 @@
+//! One job under its locks: the job record is written, then each host runs
+//! the step list ([`JobRun`]). A step that fails stops the list; the undo
+//! stack is unwound newest first, and the phases not reached are skipped.
+
+use super::records::{self, JobBook};
+use super::steps::{self, Step, StepCx, StepError, Undo};
+use super::{Engine, Event, Sink, Work};
+use crate::error::{Failure, FailureKind};
+use crate::lock::Lock;
+use crate::model::*;
+use crate::site::Site;
+use chrono::Utc;
+use std::time::Instant;
+
+/// A job that may start: its service lock and id, and whether a front end
+/// has recorded it already ([`Engine::accept`]).
+pub(super) struct Ticket {
+    pub lock: Lock,
+    pub job_id: String,
+    pub accepted: bool,
+}
+
+impl Engine {
+    /// Takes the hosts' locks, records the job and runs it.
+    pub(super) async fn run(
+        &self,
+        sites: &[Site],
+        work: Work,
+        validation: Phase,
+        ticket: Ticket,
+        sink: &dyn Sink,
+    ) -> Result<Job, Failure> {
+        let (host_locks, notes) = self
+            .lock_hosts(sites, &work.service, &ticket.job_id)
+            .await?;
+        for note in &notes {
+            sink.event(&Event::Note(note));
+        }
+        let result = self
+            .run_locked(sites, work, validation, &ticket, sink)
+            .await;
+        host_locks.release().await;
+        drop(ticket);
+        result
+    }
+
+    async fn run_locked(
+        &self,
+        sites: &[Site],
+        work: Work,
+        validation: Phase,
+        ticket: &Ticket,
+        sink: &dyn Sink,
+    ) -> Result<Job, Failure> {
+        let store = self.store().await?;
+        // Holding the lock, no other job of this service can be running: any
+        // marked running had its deployer die mid-way.
+        let interrupted = store.mark_interrupted(&work.service).await?;
+        if !interrupted.is_empty() {
+            let msg = format!(
+                "earlier job {} was interrupted; marked failed",
+                interrupted.join(", ")
+            );
+            sink.event(&Event::Note(&msg));
+        }
+        if let Some(dead) = &ticket.lock.took_over {
+            let entry = AuditEntry {
+                details: format!("the lock's holder, {dead}, had died"),
+                duration_ms: None,
+                ..records::audit_entry(
+                    &self.actor,
+                    "lock",
+                    &work.service,
+                    Some(&ticket.job_id),
+                    "taken over",
+                    Instant::now(),
+                )
+            };
+            store.audit(&entry).await?;
+        }
+        let mut previous = Vec::with_capacity(sites.len());
+        for site in sites {
+            previous.push(site.host.current(&site.dirs(&work.service)).await);
+        }
+        let job = self.first_record(sites, &work, ticket, &validation, &previous);
+        if ticket.accepted {
+            store.save_job(&job).await?;
+        } else {
+            store.insert_job(&job).await?;
+        }
+        let book = JobBook {
+            store: store.clone(),
+            parent: tokio::sync::Mutex::new(job),
+            multi: sites.len() > 1,
+            sink,
+        };
+        if book.multi {
+            return Ok(self
+                .rollout(sites, &book, work, &validation, previous, sink)
+                .await);
+        }
+        let mut run = JobRun::new(self, &sites[0], &book, 0, sink, &work);
+        run.start(&validation, previous[0].clone(), &ticket.job_id);
+        run.execute(&steps::deploy_steps()).await;
+        Ok(run.job)
+    }
+
+    /// The job as first written: Validation done, the rest pending, and for
+    /// a rollout each host in its wave.
+    fn first_record(
+        &self,
+        sites: &[Site],
+        work: &Work,
+        ticket: &Ticket,
+        validation: &Phase,
+        previous: &[Option<String>],
+    ) -> Job {
+        let first = previous.first().cloned().flatten();
+        let mut job = records::new_job(self, work, ticket.job_id.clone(), validation, first);
+        if sites.len() > 1 {
+            job.previous_release = None;
+            let waves = work.rollout.waves(sites.len());
+            job.hosts = sites
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    let wave = waves.iter().position(|w| w.contains(&i)).unwrap_or(0);
+                    HostReport::pending(s.host.name(), wave)
+                })
+                .collect();
+        }
+        job
+    }
+}
+
+/// One job in progress on one host: its phases, its undo stack, and where
+/// it reports.
+pub(super) struct JobRun<'a> {
+    cx: StepCx<'a>,
+    book: &'a JobBook<'a>,
+    host_index: usize,
+    pub job: Job,
+    undo: Vec<Box<dyn Undo>>,
+    /// The undos run, in order (what the rollback did, step by step).
+    pub undone: Vec<String>,
+}
+
+/// Why a host's run failed.
+struct RunFailure {
+    error: StepError,
+    rollback: Option<RollbackRecord>,
+}
+
+impl<'a> JobRun<'a> {
+    pub fn new(
+        engine: &'a Engine,
+        site: &'a Site,
+        book: &'a JobBook<'a>,
+        host_index: usize,
+        sink: &'a dyn Sink,
+        work: &'a Work,
+    ) -> Self {
+        let cx = StepCx::new(engine, site, &book.store, sink, work);
+        JobRun {
+            job: Job::pending(
+                String::new(),
+                work.kind,
+                work.service.clone(),
+                String::new(),
+            ),
+            cx,
+            book,
+            host_index,
+            undo: Vec::new(),
+            undone: Vec::new(),
+        }
+    }
+
+    /// Sets the run's job record: Validation done, `previous` current.
+    pub fn start(&mut self, validation: &Phase, previous: Option<String>, job_id: &str) {
+        self.cx.previous = previous.clone();
+        self.cx.job_id = job_id.to_string();
+        self.job = records::new_job(
+            self.cx.engine,
+            self.cx.work,
+            job_id.to_string(),
+            validation,
+            previous,
+        );
+    }
+
+    async fn save(&mut self) {
+        self.job.release = self.cx.release.clone();
+        self.job.transfer = self.cx.transfer.clone();
+        self.job.registration = self.cx.registration.clone();
+        self.job.service_url = self.cx.service_url.clone();
+        self.book.update(self.host_index, &self.job).await;
+    }
+
+    /// Runs the steps, then records how the job ended and audits it.
+    pub async fn execute(&mut self, steps: &[Box<dyn Step>]) {
+        let started = Instant::now();
+        let outcome = self.run_steps(steps).await;
+        let redactor = &self.cx.redactor;
+        let completed_at = Utc::now();
+        self.job.state = match outcome {
+            Ok(()) => JobState::Completed { completed_at },
+            Err(RunFailure { error, rollback }) => JobState::Failed {
+                kind: match &rollback {
+                    Some(r) if !r.success => FailureKind::RollbackFailed,
+                    _ => error.kind,
+                },
+                error: redactor.redact(&error.job_error.unwrap_or(error.error)),
+                rollback,
+                completed_at,
+            },
+        };
+        self.save().await;
+        self.audit(started).await;
+        if !self.book.multi {
+            let job = self.job.clone();
+            self.cx.sink.event(&Event::JobFinished(&job));
+        }
+    }
+
+    /// The job's audit line, in the store (one host) and on the host.
+    async fn audit(&self, started: Instant) {
+        let details = match (self.job.state.error(), self.job.state.rollback()) {
+            (None, _) => format!(
+                "release {} is current",
+                self.job.release.as_deref().unwrap_or("?")
+            ),
+            (Some(e), Some(rb)) => format!("{}; {}", records::first_line(e), rb.details),
+            (Some(e), None) => records::first_line(e).to_string(),
+        };
+        let entry = AuditEntry {
+            details: self.cx.redactor.redact(&details),
+            ..records::job_audit(&self.job, started)
+        };
+        if !self.book.multi
+            && let Err(e) = self.book.store.audit(&entry).await
+        {
+            self.cx.note(&format!("warning: {e}"));
+        }
+        let line = records::host_audit_line(&entry, self.job.release.as_deref());
+        if let Err(e) = self.cx.site.host.audit(&self.cx.dirs, &line).await {
+            self.cx.note(&format!("warning: {e}"));
+        }
+    }
+
+    /// The phases after Validation, in order; on a failure, the unwind.
+    async fn run_steps(&mut self, steps: &[Box<dyn Step>]) -> Result<(), RunFailure> {
+        for name in &PhaseName::ALL[1..] {
+            let phase: Vec<&dyn Step> = steps
+                .iter()
+                .filter(|s| s.phase() == *name)
+                .map(|s| s.as_ref())
+                .collect();
+            if let Err(error) = self.run_phase(*name, &phase).await {
+                let rollback = self.unwind().await;
+                self.skip_rest(&format!("not run: {} failed", name.as_str()))
+                    .await;
+                return Err(RunFailure { error, rollback });
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one phase's steps; the phase is skipped when all of them are.
+    async fn run_phase(&mut self, name: PhaseName, steps: &[&dyn Step]) -> Result<(), StepError> {
+        let skips: Vec<Option<String>> = steps.iter().map(|s| s.skip(&self.cx)).collect();
+        let records = steps.iter().zip(&skips).map(|(s, why)| StepRecord {
+            name: s.name().to_string(),
+            state: match why {
+                Some(reason) => PhaseState::Skipped {
+                    reason: reason.clone(),
+                },
+                None => PhaseState::Pending,
+            },
+        });
+        self.job.phases[name.index()].steps = records.collect();
+        if let Some(Some(reason)) = skips.iter().all(Option::is_some).then(|| skips[0].clone()) {
+            self.finish_phase(name, PhaseState::Skipped { reason })
+                .await;
+            return Ok(());
+        }
+        let started_at = Utc::now();
+        self.job.phases[name.index()].state = PhaseState::Running { started_at };
+        self.save().await;
+        self.cx.sink.event(&Event::PhaseStarted(name));
+        let mut shown = Vec::new();
+        let mut failure = None;
+        for (i, step) in steps.iter().enumerate() {
+            if skips[i].is_some() {
+                continue;
+            }
+            let state = match &failure {
+                Some((failed, _)) => PhaseState::Skipped {
+                    reason: format!("not run: {failed} failed"),
+                },
+                None => match self.run_step(*step, &mut shown).await {
+                    Ok(state) => state,
+                    Err((state, e)) => {
+                        failure = Some((step.name(), e));
+                        state
+                    }
+                },
+            };
+            self.job.phases[name.index()].steps[i].state = state;
+            self.save().await;
+        }
+        let result = match &failure {
+            None => Ok(shown.join("; ")),
+            Some((_, e)) => Err(self.cx.redactor.redact(&e.error)),
+        };
+        let failed_details = format!("{} failed", name.as_str());
+        let state = PhaseState::finished(started_at, result, failed_details);
+        self.finish_phase(name, state).await;
+        failure.map_or(Ok(()), |(_, e)| Err(e))
+    }
+
+    /// Runs one step: its record's state, and the failure if it failed.
+    async fn run_step(
+        &mut self,
+        step: &dyn Step,
+        shown: &mut Vec<String>,
+    ) -> Result<PhaseState, (PhaseState, StepError)> {
+        let started_at = Utc::now();
+        match step.run(&mut self.cx).await {
+            Ok(done) => {
+                let details = self.cx.redactor.redact(&done.details);
+                if done.shown && !details.is_empty() {
+                    shown.push(details.clone());
+                }
+                if done.commit {
+                    self.undo.clear();
+                }
+                self.undo.extend(done.undo);
+                Ok(PhaseState::finished(started_at, Ok(details), String::new()))
+            }
+            Err(mut e) => {
+                self.undo.extend(e.undo.take());
+                let error = self.cx.redactor.redact(&e.error);
+                let failed = format!("{} failed", step.name());
+                Err((PhaseState::finished(started_at, Err(error), failed), e))
+            }
+        }
+    }
+
+    /// Sets a phase's final state, writes the job and reports the phase.
+    async fn finish_phase(&mut self, name: PhaseName, state: PhaseState) {
+        self.job.phases[name.index()].state = state;
+        self.save().await;
+        let view = self.job.phases[name.index()].view();
+        self.cx.sink.event(&Event::PhaseFinished(&view));
+    }
+
+    /// Runs the undo stack, newest first. Returns what the rollback did;
+    /// `None` when nothing had changed.
+    async fn unwind(&mut self) -> Option<RollbackRecord> {
+        if self.undo.is_empty() {
+            return None;
+        }
+        let previous = self.cx.previous.clone();
+        let mut record = RollbackRecord {
+            to_release: previous.clone(),
+            from_release: self.cx.release.clone().unwrap_or_default(),
+            success: true,
+            details: match &previous {
+                // Failed before Start Service: the previous release was never stopped.
+                Some(p) => format!("release {p} kept running"),
+                None => "no previous release to restore".to_string(),
+            },
+        };
+        while let Some(undo) = self.undo.pop() {
+            self.undone.push(undo.describe());
+            undo.undo(&self.cx, &mut record).await;
+        }
+        Some(record)
+    }
+
+    /// Skips every phase still pending.
+    async fn skip_rest(&mut self, reason: &str) {
+        for name in PhaseName::ALL {
+            if self.job.phases[name.index()].status() == PhaseStatus::Pending {
+                let state = PhaseState::Skipped {
+                    reason: reason.to_string(),
+                };
+                self.finish_phase(name, state).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "run_tests.rs"]
+mod tests;

@@ -1,0 +1,382 @@
+//! The step list failing at each step in turn, against the scripted
+//! runtime (no Docker, no sshd) and a real SQLite store and HTTP health
+//! endpoint on loopback: which undos run, in which order, and how the job
+//! ends.
+
+use super::*;
+use crate::engine::records::JobBook;
+use crate::engine::{Engine, Source, Work};
+use crate::plan::RegisterPlan;
+use crate::runtime::scripted::ScriptedRuntime;
+use crate::site::{Site, TargetSpec};
+use crate::store::Store;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Quiet;
+impl Sink for Quiet {
+    fn event(&self, _: &Event) {}
+}
+
+/// A health endpoint that answers as the scripted runtime's running
+/// release would: 200, 500 when sick, nothing when it died or none runs.
+async fn health_server(runtime: ScriptedRuntime) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let Some(status) = runtime.health() else {
+                continue;
+            };
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf).await;
+            let answer =
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = conn.write_all(answer.as_bytes()).await;
+        }
+    });
+    port
+}
+
+fn work(src: &Path, port: u16, register: RegisterPlan) -> Work {
+    let mut spec = RunSpec::example(RuntimeKind::Docker);
+    spec.port = port;
+    spec.secret_names.clear();
+    spec.health.timeout_secs = 5;
+    spec.health.retries = 1;
+    Work {
+        kind: JobKind::Deploy,
+        service: "web".into(),
+        service_path: src.display().to_string(),
+        method: "docker".into(),
+        spec,
+        secrets: Vec::new(),
+        droplet_id: None,
+        register,
+        keep_releases: 5,
+        service_url: format!("http://127.0.0.1:{port}"),
+        source: Source::Dir(src.to_path_buf()),
+        rollout: Default::default(),
+        release_id: None,
+    }
+}
+
+/// One job on the scripted site; the job and the undos it ran.
+async fn run_job(
+    engine: &Engine,
+    site: &Site,
+    store: &Store,
+    work: &Work,
+    previous: Option<String>,
+) -> (Job, Vec<String>) {
+    let id = crate::engine::new_job_id();
+    let validation = super::super::validate::passed("checked".into());
+    let job = records::new_job(engine, work, id.clone(), &validation, previous.clone());
+    store.insert_job(&job).await.unwrap();
+    let book = JobBook {
+        store: store.clone(),
+        parent: tokio::sync::Mutex::new(job),
+        multi: false,
+        sink: &Quiet,
+    };
+    let mut run = JobRun::new(engine, site, &book, 0, &Quiet, work);
+    run.start(&validation, previous, &id);
+    run.execute(&steps::deploy_steps()).await;
+    (run.job, run.undone)
+}
+
+/// What one row of the table ends with.
+struct Outcome {
+    job: Job,
+    undone: Vec<String>,
+    running: Option<String>,
+    current: Option<String>,
+    r1: String,
+    r2: String,
+    stored: Job,
+}
+
+/// Deploys v1 cleanly, then v2 with `fail` scripted (and `register`).
+async fn second_deploy(
+    fail: &[&'static str],
+    register: RegisterPlan,
+    lose_source: bool,
+) -> Outcome {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = ScriptedRuntime::default();
+    let port = health_server(runtime.clone()).await;
+    runtime.script.lock().unwrap().port = port;
+    let site = Site::scripted(dir.path(), runtime.clone());
+    let store = Store::open(dir.path()).await.unwrap();
+    let engine = Engine::new(
+        Default::default(),
+        dir.path().to_path_buf(),
+        Duration::ZERO,
+        vec![TargetSpec::Local],
+    )
+    .with_store(store.clone());
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("VERSION"), "v1").unwrap();
+    let w = work(
+        &src,
+        port,
+        RegisterPlan::Skip {
+            reason: "none".into(),
+        },
+    );
+    let (first, _) = run_job(&engine, &site, &store, &w, None).await;
+    assert!(first.succeeded(), "{:?}", first.state);
+    let r1 = first.release.clone().unwrap();
+    {
+        let mut s = runtime.script.lock().unwrap();
+        s.good = Some(r1.clone());
+        s.fail = fail.to_vec();
+    }
+    std::fs::write(src.join("VERSION"), "v2").unwrap();
+    if lose_source {
+        std::fs::remove_dir_all(&src).unwrap();
+    }
+    let w = work(&src, port, register);
+    let (job, undone) = run_job(&engine, &site, &store, &w, Some(r1.clone())).await;
+    let r2 = job.release.clone().unwrap_or_else(|| "-".into());
+    let stored = store.job(&job.deploy_job_id).await.unwrap().unwrap();
+    let dirs = site.dirs("web");
+    let running = runtime.script.lock().unwrap().running.clone();
+    Outcome {
+        running,
+        current: site.host.current(&dirs).await,
+        job,
+        undone,
+        r1,
+        r2,
+        stored,
+    }
+}
+
+/// A job's JSON without its times (the store keeps milliseconds).
+fn shape(job: &Job) -> serde_json::Value {
+    fn strip(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                for k in [
+                    "started_at",
+                    "completed_at",
+                    "duration_ms",
+                    "duration_seconds",
+                ] {
+                    m.remove(k);
+                }
+                m.values_mut().for_each(strip);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(job).unwrap();
+    strip(&mut v);
+    v
+}
+
+fn phase_status(job: &Job, name: PhaseName) -> PhaseStatus {
+    job.phase(name).status()
+}
+
+#[tokio::test]
+async fn a_failure_at_each_step_unwinds_the_steps_before_it_newest_first() {
+    use PhaseStatus::*;
+    let skip = || RegisterPlan::Skip {
+        reason: "none".into(),
+    };
+    let closed = || RegisterPlan::To {
+        registry_url: "http://127.0.0.1:1".into(),
+        droplet_id: 7,
+    };
+    // (what fails, registry, source lost, failure kind, undos as a template,
+    //  the phase that failed, what runs at the end)
+    type Row = (
+        &'static [&'static str],
+        fn() -> RegisterPlan,
+        bool,
+        Option<FailureKind>,
+        &'static [&'static str],
+        Option<PhaseName>,
+        &'static str,
+    );
+    let rows: Vec<Row> = vec![
+        (
+            &[],
+            skip,
+            true,
+            Some(FailureKind::Transfer),
+            &[],
+            Some(PhaseName::Transfer),
+            "R1",
+        ),
+        (
+            &["build"],
+            skip,
+            false,
+            Some(FailureKind::Build),
+            &["remove release R2"],
+            Some(PhaseName::Build),
+            "R1",
+        ),
+        (
+            &["stop-good"],
+            skip,
+            false,
+            Some(FailureKind::Start),
+            &["remove the build of R2", "remove release R2"],
+            Some(PhaseName::StartService),
+            "R1",
+        ),
+        (
+            &["start"],
+            skip,
+            false,
+            Some(FailureKind::Start),
+            &[
+                "stop release R2",
+                "restart release R1",
+                "remove the build of R2",
+                "remove release R2",
+            ],
+            Some(PhaseName::StartService),
+            "R1",
+        ),
+        (
+            &["exit"],
+            skip,
+            false,
+            Some(FailureKind::Start),
+            &[
+                "stop release R2",
+                "restart release R1",
+                "remove the build of R2",
+                "remove release R2",
+            ],
+            Some(PhaseName::VerifyHealth),
+            "R1",
+        ),
+        (
+            &["sick"],
+            skip,
+            false,
+            Some(FailureKind::Health),
+            &[
+                "stop release R2",
+                "restart release R1",
+                "remove the build of R2",
+                "remove release R2",
+            ],
+            Some(PhaseName::VerifyHealth),
+            "R1",
+        ),
+        (
+            &["start", "start-good"],
+            skip,
+            false,
+            Some(FailureKind::RollbackFailed),
+            &[
+                "stop release R2",
+                "restart release R1",
+                "remove the build of R2",
+                "remove release R2",
+            ],
+            Some(PhaseName::StartService),
+            "-",
+        ),
+        (
+            &[],
+            closed,
+            false,
+            Some(FailureKind::Register),
+            &[],
+            Some(PhaseName::Register),
+            "R2",
+        ),
+        (&[], skip, false, None, &[], None, "R2"),
+    ];
+    for (fail, register, lose, kind, undos, failed_phase, runs) in rows {
+        let row = format!("{fail:?} lose_source={lose}");
+        let t = std::time::Instant::now();
+        let o = second_deploy(fail, register(), lose).await;
+        let name = |s: &str| s.replace("R1", &o.r1).replace("R2", &o.r2);
+        assert_eq!(o.job.state.failure(), kind, "{row}: {:?}", o.job.state);
+        let expected: Vec<String> = undos.iter().map(|u| name(u)).collect();
+        assert_eq!(o.undone, expected, "{row}: undo order");
+        let running = (runs != "-").then(|| name(runs));
+        assert_eq!(o.running, running, "{row}: what runs at the end");
+        // `current` only moves once the new release is healthy.
+        let current = if runs == "R2" { &o.r2 } else { &o.r1 };
+        assert_eq!(o.current.as_ref(), Some(current), "{row}: current");
+        assert_eq!(
+            shape(&o.stored),
+            shape(&o.job),
+            "{row}: the stored job is the job"
+        );
+        match failed_phase {
+            None => {
+                assert!(o.job.succeeded());
+                assert_eq!(phase_status(&o.job, PhaseName::Register), Skipped);
+            }
+            Some(p) => {
+                assert_eq!(phase_status(&o.job, p), Failed, "{row}");
+                for later in &PhaseName::ALL[p.index() + 1..] {
+                    assert_eq!(phase_status(&o.job, *later), Skipped, "{row}: {later:?}");
+                    let reason = o.job.phase(*later).view().details;
+                    assert_eq!(reason, format!("not run: {} failed", p.as_str()));
+                }
+                assert!(o.job.state.error().is_some_and(|e| !e.is_empty()), "{row}");
+            }
+        }
+        let has_record = o.job.state.rollback().is_some();
+        assert_eq!(has_record, !undos.is_empty(), "{row}: rollback record");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "{row}: took {:?}",
+            t.elapsed()
+        );
+    }
+}
+
+#[tokio::test]
+async fn each_phase_records_its_steps() {
+    let o = second_deploy(
+        &["start"],
+        RegisterPlan::Skip {
+            reason: "none".into(),
+        },
+        false,
+    )
+    .await;
+    let start = o.job.phase(PhaseName::StartService);
+    let steps: Vec<(String, PhaseStatus)> = start
+        .steps
+        .iter()
+        .map(|s| (s.name.clone(), s.state.status()))
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            ("stop old".to_string(), PhaseStatus::Success),
+            ("start new".to_string(), PhaseStatus::Failed),
+        ]
+    );
+    let view = start.view();
+    assert_eq!(view.steps[0].details, format!("stopped {}", o.r1));
+    assert!(
+        view.steps[1]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("would not start")
+    );
+    let build = o.job.phase(PhaseName::Build).view();
+    assert_eq!(build.steps[0].status, PhaseStatus::Skipped);
+    assert_eq!(build.steps[0].details, "no build command");
+    assert_eq!(build.details, format!("built {}", o.r2));
+}

@@ -1,0 +1,89 @@
+//! The commit point, at the end of Verify Health: the healthy release
+//! becomes `current` (an atomic rename), the one before is kept as
+//! `previous`, and old releases beyond `keep_releases` are pruned. From
+//! here a failure no longer rolls back.
+
+use super::{Done, Step, StepCx, StepError};
+use crate::error::FailureKind;
+use crate::model::*;
+use futures_util::future::BoxFuture;
+
+pub(in crate::engine) struct SwitchCurrent;
+
+impl Step for SwitchCurrent {
+    fn phase(&self) -> PhaseName {
+        PhaseName::VerifyHealth
+    }
+
+    fn name(&self) -> &'static str {
+        "switch current"
+    }
+
+    fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
+        Box::pin(async move {
+            let release = cx.release.clone().unwrap_or_default();
+            cx.site
+                .host
+                .switch_current(&cx.dirs, &release)
+                .await
+                .map_err(|e| {
+                    StepError::new(
+                        FailureKind::Internal,
+                        format!("switching current to {release}: {e}"),
+                    )
+                })?;
+            let service = &cx.work.service;
+            let _ = cx
+                .store
+                .set_release_status(service, &release, ReleaseStatus::Current)
+                .await;
+            if let Some(prev) = cx.previous.as_deref().filter(|p| *p != release) {
+                let _ = cx
+                    .store
+                    .set_release_status(service, prev, ReleaseStatus::Previous)
+                    .await;
+            }
+            cx.service_url = Some(cx.work.service_url.clone());
+            prune(cx, &release).await;
+            Ok(Done {
+                commit: true,
+                ..Done::quiet(format!("release {release} is current"))
+            })
+        })
+    }
+}
+
+/// Keeps the newest `keep_releases` good releases, plus current and the
+/// rollback target; removes the files (and images) of the rest.
+async fn prune(cx: &StepCx<'_>, current: &str) {
+    let service = &cx.work.service;
+    let Ok(releases) = cx.store.releases(service).await else {
+        return;
+    };
+    let mut kept = 0usize;
+    for r in releases {
+        let keep_always = r.id == current || Some(r.id.as_str()) == cx.previous.as_deref();
+        match r.status {
+            ReleaseStatus::Current | ReleaseStatus::Previous => {
+                kept += 1;
+                if keep_always || kept <= cx.work.keep_releases {
+                    continue;
+                }
+            }
+            ReleaseStatus::Failed if !keep_always => {
+                // Failed releases never count; their files went at rollback.
+                let _ = cx.site.host.remove_release(&cx.dirs, &r.id).await;
+                continue;
+            }
+            _ => continue,
+        }
+        let ctx = cx.ctx(&r.id, &r.spec, &[]);
+        cx.runtime(&r.spec).remove_build(&ctx).await;
+        if cx.site.host.remove_release(&cx.dirs, &r.id).await.is_ok() {
+            let _ = cx
+                .store
+                .set_release_status(service, &r.id, ReleaseStatus::Removed)
+                .await;
+        }
+    }
+}

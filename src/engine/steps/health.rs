@@ -1,0 +1,88 @@
+//! Verify Health: poll the new release until it is healthy, it exits, or
+//! the rule gives up. Also how a restarted release is checked, written
+//! once for the undo that restarts the previous release and for a
+//! rollout's revert.
+
+use super::{Done, Step, StepCx, StepError};
+use crate::error::FailureKind;
+use crate::health::{HealthCheck, Probe, Unhealthy};
+use crate::model::*;
+use crate::runtime::ReleaseCtx;
+use crate::site::Site;
+use futures_util::future::BoxFuture;
+use std::time::Duration;
+
+pub(in crate::engine) struct VerifyHealth;
+
+impl Step for VerifyHealth {
+    fn phase(&self) -> PhaseName {
+        PhaseName::VerifyHealth
+    }
+
+    fn name(&self) -> &'static str {
+        "health check"
+    }
+
+    fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
+        Box::pin(async move {
+            let ctx = cx.new_release();
+            let runtime = cx.runtime(&ctx.spec);
+            let check = health_check(&ctx.spec, &cx.site.health_host());
+            let result = check
+                .wait(probe(&cx.engine.http, cx.site, &ctx.spec), || {
+                    runtime.liveness(&ctx)
+                })
+                .await;
+            match result {
+                Ok(h) => Ok(Done::shown(format!(
+                    "Service is healthy: {} answered 2xx after {} ms ({} checks)",
+                    check.url,
+                    h.after.as_millis(),
+                    h.checks
+                ))),
+                // A service that dies at once failed to start, whatever phase saw it.
+                Err(Unhealthy::Exited(e)) => Err(StepError::new(FailureKind::Start, e)),
+                Err(Unhealthy::Failed(e)) => Err(StepError::new(FailureKind::Health, e)),
+            }
+        })
+    }
+}
+
+/// Starts a release again and waits until it is healthy; how long that took.
+pub(in crate::engine) async fn restart_and_verify(
+    site: &Site,
+    http: &reqwest::Client,
+    ctx: &ReleaseCtx,
+) -> Result<Duration, String> {
+    let runtime = site.runtime(ctx.spec.runtime);
+    runtime.start(ctx).await?;
+    health_check(&ctx.spec, &site.health_host())
+        .wait(probe(http, site, &ctx.spec), || runtime.liveness(ctx))
+        .await
+        .map(|h| h.after)
+        .map_err(|e| e.to_string())
+}
+
+/// How a release's health is reached: over HTTP from here, or with curl on
+/// the host when the spec says so.
+fn probe<'a>(http: &'a reqwest::Client, site: &'a Site, spec: &RunSpec) -> Probe<'a> {
+    if spec.health.from_target {
+        Probe::OnHost(&site.host)
+    } else {
+        Probe::Http(http)
+    }
+}
+
+fn health_check(spec: &RunSpec, host: &str) -> HealthCheck {
+    // Checked on the host itself, the service is on its loopback.
+    let host = if spec.health.from_target {
+        "127.0.0.1"
+    } else {
+        host
+    };
+    HealthCheck {
+        url: format!("http://{host}:{}{}", spec.port, spec.health.path),
+        timeout: Duration::from_secs(spec.health.timeout_secs),
+        retries: spec.health.retries,
+    }
+}

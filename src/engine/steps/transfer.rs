@@ -1,0 +1,111 @@
+//! Transfer: copy (or upload) the service directory into a new release,
+//! and record it. Undo: remove the release's files and mark it failed.
+
+use super::{Done, Step, StepCx, StepError, Undo};
+use crate::engine::{Event, Source};
+use crate::error::FailureKind;
+use crate::model::*;
+use crate::release;
+use chrono::Utc;
+use futures_util::future::BoxFuture;
+use std::path::Path;
+
+pub(in crate::engine) struct Upload;
+
+impl Step for Upload {
+    fn phase(&self) -> PhaseName {
+        PhaseName::Transfer
+    }
+
+    fn name(&self) -> &'static str {
+        "upload release"
+    }
+
+    fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
+        match &cx.work.source {
+            Source::Existing(id) => Some(format!("existing release {id}")),
+            Source::Dir(_) => None,
+        }
+    }
+
+    fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
+        Box::pin(async move {
+            let Source::Dir(src) = &cx.work.source else {
+                return Ok(Done::quiet("nothing to transfer"));
+            };
+            let (id, details) = upload(cx, src)
+                .await
+                .map_err(|e| StepError::new(FailureKind::Transfer, e))?;
+            cx.release = Some(id.clone());
+            Ok(Done::shown(details).with_undo(RemoveRelease { release: id }))
+        })
+    }
+}
+
+async fn upload(cx: &mut StepCx<'_>, src: &Path) -> Result<(String, String), String> {
+    let hash = release::content_hash(src).map_err(|e| format!("reading {}: {e}", src.display()))?;
+    let id = cx
+        .work
+        .release_id
+        .clone()
+        .unwrap_or_else(|| release::new_release_id(&hash, &cx.dirs));
+    let sink = cx.sink;
+    let progress = |sent: u64, total: u64| sink.event(&Event::TransferProgress { sent, total });
+    let stats = cx
+        .site
+        .host
+        .put_release(src, &cx.dirs, &id, cx.previous.as_deref(), &progress)
+        .await?;
+    cx.store
+        .save_release(&Release {
+            service_name: cx.work.service.clone(),
+            id: id.clone(),
+            status: ReleaseStatus::Pending,
+            job_id: cx.job_id.clone(),
+            content_hash: hash,
+            created_at: Utc::now(),
+            spec: cx.work.spec.clone(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let size = crate::host::human_bytes(stats.bytes);
+    let to = cx.dirs.release(&id);
+    let details = if cx.site.host.is_local() {
+        format!("{} files ({size}) copied to {}", stats.files, to.display())
+    } else {
+        format!(
+            "{} files ({size}) to {} on {}: {} uploaded ({}), {} unchanged and hard-linked",
+            stats.files,
+            to.display(),
+            cx.site.host.name(),
+            stats.uploaded_files,
+            crate::host::human_bytes(stats.uploaded_bytes),
+            stats.linked_files
+        )
+    };
+    cx.transfer = Some(stats);
+    Ok((id, details))
+}
+
+/// Removes a release that never became current, and marks it failed.
+struct RemoveRelease {
+    release: String,
+}
+
+impl Undo for RemoveRelease {
+    fn describe(&self) -> String {
+        format!("remove release {}", self.release)
+    }
+
+    fn undo<'a>(&'a self, cx: &'a StepCx<'_>, _: &'a mut RollbackRecord) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let _ = cx
+                .store
+                .set_release_status(&cx.work.service, &self.release, ReleaseStatus::Failed)
+                .await;
+            if let Err(e) = cx.site.host.remove_release(&cx.dirs, &self.release).await {
+                cx.note(&format!("rollback: removing release {}: {e}", self.release));
+            }
+        })
+    }
+}

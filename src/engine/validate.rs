@@ -1,0 +1,213 @@
+//! Validation: the checks that need the target (no writes), run on every
+//! host before a job is recorded. Also chooses a rollback's release.
+
+use super::{Event, Sink};
+use crate::config::Method;
+use crate::error::{Failure, FailureKind};
+use crate::model::{Phase, PhaseName, PhaseState, Release, ReleaseStatus, RuntimeKind};
+use crate::plan::Plan;
+use crate::secret::Redactor;
+use crate::site::{Site, TargetSpec};
+use crate::store::Store;
+use chrono::{DateTime, Utc};
+use std::path::Path;
+
+/// A finished Validation phase.
+pub(super) fn phase(started: DateTime<Utc>, result: Result<String, String>) -> Phase {
+    Phase {
+        state: PhaseState::finished(started, result, "Validation failed".into()),
+        ..Phase::pending(PhaseName::Validation)
+    }
+}
+
+/// A Validation phase that passed just now.
+pub(super) fn passed(details: String) -> Phase {
+    phase(Utc::now(), Ok(details))
+}
+
+/// Reports a refused Validation and returns the failure.
+fn refuse(sink: &dyn Sink, started: DateTime<Utc>, f: Failure, redactor: &Redactor) -> Failure {
+    let failed = phase(started, Err(redactor.redact(&f.message)));
+    sink.event(&Event::PhaseFinished(&failed.view()));
+    f
+}
+
+/// Connects to every target; a host that cannot be reached fails
+/// Validation.
+pub(super) async fn connect_all(
+    targets: &[TargetSpec],
+    state_dir: &Path,
+    plan: &Plan,
+    sink: &dyn Sink,
+) -> Result<Vec<Site>, Failure> {
+    let started = Utc::now();
+    sink.event(&Event::PhaseStarted(PhaseName::Validation));
+    let mut sites = Vec::with_capacity(targets.len());
+    for target in targets {
+        match Site::connect(target, state_dir).await {
+            Ok(site) => sites.push(site),
+            Err(f) => {
+                for s in &sites {
+                    s.close().await;
+                }
+                return Err(refuse(sink, started, f, &plan.redactor()));
+            }
+        }
+    }
+    Ok(sites)
+}
+
+/// Validation on every host; the phase fails if any host fails it.
+/// Resolves `auto` to the method the hosts can run.
+pub(super) async fn all(
+    sites: &[Site],
+    plan: &mut Plan,
+    sink: &dyn Sink,
+) -> Result<Phase, Failure> {
+    // Timed from here: waiting for the lock is not validating.
+    let started = Utc::now();
+    let redactor = plan.redactor();
+    let mut details = Vec::new();
+    for site in sites {
+        match one(site, plan).await {
+            Ok(d) => details.push(d),
+            Err(e) => {
+                let e = if sites.len() > 1 {
+                    format!("{}: {e}", site.host.name())
+                } else {
+                    e
+                };
+                let f = Failure::invalid(redactor.redact(&e));
+                return Err(refuse(sink, started, f, &redactor));
+            }
+        }
+    }
+    let passed = phase(started, Ok(redactor.redact(&details.join("; "))));
+    sink.event(&Event::PhaseFinished(&passed.view()));
+    Ok(passed)
+}
+
+/// The runtime a method means on this host, or why it cannot run here.
+async fn runtime(site: &Site, method: Method) -> Result<RuntimeKind, String> {
+    Ok(match method {
+        Method::Process if !site.host.is_local() => {
+            return Err(format!(
+                "the process method runs services on this machine only; use docker on {}",
+                site.host.name()
+            ));
+        }
+        Method::Process => RuntimeKind::Process,
+        Method::Docker => {
+            site.docker_engine().await.map_err(|e| {
+                format!("the docker method needs a Docker engine, and none answers: {e}")
+            })?;
+            RuntimeKind::Docker
+        }
+        Method::Systemd => {
+            site.systemd().available().await?;
+            RuntimeKind::Systemd
+        }
+        Method::Auto => match site.docker_engine().await {
+            Ok(_) => RuntimeKind::Docker,
+            Err(_) if site.host.is_local() => RuntimeKind::Process,
+            Err(_) => RuntimeKind::Systemd,
+        },
+    })
+}
+
+/// Validation on one host.
+async fn one(site: &Site, plan: &mut Plan) -> Result<String, String> {
+    let runtime = runtime(site, plan.method).await?;
+    plan.spec.runtime = runtime;
+    match runtime {
+        RuntimeKind::Process | RuntimeKind::Systemd => {
+            if plan
+                .spec
+                .start
+                .as_deref()
+                .is_none_or(|s| s.trim().is_empty())
+            {
+                return Err(format!(
+                    "the {} method needs a start command: set `start` in {} or pass --start",
+                    runtime.as_str(),
+                    plan.source.join(crate::config::MANIFEST_FILE).display()
+                ));
+            }
+        }
+        RuntimeKind::Docker => {
+            let dockerfile = plan.source.join(&plan.spec.dockerfile);
+            if !dockerfile.is_file() {
+                return Err(format!(
+                    "the docker method needs {}, which is missing",
+                    dockerfile.display()
+                ));
+            }
+        }
+    }
+    let port_note = port(site, plan).await?;
+    Ok(format!(
+        "Service files validated: method {} on {}, {port_note}",
+        runtime.as_str(),
+        site.host.name()
+    ))
+}
+
+/// The service's port is free, or held by this service itself.
+async fn port(site: &Site, plan: &Plan) -> Result<String, String> {
+    let port = plan.spec.port;
+    if !site.port_in_use(port).await {
+        return Ok(format!("port {port} free"));
+    }
+    let dirs = site.dirs(&plan.service_name);
+    match site
+        .running_releases(&dirs, &plan.service_name)
+        .await
+        .iter()
+        .find(|(_, p)| *p == port)
+    {
+        Some((rel, _)) => Ok(format!("port {port} held by this service's release {rel}")),
+        None => Err(format!(
+            "port {port} is in use by another program; stop it or choose another port"
+        )),
+    }
+}
+
+/// The release a rollback goes to: `to`, or the previous one. It must
+/// exist, not be current, and still have its files.
+pub(super) async fn rollback_target(
+    site: &Site,
+    store: &Store,
+    service: &str,
+    to: Option<&str>,
+) -> Result<Release, Failure> {
+    let dirs = site.dirs(service);
+    let releases = store.releases(service).await?;
+    let current = site.host.current(&dirs).await;
+    let target = match to {
+        Some(id) => releases.into_iter().find(|r| r.id == id).ok_or_else(|| {
+            Failure::not_found(format!("service '{service}' has no release '{id}'"))
+        })?,
+        None => releases
+            .into_iter()
+            .find(|r| r.status == ReleaseStatus::Previous && Some(&r.id) != current.as_ref())
+            .ok_or_else(|| {
+                Failure::new(
+                    FailureKind::Conflict,
+                    format!("service '{service}' has no previous release to roll back to"),
+                )
+            })?,
+    };
+    if Some(&target.id) == current.as_ref() {
+        return Err(Failure::new(
+            FailureKind::Conflict,
+            format!("release {} is already current", target.id),
+        ));
+    }
+    if !site.host.has_release(&dirs, &target.id).await {
+        return Err(Failure::not_found(format!(
+            "release {} was pruned; its files are gone",
+            target.id
+        )));
+    }
+    Ok(target)
+}

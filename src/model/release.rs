@@ -1,0 +1,153 @@
+//! Releases: what a release is, its lifecycle, how it runs (stored with it
+//! so a rollback can start it again) and what its transfer moved.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How a release runs: stored with each release so a rollback can start it
+/// again. Holds secret names, never values.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RunSpec {
+    pub runtime: RuntimeKind,
+    pub port: u16,
+    pub build: Option<String>,
+    pub start: Option<String>,
+    pub dockerfile: String,
+    pub env: BTreeMap<String, String>,
+    pub secret_names: Vec<String>,
+    pub health: HealthSpec,
+    pub network: Option<String>,
+    pub restart: String,
+    pub stop_grace_secs: u64,
+    /// The user a systemd unit runs as.
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+#[cfg(test)]
+impl RunSpec {
+    /// A spec for unit tests; change fields with struct update syntax.
+    pub fn example(runtime: RuntimeKind) -> RunSpec {
+        RunSpec {
+            runtime,
+            port: 8090,
+            build: None,
+            start: None,
+            dockerfile: "Dockerfile".into(),
+            env: BTreeMap::new(),
+            secret_names: vec!["API_KEY".into()],
+            health: HealthSpec {
+                path: "/health".into(),
+                timeout_secs: 30,
+                retries: 3,
+                from_target: false,
+            },
+            network: None,
+            restart: "unless-stopped".into(),
+            stop_grace_secs: 10,
+            user: None,
+        }
+    }
+}
+
+/// The runtime a release runs under, once `auto` is resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeKind {
+    Process,
+    Docker,
+    Systemd,
+}
+
+impl RuntimeKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuntimeKind::Process => "process",
+            RuntimeKind::Docker => "docker",
+            RuntimeKind::Systemd => "systemd",
+        }
+    }
+}
+
+/// How health is verified.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct HealthSpec {
+    pub path: String,
+    pub timeout_secs: u64,
+    /// Consecutive unhealthy answers (after the first answer) that fail early.
+    pub retries: u32,
+    /// Check from the target host itself (curl over SSH) instead of from
+    /// deployer's machine.
+    #[serde(default)]
+    pub from_target: bool,
+}
+
+/// What the Transfer phase moved.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
+pub struct TransferStats {
+    /// Files in the release.
+    pub files: u64,
+    /// Bytes in the release.
+    pub bytes: u64,
+    /// Files whose content was sent (all of them for a local copy).
+    #[serde(default)]
+    pub uploaded_files: u64,
+    #[serde(default)]
+    pub uploaded_bytes: u64,
+    /// Unchanged files hard-linked from the previous release on the host.
+    #[serde(default)]
+    pub linked_files: u64,
+}
+
+/// A release's lifecycle state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReleaseStatus {
+    /// Being deployed.
+    Pending,
+    /// What `current` points at.
+    Current,
+    /// Was current once; kept for rollback.
+    Previous,
+    /// Never became current.
+    Failed,
+    /// Pruned: its files are gone.
+    Removed,
+}
+
+impl ReleaseStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReleaseStatus::Pending => "pending",
+            ReleaseStatus::Current => "current",
+            ReleaseStatus::Previous => "previous",
+            ReleaseStatus::Failed => "failed",
+            ReleaseStatus::Removed => "removed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "pending" => ReleaseStatus::Pending,
+            "current" => ReleaseStatus::Current,
+            "previous" => ReleaseStatus::Previous,
+            "removed" => ReleaseStatus::Removed,
+            _ => ReleaseStatus::Failed,
+        }
+    }
+}
+
+/// One release of a service: a directory (and for docker, an image).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Release {
+    pub service_name: String,
+    pub id: String,
+    pub status: ReleaseStatus,
+    pub job_id: String,
+    pub content_hash: String,
+    #[serde(serialize_with = "crate::model::time_format::ser")]
+    pub created_at: DateTime<Utc>,
+    /// How to run it again (no secret values, only their names).
+    pub spec: RunSpec,
+}
