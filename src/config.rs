@@ -42,13 +42,13 @@ impl ConfigError {
     pub fn new(
         file: impl Into<String>,
         key_path: impl Into<String>,
-        message: impl Into<String>,
+        message: impl std::fmt::Display,
     ) -> Self {
         ConfigError {
             file: file.into(),
             key_path: key_path.into(),
             line: None,
-            message: message.into(),
+            message: message.to_string(),
         }
     }
 }
@@ -99,6 +99,17 @@ pub enum Method {
     Auto,
 }
 
+/// A deployment method deployer does not have.
+#[derive(Debug, thiserror::Error)]
+pub enum MethodError {
+    #[error(
+        "deployment method '{0}' is not available in this build (use process, docker, systemd or auto)"
+    )]
+    NotBuilt(String),
+    #[error("unknown deployment method '{0}' (expected process, docker, systemd or auto)")]
+    Unknown(String),
+}
+
 impl Method {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -109,18 +120,14 @@ impl Method {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, MethodError> {
         match s {
             "process" => Ok(Method::Process),
             "docker" => Ok(Method::Docker),
             "auto" => Ok(Method::Auto),
             "systemd" => Ok(Method::Systemd),
-            "swarm" => Err(format!(
-                "deployment method '{s}' is not available in this build (use process, docker, systemd or auto)"
-            )),
-            other => Err(format!(
-                "unknown deployment method '{other}' (expected process, docker, systemd or auto)"
-            )),
+            "swarm" => Err(MethodError::NotBuilt(s.to_string())),
+            other => Err(MethodError::Unknown(other.to_string())),
         }
     }
 }

@@ -129,31 +129,31 @@ pub struct Failure {
 }
 
 impl Failure {
-    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+    pub fn new(kind: FailureKind, message: impl std::fmt::Display) -> Self {
         Failure {
             kind,
-            message: message.into(),
+            message: message.to_string(),
             field: None,
         }
     }
 
-    pub fn invalid(message: impl Into<String>) -> Self {
+    pub fn invalid(message: impl std::fmt::Display) -> Self {
         Self::new(FailureKind::Invalid, message)
     }
 
     /// Invalid input in a named request field.
-    pub fn invalid_field(field: &'static str, message: impl Into<String>) -> Self {
+    pub fn invalid_field(field: &'static str, message: impl std::fmt::Display) -> Self {
         Failure {
             field: Some(field),
             ..Self::new(FailureKind::Invalid, message)
         }
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
+    pub fn internal(message: impl std::fmt::Display) -> Self {
         Self::new(FailureKind::Internal, message)
     }
 
-    pub fn not_found(message: impl Into<String>) -> Self {
+    pub fn not_found(message: impl std::fmt::Display) -> Self {
         Self::new(FailureKind::NotFound, message)
     }
 }

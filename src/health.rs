@@ -46,6 +46,8 @@ impl std::fmt::Display for Unhealthy {
     }
 }
 
+impl std::error::Error for Unhealthy {}
+
 /// A passed check.
 #[derive(Clone, Debug)]
 pub struct Healthy {

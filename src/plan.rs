@@ -122,33 +122,8 @@ impl Plan {
         config: &DeployerConfig,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Plan, Failure> {
-        let path = &req.service_path;
-        if path.as_os_str().is_empty() {
-            return Err(Failure::invalid_field(
-                "service_path",
-                "service path is empty",
-            ));
-        }
-        if !path.exists() {
-            return Err(Failure::invalid_field(
-                "service_path",
-                format!("service path {} does not exist", path.display()),
-            ));
-        }
-        if !path.is_dir() {
-            return Err(Failure::invalid_field(
-                "service_path",
-                format!("service path {} is not a directory", path.display()),
-            ));
-        }
-        let source = path.canonicalize().map_err(|e| {
-            Failure::invalid_field(
-                "service_path",
-                format!("service path {}: {e}", path.display()),
-            )
-        })?;
+        let source = source_dir(&req.service_path)?;
         let manifest = Manifest::load_from_dir(&source)?.unwrap_or_default();
-
         let service_name = req
             .service_name
             .clone()
@@ -163,20 +138,6 @@ impl Plan {
                 )
             })?;
         validate_name(&service_name)?;
-
-        let port = req.service_port.or(manifest.port).ok_or_else(|| {
-            Failure::invalid_field(
-                "service_port",
-                "no port: give --port or set `port` in service.toml",
-            )
-        })?;
-        if port == 0 {
-            return Err(Failure::invalid_field(
-                "service_port",
-                "port 0 is not a valid service port (1-65535)",
-            ));
-        }
-
         let method = match req.deployment_method.as_deref() {
             Some(m) => {
                 Method::parse(m).map_err(|e| Failure::invalid_field("deployment_method", e))?
@@ -186,66 +147,6 @@ impl Plan {
                 .or(config.defaults.method)
                 .unwrap_or(Method::Process),
         };
-
-        let mut env_vars = manifest.env.clone();
-        env_vars.extend(req.environment_vars.clone());
-        for key in env_vars.keys() {
-            validate_env_name(key).map_err(|f| Failure {
-                field: Some("environment_vars"),
-                ..f
-            })?;
-        }
-        let mut secret_names = manifest.secrets.clone();
-        for s in &req.secrets {
-            if !secret_names.contains(s) {
-                secret_names.push(s.clone());
-            }
-        }
-        let secrets = resolve_secrets(&secret_names, config, env)?;
-        for name in &secret_names {
-            if env_vars.contains_key(name) {
-                return Err(Failure::invalid(format!(
-                    "'{name}' is both an environment variable and a secret; keep it in one place"
-                )));
-            }
-        }
-
-        let health_path = req
-            .health_path
-            .clone()
-            .or(manifest.health.path.clone())
-            .unwrap_or_else(|| "/health".to_string());
-        if !health_path.starts_with('/') || health_path.chars().any(|c| c.is_whitespace()) {
-            return Err(Failure::invalid_field(
-                "health_path",
-                format!("health path '{health_path}' must start with '/' and contain no spaces"),
-            ));
-        }
-        let health = HealthSpec {
-            path: health_path,
-            timeout_secs: manifest
-                .health
-                .timeout_secs
-                .or(config.defaults.health_timeout_secs)
-                .unwrap_or(30),
-            retries: manifest
-                .health
-                .retries
-                .or(config.defaults.health_retries)
-                .unwrap_or(3),
-            from_target: manifest.health.from == Some(crate::config::HealthFrom::Target),
-        };
-
-        let dockerfile = manifest
-            .dockerfile
-            .clone()
-            .unwrap_or_else(|| "Dockerfile".to_string());
-        if Path::new(&dockerfile).is_absolute() || dockerfile.split('/').any(|c| c == "..") {
-            return Err(Failure::invalid(format!(
-                "dockerfile '{dockerfile}' must be a path inside the service directory"
-            )));
-        }
-
         let keep_releases = manifest
             .keep_releases
             .or(config.defaults.keep_releases)
@@ -253,59 +154,8 @@ impl Plan {
         if keep_releases == 0 {
             return Err(Failure::invalid("keep_releases must be at least 1"));
         }
-
         let droplet_id = req.droplet_id.or(manifest.droplet_id);
-        let register = match (req.auto_register, &config.registry_url, droplet_id) {
-            (Some(false), _, _) => RegisterPlan::Skip {
-                reason: "registration turned off (--no-register)".to_string(),
-            },
-            (_, None, _) => RegisterPlan::Skip {
-                reason: "no registry configured (registry_url / REGISTRY_URL)".to_string(),
-            },
-            (_, Some(_), None) => {
-                return Err(Failure::invalid_field(
-                    "droplet_id",
-                    "a registry is configured but the service has no droplet_id: give --droplet-id, \
-                     set `droplet_id` in service.toml, or pass --no-register",
-                ));
-            }
-            (_, Some(url), Some(id)) => RegisterPlan::To {
-                registry_url: url.trim_end_matches('/').to_string(),
-                droplet_id: id,
-            },
-        };
-
-        let spec = RunSpec {
-            // Resolved by the engine's Validation phase for `auto`.
-            runtime: match method {
-                Method::Docker => RuntimeKind::Docker,
-                Method::Systemd => RuntimeKind::Systemd,
-                _ => RuntimeKind::Process,
-            },
-            port,
-            build: req.build.clone().or(manifest.build.clone()),
-            start: req.start.clone().or(manifest.start.clone()),
-            dockerfile,
-            env: env_vars,
-            secret_names,
-            health,
-            network: manifest
-                .docker
-                .network
-                .clone()
-                .or(config.defaults.network.clone()),
-            restart: manifest
-                .docker
-                .restart
-                .clone()
-                .unwrap_or_else(|| "unless-stopped".to_string()),
-            stop_grace_secs: manifest
-                .stop_grace_secs
-                .or(config.defaults.stop_grace_secs)
-                .unwrap_or(10),
-            user: manifest.systemd.user.clone(),
-        };
-
+        let (spec, secrets) = run_spec(req, &manifest, config, method, env)?;
         Ok(Plan {
             service_name,
             source,
@@ -314,7 +164,7 @@ impl Plan {
             spec,
             secrets,
             keep_releases,
-            register,
+            register: register_plan(req.auto_register, config, droplet_id)?,
             address: service_address(config),
             hosts: manifest.hosts.clone(),
             rollout: RolloutSpec {
@@ -324,6 +174,180 @@ impl Plan {
             },
         })
     }
+}
+
+/// The service directory: it must exist and be a directory; made absolute.
+fn source_dir(path: &Path) -> Result<PathBuf, Failure> {
+    let refuse = |msg: String| Failure::invalid_field("service_path", msg);
+    if path.as_os_str().is_empty() {
+        return Err(refuse("service path is empty".into()));
+    }
+    if !path.exists() {
+        return Err(refuse(format!(
+            "service path {} does not exist",
+            path.display()
+        )));
+    }
+    if !path.is_dir() {
+        return Err(refuse(format!(
+            "service path {} is not a directory",
+            path.display()
+        )));
+    }
+    path.canonicalize()
+        .map_err(|e| refuse(format!("service path {}: {e}", path.display())))
+}
+
+/// How the release runs, and the secrets it names (resolved).
+fn run_spec(
+    req: &DeployRequest,
+    manifest: &Manifest,
+    config: &DeployerConfig,
+    method: Method,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(RunSpec, Vec<(String, Secret)>), Failure> {
+    let port = req.service_port.or(manifest.port).ok_or_else(|| {
+        Failure::invalid_field(
+            "service_port",
+            "no port: give --port or set `port` in service.toml",
+        )
+    })?;
+    if port == 0 {
+        return Err(Failure::invalid_field(
+            "service_port",
+            "port 0 is not a valid service port (1-65535)",
+        ));
+    }
+    let (env_vars, secret_names) = env_and_secret_names(req, manifest)?;
+    let secrets = resolve_secrets(&secret_names, config, env)?;
+    let dockerfile = manifest
+        .dockerfile
+        .clone()
+        .unwrap_or_else(|| "Dockerfile".to_string());
+    if Path::new(&dockerfile).is_absolute() || dockerfile.split('/').any(|c| c == "..") {
+        return Err(Failure::invalid(format!(
+            "dockerfile '{dockerfile}' must be a path inside the service directory"
+        )));
+    }
+    let spec = RunSpec {
+        // Resolved by the engine's Validation phase for `auto`.
+        runtime: match method {
+            Method::Docker => RuntimeKind::Docker,
+            Method::Systemd => RuntimeKind::Systemd,
+            _ => RuntimeKind::Process,
+        },
+        port,
+        build: req.build.clone().or(manifest.build.clone()),
+        start: req.start.clone().or(manifest.start.clone()),
+        dockerfile,
+        env: env_vars,
+        secret_names,
+        health: health_spec(req, manifest, config)?,
+        network: manifest
+            .docker
+            .network
+            .clone()
+            .or(config.defaults.network.clone()),
+        restart: manifest
+            .docker
+            .restart
+            .clone()
+            .unwrap_or_else(|| "unless-stopped".to_string()),
+        stop_grace_secs: manifest
+            .stop_grace_secs
+            .or(config.defaults.stop_grace_secs)
+            .unwrap_or(10),
+        user: manifest.systemd.user.clone(),
+    };
+    Ok((spec, secrets))
+}
+
+/// The service's environment (manifest, then request) and the names of
+/// its secrets; a name may not be both.
+fn env_and_secret_names(
+    req: &DeployRequest,
+    manifest: &Manifest,
+) -> Result<(BTreeMap<String, String>, Vec<String>), Failure> {
+    let mut env_vars = manifest.env.clone();
+    env_vars.extend(req.environment_vars.clone());
+    for key in env_vars.keys() {
+        validate_env_name(key).map_err(|f| Failure {
+            field: Some("environment_vars"),
+            ..f
+        })?;
+    }
+    let mut secret_names = manifest.secrets.clone();
+    for s in &req.secrets {
+        if !secret_names.contains(s) {
+            secret_names.push(s.clone());
+        }
+    }
+    if let Some(name) = secret_names.iter().find(|n| env_vars.contains_key(*n)) {
+        return Err(Failure::invalid(format!(
+            "'{name}' is both an environment variable and a secret; keep it in one place"
+        )));
+    }
+    Ok((env_vars, secret_names))
+}
+
+fn health_spec(
+    req: &DeployRequest,
+    manifest: &Manifest,
+    config: &DeployerConfig,
+) -> Result<HealthSpec, Failure> {
+    let path = req
+        .health_path
+        .clone()
+        .or(manifest.health.path.clone())
+        .unwrap_or_else(|| "/health".to_string());
+    if !path.starts_with('/') || path.chars().any(|c| c.is_whitespace()) {
+        return Err(Failure::invalid_field(
+            "health_path",
+            format!("health path '{path}' must start with '/' and contain no spaces"),
+        ));
+    }
+    Ok(HealthSpec {
+        path,
+        timeout_secs: manifest
+            .health
+            .timeout_secs
+            .or(config.defaults.health_timeout_secs)
+            .unwrap_or(30),
+        retries: manifest
+            .health
+            .retries
+            .or(config.defaults.health_retries)
+            .unwrap_or(3),
+        from_target: manifest.health.from == Some(crate::config::HealthFrom::Target),
+    })
+}
+
+/// Whether and where Register registers: off by request, skipped without a
+/// registry, refused when a registry has no droplet id to use.
+fn register_plan(
+    auto_register: Option<bool>,
+    config: &DeployerConfig,
+    droplet_id: Option<i64>,
+) -> Result<RegisterPlan, Failure> {
+    Ok(match (auto_register, &config.registry_url, droplet_id) {
+        (Some(false), _, _) => RegisterPlan::Skip {
+            reason: "registration turned off (--no-register)".to_string(),
+        },
+        (_, None, _) => RegisterPlan::Skip {
+            reason: "no registry configured (registry_url / REGISTRY_URL)".to_string(),
+        },
+        (_, Some(_), None) => {
+            return Err(Failure::invalid_field(
+                "droplet_id",
+                "a registry is configured but the service has no droplet_id: give --droplet-id, \
+                 set `droplet_id` in service.toml, or pass --no-register",
+            ));
+        }
+        (_, Some(url), Some(id)) => RegisterPlan::To {
+            registry_url: url.trim_end_matches('/').to_string(),
+            droplet_id: id,
+        },
+    })
 }
 
 /// The address in service URLs: `target.address`, else the remote host's

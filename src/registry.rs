@@ -5,6 +5,19 @@ use crate::model::Registration;
 use serde_json::json;
 use std::time::Duration;
 
+/// Why a registration did not go through.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("registry at {url} unreachable: {cause}")]
+    Unreachable { url: String, cause: String },
+    #[error("registry at {url} answered {status}: {body}")]
+    Refused {
+        url: String,
+        status: reqwest::StatusCode,
+        body: String,
+    },
+}
+
 /// Registers a service; returns the registration with the registry's answer.
 pub async fn register(
     client: &reqwest::Client,
@@ -13,7 +26,7 @@ pub async fn register(
     service_name: &str,
     endpoint: &str,
     token: Option<&str>,
-) -> Result<Registration, String> {
+) -> Result<Registration, RegistryError> {
     let url = format!("{registry_url}/register");
     let mut req = client.post(&url).timeout(Duration::from_secs(10));
     if let Some(t) = token {
@@ -27,12 +40,18 @@ pub async fn register(
         }))
         .send()
         .await
-        .map_err(|e| format!("registry at {url} unreachable: {}", root_cause(&e)))?;
+        .map_err(|e| RegistryError::Unreachable {
+            url: url.clone(),
+            cause: root_cause(&e),
+        })?;
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     if !status.is_success() {
-        let snippet: String = body.chars().take(200).collect();
-        return Err(format!("registry at {url} answered {status}: {snippet}"));
+        return Err(RegistryError::Refused {
+            url,
+            status,
+            body: body.chars().take(200).collect(),
+        });
     }
     Ok(Registration {
         droplet_id,

@@ -9,7 +9,7 @@ use crate::host::Host;
 use crate::model::RuntimeKind;
 use crate::release::ServiceDirs;
 use crate::runtime::{
-    Runtime, docker::DockerRuntime, process::ProcessRuntime, systemd::SystemdRuntime,
+    Runtime, RuntimeError, docker::DockerRuntime, process::ProcessRuntime, systemd::SystemdRuntime,
 };
 use crate::ssh::{SshSession, SshTarget};
 use std::path::PathBuf;
@@ -115,11 +115,17 @@ impl Site {
     }
 
     /// The Docker engine's version, or why none answers (asked once).
-    pub async fn docker_engine(&self) -> Result<String, String> {
+    pub async fn docker_engine(&self) -> Result<String, RuntimeError> {
         self.docker_engine
-            .get_or_init(|| self.docker().engine_version())
+            .get_or_init(|| async {
+                self.docker()
+                    .engine_version()
+                    .await
+                    .map_err(|e| e.to_string())
+            })
             .await
             .clone()
+            .map_err(RuntimeError::Unavailable)
     }
 
     /// The address health checks use to reach services on this host.

@@ -53,10 +53,15 @@ pub struct Args {
     pub server: Option<String>,
 }
 
-fn parse_key_value(s: &str) -> Result<(String, String), String> {
+/// A flag value that is not `KEY=VALUE`.
+#[derive(Debug, thiserror::Error)]
+#[error("expected KEY=VALUE, got '{0}'")]
+pub struct NotKeyValue(String);
+
+fn parse_key_value(s: &str) -> Result<(String, String), NotKeyValue> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
-        .ok_or_else(|| format!("expected KEY=VALUE, got '{s}'"))
+        .ok_or_else(|| NotKeyValue(s.to_string()))
 }
 
 pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {

@@ -69,7 +69,9 @@ impl Engine {
                                 site.host.name()
                             ),
                         ),
-                        RemoteLockError::Failed(msg) => Failure::new(FailureKind::Unreachable, msg),
+                        RemoteLockError::Failed(e) => {
+                            Failure::new(FailureKind::Unreachable, e.to_string())
+                        }
                     });
                 }
             }

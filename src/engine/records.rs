@@ -174,7 +174,7 @@ pub(super) async fn register(
     work: &Work,
     registry_url: &str,
     droplet_id: i64,
-) -> Result<Registration, String> {
+) -> Result<Registration, crate::registry::RegistryError> {
     crate::registry::register(
         &engine.http,
         registry_url,

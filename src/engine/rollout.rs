@@ -163,10 +163,14 @@ impl Engine {
                 Some(r) => r.spec,
                 None => work.spec.clone(),
             };
-            let outcome = steps::restart_and_verify(site, &self.http, &ctx(prev, &spec)).await;
-            let outcome = match outcome {
-                Ok(_) => site.host.switch_current(&dirs, prev).await,
-                Err(e) => Err(e),
+            let outcome = match steps::restart_and_verify(site, &self.http, &ctx(prev, &spec)).await
+            {
+                Ok(_) => site
+                    .host
+                    .switch_current(&dirs, prev)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
             };
             record.success = outcome.is_ok();
             record.details = match outcome {
@@ -205,11 +209,11 @@ impl Engine {
                 let details = result
                     .as_ref()
                     .map(|_| format!("Registered as Droplet #{droplet_id}"))
-                    .map_err(|e| e.clone());
+                    .map_err(|e| e.to_string());
                 match result {
                     Ok(r) => book.edit(|j| j.registration = Some(r)).await,
                     Err(e) => {
-                        *failure = Some((FailureKind::Register, e));
+                        *failure = Some((FailureKind::Register, e.to_string()));
                         book.parent.lock().await.clone()
                     }
                 };

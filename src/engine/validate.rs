@@ -6,6 +6,7 @@ use crate::config::Method;
 use crate::error::{Failure, FailureKind};
 use crate::model::{Phase, PhaseName, PhaseState, Release, ReleaseStatus, RuntimeKind};
 use crate::plan::Plan;
+use crate::runtime::RuntimeError;
 use crate::secret::Redactor;
 use crate::site::{Site, TargetSpec};
 use crate::store::Store;
@@ -75,7 +76,7 @@ pub(super) async fn all(
                 let e = if sites.len() > 1 {
                     format!("{}: {e}", site.host.name())
                 } else {
-                    e
+                    e.to_string()
                 };
                 let f = Failure::invalid(redactor.redact(&e));
                 return Err(refuse(sink, started, f, &redactor));
@@ -87,24 +88,44 @@ pub(super) async fn all(
     Ok(passed)
 }
 
+/// Why a host cannot take the deploy.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("the process method runs services on this machine only; use docker on {0}")]
+    ProcessOnRemote(String),
+    #[error("the docker method needs a Docker engine, and none answers: {0}")]
+    NoDockerEngine(RuntimeError),
+    #[error(transparent)]
+    NoSystemd(RuntimeError),
+    #[error("the {method} method needs a start command: set `start` in {manifest} or pass --start")]
+    NoStartCommand {
+        method: &'static str,
+        manifest: String,
+    },
+    #[error("the docker method needs {0}, which is missing")]
+    NoDockerfile(String),
+    #[error("port {0} is in use by another program; stop it or choose another port")]
+    PortTaken(u16),
+}
+
 /// The runtime a method means on this host, or why it cannot run here.
-async fn runtime(site: &Site, method: Method) -> Result<RuntimeKind, String> {
+async fn runtime(site: &Site, method: Method) -> Result<RuntimeKind, Refusal> {
     Ok(match method {
         Method::Process if !site.host.is_local() => {
-            return Err(format!(
-                "the process method runs services on this machine only; use docker on {}",
-                site.host.name()
-            ));
+            return Err(Refusal::ProcessOnRemote(site.host.name()));
         }
         Method::Process => RuntimeKind::Process,
         Method::Docker => {
-            site.docker_engine().await.map_err(|e| {
-                format!("the docker method needs a Docker engine, and none answers: {e}")
-            })?;
+            site.docker_engine()
+                .await
+                .map_err(Refusal::NoDockerEngine)?;
             RuntimeKind::Docker
         }
         Method::Systemd => {
-            site.systemd().available().await?;
+            site.systemd()
+                .available()
+                .await
+                .map_err(Refusal::NoSystemd)?;
             RuntimeKind::Systemd
         }
         Method::Auto => match site.docker_engine().await {
@@ -116,7 +137,7 @@ async fn runtime(site: &Site, method: Method) -> Result<RuntimeKind, String> {
 }
 
 /// Validation on one host.
-async fn one(site: &Site, plan: &mut Plan) -> Result<String, String> {
+async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
     let runtime = runtime(site, plan.method).await?;
     plan.spec.runtime = runtime;
     match runtime {
@@ -127,20 +148,17 @@ async fn one(site: &Site, plan: &mut Plan) -> Result<String, String> {
                 .as_deref()
                 .is_none_or(|s| s.trim().is_empty())
             {
-                return Err(format!(
-                    "the {} method needs a start command: set `start` in {} or pass --start",
-                    runtime.as_str(),
-                    plan.source.join(crate::config::MANIFEST_FILE).display()
-                ));
+                let manifest = plan.source.join(crate::config::MANIFEST_FILE);
+                return Err(Refusal::NoStartCommand {
+                    method: runtime.as_str(),
+                    manifest: manifest.display().to_string(),
+                });
             }
         }
         RuntimeKind::Docker => {
             let dockerfile = plan.source.join(&plan.spec.dockerfile);
             if !dockerfile.is_file() {
-                return Err(format!(
-                    "the docker method needs {}, which is missing",
-                    dockerfile.display()
-                ));
+                return Err(Refusal::NoDockerfile(dockerfile.display().to_string()));
             }
         }
     }
@@ -153,7 +171,7 @@ async fn one(site: &Site, plan: &mut Plan) -> Result<String, String> {
 }
 
 /// The service's port is free, or held by this service itself.
-async fn port(site: &Site, plan: &Plan) -> Result<String, String> {
+async fn port(site: &Site, plan: &Plan) -> Result<String, Refusal> {
     let port = plan.spec.port;
     if !site.port_in_use(port).await {
         return Ok(format!("port {port} free"));
@@ -166,9 +184,7 @@ async fn port(site: &Site, plan: &Plan) -> Result<String, String> {
         .find(|(_, p)| *p == port)
     {
         Some((rel, _)) => Ok(format!("port {port} held by this service's release {rel}")),
-        None => Err(format!(
-            "port {port} is in use by another program; stop it or choose another port"
-        )),
+        None => Err(Refusal::PortTaken(port)),
     }
 }
 

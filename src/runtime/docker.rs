@@ -8,10 +8,10 @@
 //! them. Secret values go to the container through the docker CLI's own
 //! environment (`-e NAME` with no value), never through its arguments.
 
-use super::ReleaseCtx;
+use super::{ReleaseCtx, RuntimeError};
 use crate::cmd::Cmd;
 use crate::health::Liveness;
-use crate::host::Host;
+use crate::host::{Host, HostError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -138,14 +138,15 @@ impl DockerRuntime {
     }
 
     /// Whether a Docker engine answers, and its version.
-    pub async fn engine_version(&self) -> Result<String, String> {
+    pub async fn engine_version(&self) -> Result<String, RuntimeError> {
         self.host
             .run_ok(&info_cmd(), Duration::from_secs(10))
             .await
             .map(|o| o.stdout.trim().to_string())
+            .map_err(|e| RuntimeError::Unavailable(e.to_string()))
     }
 
-    pub async fn build(&self, ctx: &ReleaseCtx) -> Result<String, String> {
+    pub async fn build(&self, ctx: &ReleaseCtx) -> Result<String, RuntimeError> {
         self.host.run_ok(&build_cmd(ctx), BUILD_TIMEOUT).await?;
         Ok(format!("Docker image built: {}", image(ctx)))
     }
@@ -154,7 +155,7 @@ impl DockerRuntime {
         let _ = self.host.run(&remove_image_cmd(ctx), CMD_TIMEOUT).await;
     }
 
-    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, String> {
+    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, RuntimeError> {
         if let Some(net) = &ctx.spec.network
             && !self
                 .host
@@ -174,7 +175,7 @@ impl DockerRuntime {
         Ok(format!("Docker container {} started", container(ctx)))
     }
 
-    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), String> {
+    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), RuntimeError> {
         let grace = Duration::from_secs(ctx.spec.stop_grace_secs) + CMD_TIMEOUT;
         let _ = self.host.run(&stop_cmd(ctx), grace).await;
         let out = self
@@ -184,11 +185,10 @@ impl DockerRuntime {
         if out.success() || out.stderr.contains("No such container") {
             Ok(())
         } else {
-            Err(format!(
-                "removing container {}: {}",
-                container(ctx),
-                out.tail(3)
-            ))
+            Err(RuntimeError::Host(HostError::Failed {
+                doing: format!("removing container {}", container(ctx)),
+                output: out.tail(3),
+            }))
         }
     }
 

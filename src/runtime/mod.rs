@@ -10,6 +10,7 @@ pub mod scripted;
 pub mod systemd;
 
 use crate::health::Liveness;
+use crate::host::HostError;
 use crate::model::{RunSpec, RuntimeKind};
 use crate::release::ServiceDirs;
 use crate::secret::Secret;
@@ -43,6 +44,28 @@ impl ReleaseCtx {
     }
 }
 
+/// A runtime action that failed, saying what went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// A command or file operation on the host failed.
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// The runtime cannot run on this host (no Docker engine, no systemd).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The release would not start or stop.
+    #[error("{0}")]
+    Release(String),
+}
+
+impl RuntimeError {
+    /// A file operation's failure on this machine, with what it was doing.
+    pub fn io(doing: impl Into<String>) -> impl FnOnce(std::io::Error) -> RuntimeError {
+        let doing = doing.into();
+        move |source| RuntimeError::Host(HostError::Io { doing, source })
+    }
+}
+
 /// A runtime, chosen per release.
 pub enum Runtime {
     Process(process::ProcessRuntime),
@@ -66,7 +89,7 @@ impl Runtime {
 
     /// Builds what the release needs beyond its files (an image, for docker).
     /// Returns the details line for the Build phase.
-    pub async fn build(&self, ctx: &ReleaseCtx) -> Result<Option<String>, String> {
+    pub async fn build(&self, ctx: &ReleaseCtx) -> Result<Option<String>, RuntimeError> {
         match self {
             Runtime::Process(_) => Ok(None),
             Runtime::Docker(d) => d.build(ctx).await.map(Some),
@@ -87,7 +110,7 @@ impl Runtime {
         }
     }
 
-    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, String> {
+    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, RuntimeError> {
         match self {
             Runtime::Process(p) => p.start(ctx).await,
             Runtime::Docker(d) => d.start(ctx).await,
@@ -97,7 +120,7 @@ impl Runtime {
         }
     }
 
-    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), String> {
+    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), RuntimeError> {
         match self {
             Runtime::Process(p) => p.stop(ctx).await,
             Runtime::Docker(d) => d.stop(ctx).await,

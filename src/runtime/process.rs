@@ -5,7 +5,7 @@
 //! grace period. The pid file records the process start time too, so a pid
 //! reused by another program is never signalled.
 
-use super::ReleaseCtx;
+use super::{ReleaseCtx, RuntimeError};
 use crate::cmd::tail_lines;
 use crate::health::Liveness;
 use crate::release::ServiceDirs;
@@ -34,22 +34,29 @@ struct PidRecord {
 }
 
 impl ProcessRuntime {
-    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, String> {
-        let start = ctx.spec.start.as_deref().ok_or("no start command")?;
+    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, RuntimeError> {
+        let start = ctx
+            .spec
+            .start
+            .as_deref()
+            .ok_or_else(|| RuntimeError::Release("no start command".into()))?;
         let log_path = ctx.dirs.log_file(&ctx.release);
         let pid_path = ctx.dirs.pid_file(&ctx.release);
         for p in [&log_path, &pid_path] {
             if let Some(dir) = p.parent() {
                 std::fs::create_dir_all(dir)
-                    .map_err(|e| format!("creating {}: {e}", dir.display()))?;
+                    .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
             }
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log_path)
-            .map_err(|e| format!("opening log {}: {e}", log_path.display()))?;
-        let log_err = log.try_clone().map_err(|e| format!("log file: {e}"))?;
+            .map_err(RuntimeError::io(format!(
+                "opening log {}",
+                log_path.display()
+            )))?;
+        let log_err = log.try_clone().map_err(RuntimeError::io("log file"))?;
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
             .arg(format!("exec {start}"))
@@ -78,16 +85,17 @@ impl ProcessRuntime {
                 Ok(())
             });
         }
-        let child = cmd
-            .spawn()
-            .map_err(|e| format!("starting `{start}` in {}: {e}", ctx.dir().display()))?;
+        let child = cmd.spawn().map_err(RuntimeError::io(format!(
+            "starting `{start}` in {}",
+            ctx.dir().display()
+        )))?;
         let pid = child.id() as i32;
         let record = PidRecord {
             pid,
             start_time: proc_start_time(pid).unwrap_or(0),
         };
         std::fs::write(&pid_path, format!("{} {}\n", record.pid, record.start_time))
-            .map_err(|e| format!("writing {}: {e}", pid_path.display()))?;
+            .map_err(RuntimeError::io(format!("writing {}", pid_path.display())))?;
         self.children
             .lock()
             .unwrap()
@@ -125,7 +133,7 @@ impl ProcessRuntime {
         }
     }
 
-    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), String> {
+    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), RuntimeError> {
         let pid_path = ctx.dirs.pid_file(&ctx.release);
         let child = self.children.lock().unwrap().remove(&ctx.release);
         let Some(record) = read_pid_file(&pid_path) else {
@@ -146,7 +154,10 @@ impl ProcessRuntime {
                 }
             }
             if is_running(record) {
-                return Err(format!("process {} did not stop after SIGKILL", record.pid));
+                return Err(RuntimeError::Release(format!(
+                    "process {} did not stop after SIGKILL",
+                    record.pid
+                )));
             }
         }
         if let Some(mut c) = child {

@@ -4,7 +4,7 @@
 //! undo order and the job's final state can be checked in milliseconds;
 //! the real runtimes have their own end-to-end tests.
 
-use super::ReleaseCtx;
+use super::{ReleaseCtx, RuntimeError};
 use crate::health::Liveness;
 use std::sync::{Arc, Mutex};
 
@@ -56,10 +56,13 @@ impl ScriptedRuntime {
         }
     }
 
-    pub async fn build(&self, ctx: &ReleaseCtx) -> Result<String, String> {
+    pub async fn build(&self, ctx: &ReleaseCtx) -> Result<String, RuntimeError> {
         self.call("build", ctx);
         if self.fails("build", &ctx.release) {
-            return Err(format!("building {} failed", ctx.release));
+            return Err(RuntimeError::Release(format!(
+                "building {} failed",
+                ctx.release
+            )));
         }
         Ok(format!("built {}", ctx.release))
     }
@@ -68,19 +71,25 @@ impl ScriptedRuntime {
         self.call("remove build", ctx);
     }
 
-    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, String> {
+    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, RuntimeError> {
         self.call("start", ctx);
         if self.fails("start", &ctx.release) {
-            return Err(format!("{} would not start", ctx.release));
+            return Err(RuntimeError::Release(format!(
+                "{} would not start",
+                ctx.release
+            )));
         }
         self.script.lock().unwrap().running = Some(ctx.release.clone());
         Ok(format!("started {}", ctx.release))
     }
 
-    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), String> {
+    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), RuntimeError> {
         self.call("stop", ctx);
         if self.fails("stop", &ctx.release) {
-            return Err(format!("{} would not stop", ctx.release));
+            return Err(RuntimeError::Release(format!(
+                "{} would not stop",
+                ctx.release
+            )));
         }
         let mut s = self.script.lock().unwrap();
         if s.running.as_deref() == Some(ctx.release.as_str()) {

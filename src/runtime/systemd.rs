@@ -10,7 +10,7 @@
 //!
 //! Like the docker runtime, it only builds commands; the host runs them.
 
-use super::ReleaseCtx;
+use super::{ReleaseCtx, RuntimeError};
 use crate::cmd::{Cmd, quote};
 use crate::health::Liveness;
 use crate::host::Host;
@@ -131,14 +131,14 @@ impl SystemdRuntime {
     }
 
     /// Whether systemd runs as the host's init.
-    pub async fn available(&self) -> Result<(), String> {
+    pub async fn available(&self) -> Result<(), RuntimeError> {
         let out = self
             .host
             .run(&systemctl(&["is-system-running"]), Duration::from_secs(20))
             .await?;
         match out.stdout.trim() {
             "running" | "degraded" | "starting" => Ok(()),
-            other => Err(format!(
+            other => Err(RuntimeError::Unavailable(format!(
                 "systemd is not running on {} (is-system-running: {})",
                 self.host.name(),
                 if other.is_empty() {
@@ -146,12 +146,12 @@ impl SystemdRuntime {
                 } else {
                     other.to_string()
                 }
-            )),
+            ))),
         }
     }
 
     /// Build: the venv, then the unit and environment file.
-    pub async fn build(&self, ctx: &ReleaseCtx) -> Result<String, String> {
+    pub async fn build(&self, ctx: &ReleaseCtx) -> Result<String, RuntimeError> {
         self.host
             .run_ok(&Cmd::new("sh").args(["-c", &venv_script(ctx)]), PIP_TIMEOUT)
             .await?;
@@ -159,7 +159,7 @@ impl SystemdRuntime {
         Ok(format!("unit {} written", unit_name(ctx)))
     }
 
-    async fn write_unit(&self, ctx: &ReleaseCtx) -> Result<(), String> {
+    async fn write_unit(&self, ctx: &ReleaseCtx) -> Result<(), RuntimeError> {
         self.host
             .write_file(
                 &format!("{UNIT_DIR}/{}", unit_name(ctx)),
@@ -195,7 +195,7 @@ impl SystemdRuntime {
             .await;
     }
 
-    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, String> {
+    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, RuntimeError> {
         // The env file holds secrets, so it is written again from this run's
         // values (a rollback re-reads them), never kept from an old deploy.
         self.write_unit(ctx).await?;
@@ -210,13 +210,13 @@ impl SystemdRuntime {
         Ok(format!("systemd unit {unit} enabled and started"))
     }
 
-    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), String> {
+    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), RuntimeError> {
         let unit = unit_name(ctx);
         let timeout = Duration::from_secs(ctx.spec.stop_grace_secs) + CMD_TIMEOUT;
         self.host
             .run_ok(&systemctl(&["disable", "--now", &unit]), timeout)
-            .await
-            .map(|_| ())
+            .await?;
+        Ok(())
     }
 
     pub async fn liveness(&self, ctx: &ReleaseCtx) -> Liveness {

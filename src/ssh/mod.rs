@@ -18,6 +18,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// A host address that does not parse.
+#[derive(Debug, thiserror::Error)]
+pub enum AddressError {
+    #[error("'{port}' in '{address}' is not a port number")]
+    Port { port: String, address: String },
+    #[error("'{0}' is not a host address (expected user@host:port)")]
+    Malformed(String),
+}
+
 /// Where and how to reach a host.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SshTarget {
@@ -36,7 +45,7 @@ pub struct SshTarget {
 
 impl SshTarget {
     /// Parses `user@host:port` (user defaults to root, port to 22).
-    pub fn parse_address(s: &str) -> Result<(String, String, u16), String> {
+    pub fn parse_address(s: &str) -> Result<(String, String, u16), AddressError> {
         let (user, rest) = match s.split_once('@') {
             Some((u, r)) => (u.to_string(), r),
             None => ("root".to_string(), s),
@@ -44,8 +53,10 @@ impl SshTarget {
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') || h.starts_with('[') => (
                 h.trim_matches(|c| c == '[' || c == ']').to_string(),
-                p.parse::<u16>()
-                    .map_err(|_| format!("'{p}' in '{s}' is not a port number"))?,
+                p.parse::<u16>().map_err(|_| AddressError::Port {
+                    port: p.to_string(),
+                    address: s.to_string(),
+                })?,
             ),
             _ => (rest.trim_matches(|c| c == '[' || c == ']').to_string(), 22),
         };
@@ -55,9 +66,7 @@ impl SshTarget {
                     .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
         };
         if !valid(&user) || !valid(&host) || port == 0 {
-            return Err(format!(
-                "'{s}' is not a host address (expected user@host:port)"
-            ));
+            return Err(AddressError::Malformed(s.to_string()));
         }
         Ok((user, host, port))
     }
@@ -464,15 +473,6 @@ pub fn default_known_hosts() -> PathBuf {
     std::env::home_dir()
         .unwrap_or_else(|| PathBuf::from("/root"))
         .join(".ssh/known_hosts")
-}
-
-/// Whether a path exists locally (for flags that name files).
-pub fn require_file(path: &Path, what: &str) -> Result<(), String> {
-    if path.is_file() {
-        Ok(())
-    } else {
-        Err(format!("{what} {} does not exist", path.display()))
-    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! built (the command's output goes with the release's files).
 
 use super::{Done, Step, StepCx, StepError, Undo};
-use crate::cmd::{Cmd, Transport};
+use crate::cmd::{Cmd, ExecError, Transport};
 use crate::error::FailureKind;
 use crate::model::*;
 use crate::runtime::ReleaseCtx;
@@ -47,31 +47,42 @@ impl Step for BuildCommand {
     }
 }
 
+/// Why the build command failed.
+#[derive(Debug, thiserror::Error)]
+enum BuildError {
+    #[error(transparent)]
+    Run(#[from] ExecError),
+    #[error("build command `{command}` exited with code {code}:\n{output}")]
+    Exited {
+        command: String,
+        code: String,
+        output: String,
+    },
+}
+
 /// Runs the manifest's build command in the release directory, with the
 /// service's plain environment (never its secrets).
 async fn run_build_command(
     transport: &impl Transport,
     ctx: &ReleaseCtx,
     build: &str,
-) -> Result<(), String> {
+) -> Result<(), BuildError> {
     let mut cmd = Cmd::new("/bin/sh").args(["-c", build]).cwd(ctx.dir());
     for (k, v) in ctx.base_env() {
         cmd = cmd.env(k, v);
     }
-    let out = transport
-        .exec(&cmd, BUILD_TIMEOUT)
-        .await
-        .map_err(|e| e.to_string())?;
+    let out = transport.exec(&cmd, BUILD_TIMEOUT).await?;
     if out.success() {
         return Ok(());
     }
-    Err(format!(
-        "build command `{build}` exited with code {}:\n{}",
-        out.code
+    Err(BuildError::Exited {
+        command: build.to_string(),
+        code: out
+            .code
             .map(|c| c.to_string())
             .unwrap_or_else(|| "signal".into()),
-        out.tail(10)
-    ))
+        output: out.tail(10),
+    })
 }
 
 pub(in crate::engine) struct ImageBuild;

@@ -7,7 +7,7 @@ use super::{Done, Step, StepCx, StepError};
 use crate::error::FailureKind;
 use crate::health::{HealthCheck, Probe, Unhealthy};
 use crate::model::*;
-use crate::runtime::ReleaseCtx;
+use crate::runtime::{ReleaseCtx, RuntimeError};
 use crate::site::Site;
 use futures_util::future::BoxFuture;
 use std::time::Duration;
@@ -48,19 +48,27 @@ impl Step for VerifyHealth {
     }
 }
 
+/// Why a restarted release is not back.
+#[derive(Debug, thiserror::Error)]
+pub(in crate::engine) enum RestartError {
+    #[error(transparent)]
+    Start(#[from] RuntimeError),
+    #[error(transparent)]
+    Unhealthy(#[from] Unhealthy),
+}
+
 /// Starts a release again and waits until it is healthy; how long that took.
 pub(in crate::engine) async fn restart_and_verify(
     site: &Site,
     http: &reqwest::Client,
     ctx: &ReleaseCtx,
-) -> Result<Duration, String> {
+) -> Result<Duration, RestartError> {
     let runtime = site.runtime(ctx.spec.runtime);
     runtime.start(ctx).await?;
-    health_check(&ctx.spec, &site.health_host())
+    let healthy = health_check(&ctx.spec, &site.health_host())
         .wait(probe(http, site, &ctx.spec), || runtime.liveness(ctx))
-        .await
-        .map(|h| h.after)
-        .map_err(|e| e.to_string())
+        .await?;
+    Ok(healthy.after)
 }
 
 /// How a release's health is reached: over HTTP from here, or with curl on

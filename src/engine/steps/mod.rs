@@ -109,10 +109,10 @@ pub(super) struct StepError {
 }
 
 impl StepError {
-    pub fn new(kind: FailureKind, error: impl Into<String>) -> Self {
+    pub fn new(kind: FailureKind, error: impl std::fmt::Display) -> Self {
         StepError {
             kind,
-            error: error.into(),
+            error: error.to_string(),
             job_error: None,
             undo: None,
         }

@@ -139,7 +139,7 @@ impl Undo for RestartPrevious {
                     record.details = format!(
                         "rollback to release {} FAILED, the service may be down: {}",
                         ctx.release,
-                        cx.redactor.redact(&e)
+                        cx.redactor.redact(&e.to_string())
                     );
                 }
             }

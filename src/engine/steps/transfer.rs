@@ -42,8 +42,25 @@ impl Step for Upload {
     }
 }
 
-async fn upload(cx: &mut StepCx<'_>, src: &Path) -> Result<(String, String), String> {
-    let hash = release::content_hash(src).map_err(|e| format!("reading {}: {e}", src.display()))?;
+/// Why a release could not be put in place.
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+async fn upload(cx: &mut StepCx<'_>, src: &Path) -> Result<(String, String), UploadError> {
+    let hash = release::content_hash(src).map_err(|source| UploadError::Read {
+        path: src.display().to_string(),
+        source,
+    })?;
     let id = cx
         .work
         .release_id
@@ -66,8 +83,7 @@ async fn upload(cx: &mut StepCx<'_>, src: &Path) -> Result<(String, String), Str
             created_at: Utc::now(),
             spec: cx.work.spec.clone(),
         })
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let size = crate::host::human_bytes(stats.bytes);
     let to = cx.dirs.release(&id);
     let details = if cx.site.host.is_local() {
@@ -104,7 +120,7 @@ impl Undo for RemoveRelease {
                 .set_release_status(&cx.work.service, &self.release, ReleaseStatus::Failed)
                 .await;
             if let Err(e) = cx.site.host.remove_release(&cx.dirs, &self.release).await {
-                cx.note(&format!("rollback: removing release {}: {e}", self.release));
+                cx.note(&format!("rollback: {e}"));
             }
         })
     }

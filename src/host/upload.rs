@@ -1,0 +1,326 @@
+//! Putting a release on a host: a copy on this machine; over SSH an
+//! incremental upload. Each remote release carries a manifest of its files
+//! (path, mode, size, blake3 hash); files unchanged since the previous
+//! release are hard-linked on the server instead of uploaded.
+
+use super::{Host, HostError, MANIFEST, Progress, quote};
+use crate::cmd::Cmd;
+use crate::model::TransferStats;
+use crate::release::{self, ServiceDirs};
+use crate::ssh::SshSession;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+/// One file of a release, as the manifest records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub mode: u32,
+    pub size: u64,
+    pub hash: String,
+    /// For a symlink: where it points (and no content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}
+
+/// A release's files by relative path.
+pub type Manifest = BTreeMap<String, FileEntry>;
+
+/// Reads a service directory into a manifest (hashing every file).
+pub fn manifest_of(src: &Path) -> std::io::Result<Manifest> {
+    let mut m = Manifest::new();
+    for rel in release::release_files(src)? {
+        let path = src.join(&rel);
+        let meta = std::fs::symlink_metadata(&path)?;
+        let key = rel.to_string_lossy().into_owned();
+        if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path)?.to_string_lossy().into_owned();
+            m.insert(
+                key,
+                FileEntry {
+                    mode: 0o777,
+                    size: 0,
+                    hash: String::new(),
+                    link: Some(target),
+                },
+            );
+        } else {
+            let mut h = blake3::Hasher::new();
+            h.update_reader(std::fs::File::open(&path)?)?;
+            m.insert(
+                key,
+                FileEntry {
+                    mode: meta.permissions().mode() & 0o7777,
+                    size: meta.len(),
+                    hash: h.finalize().to_hex().to_string(),
+                    link: None,
+                },
+            );
+        }
+    }
+    Ok(m)
+}
+
+impl Host {
+    /// Puts a service directory in place as release `id`. Locally a copy;
+    /// over SSH an upload of what changed since `previous`.
+    pub async fn put_release(
+        &self,
+        src: &Path,
+        dirs: &ServiceDirs,
+        id: &str,
+        previous: Option<&str>,
+        progress: &Progress<'_>,
+    ) -> Result<TransferStats, HostError> {
+        let reading = || format!("reading {}", src.display());
+        match self {
+            Host::Local(_) => {
+                let mut need = 0;
+                for f in release::release_files(src).map_err(HostError::io(reading()))? {
+                    need += std::fs::symlink_metadata(src.join(f))
+                        .map(|m| m.len())
+                        .unwrap_or(0);
+                }
+                let releases = dirs.releases();
+                let existing = releases
+                    .ancestors()
+                    .find(|p| p.exists())
+                    .unwrap_or(Path::new("/"))
+                    .to_string_lossy()
+                    .into_owned();
+                self.check_space(&existing, need).await?;
+                release::copy_release(src, dirs, id).map_err(HostError::io(format!(
+                    "copying {} to release {id}",
+                    src.display()
+                )))
+            }
+            Host::Ssh(s) => {
+                let manifest = manifest_of(src).map_err(HostError::io(reading()))?;
+                let upload = Upload {
+                    host: self,
+                    ssh: s,
+                    src,
+                    releases: dirs.releases().to_string_lossy().into_owned(),
+                    partial: format!(".{id}.partial"),
+                    manifest,
+                };
+                let result = upload.run(id, previous, progress).await;
+                if result.is_err() {
+                    // A broken-off upload leaves no partial copy behind when
+                    // the host still answers.
+                    let partial = dirs.releases().join(&upload.partial);
+                    let _ = self
+                        .sh(&format!("rm -rf {}", quote(&partial.to_string_lossy())))
+                        .await;
+                }
+                result
+            }
+        }
+    }
+}
+
+/// One release going to an SSH host, into `releases/.ID.partial` first.
+struct Upload<'a> {
+    host: &'a Host,
+    ssh: &'a SshSession,
+    src: &'a Path,
+    releases: String,
+    partial: String,
+    manifest: Manifest,
+}
+
+impl Upload<'_> {
+    async fn run(
+        &self,
+        id: &str,
+        previous: Option<&str>,
+        progress: &Progress<'_>,
+    ) -> Result<TransferStats, HostError> {
+        let sftp = self.ssh.sftp().await?;
+        let old: Manifest = match previous {
+            Some(p) => sftp
+                .read(format!("{}/{p}/{MANIFEST}", self.releases))
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default(),
+            None => Manifest::new(),
+        };
+        self.make_dirs().await?;
+        let mut stats = TransferStats::default();
+        // Unchanged files: hard links to the previous release. (`old` is
+        // empty without a previous release, so is `unchanged`.)
+        let unchanged: Vec<&String> = self
+            .manifest
+            .iter()
+            .filter(|(k, e)| e.link.is_none() && old.get(*k) == Some(e))
+            .map(|(k, _)| k)
+            .collect();
+        if let (Some(prev), false) = (previous, unchanged.is_empty()) {
+            self.link_unchanged(prev, &old).await?;
+            stats.linked_files = unchanged.len() as u64;
+        }
+        self.send(&sftp, &unchanged, &mut stats, progress).await?;
+        self.host
+            .sh(&format!(
+                "cd {} && mv -T {} {}",
+                quote(&self.releases),
+                quote(&self.partial),
+                quote(id)
+            ))
+            .await?;
+        let _ = sftp.close().await;
+        Ok(stats)
+    }
+
+    /// One round trip: a clean partial directory with every subdirectory.
+    /// Partial copies left by an upload that broke off go first.
+    async fn make_dirs(&self) -> Result<(), HostError> {
+        let mut dirs_needed: Vec<String> = self
+            .manifest
+            .keys()
+            .filter_map(|k| {
+                Path::new(k)
+                    .parent()
+                    .map(|p| p.to_string_lossy().into_owned())
+            })
+            .filter(|p| !p.is_empty())
+            .collect();
+        dirs_needed.sort();
+        dirs_needed.dedup();
+        let mut script = format!(
+            "mkdir -p {r} && cd {r} && find . -maxdepth 1 -name '.*.partial' -exec rm -rf {{}} + && mkdir {p} && cd {p}",
+            r = quote(&self.releases),
+            p = quote(&self.partial)
+        );
+        for chunk in dirs_needed.chunks(200) {
+            script.push_str(" && mkdir -p");
+            for d in chunk {
+                script.push(' ');
+                script.push_str(&quote(d));
+            }
+        }
+        self.host.sh(&script).await.map(|_| ())
+    }
+
+    /// The previous release hard-linked whole (one `cp -al`), then every
+    /// link that must not stay is removed (one `rm`): changed files, files
+    /// that are gone, symlinks and the old manifest. A changed file is
+    /// never written through a link, so the previous release stays intact.
+    async fn link_unchanged(&self, prev: &str, old: &Manifest) -> Result<(), HostError> {
+        let mut doomed = Vec::new();
+        for (k, e) in old {
+            if e.link.is_some() || self.manifest.get(k) != Some(e) {
+                doomed.extend_from_slice(k.as_bytes());
+                doomed.push(0);
+            }
+        }
+        doomed.extend_from_slice(MANIFEST.as_bytes());
+        doomed.push(0);
+        let script = format!(
+            "cd {r} && cp -al {prev}/. {p}/ && cd {p} && xargs -0 rm -f --",
+            r = quote(&self.releases),
+            prev = quote(prev),
+            p = quote(&self.partial)
+        );
+        let cmd = Cmd::new("sh").args(["-c", &script]);
+        let out = self
+            .ssh
+            .run_line(&crate::ssh::remote_line(&cmd), &doomed)
+            .await?;
+        if out.success() {
+            Ok(())
+        } else {
+            Err(HostError::Failed {
+                doing: format!("linking unchanged files on {}", self.host.name()),
+                output: out.tail(3),
+            })
+        }
+    }
+
+    /// Sends what changed (and every symlink), then the manifest.
+    async fn send(
+        &self,
+        sftp: &russh_sftp::client::SftpSession,
+        unchanged: &[&String],
+        stats: &mut TransferStats,
+        progress: &Progress<'_>,
+    ) -> Result<(), HostError> {
+        let uploading = |k: &str| format!("uploading {k} to {}", self.host.name());
+        let to_send: u64 = self
+            .manifest
+            .iter()
+            .filter(|(k, e)| e.link.is_none() && !unchanged.contains(k))
+            .map(|(_, e)| e.size)
+            .sum();
+        self.host.check_space(&self.releases, to_send).await?;
+        let dir = format!("{}/{}", self.releases, self.partial);
+        for (k, e) in &self.manifest {
+            let dest = format!("{dir}/{k}");
+            stats.files += 1;
+            if let Some(target) = &e.link {
+                sftp.symlink(dest, target.clone())
+                    .await
+                    .map_err(|err| HostError::io(uploading(k))(std::io::Error::other(err)))?;
+                continue;
+            }
+            stats.bytes += e.size;
+            if unchanged.contains(&k) {
+                continue;
+            }
+            let data =
+                std::fs::read(self.src.join(k)).map_err(HostError::io(format!("reading {k}")))?;
+            let sent_before = stats.uploaded_bytes;
+            sftp_put(sftp, &dest, &data, e.mode, &|n| {
+                progress(sent_before + n, to_send)
+            })
+            .await
+            .map_err(HostError::io(uploading(k)))?;
+            stats.uploaded_files += 1;
+            stats.uploaded_bytes += e.size;
+        }
+        let json = serde_json::to_vec_pretty(&self.manifest).unwrap_or_default();
+        sftp_put(sftp, &format!("{dir}/{MANIFEST}"), &json, 0o644, &|_| {})
+            .await
+            .map_err(HostError::io(uploading(MANIFEST)))
+    }
+}
+
+/// Creates (or truncates) a file over SFTP with its content and mode. The
+/// mode is set when the file is created, so a secret file is never readable
+/// by others, not even for a moment.
+pub(super) async fn sftp_put(
+    sftp: &russh_sftp::client::SftpSession,
+    dest: &str,
+    data: &[u8],
+    mode: u32,
+    sent: &(dyn Fn(u64) + Sync),
+) -> std::io::Result<()> {
+    use russh_sftp::protocol::{FileAttributes, OpenFlags};
+    use tokio::io::AsyncWriteExt;
+    let attrs = FileAttributes {
+        permissions: Some(mode),
+        ..Default::default()
+    };
+    let mut file = sftp
+        .open_with_flags_and_attributes(
+            dest,
+            OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE,
+            attrs.clone(),
+        )
+        .await
+        .map_err(std::io::Error::other)?;
+    // In chunks, so a progress bar moves during a large file.
+    let mut done = 0u64;
+    for chunk in data.chunks(1 << 20) {
+        file.write_all(chunk).await?;
+        done += chunk.len() as u64;
+        sent(done);
+    }
+    file.shutdown().await?;
+    // The umask may have narrowed the mode at creation; set it exactly.
+    sftp.set_metadata(dest, attrs)
+        .await
+        .map_err(std::io::Error::other)
+}
