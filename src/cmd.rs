@@ -1,5 +1,5 @@
 //! Commands as data. Runtimes return [`Cmd`] values; one executor runs them
-//! (locally now, over SSH later) and one function quotes them, so a command
+//! (on this machine, or over SSH by `ssh.rs`) and one function quotes them, so a command
 //! can be shown, tested and logged without running it, and secret arguments
 //! print as `***`.
 
@@ -141,7 +141,7 @@ pub enum ExecError {
     Remote { cmd: String, reason: String },
 }
 
-/// Where commands run. Local now; the SSH transport implements the same trait.
+/// Where commands run: this machine ([`LocalTransport`]) or an SSH host.
 pub trait Transport: Send + Sync {
     fn exec(
         &self,

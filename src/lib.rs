@@ -4,7 +4,8 @@
 //!
 //! Data flows one way: input (`config`) → validated plan (`plan`) → engine
 //! (`engine`) → effects through runtimes (`runtime`), the store (`store`) and
-//! the registry (`registry`). The CLI (`cli`) is a thin front end.
+//! the registry (`registry`). The CLI (`cli`) and the HTTP API (`api`) are
+//! thin front ends over the same engine.
 
 pub mod api;
 pub mod cli;

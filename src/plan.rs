@@ -1,5 +1,5 @@
-//! The second stage of input: a [`DeployRequest`] (from flags or, later, the
-//! HTTP API) plus the manifest and deployer's config become a [`Plan`], pure
+//! The second stage of input: a [`DeployRequest`] (from flags or the HTTP
+//! API's body) plus the manifest and deployer's config become a [`Plan`], pure
 //! data that the engine runs. Everything that can be checked without touching
 //! the target is checked here, so bad input fails before anything is written.
 
@@ -7,7 +7,7 @@ use crate::config::{DeployerConfig, Manifest, Method};
 use crate::error::Failure;
 use crate::model::{HealthSpec, RunSpec, RuntimeKind};
 use crate::secret::{Redactor, Secret};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -16,7 +16,7 @@ pub const RESERVED_ENV: [&str; 3] = ["PORT", "SERVICE_NAME", "RELEASE"];
 
 /// What the user asked for: the spec's `DeployRequest`, every field optional
 /// where a manifest can supply it.
-#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeployRequest {
     /// The service directory, inside one of the server's allowed roots.
     #[schema(value_type = String)]

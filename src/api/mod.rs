@@ -211,12 +211,22 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
+/// What a server found and set up as it started, for its front end to say.
+pub struct Started {
+    pub addr: SocketAddr,
+    /// Jobs a previous server left running, now marked interrupted.
+    pub interrupted: Vec<String>,
+    /// Whether mutating endpoints are open (no token; loopback only).
+    pub open: bool,
+}
+
 /// Runs the server until interrupted. Jobs left running by a previous
-/// server are marked interrupted first.
+/// server are marked interrupted first; `started` hears where it listens.
 pub async fn serve(
     config: DeployerConfig,
     state_dir: PathBuf,
     options: ServeOptions,
+    started: impl FnOnce(&Started),
 ) -> Result<(), Failure> {
     if options.token.is_none() && !options.addr.ip().is_loopback() {
         return Err(Failure::invalid(format!(
@@ -252,18 +262,11 @@ pub async fn serve(
         base_url,
         metrics: Default::default(),
     });
-    if !interrupted.is_empty() {
-        eprintln!(
-            "deployer: marked {} job(s) left by a previous server as interrupted: {}",
-            interrupted.len(),
-            interrupted.join(", ")
-        );
-    }
-    if state.options.token.is_none() {
-        eprintln!("deployer: no API token set: mutating endpoints are open to this machine only");
-    }
-    // The first line on stdout says where to reach the server (tests read it).
-    println!("deployer listening on http://{addr}");
+    started(&Started {
+        addr,
+        interrupted,
+        open: state.options.token.is_none(),
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

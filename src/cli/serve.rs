@@ -53,6 +53,22 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
         allowed_roots,
         workers: args.workers.or(api.workers).unwrap_or(4),
     };
-    serve(ctx.config, ctx.state_dir, options).await?;
+    serve(ctx.config, ctx.state_dir, options, |s| {
+        if !s.interrupted.is_empty() {
+            eprintln!(
+                "deployer: marked {} job(s) left by a previous server as interrupted: {}",
+                s.interrupted.len(),
+                s.interrupted.join(", ")
+            );
+        }
+        if s.open {
+            eprintln!(
+                "deployer: no API token set: mutating endpoints are open to this machine only"
+            );
+        }
+        // The first line on stdout says where to reach the server (tests read it).
+        println!("deployer listening on http://{}", s.addr);
+    })
+    .await?;
     Ok(0)
 }

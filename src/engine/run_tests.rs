@@ -184,163 +184,130 @@ fn phase_status(job: &Job, name: PhaseName) -> PhaseStatus {
     job.phase(name).status()
 }
 
-#[tokio::test]
-async fn a_failure_at_each_step_unwinds_the_steps_before_it_newest_first() {
-    use PhaseStatus::*;
-    let skip = || RegisterPlan::Skip {
-        reason: "none".into(),
+/// One row of the table: what goes wrong in the second deploy, and what a
+/// user must see after it.
+struct Row {
+    fail: &'static [&'static str],
+    /// Register with a registry that refuses connections.
+    registry_down: bool,
+    /// The service directory is gone before Transfer.
+    source_gone: bool,
+    kind: Option<FailureKind>,
+    /// The undos run, newest first (R1 = the first release, R2 = the new).
+    undos: &'static [&'static str],
+    failed_phase: Option<PhaseName>,
+    /// What runs at the end ("-" for nothing).
+    runs: &'static str,
+}
+
+const FULL_UNWIND: &[&str] = &[
+    "stop release R2",
+    "restart release R1",
+    "remove the build of R2",
+    "remove release R2",
+];
+
+fn rows() -> Vec<Row> {
+    let row = |fail, kind, undos, failed_phase, runs| Row {
+        fail,
+        registry_down: false,
+        source_gone: false,
+        kind: Some(kind),
+        undos,
+        failed_phase: Some(failed_phase),
+        runs,
     };
-    let closed = || RegisterPlan::To {
-        registry_url: "http://127.0.0.1:1".into(),
-        droplet_id: 7,
-    };
-    // (what fails, registry, source lost, failure kind, undos as a template,
-    //  the phase that failed, what runs at the end)
-    type Row = (
-        &'static [&'static str],
-        fn() -> RegisterPlan,
-        bool,
-        Option<FailureKind>,
-        &'static [&'static str],
-        Option<PhaseName>,
-        &'static str,
-    );
-    let rows: Vec<Row> = vec![
-        (
-            &[],
-            skip,
-            true,
-            Some(FailureKind::Transfer),
-            &[],
-            Some(PhaseName::Transfer),
-            "R1",
-        ),
-        (
-            &["build"],
-            skip,
-            false,
-            Some(FailureKind::Build),
-            &["remove release R2"],
-            Some(PhaseName::Build),
-            "R1",
-        ),
-        (
+    use FailureKind as K;
+    use PhaseName as P;
+    vec![
+        Row {
+            source_gone: true,
+            ..row(&[], K::Transfer, &[], P::Transfer, "R1")
+        },
+        row(&["build"], K::Build, &["remove release R2"], P::Build, "R1"),
+        row(
             &["stop-good"],
-            skip,
-            false,
-            Some(FailureKind::Start),
+            K::Start,
             &["remove the build of R2", "remove release R2"],
-            Some(PhaseName::StartService),
+            P::StartService,
             "R1",
         ),
-        (
-            &["start"],
-            skip,
-            false,
-            Some(FailureKind::Start),
-            &[
-                "stop release R2",
-                "restart release R1",
-                "remove the build of R2",
-                "remove release R2",
-            ],
-            Some(PhaseName::StartService),
-            "R1",
-        ),
-        (
-            &["exit"],
-            skip,
-            false,
-            Some(FailureKind::Start),
-            &[
-                "stop release R2",
-                "restart release R1",
-                "remove the build of R2",
-                "remove release R2",
-            ],
-            Some(PhaseName::VerifyHealth),
-            "R1",
-        ),
-        (
-            &["sick"],
-            skip,
-            false,
-            Some(FailureKind::Health),
-            &[
-                "stop release R2",
-                "restart release R1",
-                "remove the build of R2",
-                "remove release R2",
-            ],
-            Some(PhaseName::VerifyHealth),
-            "R1",
-        ),
-        (
+        row(&["start"], K::Start, FULL_UNWIND, P::StartService, "R1"),
+        row(&["exit"], K::Start, FULL_UNWIND, P::VerifyHealth, "R1"),
+        row(&["sick"], K::Health, FULL_UNWIND, P::VerifyHealth, "R1"),
+        row(
             &["start", "start-good"],
-            skip,
-            false,
-            Some(FailureKind::RollbackFailed),
-            &[
-                "stop release R2",
-                "restart release R1",
-                "remove the build of R2",
-                "remove release R2",
-            ],
-            Some(PhaseName::StartService),
+            K::RollbackFailed,
+            FULL_UNWIND,
+            P::StartService,
             "-",
         ),
-        (
-            &[],
-            closed,
-            false,
-            Some(FailureKind::Register),
-            &[],
-            Some(PhaseName::Register),
-            "R2",
-        ),
-        (&[], skip, false, None, &[], None, "R2"),
-    ];
-    for (fail, register, lose, kind, undos, failed_phase, runs) in rows {
-        let row = format!("{fail:?} lose_source={lose}");
+        Row {
+            registry_down: true,
+            ..row(&[], K::Register, &[], P::Register, "R2")
+        },
+        Row {
+            kind: None,
+            failed_phase: None,
+            ..row(&[], K::Internal, &[], P::Register, "R2")
+        },
+    ]
+}
+
+#[tokio::test]
+async fn a_failure_at_each_step_unwinds_the_steps_before_it_newest_first() {
+    for row in rows() {
         let t = std::time::Instant::now();
-        let o = second_deploy(fail, register(), lose).await;
-        let name = |s: &str| s.replace("R1", &o.r1).replace("R2", &o.r2);
-        assert_eq!(o.job.state.failure(), kind, "{row}: {:?}", o.job.state);
-        let expected: Vec<String> = undos.iter().map(|u| name(u)).collect();
-        assert_eq!(o.undone, expected, "{row}: undo order");
-        let running = (runs != "-").then(|| name(runs));
-        assert_eq!(o.running, running, "{row}: what runs at the end");
-        // `current` only moves once the new release is healthy.
-        let current = if runs == "R2" { &o.r2 } else { &o.r1 };
-        assert_eq!(o.current.as_ref(), Some(current), "{row}: current");
-        assert_eq!(
-            shape(&o.stored),
-            shape(&o.job),
-            "{row}: the stored job is the job"
-        );
-        match failed_phase {
-            None => {
-                assert!(o.job.succeeded());
-                assert_eq!(phase_status(&o.job, PhaseName::Register), Skipped);
+        let register = if row.registry_down {
+            RegisterPlan::To {
+                registry_url: "http://127.0.0.1:1".into(),
+                droplet_id: 7,
             }
-            Some(p) => {
-                assert_eq!(phase_status(&o.job, p), Failed, "{row}");
-                for later in &PhaseName::ALL[p.index() + 1..] {
-                    assert_eq!(phase_status(&o.job, *later), Skipped, "{row}: {later:?}");
-                    let reason = o.job.phase(*later).view().details;
-                    assert_eq!(reason, format!("not run: {} failed", p.as_str()));
-                }
-                assert!(o.job.state.error().is_some_and(|e| !e.is_empty()), "{row}");
+        } else {
+            RegisterPlan::Skip {
+                reason: "none".into(),
             }
-        }
-        let has_record = o.job.state.rollback().is_some();
-        assert_eq!(has_record, !undos.is_empty(), "{row}: rollback record");
+        };
+        let o = second_deploy(row.fail, register, row.source_gone).await;
+        check(&row, &o);
+        let took = t.elapsed();
         assert!(
-            t.elapsed() < Duration::from_secs(3),
-            "{row}: took {:?}",
-            t.elapsed()
+            took < Duration::from_secs(3),
+            "{:?}: took {took:?}",
+            row.fail
         );
     }
+}
+
+fn check(row: &Row, o: &Outcome) {
+    let name = |s: &str| s.replace("R1", &o.r1).replace("R2", &o.r2);
+    let what = format!("{:?} source_gone={}", row.fail, row.source_gone);
+    assert_eq!(o.job.state.failure(), row.kind, "{what}: {:?}", o.job.state);
+    let expected: Vec<String> = row.undos.iter().map(|u| name(u)).collect();
+    assert_eq!(o.undone, expected, "{what}: undo order");
+    let running = (row.runs != "-").then(|| name(row.runs));
+    assert_eq!(o.running, running, "{what}: what runs at the end");
+    // `current` only moves once the new release is healthy.
+    let current = if row.runs == "R2" { &o.r2 } else { &o.r1 };
+    assert_eq!(o.current.as_ref(), Some(current), "{what}: current");
+    assert_eq!(shape(&o.stored), shape(&o.job), "{what}: the stored job");
+    let has_record = o.job.state.rollback().is_some();
+    assert_eq!(has_record, !row.undos.is_empty(), "{what}: rollback record");
+    let Some(p) = row.failed_phase else {
+        assert!(o.job.succeeded());
+        assert_eq!(
+            phase_status(&o.job, PhaseName::Register),
+            PhaseStatus::Skipped
+        );
+        return;
+    };
+    assert_eq!(phase_status(&o.job, p), PhaseStatus::Failed, "{what}");
+    for later in &PhaseName::ALL[p.index() + 1..] {
+        assert_eq!(phase_status(&o.job, *later), PhaseStatus::Skipped, "{what}");
+        let reason = o.job.phase(*later).view().details;
+        assert_eq!(reason, format!("not run: {} failed", p.as_str()));
+    }
+    assert!(o.job.state.error().is_some_and(|e| !e.is_empty()), "{what}");
 }
 
 #[tokio::test]

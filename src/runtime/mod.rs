@@ -1,7 +1,8 @@
 //! Runtimes run a release: build it, start it, tell whether it is alive, and
-//! stop it. `process` runs it as a detached process on this machine; `docker`
-//! builds an image on the target and runs a container, through commands
-//! built as data (see `docker.rs`).
+//! stop it. `process` runs it as a detached process on this machine;
+//! `docker` builds an image on the target and runs a container; `systemd`
+//! writes a unit (and a Python venv) per release on a server. Docker and
+//! systemd commands are built as data (`Cmd`) and run by the host.
 
 pub mod docker;
 pub mod process;

@@ -423,8 +423,29 @@ pub fn require_docker() -> bool {
     if std::env::var("DEPLOYER_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
         panic!("DEPLOYER_REQUIRE_DOCKER=1 but no Docker engine answers");
     }
-    eprintln!("SKIPPED: no Docker engine answers (set DEPLOYER_REQUIRE_DOCKER=1 to fail instead)");
+    skipped("no Docker engine answers (set DEPLOYER_REQUIRE_DOCKER=1 to fail instead)");
     false
+}
+
+/// Says a test is skipped, where it is seen: on stderr, and as a line in
+/// the file `DEPLOYER_SKIPPED` names (scripts/test counts them in its
+/// closing line, since cargo counts a skipped test as passed).
+pub fn skipped(why: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    eprintln!("SKIPPED {test}: {why}");
+    if let Ok(path) = std::env::var("DEPLOYER_SKIPPED") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{test}: {why}");
+        }
+    }
 }
 
 /// Running containers of a service.

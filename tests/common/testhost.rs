@@ -30,7 +30,9 @@ pub fn image_ready() -> bool {
         if std::env::var("DEPLOYER_REQUIRE_DOCKER").is_ok_and(|v| v == "1") {
             panic!("image {IMAGE} is missing: run scripts/testhost-image");
         }
-        eprintln!("SKIPPED: image {IMAGE} is missing (scripts/testhost-image builds it)");
+        super::skipped(&format!(
+            "image {IMAGE} is missing (scripts/testhost-image builds it)"
+        ));
     }
     ok
 }

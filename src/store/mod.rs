@@ -3,6 +3,10 @@
 //! what a crash leaves behind says how far a job got. SQL is kept portable
 //! (`$1` placeholders) for a PostgreSQL store later.
 
+mod registry;
+
+pub use registry::RegistryEntry;
+
 use crate::model::{AuditEntry, Job, JobView, PhaseView, Release, ReleaseStatus};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
@@ -230,29 +234,7 @@ impl Store {
                 source: sqlx::Error::RowNotFound,
             });
         }
-        for (idx, p) in v.phases.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO phases (job_id, idx, phase, status, started_at, completed_at, duration_ms, details, error, steps)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-                 ON CONFLICT (job_id, idx) DO UPDATE SET status = excluded.status,
-                    started_at = excluded.started_at, completed_at = excluded.completed_at,
-                    duration_ms = excluded.duration_ms, details = excluded.details,
-                    error = excluded.error, steps = excluded.steps",
-            )
-            .bind(id)
-            .bind(idx as i64)
-            .bind(p.phase.as_str())
-            .bind(p.status.as_str())
-            .bind(p.started_at.as_ref().map(ts))
-            .bind(p.completed_at.as_ref().map(ts))
-            .bind(p.duration_ms)
-            .bind(&p.details)
-            .bind(&p.error)
-            .bind((!p.steps.is_empty()).then(|| serde_json::to_string(&p.steps).ok()).flatten())
-            .execute(&mut *tx)
-            .await
-            .map_err(ctx(format!("saving phases of job {id}")))?;
-        }
+        write_phases(&mut tx, id, &v.phases).await?;
         tx.commit().await.map_err(ctx("committing job"))?;
         Ok(())
     }
@@ -542,61 +524,39 @@ impl Store {
             .collect())
     }
 
-    /// Registers (or re-registers) a service in the built-in registry.
-    pub async fn register(&self, e: &RegistryEntry) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO registry (service_name, droplet_id, endpoint, registered_at)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (service_name) DO UPDATE SET droplet_id = excluded.droplet_id,
-                endpoint = excluded.endpoint, registered_at = excluded.registered_at",
-        )
-        .bind(&e.service_name)
-        .bind(e.droplet_id)
-        .bind(&e.endpoint)
-        .bind(ts(&e.registered_at))
-        .execute(&self.pool)
-        .await
-        .map_err(ctx(format!("registering {}", e.service_name)))?;
-        Ok(())
-    }
-
-    pub async fn registry(&self) -> Result<Vec<RegistryEntry>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM registry ORDER BY service_name")
-            .fetch_all(&self.pool)
-            .await
-            .map_err(ctx("reading the registry"))?;
-        Ok(rows
-            .into_iter()
-            .map(|r| RegistryEntry {
-                service_name: r.get("service_name"),
-                droplet_id: r.get("droplet_id"),
-                endpoint: r.get("endpoint"),
-                registered_at: parse_ts(&r.get::<String, _>("registered_at")),
-            })
-            .collect())
-    }
-
-    /// Removes a service from the registry; false when it was not there.
-    pub async fn deregister(&self, service: &str) -> Result<bool, StoreError> {
-        let r = sqlx::query("DELETE FROM registry WHERE service_name = $1")
-            .bind(service)
-            .execute(&self.pool)
-            .await
-            .map_err(ctx(format!("deregistering {service}")))?;
-        Ok(r.rows_affected() > 0)
-    }
-
     pub async fn close(self) {
         self.pool.close().await;
     }
 }
 
-/// One service in the built-in registry (the seed's Registry API).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, utoipa::ToSchema)]
-pub struct RegistryEntry {
-    pub service_name: String,
-    pub droplet_id: i64,
-    pub endpoint: String,
-    #[serde(serialize_with = "crate::model::time_format::ser")]
-    pub registered_at: DateTime<Utc>,
+/// A job's phases (insert or update by position), in the job's transaction.
+async fn write_phases(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    id: &str,
+    phases: &[PhaseView],
+) -> Result<(), StoreError> {
+    for (idx, p) in phases.iter().enumerate() {
+        sqlx::query(
+                "INSERT INTO phases (job_id, idx, phase, status, started_at, completed_at, duration_ms, details, error, steps)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                 ON CONFLICT (job_id, idx) DO UPDATE SET status = excluded.status,
+                    started_at = excluded.started_at, completed_at = excluded.completed_at,
+                    duration_ms = excluded.duration_ms, details = excluded.details,
+                    error = excluded.error, steps = excluded.steps",
+            )
+            .bind(id)
+            .bind(idx as i64)
+            .bind(p.phase.as_str())
+            .bind(p.status.as_str())
+            .bind(p.started_at.as_ref().map(ts))
+            .bind(p.completed_at.as_ref().map(ts))
+            .bind(p.duration_ms)
+            .bind(&p.details)
+            .bind(&p.error)
+            .bind((!p.steps.is_empty()).then(|| serde_json::to_string(&p.steps).ok()).flatten())
+            .execute(&mut **tx)
+            .await
+            .map_err(ctx(format!("saving phases of job {id}")))?;
+    }
+    Ok(())
 }
