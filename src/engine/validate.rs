@@ -4,7 +4,7 @@
 use super::{Event, Sink};
 use crate::config::Method;
 use crate::error::{Failure, FailureKind};
-use crate::model::{Phase, PhaseName, PhaseState, Release, ReleaseStatus, RuntimeKind};
+use crate::model::{Phase, PhaseName, PhaseState, Release, ReleaseStatus, RuntimeKind, StepRecord};
 use crate::plan::Plan;
 use crate::runtime::RuntimeError;
 use crate::secret::Redactor;
@@ -15,8 +15,13 @@ use std::path::Path;
 
 /// A finished Validation phase.
 pub(super) fn phase(started: DateTime<Utc>, result: Result<String, String>) -> Phase {
+    let state = PhaseState::finished(started, result, "Validation failed".into());
     Phase {
-        state: PhaseState::finished(started, result, "Validation failed".into()),
+        steps: vec![StepRecord {
+            name: "check target".into(),
+            state: state.clone(),
+        }],
+        state,
         ..Phase::pending(PhaseName::Validation)
     }
 }
