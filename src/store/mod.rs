@@ -560,3 +560,39 @@ async fn write_phases(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{JobKind, JobState};
+
+    #[tokio::test]
+    async fn a_job_is_inserted_once_and_saved_only_when_it_exists() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let mut job = Job::pending(
+            "deploy-1".into(),
+            JobKind::Deploy,
+            "web".into(),
+            "me".into(),
+        );
+        store.insert_job(&job).await.unwrap();
+        let again = store.insert_job(&job).await.unwrap_err();
+        assert!(again.to_string().contains("saving job deploy-1"), "{again}");
+        job.state = JobState::Running;
+        store.save_job(&job).await.unwrap();
+        assert_eq!(
+            store.job("deploy-1").await.unwrap().unwrap().state,
+            JobState::Running
+        );
+        let other = Job::pending(
+            "deploy-2".into(),
+            JobKind::Deploy,
+            "web".into(),
+            "me".into(),
+        );
+        let missing = store.save_job(&other).await.unwrap_err();
+        assert!(missing.to_string().contains("deploy-2"), "{missing}");
+        assert!(store.job("deploy-2").await.unwrap().is_none());
+    }
+}
