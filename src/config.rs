@@ -169,8 +169,9 @@ pub struct DeployerConfig {
 pub struct ApiConfig {
     /// Address to listen on. Default 127.0.0.1.
     pub bind: Option<String>,
-    /// Bearer token for mutating endpoints (environment DEPLOYER_API_TOKEN
-    /// wins). Without one the server listens on loopback only.
+    /// Bearer token for mutating endpoints, at least 32 characters
+    /// (environment DEPLOYER_API_TOKEN wins). Without one, `serve` makes
+    /// one and keeps it in STATE_DIR/api-token.
     pub token: Option<Secret>,
     /// Require the token on reading endpoints too.
     #[serde(default)]
@@ -180,6 +181,9 @@ pub struct ApiConfig {
     pub allowed_roots: Vec<PathBuf>,
     /// Deploy jobs run at once (default 4).
     pub workers: Option<usize>,
+    /// Host names the server answers to besides its addresses and localhost.
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 /// Where services are deployed. Only this machine (`local`) in this build.

@@ -104,6 +104,17 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Creates a directory (and its parents) that only its owner can enter:
+/// deployer's state holds logs, environment files and tokens.
+pub fn private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+}
+
 /// A release id: UTC time to the millisecond plus the first 8 hex digits of
 /// the content hash, so ids sort by time and show what changed.
 pub fn new_release_id(content_hash: &str, dirs: &ServiceDirs) -> String {

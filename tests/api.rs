@@ -55,7 +55,7 @@ fn the_seed_request_deploys_registers_and_reports_six_phases() {
         "environment_vars": {"GREETING": "from the api"},
         "auto_register": true
     });
-    let (code, accepted) = server.call("POST", "/deploy", Some(&body.to_string()), None);
+    let (code, accepted) = server.post("/deploy", Some(&body.to_string()));
     assert_eq!(code, 202, "{accepted}");
     assert_eq!(accepted["status"], "pending");
     assert_eq!(accepted["service_name"], name.as_str());
@@ -138,29 +138,22 @@ fn the_seed_request_deploys_registers_and_reports_six_phases() {
     // Unknown things are 404s; a second version then a rollback.
     assert_eq!(server.get("/deploy/deploy-00000000").0, 404);
     assert_eq!(server.get("/deploy/history/nothing").0, 404);
-    let (code, conflict) = server.call("POST", &format!("/deploy/{id}/rollback"), None, None);
+    let (code, conflict) = server.post(&format!("/deploy/{id}/rollback"), None);
     assert_eq!(code, 409, "no previous version: {conflict}");
     let src2 = sb.service("hello", "v2");
     let body2 = json!({"service_path": src2, "service_name": name, "droplet_id": 20, "service_port": port, "deployment_method": "process"});
-    let (_, a2) = server.call("POST", "/deploy", Some(&body2.to_string()), None);
+    let (_, a2) = server.post("/deploy", Some(&body2.to_string()));
     let j2 = finished(&server, a2["deploy_job_id"].as_str().unwrap());
     assert_eq!(j2["status"], "completed");
     assert_eq!(version_on(port).as_deref(), Some("v2"));
-    let (code, rb) = server.call(
-        "POST",
+    let (code, rb) = server.post(
         &format!("/deploy/{}/rollback", j2["deploy_job_id"].as_str().unwrap()),
-        None,
         None,
     );
     assert_eq!(code, 200, "{rb}");
     assert_eq!(rb["release"], job["release"]);
     assert_eq!(version_on(port).as_deref(), Some("v1"));
-    assert_eq!(
-        server
-            .call("POST", "/deploy/deploy-00000000/rollback", None, None)
-            .0,
-        404
-    );
+    assert_eq!(server.post("/deploy/deploy-00000000/rollback", None).0, 404);
 }
 
 #[test]
@@ -182,8 +175,15 @@ fn fifty_concurrent_deploys_across_five_services_all_complete_one_at_a_time_per_
                 })
                 .to_string();
                 let port_api = server.port;
+                let token = server.token.clone();
                 scope.spawn(move || {
-                    request(port_api, "POST", "/deploy", Some(body.as_bytes()), None)
+                    request(
+                        port_api,
+                        "POST",
+                        "/deploy",
+                        Some(body.as_bytes()),
+                        Some(&token),
+                    )
                 })
             })
             .collect();
@@ -235,7 +235,7 @@ fn a_server_killed_mid_deploy_leaves_an_interrupted_job_and_a_free_lock() {
     let port = free_port();
     let slow = json!({"service_path": src, "service_name": name, "service_port": port,
         "deployment_method": "process", "build": "sleep 30", "auto_register": false});
-    let (code, a) = server.call("POST", "/deploy", Some(&slow.to_string()), None);
+    let (code, a) = server.post("/deploy", Some(&slow.to_string()));
     assert_eq!(code, 202);
     let id = a["deploy_job_id"].as_str().unwrap().to_string();
     eventually(30, "the build to run", || {
@@ -256,7 +256,7 @@ fn a_server_killed_mid_deploy_leaves_an_interrupted_job_and_a_free_lock() {
     assert_eq!(phase(&job, "Build")["status"], "failed");
     let next = json!({"service_path": src, "service_name": name, "service_port": port,
         "deployment_method": "process", "auto_register": false});
-    let (_, a) = server.call("POST", "/deploy", Some(&next.to_string()), None);
+    let (_, a) = server.post("/deploy", Some(&next.to_string()));
     let done = finished(&server, a["deploy_job_id"].as_str().unwrap());
     assert_eq!(done["status"], "completed", "the lock was free: {done:#}");
     assert_eq!(version_on(port).as_deref(), Some("v1"));
@@ -264,7 +264,7 @@ fn a_server_killed_mid_deploy_leaves_an_interrupted_job_and_a_free_lock() {
 
 #[test]
 fn tokens_roots_body_limits_and_bad_fields() {
-    let token = "t0ken-for-tests-7f3a";
+    let token = "t0ken-for-tests-7f3a-0123456789abcdef";
     let (sb, src, server) = setup(&[("DEPLOYER_API_TOKEN", token)]);
     for (method, path) in [
         ("POST", "/deploy"),
@@ -340,10 +340,12 @@ fn the_seed_readme_curl_examples_work_as_written() {
     let (sb, src, server) = setup(&[]);
     let name = "auto-fix-engine";
     let port = free_port();
-    // As in the seed's README, host and paths aside (and a port that is free here).
+    // As in the seed's README, host and paths aside (and a port that is free
+    // here), with the token every mutating request needs.
     let submit = format!(
         r#"curl -X POST http://localhost:{api}/deploy \
   -H "Content-Type: application/json" \
+  -H "Authorization: Bearer {token}" \
   -d '{{
     "service_path": "{path}",
     "service_name": "{name}",
@@ -354,6 +356,7 @@ fn the_seed_readme_curl_examples_work_as_written() {
   }}'"#,
         api = server.port,
         path = src.display(),
+        token = server.token,
     );
     sb.track(name);
     let out = std::process::Command::new("sh")
@@ -381,7 +384,7 @@ fn a_running_job_streams_its_phases_live() {
     let name = &sb.tracked("live");
     let body = json!({"service_path": src, "service_name": name, "service_port": free_port(),
         "deployment_method": "process", "build": "sleep 1 && rustc -o hello main.rs", "auto_register": false});
-    let (_, a) = server.call("POST", "/deploy", Some(&body.to_string()), None);
+    let (_, a) = server.post("/deploy", Some(&body.to_string()));
     let id = a["deploy_job_id"].as_str().unwrap();
     // Subscribed while it runs: the stream ends with the finished job.
     let (events, stream) = sse_events(&server, id);
@@ -400,7 +403,7 @@ fn a_running_job_streams_its_phases_live() {
 
 #[test]
 fn deploy_with_server_renders_the_same_output_as_a_local_deploy() {
-    let token = "remote-cli-token-1";
+    let token = "remote-cli-token-1-0123456789abcdef";
     let (sb, src, server) = setup(&[("DEPLOYER_API_TOKEN", token)]);
     let name = &sb.tracked("remote");
     let port = free_port();

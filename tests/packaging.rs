@@ -31,7 +31,7 @@ fn the_systemd_unit_runs_deployer_serve_on_a_server() {
         unit.to_str().unwrap(),
         &format!("{}:/etc/systemd/system/deployer.service", host.name),
     ]);
-    host.exec(&["sh", "-c", "mkdir -p /etc/deployer /srv/services && echo DEPLOYER_API_TOKEN=unit-token > /etc/deployer/env && chmod 600 /etc/deployer/env && touch /etc/deployer/deployer.toml"]);
+    host.exec(&["sh", "-c", "mkdir -p /etc/deployer /srv/services && echo DEPLOYER_API_TOKEN=unit-token-0123456789abcdef0123456789 > /etc/deployer/env && chmod 600 /etc/deployer/env && touch /etc/deployer/deployer.toml"]);
     host.exec(&["systemctl", "daemon-reload"]);
     host.exec(&["systemctl", "enable", "--now", "deployer"]);
     let health = eventually(30, "deployer to answer on the server", || {
@@ -97,7 +97,7 @@ fn the_dockerfile_packages_deployer_serve() {
         "--name",
         &name,
         "-e",
-        "DEPLOYER_API_TOKEN=image-token",
+        "DEPLOYER_API_TOKEN=image-token-0123456789abcdef0123456789",
         "-p",
         &format!("127.0.0.1:{port}:8007"),
         &tag,
@@ -108,12 +108,35 @@ fn the_dockerfile_packages_deployer_serve() {
     assert!(health.1.contains("healthy"), "{}", health.1);
     let _ = Command::new("docker").args(["rm", "-f", &name]).output();
 
-    // Without a token it refuses to listen beyond loopback, and says why.
+    // A short token is refused at startup, and says why.
     let out = Command::new("docker")
-        .args(["run", "--rm", &tag])
+        .args(["run", "--rm", "-e", "DEPLOYER_API_TOKEN=short", &tag])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(10));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("without an API token"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("shorter than 32 characters"));
+    // Without one it makes one, says where, and mutating requests need it.
+    let port = free_port();
+    docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        &format!("127.0.0.1:{port}:8007"),
+        &tag,
+    ]);
+    eventually(30, "the container to answer", || {
+        http_get(port, "/health").filter(|(c, _)| *c == 200)
+    });
+    let logs = Command::new("docker")
+        .args(["logs", &name])
+        .output()
+        .unwrap();
+    let logs = String::from_utf8_lossy(&logs.stderr);
+    assert!(logs.contains("made one and kept it in"), "{logs}");
+    let (code, _) = common::server::request(port, "POST", "/deploy", Some(b"{}"), None);
+    assert_eq!(code, 401);
+    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
     let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();
 }

@@ -73,6 +73,7 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
         (status = 202, description = "Accepted; the job is stored", body = Accepted),
         (status = 400, description = "Invalid input; `field` names it", body = super::ErrorBody),
         (status = 401, description = "Missing or wrong token", body = super::ErrorBody),
+        (status = 415, description = "Not JSON (Content-Type: application/json)", body = super::ErrorBody),
         (status = 413, description = "Body over 1 MiB"),
     ),
     security(("bearer" = [])))]
@@ -229,6 +230,7 @@ pub async fn history(
     responses(
         (status = 200, body = RolledBack),
         (status = 401, description = "Missing or wrong token", body = super::ErrorBody),
+        (status = 415, description = "Not JSON (Content-Type: application/json)", body = super::ErrorBody),
         (status = 404, description = "No such job", body = super::ErrorBody),
         (status = 409, description = "No previous version", body = super::ErrorBody),
         (status = 500, description = "The rollback failed", body = super::ErrorBody),

@@ -2,11 +2,13 @@
 //! engine the CLI uses. Handlers parse and check a request, hand it to the
 //! engine or the store, and map failures to status codes here, in one place.
 //!
-//! Mutating endpoints need `Authorization: Bearer TOKEN` (compared in
-//! constant time) when a token is configured; without one the server only
-//! listens on loopback. Request bodies are capped at 1 MiB.
+//! Who may call it is checked in one place (`guard.rs`): the bearer token
+//! on every mutating request (there is always one), JSON bodies only, and
+//! `Host` and `Origin` that name this server. Request bodies are capped at
+//! 1 MiB.
 
 mod deploy;
+pub mod guard;
 mod metrics;
 mod registry;
 mod service;
@@ -16,9 +18,8 @@ use crate::error::{Failure, FailureKind};
 use crate::secret::Secret;
 use crate::store::Store;
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderMap, StatusCode};
-use axum::middleware::Next;
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,11 +41,15 @@ pub struct ServeOptions {
     pub allowed_roots: Vec<PathBuf>,
     /// Deploy jobs run at once (jobs of one service wait for each other).
     pub workers: usize,
+    /// Names the server answers to besides its addresses and `localhost`.
+    pub allowed_hosts: Vec<String>,
 }
 
 /// What every handler shares.
 pub struct AppState {
     pub config: DeployerConfig,
+    /// The bearer token every mutating request must carry.
+    pub token: Secret,
     pub state_dir: PathBuf,
     pub store: Store,
     pub options: ServeOptions,
@@ -162,42 +167,6 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Compares two byte strings in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn authorized(state: &AppState, headers: &HeaderMap) -> bool {
-    let Some(token) = &state.options.token else {
-        return true;
-    };
-    let given = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    constant_time_eq(given.as_bytes(), token.expose().as_bytes())
-}
-
-/// Checks the bearer token on mutating requests (and on reads when the
-/// server is set up so).
-async fn auth(State(state): State<Shared>, req: Request, next: Next) -> Response {
-    let mutating =
-        req.method() != axum::http::Method::GET && req.method() != axum::http::Method::HEAD;
-    let needs = mutating || state.options.read_requires_token;
-    if needs && !authorized(&state, req.headers()) {
-        return ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "missing or wrong bearer token (Authorization: Bearer TOKEN)",
-        )
-        .into_response();
-    }
-    next.run(req).await
-}
-
 /// The whole API.
 pub fn router(state: Shared) -> Router {
     Router::new()
@@ -206,7 +175,10 @@ pub fn router(state: Shared) -> Router {
         .merge(registry::routes())
         .route("/openapi.json", axum::routing::get(openapi))
         .route("/metrics", axum::routing::get(metrics::metrics))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            guard::guard,
+        ))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -216,8 +188,8 @@ pub struct Started {
     pub addr: SocketAddr,
     /// Jobs a previous server left running, now marked interrupted.
     pub interrupted: Vec<String>,
-    /// Whether mutating endpoints are open (no token; loopback only).
-    pub open: bool,
+    /// Where the API token came from.
+    pub token: guard::TokenSource,
 }
 
 /// Runs the server until interrupted. Jobs left running by a previous
@@ -228,13 +200,7 @@ pub async fn serve(
     options: ServeOptions,
     started: impl FnOnce(&Started),
 ) -> Result<(), Failure> {
-    if options.token.is_none() && !options.addr.ip().is_loopback() {
-        return Err(Failure::invalid(format!(
-            "refusing to listen on {} without an API token: set DEPLOYER_API_TOKEN (or api_token in \
-             deployer.toml), or listen on 127.0.0.1",
-            options.addr
-        )));
-    }
+    let (token, token_source) = guard::api_token(options.token.clone(), &state_dir)?;
     let store = Store::open(&state_dir).await?;
     let interrupted = store.interrupt_all().await?;
     let listener = tokio::net::TcpListener::bind(options.addr)
@@ -249,10 +215,11 @@ pub async fn serve(
         // The built-in registry: the Register phase posts to this server,
         // with this server's token.
         config.registry_url = Some(base_url.clone());
-        config.registry_token = options.token.clone();
+        config.registry_token = Some(token.clone());
     }
     let state = Arc::new(AppState {
         config,
+        token,
         state_dir,
         store,
         workers: Arc::new(Semaphore::new(options.workers.max(1))),
@@ -265,7 +232,7 @@ pub async fn serve(
     started(&Started {
         addr,
         interrupted,
-        open: state.options.token.is_none(),
+        token: token_source,
     });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async {

@@ -64,6 +64,7 @@ pub struct ServiceHealth {
         (status = 200, body = Registered),
         (status = 400, body = super::ErrorBody),
         (status = 401, body = super::ErrorBody),
+        (status = 415, description = "Not JSON (Content-Type: application/json)", body = super::ErrorBody),
         (status = 413, description = "Body over 1 MiB"),
     ),
     security(("bearer" = [])))]

@@ -231,6 +231,7 @@ pub async fn dependencies(State(state): State<Shared>) -> Json<Dependencies> {
         (status = 200, body = MessageAck),
         (status = 400, body = ErrorBody),
         (status = 401, body = ErrorBody),
+        (status = 415, description = "Not JSON (Content-Type: application/json)", body = super::ErrorBody),
         (status = 413, description = "Body over 1 MiB"),
     ),
     security(("bearer" = [])))]

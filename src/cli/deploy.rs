@@ -47,7 +47,8 @@ pub struct Args {
     #[arg(long, default_value_t = 0, value_name = "SECONDS")]
     pub wait: u64,
     /// Have the deployer serving at URL run the deploy (`deployer serve`);
-    /// its token comes from DEPLOYER_API_TOKEN. PATH is a path on that
+    /// its token comes from DEPLOYER_API_TOKEN, else from the state
+    /// directory of a server on this machine. PATH is a path on that
     /// server's machine.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,

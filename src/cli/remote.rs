@@ -4,19 +4,31 @@
 //! deploy renders them.
 
 use super::Context;
+use crate::api::guard::{TOKEN_FILE, read_token_file};
 use crate::engine::{Sink, StreamEvent};
 use crate::error::{Failure, FailureKind};
 use crate::model::Job;
 use crate::plan::DeployRequest;
+use crate::secret::Secret;
 use serde_json::Value;
 
 pub async fn deploy(ctx: &Context, server: &str, req: &DeployRequest) -> Result<i32, Failure> {
+    // The token: DEPLOYER_API_TOKEN, else the one a server on this machine
+    // keeps in the state directory.
+    let token = match std::env::var("DEPLOYER_API_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        Some(t) => Some(Secret::new(t)),
+        None => read_token_file(&ctx.state_dir.join(TOKEN_FILE))?,
+    };
     let remote = Remote {
         base: server.trim_end_matches('/').to_string(),
         client: reqwest::Client::builder()
             .no_proxy()
             .build()
             .map_err(Failure::internal)?,
+        token,
     };
     let id = remote.submit(req).await?;
     let sink = ctx.sink();
@@ -36,6 +48,7 @@ pub async fn deploy(ctx: &Context, server: &str, req: &DeployRequest) -> Result<
 struct Remote {
     base: String,
     client: reqwest::Client,
+    token: Option<Secret>,
 }
 
 impl Remote {
@@ -49,11 +62,8 @@ impl Remote {
     /// `POST /deploy`; the accepted job's id.
     async fn submit(&self, req: &DeployRequest) -> Result<String, Failure> {
         let mut post = self.client.post(format!("{}/deploy", self.base)).json(req);
-        if let Some(t) = std::env::var("DEPLOYER_API_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty())
-        {
-            post = post.bearer_auth(t);
+        if let Some(t) = &self.token {
+            post = post.bearer_auth(t.expose());
         }
         let resp = post.send().await.map_err(|e| self.unreachable(e))?;
         let status = resp.status();

@@ -1,6 +1,7 @@
 //! `deployer serve`: the HTTP API over the same engine.
 
 use super::Context;
+use crate::api::guard::TokenSource;
 use crate::api::{ServeOptions, serve};
 use crate::error::Failure;
 use crate::secret::Secret;
@@ -12,8 +13,7 @@ pub struct Args {
     /// 0 picks a free one).
     #[arg(long)]
     pub port: Option<u16>,
-    /// Address to listen on (default 127.0.0.1). Any other address needs an
-    /// API token.
+    /// Address to listen on (default 127.0.0.1).
     #[arg(long)]
     pub bind: Option<String>,
     /// A directory deploy requests may name (repeatable).
@@ -22,6 +22,10 @@ pub struct Args {
     /// Deploy jobs run at once.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// A host name the server answers to besides its addresses and
+    /// localhost (repeatable); requests naming any other are refused.
+    #[arg(long = "allow-host", value_name = "NAME")]
+    pub allow_hosts: Vec<String>,
 }
 
 pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
@@ -34,9 +38,9 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
     let ip: std::net::IpAddr = bind
         .parse()
         .map_err(|_| Failure::invalid(format!("--bind {bind}: not an IP address")))?;
+    // Set but empty is a mistake to refuse, not the same as unset.
     let token = std::env::var("DEPLOYER_API_TOKEN")
         .ok()
-        .filter(|t| !t.is_empty())
         .map(Secret::new)
         .or(api.token.clone());
     let mut allowed_roots = Vec::new();
@@ -52,6 +56,12 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
         read_requires_token: api.read_requires_token,
         allowed_roots,
         workers: args.workers.or(api.workers).unwrap_or(4),
+        allowed_hosts: args
+            .allow_hosts
+            .iter()
+            .chain(&api.allowed_hosts)
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
     };
     serve(ctx.config, ctx.state_dir, options, |s| {
         if !s.interrupted.is_empty() {
@@ -61,10 +71,17 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
                 s.interrupted.join(", ")
             );
         }
-        if s.open {
-            eprintln!(
-                "deployer: no API token set: mutating endpoints are open to this machine only"
-            );
+        match &s.token {
+            TokenSource::Configured => {}
+            TokenSource::Generated(path) => eprintln!(
+                "deployer: no API token was set; made one and kept it in {} (mode 0600). \
+                 Clients send it as Authorization: Bearer TOKEN; deploy --server on this \
+                 machine reads it from there.",
+                path.display()
+            ),
+            TokenSource::Stored(path) => {
+                eprintln!("deployer: the API token is the one in {}", path.display())
+            }
         }
         // The first line on stdout says where to reach the server (tests read it).
         println!("deployer listening on http://{}", s.addr);

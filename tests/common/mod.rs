@@ -133,6 +133,26 @@ impl Sandbox {
         Run::from(c.output().expect("run deployer"))
     }
 
+    /// Runs a command that must end by itself within `secs` (one that would
+    /// run on, like a server that should have refused to start, is killed
+    /// and fails the test).
+    pub fn run_within(&self, secs: u64, args: &[&str], f: impl FnOnce(&mut Command)) -> Run {
+        use std::process::Stdio;
+        let mut c = self.cmd();
+        c.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+        f(&mut c);
+        let mut child = c.spawn().expect("run deployer");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("deployer {args:?} still ran after {secs} s");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Run::from(child.wait_with_output().unwrap())
+    }
+
     /// Copies an example service (`hello`, `broken/never-healthy`, ...) into
     /// the sandbox, with `version` written to VERSION.
     pub fn service(&self, example: &str, version: &str) -> PathBuf {

@@ -9,6 +9,8 @@ use std::time::Duration;
 pub struct Server {
     pub child: Child,
     pub port: u16,
+    /// The server's API token: the one it was given, or the one it made.
+    pub token: String,
 }
 
 impl Server {
@@ -36,7 +38,14 @@ impl Server {
             .next()
             .and_then(|p| p.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
-        Server { child, port }
+        let token = match env.iter().find(|(k, _)| *k == "DEPLOYER_API_TOKEN") {
+            Some((_, t)) => t.to_string(),
+            None => std::fs::read_to_string(sb.state_dir().join("api-token"))
+                .expect("the token the server made")
+                .trim()
+                .to_string(),
+        };
+        Server { child, port, token }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -59,6 +68,11 @@ impl Server {
 
     pub fn get(&self, path: &str) -> (u16, serde_json::Value) {
         self.call("GET", path, None, None)
+    }
+
+    /// A POST with the server's token.
+    pub fn post(&self, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+        self.call("POST", path, body, Some(&self.token))
     }
 
     pub fn kill(&mut self) {
