@@ -184,6 +184,10 @@ pub struct ApiConfig {
     /// Host names the server answers to besides its addresses and localhost.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
+    /// Secrets a deploy request may name whose values come from the
+    /// server's environment (the secrets file's names are allowed too).
+    #[serde(default)]
+    pub secrets: Vec<String>,
 }
 
 /// Where services are deployed. Only this machine (`local`) in this build.

@@ -447,6 +447,48 @@ pub fn resolve_secrets(
     Ok(out)
 }
 
+/// Where the HTTP API may take a secret's value from: the environment only
+/// for names `[api] secrets` lists, and the secrets file. A request cannot
+/// pull any other variable of the server's environment (cloud credentials,
+/// deployer's own tokens) into its service.
+pub fn listed_secrets_only<'a>(
+    config: &'a DeployerConfig,
+) -> impl Fn(&str) -> Option<String> + 'a {
+    move |name| {
+        config
+            .api
+            .secrets
+            .iter()
+            .any(|s| s == name)
+            .then(|| std::env::var(name).ok())
+            .flatten()
+    }
+}
+
+/// Refuses a request's secret names that the server does not hand out.
+pub fn check_requested_secrets(names: &[String], config: &DeployerConfig) -> Result<(), Failure> {
+    let file = match &config.secrets_file {
+        Some(path) => read_secrets_file(path)?,
+        None => BTreeMap::new(),
+    };
+    for name in names {
+        validate_env_name(name).map_err(|f| Failure {
+            field: Some("secrets"),
+            ..f
+        })?;
+        if !config.api.secrets.contains(name) && !file.contains_key(name) {
+            return Err(Failure::invalid_field(
+                "secrets",
+                format!(
+                    "secret {name} is not one this server hands out: list it in [api] secrets \
+                     in deployer.toml, or put it in the secrets file"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn read_secrets_file(path: &Path) -> Result<BTreeMap<String, String>, Failure> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         Failure::invalid(format!("cannot read secrets file {}: {e}", path.display()))

@@ -185,3 +185,41 @@ fn a_server_without_a_token_makes_one_that_only_its_owner_can_read() {
     ]);
     r.assert_code(0);
 }
+
+#[test]
+fn a_request_cannot_name_a_secret_the_server_does_not_hand_out() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let config = sb.dir.path().join("deployer.toml");
+    std::fs::write(&config, "[api]\nsecrets = [\"API_KEY\"]\n").unwrap();
+    let server = Server::start(
+        &sb,
+        src.parent().unwrap(),
+        &[
+            ("DEPLOYER_CONFIG", config.to_str().unwrap()),
+            ("API_KEY", "sk-listed-value"),
+            ("CLOUD_SECRET", "the-servers-own-credential"),
+        ],
+    );
+    let name = sb.name("secretive");
+    let ask = |secret: &str| {
+        let body = serde_json::json!({
+            "service_path": src, "service_name": name, "service_port": free_port(),
+            "secrets": [secret], "auto_register": false,
+        });
+        server.post("/deploy", Some(&body.to_string()))
+    };
+    for unlisted in ["CLOUD_SECRET", "DEPLOYER_API_TOKEN", "HOME"] {
+        let (code, err) = ask(unlisted);
+        assert_eq!(code, 400, "{unlisted}: {err}");
+        assert_eq!(err["field"], "secrets");
+        assert!(
+            err["error"].as_str().unwrap().contains("not one this server hands out"),
+            "{err}"
+        );
+    }
+    assert_eq!(server.get(&format!("/deploy/history/{name}")).0, 404);
+    let (code, accepted) = ask("API_KEY");
+    assert_eq!(code, 202, "{accepted}");
+    sb.track(&name);
+}

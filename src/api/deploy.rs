@@ -83,7 +83,9 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let req: DeployRequest = parse(&body)?;
     check_allowed(&state, &req)?;
-    let plan = Plan::build(&req, &state.config, &|k| std::env::var(k).ok())?;
+    crate::plan::check_requested_secrets(&req.secrets, &state.config)?;
+    let secret_env = crate::plan::listed_secrets_only(&state.config);
+    let plan = Plan::build(&req, &state.config, &secret_env)?;
     let engine = engine_for(&state, &plan.hosts)?;
     // On disk before the 202: a crash from here on leaves a job to find.
     let job = engine.accept(&plan).await?;
