@@ -113,7 +113,7 @@ impl Plan {
     }
 
     pub fn redactor(&self) -> Redactor {
-        Redactor::new(self.secrets.iter().map(|(_, v)| v.clone()))
+        Redactor::for_job(self.secrets.iter().map(|(_, v)| v), self.spec.env.values())
     }
 
     /// Builds a plan. `env` reads deployer's own environment (for secrets).
@@ -451,9 +451,7 @@ pub fn resolve_secrets(
 /// for names `[api] secrets` lists, and the secrets file. A request cannot
 /// pull any other variable of the server's environment (cloud credentials,
 /// deployer's own tokens) into its service.
-pub fn listed_secrets_only<'a>(
-    config: &'a DeployerConfig,
-) -> impl Fn(&str) -> Option<String> + 'a {
+pub fn listed_secrets_only<'a>(config: &'a DeployerConfig) -> impl Fn(&str) -> Option<String> + 'a {
     move |name| {
         config
             .api

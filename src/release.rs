@@ -13,6 +13,7 @@
 //! ```
 
 use crate::model::TransferStats;
+use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -55,6 +56,40 @@ impl ServiceDirs {
 
     pub fn pid_file(&self, id: &str) -> PathBuf {
         self.root.join("run").join(format!("{id}.pid"))
+    }
+
+    /// A release's environment values, kept only in deployer's own state
+    /// directory (mode 0600): the store and the API hold their names only.
+    pub fn env_values_file(&self, id: &str) -> PathBuf {
+        self.root.join("env").join(format!("{id}.json"))
+    }
+
+    /// Keeps a release's environment values for a later rollback.
+    pub fn save_env_values(&self, id: &str, env: &BTreeMap<String, String>) -> io::Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.env_values_file(id);
+        if let Some(dir) = path.parent() {
+            private_dir(dir)?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&path)?;
+        f.write_all(&serde_json::to_vec(env).unwrap_or_default())?;
+        f.sync_all()
+    }
+
+    /// A release's environment values, if this machine kept them.
+    pub fn env_values(&self, id: &str) -> Option<BTreeMap<String, String>> {
+        let bytes = std::fs::read(self.env_values_file(id)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    pub fn remove_env_values(&self, id: &str) {
+        let _ = std::fs::remove_file(self.env_values_file(id));
     }
 
     pub fn lock_file(&self) -> PathBuf {

@@ -57,6 +57,20 @@ impl Redactor {
         Redactor { values }
     }
 
+    /// A job's redactor: its secrets, and its environment values long
+    /// enough to be credentials (8 bytes or more: shorter ones, like `true`
+    /// or `prod`, would scrub ordinary words).
+    pub fn for_job<'a>(
+        secrets: impl IntoIterator<Item = &'a Secret>,
+        env: impl IntoIterator<Item = &'a String>,
+    ) -> Self {
+        let env = env
+            .into_iter()
+            .filter(|v| v.len() >= 8)
+            .map(|v| Secret::new(v.clone()));
+        Redactor::new(secrets.into_iter().cloned().chain(env))
+    }
+
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
         for v in &self.values {

@@ -214,7 +214,10 @@ fn a_request_cannot_name_a_secret_the_server_does_not_hand_out() {
         assert_eq!(code, 400, "{unlisted}: {err}");
         assert_eq!(err["field"], "secrets");
         assert!(
-            err["error"].as_str().unwrap().contains("not one this server hands out"),
+            err["error"]
+                .as_str()
+                .unwrap()
+                .contains("not one this server hands out"),
             "{err}"
         );
     }
@@ -222,4 +225,110 @@ fn a_request_cannot_name_a_secret_the_server_does_not_hand_out() {
     let (code, accepted) = ask("API_KEY");
     assert_eq!(code, 202, "{accepted}");
     sb.track(&name);
+}
+
+/// Every file under `dir` whose bytes contain `needle`, except the ones
+/// `allowed` says may hold it.
+fn files_holding(
+    dir: &std::path::Path,
+    needle: &str,
+    allowed: impl Fn(&std::path::Path) -> bool,
+) -> Vec<std::path::PathBuf> {
+    files_under(dir)
+        .into_iter()
+        .filter(|p| !allowed(p))
+        .filter(|p| {
+            std::fs::read(p).is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle.as_bytes()))
+        })
+        .collect()
+}
+
+#[test]
+fn environment_values_are_kept_out_of_the_store_answers_events_and_logs() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let server = Server::start(&sb, src.parent().unwrap(), &[]);
+    let name = sb.tracked("canary");
+    let port = free_port();
+    let canary = "canary-5f1c9e7a-kept-out-of-records";
+    let deploy = |src: &std::path::Path| {
+        let body = serde_json::json!({
+            "service_path": src, "service_name": name, "service_port": port,
+            "deployment_method": "process", "auto_register": false,
+            "environment_vars": {"CANARY_TOKEN": canary, "MODE": "blue"},
+            "build": "echo building with $CANARY_TOKEN; rustc -o hello main.rs",
+        });
+        let (code, a) = server.post("/deploy", Some(&body.to_string()));
+        assert_eq!(code, 202, "{a}");
+        a["deploy_job_id"].as_str().unwrap().to_string()
+    };
+    let first = deploy(&src);
+    let job = eventually(60, "the first deploy", || {
+        let (_, job) = server.get(&format!("/deploy/{first}"));
+        (job["status"] == "completed").then_some(job)
+    });
+    // The service has it.
+    assert_eq!(
+        http_get(port, "/env/CANARY_TOKEN").map(|r| r.1).as_deref(),
+        Some(canary)
+    );
+    // A second release, then a rollback: the first gets its values back
+    // from the 0600 file on this machine.
+    let second = deploy(&sb.service("hello", "v2"));
+    eventually(60, "the second deploy", || {
+        let (_, job) = server.get(&format!("/deploy/{second}"));
+        (job["status"] == "completed").then_some(())
+    });
+    let (code, rb) = server.post(&format!("/deploy/{second}/rollback"), None);
+    assert_eq!(code, 200, "{rb}");
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    assert_eq!(
+        http_get(port, "/env/CANARY_TOKEN").map(|r| r.1).as_deref(),
+        Some(canary)
+    );
+
+    // No answer or event carries it.
+    let mut answers = vec![job.to_string()];
+    for path in [
+        format!("/deploy/{first}"),
+        format!("/deploy/{second}"),
+        format!("/deploy/history/{name}"),
+        format!("/deploy/{first}/events"),
+        "/registry".to_string(),
+        "/state".to_string(),
+    ] {
+        answers.push(common::server::request(server.port, "GET", &path, None, None).1);
+    }
+    for a in &answers {
+        assert!(!a.contains(canary), "an answer holds the value: {a}");
+    }
+    // On disk, only the per-release values file (mode 0600) and the
+    // service's own log hold it: not the database, not the job records.
+    let state = sb.state_dir();
+    let holders = files_holding(&state, canary, |p| {
+        p.components()
+            .any(|c| c.as_os_str() == "env" || c.as_os_str() == "logs")
+    });
+    assert_eq!(
+        holders,
+        Vec::<std::path::PathBuf>::new(),
+        "files holding the value"
+    );
+    let values = files_under(&state)
+        .into_iter()
+        .filter(|p| {
+            p.extension().is_some_and(|e| e == "json")
+                && p.parent().is_some_and(|d| d.ends_with("env"))
+        })
+        .collect::<Vec<_>>();
+    assert!(!values.is_empty());
+    for f in values {
+        assert_eq!(
+            std::fs::metadata(&f).unwrap().permissions().mode() & 0o777,
+            0o600,
+            "{}",
+            f.display()
+        );
+    }
 }

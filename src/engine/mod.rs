@@ -264,14 +264,34 @@ impl Engine {
         Ok(releases)
     }
 
+    /// A release as stored, with its environment values from this
+    /// machine's state directory put back.
     async fn release_record(&self, service: &str, id: &str) -> Option<Release> {
         let store = self.store().await.ok()?;
-        store
+        let mut release = store
             .releases(service)
             .await
             .ok()?
             .into_iter()
-            .find(|r| r.id == id)
+            .find(|r| r.id == id)?;
+        self.restore_env_values(&mut release);
+        Some(release)
+    }
+
+    /// Puts a stored release's environment values back; false when this
+    /// machine does not have them.
+    fn restore_env_values(&self, release: &mut Release) -> bool {
+        if release.spec.env.is_empty() {
+            return true;
+        }
+        let dirs = crate::release::ServiceDirs::new(&self.state_dir, &release.service_name);
+        match dirs.env_values(&release.id) {
+            Some(values) => {
+                release.spec.env = values;
+                true
+            }
+            None => false,
+        }
     }
 
     /// The secrets a release's spec names, from deployer's environment and
@@ -288,7 +308,17 @@ impl Engine {
         to: Option<&str>,
     ) -> Result<(Work, Phase), Failure> {
         let store = self.store().await?;
-        let target = validate::rollback_target(site, store, service, to).await?;
+        let mut target = validate::rollback_target(site, store, service, to).await?;
+        if !self.restore_env_values(&mut target) {
+            return Err(Failure::not_found(format!(
+                "the environment values of release {} are not on this machine ({}); \
+                 deploy it again instead",
+                target.id,
+                crate::release::ServiceDirs::new(&self.state_dir, service)
+                    .env_values_file(&target.id)
+                    .display()
+            )));
+        }
         let secrets = self.secrets_for(&target.spec)?;
         let target_job = store.job(&target.job_id).await?;
         let droplet_id = target_job.as_ref().and_then(|j| j.droplet_id);

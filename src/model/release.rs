@@ -51,6 +51,21 @@ impl RunSpec {
     }
 }
 
+impl RunSpec {
+    /// The spec as it is stored and served: environment variable names
+    /// only; their values stay in deployer's state directory (0600).
+    pub fn without_env_values(&self) -> RunSpec {
+        RunSpec {
+            env: self
+                .env
+                .keys()
+                .map(|k| (k.clone(), String::new()))
+                .collect(),
+            ..self.clone()
+        }
+    }
+}
+
 /// The runtime a release runs under, once `auto` is resolved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

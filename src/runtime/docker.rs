@@ -12,6 +12,7 @@ use super::{ReleaseCtx, RuntimeError};
 use crate::cmd::Cmd;
 use crate::health::Liveness;
 use crate::host::{Host, HostError};
+use crate::secret::Secret;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,8 +64,15 @@ pub fn run_cmd(ctx: &ReleaseCtx) -> Cmd {
         // up signal handling still stop at once instead of after the grace.
         .arg("--init")
         .args(["--publish", &format!("{port}:{port}")]);
-    for (k, v) in ctx.base_env() {
+    for (k, v) in ctx.deployer_env() {
         cmd = cmd.args(["--env".to_string(), format!("{k}={v}")]);
+    }
+    // Configured values and secrets travel in the docker CLI's environment
+    // (over SSH, on the command's stdin), never in its arguments.
+    for (k, v) in &ctx.spec.env {
+        cmd = cmd
+            .args(["--env", k.as_str()])
+            .secret_env(k.clone(), Secret::new(v.clone()));
     }
     for (k, v) in &ctx.secrets {
         cmd = cmd
@@ -277,14 +285,15 @@ mod tests {
              --label deployer.service=hello --label deployer.release=20261125-120000000-abcdef12 \
              --label deployer.port=8090 --restart unless-stopped --init --publish 8090:8090 \
              --env PORT=8090 --env SERVICE_NAME=hello --env RELEASE=20261125-120000000-abcdef12 \
-             --env 'GREETING=hi there' --env API_KEY --network fpai-network \
+             --env GREETING --env API_KEY --network fpai-network \
              hello:20261125-120000000-abcdef12"
         );
         assert!(!format!("{:?}", cmd.args).contains("sk-very-secret"));
+        assert!(!format!("{:?}", cmd.args).contains("hi there"));
         assert_eq!(
             cmd.env.len(),
-            1,
-            "the secret travels in the CLI's environment"
+            2,
+            "the configured value and the secret travel in the CLI's environment"
         );
     }
 

@@ -35,13 +35,18 @@ impl ReleaseCtx {
     /// The environment every service gets: deployer's own variables, then the
     /// configured ones. Secrets are added separately by each runtime.
     pub fn base_env(&self) -> Vec<(String, String)> {
-        let mut env = vec![
+        let mut env = self.deployer_env();
+        env.extend(self.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env
+    }
+
+    /// deployer's own variables: PORT, SERVICE_NAME, RELEASE.
+    pub fn deployer_env(&self) -> Vec<(String, String)> {
+        vec![
             ("PORT".to_string(), self.spec.port.to_string()),
             ("SERVICE_NAME".to_string(), self.service.clone()),
             ("RELEASE".to_string(), self.release.clone()),
-        ];
-        env.extend(self.spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env
+        ]
     }
 }
 

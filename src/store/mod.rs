@@ -392,7 +392,7 @@ impl Store {
         .bind(&r.job_id)
         .bind(&r.content_hash)
         .bind(ts(&r.created_at))
-        .bind(serde_json::to_string(&r.spec).unwrap_or_default())
+        .bind(serde_json::to_string(&r.spec.without_env_values()).unwrap_or_default())
         .execute(&self.pool)
         .await
         .map_err(ctx(format!("saving release {}", r.id)))?;

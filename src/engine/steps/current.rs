@@ -80,6 +80,7 @@ async fn prune(cx: &StepCx<'_>, current: &str) {
         let ctx = cx.ctx(&r.id, &r.spec, &[]);
         cx.runtime(&r.spec).remove_build(&ctx).await;
         if cx.site.host.remove_release(&cx.dirs, &r.id).await.is_ok() {
+            cx.local_dirs().remove_env_values(&r.id);
             let _ = cx
                 .store
                 .set_release_status(service, &r.id, ReleaseStatus::Removed)

@@ -154,7 +154,10 @@ impl<'a> StepCx<'a> {
             sink,
             work,
             dirs: site.dirs(&work.service),
-            redactor: Redactor::new(work.secrets.iter().map(|(_, s)| s.clone())),
+            redactor: Redactor::for_job(
+                work.secrets.iter().map(|(_, s)| s),
+                work.spec.env.values(),
+            ),
             job_id: String::new(),
             previous: None,
             release: match &work.source {
@@ -165,6 +168,12 @@ impl<'a> StepCx<'a> {
             registration: None,
             service_url: None,
         }
+    }
+
+    /// The service's directories in deployer's own state directory (on
+    /// this machine, whatever the host).
+    pub fn local_dirs(&self) -> ServiceDirs {
+        ServiceDirs::new(self.engine.state_dir(), &self.work.service)
     }
 
     pub fn note(&self, text: &str) {

@@ -50,6 +50,11 @@ enum UploadError {
         path: String,
         source: std::io::Error,
     },
+    #[error("keeping the environment values in {path}: {source}")]
+    EnvValues {
+        path: String,
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Host(#[from] crate::host::HostError),
     #[error(transparent)]
@@ -84,6 +89,12 @@ async fn upload(cx: &mut StepCx<'_>, src: &Path) -> Result<(String, String), Upl
             spec: cx.work.spec.clone(),
         })
         .await?;
+    cx.local_dirs()
+        .save_env_values(&id, &cx.work.spec.env)
+        .map_err(|source| UploadError::EnvValues {
+            path: cx.local_dirs().env_values_file(&id).display().to_string(),
+            source,
+        })?;
     let size = crate::host::human_bytes(stats.bytes);
     let to = cx.dirs.release(&id);
     let details = if cx.site.host.is_local() {
@@ -119,6 +130,7 @@ impl Undo for RemoveRelease {
                 .store
                 .set_release_status(&cx.work.service, &self.release, ReleaseStatus::Failed)
                 .await;
+            cx.local_dirs().remove_env_values(&self.release);
             if let Err(e) = cx.site.host.remove_release(&cx.dirs, &self.release).await {
                 cx.note(&format!("rollback: {e}"));
             }
