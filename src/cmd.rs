@@ -150,7 +150,21 @@ pub trait Transport: Send + Sync {
     ) -> impl std::future::Future<Output = Result<CmdOutput, ExecError>> + Send;
 }
 
-/// Runs commands on this machine.
+/// The only variables of deployer's own environment a command or service
+/// started on this machine gets (besides its own): not deployer's tokens,
+/// the registry's token or the SSH agent's socket.
+pub const PASSED_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
+
+/// What the docker CLI also needs to find its engine, when set.
+const DOCKER_ENV: [&str; 4] = [
+    "DOCKER_HOST",
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+];
+
+/// Runs commands on this machine, each with a clean environment:
+/// [`PASSED_ENV`] and the command's own variables.
 #[derive(Clone, Debug, Default)]
 pub struct LocalTransport;
 
@@ -160,7 +174,17 @@ impl Transport for LocalTransport {
         command
             .args(cmd.args.iter().map(Arg::real))
             .stdin(std::process::Stdio::null())
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            .env_clear();
+        let docker = cmd.program == "docker";
+        for key in PASSED_ENV
+            .iter()
+            .chain(DOCKER_ENV.iter().filter(|_| docker))
+        {
+            if let Some(v) = std::env::var_os(key) {
+                command.env(key, v);
+            }
+        }
         for (k, v) in &cmd.env {
             command.env(k, v.real());
         }

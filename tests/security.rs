@@ -332,3 +332,56 @@ fn environment_values_are_kept_out_of_the_store_answers_events_and_logs() {
         );
     }
 }
+
+#[test]
+fn a_build_and_the_service_see_none_of_deployers_own_secrets() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let name = &sb.tracked("cleanenv");
+    let port = free_port();
+    let tokens = [
+        ("DEPLOYER_API_TOKEN", "api-token-5d0e7c1f9a2b4e6d8c3a1f0e"),
+        ("REGISTRY_TOKEN", "registry-token-8e2f4a6c0b1d3e5f7a9c"),
+        ("SSH_AUTH_SOCK", "/tmp/agent-socket-4b6d8f0a2c4e"),
+        ("AWS_SECRET_ACCESS_KEY", "aws-secret-1a3c5e7g9i2k4m6o"),
+    ];
+    let r = sb.run_with(
+        &[
+            "deploy",
+            src.to_str().unwrap(),
+            "--name",
+            name,
+            "--port",
+            &port.to_string(),
+            "--no-register",
+            "--env",
+            "MODE=green",
+            "--build",
+            "env > build-env.txt && rustc -o hello main.rs",
+        ],
+        |c| {
+            c.envs(tokens);
+        },
+    );
+    r.assert_code(0);
+    let current = sb.current(name).expect("a current release");
+    let seen = std::fs::read_to_string(
+        sb.state_dir()
+            .join("services")
+            .join(name)
+            .join("releases")
+            .join(&current)
+            .join("build-env.txt"),
+    )
+    .unwrap();
+    assert!(seen.contains("MODE=green"), "{seen}");
+    assert!(seen.contains("PATH="), "{seen}");
+    for (k, v) in tokens {
+        assert!(
+            !seen.contains(k) && !seen.contains(v),
+            "the build saw {k}:\n{seen}"
+        );
+        let got = http_get(port, &format!("/env/{k}")).map(|r| r.0);
+        assert_ne!(got, Some(200), "the service sees {k}");
+    }
+}

@@ -6,7 +6,7 @@
 //! reused by another program is never signalled.
 
 use super::{ReleaseCtx, RuntimeError};
-use crate::cmd::tail_lines;
+use crate::cmd::{PASSED_ENV, tail_lines};
 use crate::health::Liveness;
 use crate::release::ServiceDirs;
 use std::collections::HashMap;
@@ -14,10 +14,6 @@ use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
-
-/// Variables passed through from deployer's environment; everything else is
-/// left out so deployer's own secrets never leak into a service.
-const PASSED_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TZ"];
 
 #[derive(Default)]
 pub struct ProcessRuntime {
