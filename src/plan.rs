@@ -257,9 +257,28 @@ fn run_spec(
             .stop_grace_secs
             .or(config.defaults.stop_grace_secs)
             .unwrap_or(10),
-        user: manifest.systemd.user.clone(),
+        user: systemd_user(manifest)?,
     };
     Ok((spec, secrets))
+}
+
+/// The user a systemd unit runs as: a plain user name, so it cannot carry
+/// anything else into the unit file.
+fn systemd_user(manifest: &Manifest) -> Result<Option<String>, Failure> {
+    let Some(user) = &manifest.systemd.user else {
+        return Ok(None);
+    };
+    let ok = (1..=32).contains(&user.len())
+        && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !ok {
+        return Err(Failure::invalid(format!(
+            "[systemd] user {user:?} is not a user name (lowercase letters, digits, '_', '-')"
+        )));
+    }
+    Ok(Some(user.clone()))
 }
 
 /// The service's environment (manifest, then request) and the names of

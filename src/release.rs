@@ -152,6 +152,26 @@ pub fn private_dir(path: &Path) -> io::Result<()> {
 
 /// A release id: UTC time to the millisecond plus the first 8 hex digits of
 /// the content hash, so ids sort by time and show what changed.
+/// Whether `s` has the shape [`new_release_id`] gives: `YYYYMMDD-HHMMSSmmm-`
+/// and 8 hex digits, perhaps `-N` after. Another service whose name starts
+/// with this one's (`api` and `api-v2`) never has this shape after `api-`.
+pub fn is_release_id(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let digits = |p: &str, n: usize| p.len() == n && p.bytes().all(|b| b.is_ascii_digit());
+    let hex = |p: &str| p.len() == 8 && p.bytes().all(|b| b.is_ascii_hexdigit());
+    match parts.as_slice() {
+        [d, t, h] => digits(d, 8) && digits(t, 9) && hex(h),
+        [d, t, h, n] => {
+            digits(d, 8)
+                && digits(t, 9)
+                && hex(h)
+                && !n.is_empty()
+                && n.bytes().all(|b| b.is_ascii_digit())
+        }
+        _ => false,
+    }
+}
+
 pub fn new_release_id(content_hash: &str, dirs: &ServiceDirs) -> String {
     let now = chrono::Utc::now();
     let base = format!("{}-{}", now.format("%Y%m%d-%H%M%S%3f"), &content_hash[..8]);

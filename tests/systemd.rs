@@ -365,3 +365,43 @@ fn a_disk_too_small_for_the_release_is_refused_before_uploading() {
         "{ls}"
     );
 }
+
+#[test]
+fn redeploying_a_service_leaves_one_whose_name_starts_with_its_own_running() {
+    if !image_ready() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let (p1, p2) = (free_port(), free_port());
+    let host = TestHost::start(&sb.name("sd-pfx"), &client_key(sb.dir.path()), &[p1, p2]);
+    let cfg = config_for(&sb, &host);
+    let api = sb.name("api");
+    let api_v2 = format!("{api}-v2");
+    let other = deploy(&sb, &cfg, &sb.prebuilt("hello", "v1"), &api_v2, p2, &[])
+        .assert_code(0)
+        .json();
+    deploy(&sb, &cfg, &sb.prebuilt("hello", "v1"), &api, p1, &[]).assert_code(0);
+    // A start command that tries to add a directive to the unit.
+    let sneaky = [
+        "--start",
+        "./hello\nExecStartPre=+/bin/touch /root/injected",
+    ];
+    deploy(&sb, &cfg, &sb.prebuilt("hello", "v2"), &api, p1, &sneaky).assert_code(0);
+    assert_eq!(version_on(p1).as_deref(), Some("v2"));
+    assert_eq!(
+        host.exec(&["systemctl", "is-active", &unit(&api_v2, &other)])
+            .trim(),
+        "active",
+        "{api_v2} was stopped by {api}'s deploy"
+    );
+    assert_eq!(version_on(p2).as_deref(), Some("v1"));
+    assert_eq!(
+        host.exec(&[
+            "sh",
+            "-c",
+            "test -e /root/injected && echo injected || echo clean"
+        ])
+        .trim(),
+        "clean"
+    );
+}

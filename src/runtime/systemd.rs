@@ -69,26 +69,48 @@ pub fn unit_file(ctx: &ReleaseCtx) -> String {
          TimeoutStopSec={grace}\n",
         rel = ctx.release,
         svc = ctx.service,
-        env = env_file(ctx),
+        dir = unit_value(&dir),
+        env = unit_value(&env_file(ctx)),
         start = systemd_quote(&format!("exec {start}")),
         grace = ctx.spec.stop_grace_secs,
     );
     if let Some(user) = &ctx.spec.user {
-        unit.push_str(&format!("User={user}\n"));
+        unit.push_str(&format!("User={}\n", unit_value(user)));
     }
     unit.push_str("\n[Install]\nWantedBy=multi-user.target\n");
     unit
 }
 
-/// Quotes one argument for a systemd command line (double quotes, with `$`
-/// doubled so systemd does not expand it and the shell does).
+/// Quotes one argument for a systemd command line: double quotes; `$` and
+/// `%` doubled so systemd expands neither variables nor specifiers (the
+/// shell sees them as written); newlines and other control characters as
+/// C escapes, so no value can end the line and add a directive.
 fn systemd_quote(s: &str) -> String {
-    format!(
-        "\"{}\"",
-        s.replace('\\', "\\\\")
-            .replace('"', "\\\"")
-            .replace('$', "$$")
-    )
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '$' => out.push_str("$$"),
+            '%' => out.push_str("%%"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A plain unit-file value (a path, a user): `%` doubled, and nothing that
+/// could end the line.
+fn unit_value(s: &str) -> String {
+    s.replace('%', "%%")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
 }
 
 /// The environment file's contents: PATH with the release's venv first,
@@ -287,6 +309,9 @@ impl SystemdRuntime {
             .lines()
             .filter_map(|l| l.split_whitespace().next())
             .filter_map(|u| u.strip_prefix(&prefix)?.strip_suffix(".service"))
+            // `deployer-api-*` also matches `api-v2`'s units: only a release
+            // id may follow the prefix.
+            .filter(|r| crate::release::is_release_id(r))
             .map(str::to_string)
             .collect();
         if releases.is_empty() {
@@ -361,6 +386,41 @@ mod tests {
         assert!(unit.contains("Restart=on-failure\n"));
         assert!(unit.contains("User=svc\n"));
         assert!(!unit.contains("sk-1"), "secrets live in the env file only");
+    }
+
+    #[test]
+    fn no_value_can_add_a_directive_or_a_specifier_to_the_unit() {
+        let mut c = ctx();
+        c.spec.start = Some("./app\nExecStartPre=+/bin/touch /root/pwned # 100%n".into());
+        c.spec.user = Some("svc\nExecStartPre=+/bin/true %h".into());
+        let unit = unit_file(&c);
+        let directives: Vec<&str> = unit
+            .lines()
+            .filter(|l| l.starts_with("ExecStart"))
+            .collect();
+        assert_eq!(directives.len(), 1, "{unit}");
+        assert!(
+            unit.contains(r#"ExecStart=/bin/sh -c "exec ./app\nExecStartPre=+/bin/touch /root/pwned # 100%%n""#),
+            "{unit}"
+        );
+        assert!(
+            unit.contains("User=svcExecStartPre=+/bin/true %%h\n"),
+            "{unit}"
+        );
+        assert!(
+            !unit.lines().any(|l| l.starts_with("ExecStartPre")),
+            "{unit}"
+        );
+    }
+
+    #[test]
+    fn another_services_units_are_not_this_ones() {
+        use crate::release::is_release_id;
+        assert!(is_release_id("20261125-120000000-abcdef12"));
+        assert!(is_release_id("20261125-120000000-abcdef12-2"));
+        assert!(!is_release_id("v2-20261125-120000000-abcdef12"));
+        assert!(!is_release_id("20261125-120000000-abcdef12-x"));
+        assert!(!is_release_id("v2"));
     }
 
     #[test]
