@@ -213,3 +213,78 @@ async fn a_pinned_host_key_is_checked_instead_of_known_hosts() {
     );
     assert_eq!(msg.matches("SHA256:").count(), 2, "{msg}");
 }
+
+fn holder(job: &str) -> deployer::lock::Holder {
+    deployer::lock::Holder {
+        job_id: job.to_string(),
+        pid: 1,
+        actor: "someone@elsewhere".into(),
+        since: chrono::Utc::now(),
+    }
+}
+
+#[tokio::test]
+async fn a_stale_remote_lock_has_exactly_one_new_holder_and_the_old_one_cannot_unlock_it() {
+    use deployer::host::Host;
+    use deployer::release::ServiceDirs;
+    let dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(&dir.path().join("sshd"));
+    let kh = dir.path().join("known_hosts");
+    let connect = || async {
+        Host::Ssh(Box::new(
+            SshSession::connect(&target(&sshd, &kh, true))
+                .await
+                .unwrap(),
+        ))
+    };
+    let (a, b) = (connect().await, connect().await);
+    let root = dir.path().join("base/web");
+    let dirs = ServiceDirs { root: root.clone() };
+    let lock_dir = root.join("deploy.lock.d");
+    let alive = |_: &deployer::lock::Holder| false;
+    for round in 0..10 {
+        // A lock whose holder stopped refreshing it 200 s ago.
+        let _ = std::fs::remove_dir_all(&lock_dir);
+        std::fs::create_dir_all(&lock_dir).unwrap();
+        let dead = holder("deploy-dead");
+        std::fs::write(
+            lock_dir.join("holder.json"),
+            serde_json::to_string(&dead).unwrap(),
+        )
+        .unwrap();
+        let old = std::process::Command::new("touch")
+            .args(["-d", "-200 seconds"])
+            .arg(lock_dir.join("holder.json"))
+            .status()
+            .unwrap();
+        assert!(old.success());
+        let (ha, hb) = (
+            holder(&format!("deploy-a{round}")),
+            holder(&format!("deploy-b{round}")),
+        );
+        let (ra, rb) = tokio::join!(a.lock(&dirs, &ha, alive), b.lock(&dirs, &hb, alive));
+        let winners = [ra.is_ok(), rb.is_ok()].iter().filter(|w| **w).count();
+        assert_eq!(winners, 1, "round {round}: {ra:?} {rb:?}");
+        let (winner, loser) = if ra.is_ok() { (&ha, &hb) } else { (&hb, &ha) };
+        let record = std::fs::read_to_string(lock_dir.join("holder.json")).unwrap();
+        assert!(record.contains(&winner.job_id), "round {round}: {record}");
+        assert!(
+            ra.unwrap_or_else(|_| rb.unwrap())
+                .is_some_and(|o| o.contains("deploy-dead"))
+        );
+
+        // The old holder, back after being cut off, and the loser: their
+        // unlocks and refreshes leave the winner's lock alone.
+        a.unlock(&dirs, &dead).await;
+        b.unlock(&dirs, loser).await;
+        assert!(b.heartbeat(&dirs, &dead).await.is_err());
+        let record = std::fs::read_to_string(lock_dir.join("holder.json")).unwrap();
+        assert!(record.contains(&winner.job_id), "round {round}: {record}");
+        assert!(a.heartbeat(&dirs, winner).await.is_ok());
+        a.unlock(&dirs, winner).await;
+        assert!(
+            !lock_dir.exists(),
+            "round {round}: the winner's unlock releases it"
+        );
+    }
+}

@@ -60,7 +60,7 @@ impl Engine {
                 )),
                 Ok(None) => {}
                 Err(e) => {
-                    unlock(&sites[..i], service).await;
+                    unlock(&sites[..i], service, &holder).await;
                     return Err(match e {
                         RemoteLockError::Busy(who) => Failure::new(
                             FailureKind::Locked,
@@ -81,18 +81,24 @@ impl Engine {
             .iter()
             .map(|s| (s.host.clone(), s.dirs(service)))
             .collect();
+        let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (beat_holder, seen) = (holder.clone(), failures.clone());
         let heartbeat = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(HEARTBEAT).await;
                 for (host, dirs) in &beats {
-                    host.heartbeat(dirs).await;
+                    if let Err(e) = host.heartbeat(dirs, &beat_holder).await {
+                        seen.lock().unwrap().push(e.to_string());
+                    }
                 }
             }
         });
         let locks = HostLocks {
             sites,
             service: service.to_string(),
+            holder,
             heartbeat,
+            failures,
         };
         Ok((locks, notes))
     }
@@ -102,18 +108,23 @@ impl Engine {
 pub(super) struct HostLocks<'a> {
     sites: &'a [Site],
     service: String,
+    holder: Holder,
     heartbeat: tokio::task::JoinHandle<()>,
+    /// Refreshes that failed (the lock was no longer ours).
+    failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl HostLocks<'_> {
-    pub async fn release(self) {
+    /// Releases the locks still ours; returns the refreshes that failed.
+    pub async fn release(self) -> Vec<String> {
         self.heartbeat.abort();
-        unlock(self.sites, &self.service).await;
+        unlock(self.sites, &self.service, &self.holder).await;
+        std::mem::take(&mut *self.failures.lock().unwrap())
     }
 }
 
-async fn unlock(sites: &[Site], service: &str) {
+async fn unlock(sites: &[Site], service: &str, holder: &Holder) {
     for s in sites {
-        s.host.unlock(&s.dirs(service)).await;
+        s.host.unlock(&s.dirs(service), holder).await;
     }
 }

@@ -39,7 +39,9 @@ impl Engine {
         let result = self
             .run_locked(sites, work, validation, &ticket, sink)
             .await;
-        host_locks.release().await;
+        for failure in host_locks.release().await {
+            sink.event(&Event::Note(&format!("warning: {failure}")));
+        }
         drop(ticket);
         result
     }
