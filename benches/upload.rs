@@ -130,7 +130,7 @@ async fn main() {
         s1.uploaded_files
     );
     println!(
-        "  one file changed  {:>7.2} s  ({} sent, {} hard-linked)",
+        "  one file changed  {:>7.2} s  ({} sent, {} copied on the server)",
         incremental.as_secs_f64(),
         s2.uploaded_files,
         s2.linked_files

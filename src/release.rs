@@ -255,6 +255,9 @@ pub fn copy_release(src: &Path, dirs: &ServiceDirs, id: &str) -> io::Result<Tran
             } else {
                 let n = std::fs::copy(&from, &to)?;
                 std::fs::set_permissions(&to, meta.permissions())?;
+                // On disk before the rename publishes the release: a crash
+                // never leaves a release with empty or torn files.
+                std::fs::File::open(&to)?.sync_all()?;
                 stats.bytes += n;
                 stats.uploaded_bytes += n;
                 stats.uploaded_files += 1;
@@ -262,6 +265,7 @@ pub fn copy_release(src: &Path, dirs: &ServiceDirs, id: &str) -> io::Result<Tran
             stats.files += 1;
         }
         std::fs::rename(&partial, dirs.release(id))?;
+        std::fs::File::open(&releases)?.sync_all()?;
         Ok(stats)
     })();
     if result.is_err() {

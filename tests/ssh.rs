@@ -288,3 +288,66 @@ async fn a_stale_remote_lock_has_exactly_one_new_holder_and_the_old_one_cannot_u
         );
     }
 }
+
+#[tokio::test]
+async fn an_incremental_upload_shares_no_file_with_the_previous_release() {
+    use deployer::host::Host;
+    use deployer::release::ServiceDirs;
+    let dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(&dir.path().join("sshd"));
+    let kh = dir.path().join("known_hosts");
+    let host = Host::Ssh(Box::new(
+        SshSession::connect(&target(&sshd, &kh, true))
+            .await
+            .unwrap(),
+    ));
+    let dirs = ServiceDirs {
+        root: dir.path().join("base/web"),
+    };
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("app.log"), "v1 line\n").unwrap();
+    std::fs::write(src.join("VERSION"), "v1").unwrap();
+    let none = |_: u64, _: u64| {};
+    host.put_release(&src, &dirs, "r1", None, &none)
+        .await
+        .unwrap();
+    // What r1's build and service wrote, beside its source files.
+    std::fs::write(dirs.release("r1").join("built.bin"), "r1 build output").unwrap();
+
+    std::fs::write(src.join("VERSION"), "v2").unwrap();
+    let stats = host
+        .put_release(&src, &dirs, "r2", Some("r1"), &none)
+        .await
+        .unwrap();
+    assert_eq!(
+        (stats.uploaded_files, stats.linked_files),
+        (1, 1),
+        "{stats:?}"
+    );
+    // r2's build appends to a file it shipped unchanged.
+    let out = host
+        .exec(
+            &Cmd::new("sh").args([
+                "-c",
+                &format!("echo r2 build >> {}/app.log", dirs.release("r2").display()),
+            ]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert!(out.success());
+    let r1_log = std::fs::read_to_string(dirs.release("r1").join("app.log")).unwrap();
+    assert_eq!(r1_log, "v1 line\n", "the rollback target's copy changed");
+    assert!(
+        !dirs.release("r2").join("built.bin").exists(),
+        "r1's build output was carried into r2"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let ino = |r: &str| {
+        std::fs::metadata(dirs.release(r).join("app.log"))
+            .unwrap()
+            .ino()
+    };
+    assert_ne!(ino("r1"), ino("r2"));
+}

@@ -149,8 +149,8 @@ impl Upload<'_> {
         };
         self.make_dirs().await?;
         let mut stats = TransferStats::default();
-        // Unchanged files: hard links to the previous release. (`old` is
-        // empty without a previous release, so is `unchanged`.)
+        // Unchanged files come from the previous release on the server.
+        // (`old` is empty without a previous release, so is `unchanged`.)
         let unchanged: Vec<&String> = self
             .manifest
             .iter()
@@ -158,16 +158,17 @@ impl Upload<'_> {
             .map(|(k, _)| k)
             .collect();
         if let (Some(prev), false) = (previous, unchanged.is_empty()) {
-            self.link_unchanged(prev, &old).await?;
+            self.copy_unchanged(prev, &unchanged).await?;
             stats.linked_files = unchanged.len() as u64;
         }
         self.send(&sftp, &unchanged, &mut stats, progress).await?;
+        // On disk before the rename publishes the release.
         self.host
             .sh(&format!(
-                "cd {} && mv -T {} {}",
-                quote(&self.releases),
-                quote(&self.partial),
-                quote(id)
+                "cd {r} && sync -f {p} && mv -T {p} {id} && sync -f .",
+                r = quote(&self.releases),
+                p = quote(&self.partial),
+                id = quote(id)
             ))
             .await?;
         let _ = sftp.close().await;
@@ -204,22 +205,20 @@ impl Upload<'_> {
         self.host.sh(&script).await.map(|_| ())
     }
 
-    /// The previous release hard-linked whole (one `cp -al`), then every
-    /// link that must not stay is removed (one `rm`): changed files, files
-    /// that are gone, symlinks and the old manifest. A changed file is
-    /// never written through a link, so the previous release stays intact.
-    async fn link_unchanged(&self, prev: &str, old: &Manifest) -> Result<(), HostError> {
-        let mut doomed = Vec::new();
-        for (k, e) in old {
-            if e.link.is_some() || self.manifest.get(k) != Some(e) {
-                doomed.extend_from_slice(k.as_bytes());
-                doomed.push(0);
-            }
+    /// Unchanged source files copied from the previous release on the
+    /// server (one `cp` for all, copy-on-write where the filesystem can),
+    /// not uploaded. Copied, not hard-linked: a build or a service writing
+    /// to a file of the new release must never change the rollback
+    /// target's copy, and files the build or the service made in the
+    /// previous release are never carried over.
+    async fn copy_unchanged(&self, prev: &str, unchanged: &[&String]) -> Result<(), HostError> {
+        let mut list = Vec::new();
+        for k in unchanged {
+            list.extend_from_slice(k.as_bytes());
+            list.push(0);
         }
-        doomed.extend_from_slice(MANIFEST.as_bytes());
-        doomed.push(0);
         let script = format!(
-            "cd {r} && cp -al {prev}/. {p}/ && cd {p} && xargs -0 rm -f --",
+            "cd {r}/{prev} && xargs -0 cp -p --reflink=auto --parents -t {r}/{p} --",
             r = quote(&self.releases),
             prev = quote(prev),
             p = quote(&self.partial)
@@ -227,13 +226,13 @@ impl Upload<'_> {
         let cmd = Cmd::new("sh").args(["-c", &script]);
         let out = self
             .ssh
-            .run_line(&crate::ssh::remote_line(&cmd), &doomed)
+            .run_line(&crate::ssh::remote_line(&cmd), &list)
             .await?;
         if out.success() {
             Ok(())
         } else {
             Err(HostError::Failed {
-                doing: format!("linking unchanged files on {}", self.host.name()),
+                doing: format!("copying unchanged files on {}", self.host.name()),
                 output: out.tail(3),
             })
         }

@@ -110,7 +110,8 @@ pub struct TransferStats {
     pub uploaded_files: u64,
     #[serde(default)]
     pub uploaded_bytes: u64,
-    /// Unchanged files hard-linked from the previous release on the host.
+    /// Unchanged files copied from the previous release on the host
+    /// instead of uploaded.
     #[serde(default)]
     pub linked_files: u64,
 }

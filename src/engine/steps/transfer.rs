@@ -101,7 +101,7 @@ async fn upload(cx: &mut StepCx<'_>, src: &Path) -> Result<(String, String), Upl
         format!("{} files ({size}) copied to {}", stats.files, to.display())
     } else {
         format!(
-            "{} files ({size}) to {} on {}: {} uploaded ({}), {} unchanged and hard-linked",
+            "{} files ({size}) to {} on {}: {} uploaded ({}), {} unchanged and copied on the server",
             stats.files,
             to.display(),
             cx.site.host.name(),
