@@ -468,3 +468,46 @@ fn deploy_with_server_renders_the_same_output_as_a_local_deploy() {
     assert!(r.stdout.contains("rolled back to release"), "{}", r.stdout);
     assert_eq!(version_on(port).as_deref(), Some("v1"));
 }
+
+#[test]
+fn a_server_killed_during_verify_health_brings_the_previous_release_back_when_it_restarts() {
+    let (sb, src, mut server) = setup(&[]);
+    let name = &sb.tracked("revive");
+    let port = free_port();
+    let v1 = json!({"service_path": src, "service_name": name, "service_port": port,
+        "deployment_method": "process", "auto_register": false});
+    let (_, a) = server.post("/deploy", Some(&v1.to_string()));
+    let first = finished(&server, a["deploy_job_id"].as_str().unwrap());
+    assert_eq!(first["status"], "completed", "{first:#}");
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+
+    // v2 starts but never answers: the server dies while it waits for health.
+    let v2 = json!({"service_path": sb.service("hello", "v2"), "service_name": name,
+        "service_port": port, "deployment_method": "process", "auto_register": false,
+        "start": "sleep 300"});
+    let (_, a) = server.post("/deploy", Some(&v2.to_string()));
+    let id = a["deploy_job_id"].as_str().unwrap().to_string();
+    eventually(60, "Verify Health to run", || {
+        let (_, job) = server.get(&format!("/deploy/{id}"));
+        (phase(&job, "Verify Health")["status"] == "running").then_some(())
+    });
+    assert_eq!(version_on(port), None, "v1 was stopped for v2");
+    server.kill(); // SIGKILL: no clean-up
+
+    let server = Server::start(&sb, src.parent().unwrap(), &[]);
+    eventually(60, "v1 to answer again", || {
+        (version_on(port).as_deref() == Some("v1")).then_some(())
+    });
+    let (_, job) = server.get(&format!("/deploy/{id}"));
+    assert_eq!(job["failure"], "interrupted", "{job:#}");
+    eventually(30, "v2's process to be gone", || {
+        (service_pids(name).len() == 1).then_some(())
+    });
+    let audit = eventually(30, "the recovery in the audit log", || {
+        let audit = sb.run(&["audit", "--service", name]).stdout;
+        audit
+            .contains("recovered: restarted release")
+            .then_some(audit)
+    });
+    assert!(audit.contains("recovered: took down release"), "{audit}");
+}

@@ -106,19 +106,7 @@ pub async fn create(
 /// `api@HOST`.
 fn engine_for(state: &Shared, hosts: &[String]) -> Result<Engine, ApiError> {
     let targets = crate::site::targets(&state.config, hosts)?;
-    let host = crate::engine::actor()
-        .split('@')
-        .nth(1)
-        .unwrap_or("localhost")
-        .to_string();
-    Ok(Engine::new(
-        state.config.clone(),
-        state.state_dir.clone(),
-        LOCK_WAIT,
-        targets,
-    )
-    .with_store(state.store.clone())
-    .with_actor(format!("api@{host}")))
+    Ok(super::engine(state, targets, LOCK_WAIT))
 }
 
 /// The service path must be inside one of the allowed roots.

@@ -183,6 +183,46 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
+/// Brings back the services whose jobs a previous server left unfinished
+/// (each under its lock; what it does goes to the audit log).
+async fn recover(state: Shared, interrupted: Vec<String>) {
+    let mut jobs = Vec::new();
+    for id in &interrupted {
+        if let Ok(Some(job)) = state.store.job(id).await {
+            jobs.push(job);
+        }
+    }
+    let Ok(targets) = crate::site::targets(&state.config, &[]) else {
+        return;
+    };
+    let engine = engine(&state, targets, std::time::Duration::from_secs(600));
+    let _ = engine
+        .recover_interrupted(jobs, &crate::output::Quiet)
+        .await;
+}
+
+/// An engine writing to the server's store, recording its jobs as run by
+/// `api@HOST`.
+fn engine(
+    state: &Shared,
+    targets: Vec<crate::site::TargetSpec>,
+    lock_wait: std::time::Duration,
+) -> crate::engine::Engine {
+    let host = crate::engine::actor()
+        .split('@')
+        .nth(1)
+        .unwrap_or("localhost")
+        .to_string();
+    crate::engine::Engine::new(
+        state.config.clone(),
+        state.state_dir.clone(),
+        lock_wait,
+        targets,
+    )
+    .with_store(state.store.clone())
+    .with_actor(format!("api@{host}"))
+}
+
 /// What a server found and set up as it started, for its front end to say.
 pub struct Started {
     pub addr: SocketAddr,
@@ -229,6 +269,9 @@ pub async fn serve(
         base_url,
         metrics: Default::default(),
     });
+    if !interrupted.is_empty() {
+        tokio::spawn(recover(state.clone(), interrupted.clone()));
+    }
     started(&Started {
         addr,
         interrupted,

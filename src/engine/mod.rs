@@ -20,6 +20,7 @@ mod events;
 mod ids;
 mod locks;
 mod records;
+mod recover;
 mod rollout;
 mod run;
 mod steps;

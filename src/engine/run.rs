@@ -64,6 +64,13 @@ impl Engine {
                 interrupted.join(", ")
             );
             sink.event(&Event::Note(&msg));
+            let mut jobs = Vec::new();
+            for id in &interrupted {
+                jobs.extend(store.job(id).await?);
+            }
+            for site in sites {
+                self.recover(site, &work.service, &jobs, sink).await;
+            }
         }
         if let Some(dead) = &ticket.lock.took_over {
             let entry = AuditEntry {
