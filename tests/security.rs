@@ -385,3 +385,56 @@ fn a_build_and_the_service_see_none_of_deployers_own_secrets() {
         assert_ne!(got, Some(200), "the service sees {k}");
     }
 }
+
+/// Sets this process's soft limit on open files (children inherit it):
+/// `None` raises it to the hard limit.
+fn open_files_limit(soft: Option<u64>) {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = soft.unwrap_or(lim.rlim_max).min(lim.rlim_max);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+}
+
+#[test]
+fn two_thousand_idle_sockets_do_not_stop_the_server_answering() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    // The server starts with the usual default of 1,024 open files (and
+    // must raise its own limit); this test then takes what it needs.
+    open_files_limit(Some(1024));
+    let server = Server::start(&sb, src.parent().unwrap(), &[]);
+    open_files_limit(None);
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        let s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+        idle.push(s);
+    }
+    // A slowloris: half a request line, then nothing.
+    let mut slow = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    let t = std::time::Instant::now();
+    let (code, body) = server.get("/health");
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
+    // The idle ones are closed after the header timeout.
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let closed = slow.read(&mut buf);
+    assert!(
+        matches!(closed, Ok(0)) || closed.is_err() || String::from_utf8_lossy(&buf).contains("408"),
+        "the slow client is cut off: {closed:?}"
+    );
+    drop(idle);
+}

@@ -9,6 +9,7 @@
 
 mod deploy;
 pub mod guard;
+mod listen;
 mod metrics;
 mod registry;
 mod service;
@@ -241,6 +242,7 @@ pub async fn serve(
     started: impl FnOnce(&Started),
 ) -> Result<(), Failure> {
     let (token, token_source) = guard::api_token(options.token.clone(), &state_dir)?;
+    listen::raise_open_files_limit();
     let store = Store::open(&state_dir).await?;
     let interrupted = store.interrupt_all().await?;
     let listener = tokio::net::TcpListener::bind(options.addr)
@@ -277,10 +279,9 @@ pub async fn serve(
         interrupted,
         token: token_source,
     });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
-        .await
-        .map_err(|e| Failure::internal(e.to_string()))
+    listen::serve(listener, router(state), async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await;
+    Ok(())
 }
