@@ -438,3 +438,39 @@ fn two_thousand_idle_sockets_do_not_stop_the_server_answering() {
     );
     drop(idle);
 }
+
+#[test]
+fn deployers_state_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let name = &sb.tracked("private");
+    sb.deploy(
+        &src,
+        name,
+        free_port(),
+        "process",
+        &["--env", "DB_PASSWORD=hunter2-long-value"],
+    )
+    .assert_code(0);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let state = sb.state_dir();
+    assert_eq!(mode(&state), 0o700, "the state directory");
+    let service = state.join("services").join(name);
+    let mut private: Vec<std::path::PathBuf> =
+        ["deployer.db", "deployer.db-wal", "deployer.db-shm"]
+            .iter()
+            .map(|f| state.join(f))
+            .filter(|p| p.exists())
+            .collect();
+    private.push(service.join("deploy.lock"));
+    for dir in ["logs", "run", "env"] {
+        let files: Vec<_> = files_under(&service.join(dir));
+        assert!(!files.is_empty(), "{dir} has files");
+        private.extend(files);
+    }
+    assert!(private.iter().any(|p| p.ends_with("deployer.db")));
+    for p in private {
+        assert_eq!(mode(&p), 0o600, "{}", p.display());
+    }
+}

@@ -44,14 +44,10 @@ impl ProcessRuntime {
                     .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
             }
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .map_err(RuntimeError::io(format!(
-                "opening log {}",
-                log_path.display()
-            )))?;
+        let log = private_log(&log_path).map_err(RuntimeError::io(format!(
+            "opening log {}",
+            log_path.display()
+        )))?;
         let log_err = log.try_clone().map_err(RuntimeError::io("log file"))?;
         let mut cmd = Command::new("/bin/sh");
         cmd.arg("-c")
@@ -90,7 +86,11 @@ impl ProcessRuntime {
             pid,
             start_time: proc_start_time(pid).unwrap_or(0),
         };
-        std::fs::write(&pid_path, format!("{} {}\n", record.pid, record.start_time))
+        private_file(&pid_path)
+            .and_then(|mut f| {
+                use std::io::Write;
+                writeln!(f, "{} {}", record.pid, record.start_time)
+            })
             .map_err(RuntimeError::io(format!("writing {}", pid_path.display())))?;
         self.children
             .lock()
@@ -236,4 +236,25 @@ fn signal_group(pid: i32, sig: i32) {
             libc::kill(pid, sig);
         }
     }
+}
+
+/// A file only its owner can read, created or truncated.
+fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// A service's log, appended to; only its owner can read it.
+fn private_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
 }

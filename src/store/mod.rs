@@ -128,7 +128,8 @@ fn from_json<T: serde::de::DeserializeOwned>(s: Option<String>) -> Option<T> {
 impl Store {
     /// Opens (creating if needed) `STATE_DIR/deployer.db`.
     pub async fn open(state_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(state_dir).map_err(|e| StoreError {
+        // deployer's state is its owner's only: directory 0700, files 0600.
+        crate::release::private_dir(state_dir).map_err(|e| StoreError {
             doing: format!("creating state directory {}", state_dir.display()),
             source: sqlx::Error::Io(e),
         })?;
@@ -144,6 +145,14 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(ctx(format!("opening {}", path.display())))?;
+        // SQLite makes its -wal and -shm files with the database's mode.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(|e| {
+            StoreError {
+                doing: format!("making {} private", path.display()),
+                source: sqlx::Error::Io(e),
+            }
+        })?;
         for stmt in SCHEMA {
             sqlx::query(*stmt)
                 .execute(&pool)
