@@ -11,6 +11,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// The longest health check deployer waits for (a day): longer is a typo,
+/// and would overflow a deadline.
+pub const MAX_HEALTH_TIMEOUT_SECS: u64 = 86_400;
+
+/// The longest a stopping release is given before it is killed (an hour).
+pub const MAX_STOP_GRACE_SECS: u64 = 3_600;
+
 /// Environment variables deployer sets itself; a service may not override them.
 pub const RESERVED_ENV: [&str; 3] = ["PORT", "SERVICE_NAME", "RELEASE"];
 
@@ -229,6 +236,15 @@ fn run_spec(
             "dockerfile '{dockerfile}' must be a path inside the service directory"
         )));
     }
+    let stop_grace_secs = manifest
+        .stop_grace_secs
+        .or(config.defaults.stop_grace_secs)
+        .unwrap_or(10);
+    if stop_grace_secs > MAX_STOP_GRACE_SECS {
+        return Err(Failure::invalid(format!(
+            "stop_grace_secs {stop_grace_secs} is too long (at most {MAX_STOP_GRACE_SECS})"
+        )));
+    }
     let spec = RunSpec {
         // Resolved by the engine's Validation phase for `auto`.
         runtime: match method {
@@ -253,10 +269,7 @@ fn run_spec(
             .restart
             .clone()
             .unwrap_or_else(|| "unless-stopped".to_string()),
-        stop_grace_secs: manifest
-            .stop_grace_secs
-            .or(config.defaults.stop_grace_secs)
-            .unwrap_or(10),
+        stop_grace_secs,
         user: systemd_user(manifest)?,
     };
     Ok((spec, secrets))
@@ -325,13 +338,19 @@ fn health_spec(
             format!("health path '{path}' must start with '/' and contain no spaces"),
         ));
     }
+    let timeout_secs = manifest
+        .health
+        .timeout_secs
+        .or(config.defaults.health_timeout_secs)
+        .unwrap_or(30);
+    if timeout_secs > MAX_HEALTH_TIMEOUT_SECS {
+        return Err(Failure::invalid(format!(
+            "health timeout_secs {timeout_secs} is too long (at most {MAX_HEALTH_TIMEOUT_SECS})"
+        )));
+    }
     Ok(HealthSpec {
         path,
-        timeout_secs: manifest
-            .health
-            .timeout_secs
-            .or(config.defaults.health_timeout_secs)
-            .unwrap_or(30),
+        timeout_secs,
         retries: manifest
             .health
             .retries

@@ -231,3 +231,44 @@ fn config_errors_name_file_key_and_line() {
         r.stderr
     );
 }
+
+#[test]
+fn values_that_would_overflow_are_refused_not_a_panic() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let p = src.to_str().unwrap();
+    let web = &sb.name("web");
+    let port = free_port().to_string();
+    let huge = u64::MAX.to_string();
+    let r = sb.run(&["deploy", p, "--name", web, "--port", &port, "--wait", &huge]);
+    r.assert_code(10);
+    assert!(r.stderr.contains("--wait"), "{}", r.stderr);
+    let manifest = std::fs::read_to_string(src.join("service.toml")).unwrap();
+    for (text, expect) in [
+        (
+            manifest.replace("timeout_secs = 30", &format!("timeout_secs = {huge}")),
+            "health timeout_secs",
+        ),
+        (
+            format!("stop_grace_secs = {huge}\n{manifest}"),
+            "stop_grace_secs",
+        ),
+    ] {
+        let broken = sb.service("hello", "v9");
+        std::fs::write(broken.join("service.toml"), text).unwrap();
+        let r = sb.run(&[
+            "deploy",
+            broken.to_str().unwrap(),
+            "--name",
+            web,
+            "--port",
+            &port,
+        ]);
+        r.assert_code(10);
+        assert!(
+            r.stderr.contains(expect) && r.stderr.contains("too long"),
+            "{}",
+            r.stderr
+        );
+    }
+}

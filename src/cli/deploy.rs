@@ -44,7 +44,9 @@ pub struct Args {
     pub health_path: Option<String>,
     /// Wait this many seconds for another deploy of the service to finish
     /// instead of refusing at once.
-    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    /// (At most a day.)
+    #[arg(long, default_value_t = 0, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub wait: u64,
     /// Have the deployer serving at URL run the deploy (`deployer serve`);
     /// its token comes from DEPLOYER_API_TOKEN, else from the state

@@ -11,7 +11,9 @@ pub struct Args {
     #[arg(long, value_name = "RELEASE")]
     pub to: Option<String>,
     /// Wait this many seconds for a running deploy of the service to finish.
-    #[arg(long, default_value_t = 0, value_name = "SECONDS")]
+    /// (At most a day.)
+    #[arg(long, default_value_t = 0, value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub wait: u64,
 }
 
