@@ -44,7 +44,7 @@ fn main() {
                     "{}error:{} {}",
                     anstyle::AnsiColor::Red.on_default().bold().render(),
                     anstyle::Reset.render(),
-                    failure.message
+                    deployer::output::printable(&failure.message)
                 );
                 failure.kind.exit_code()
             }

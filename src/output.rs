@@ -12,6 +12,21 @@ const RED: Style = AnsiColor::Red.on_default();
 const DIM: Style = Style::new().dimmed();
 const BOLD: Style = Style::new().bold();
 
+/// Text from outside (a request, a service's log, a host's answer) made
+/// safe for a terminal: control characters, escape sequences among them,
+/// are shown as `\x1b` instead of acted on. Newlines and tabs stay.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Prints a job's events as they arrive, with a progress bar for uploads
 /// when stdout is a terminal.
 #[derive(Default)]
@@ -71,7 +86,7 @@ impl Sink for Human {
                 }
             }
             Event::Note(text) => {
-                for line in text.lines() {
+                for line in printable(text).lines() {
                     println!("    {DIM}{line}{DIM:#}");
                 }
             }
@@ -82,6 +97,8 @@ impl Sink for Human {
 
 /// `  ✓ Build           412 ms  ran `…``, with the error below a failed phase.
 pub fn phase_line(p: &PhaseView) -> String {
+    let details = printable(&p.details);
+    let error = p.error.as_deref().map(printable);
     let (mark, style) = match p.status.as_str() {
         "success" => ("✓", GREEN),
         "failed" => ("✗", RED),
@@ -94,13 +111,13 @@ pub fn phase_line(p: &PhaseView) -> String {
         "  {style}{mark}{style:#} {:<14} {:>8}  {}",
         p.phase.as_str(),
         duration,
-        match (p.status.as_str(), &p.error) {
-            ("skipped", _) => format!("{DIM}skipped: {}{DIM:#}", p.details),
+        match (p.status.as_str(), &error) {
+            ("skipped", _) => format!("{DIM}skipped: {details}{DIM:#}"),
             (_, Some(err)) => format!("{RED}{}{RED:#}", err.lines().next().unwrap_or("")),
-            _ => p.details.clone(),
+            _ => details,
         }
     );
-    if let Some(err) = &p.error {
+    if let Some(err) = &error {
         for l in err.lines().skip(1) {
             line.push_str(&format!("\n      {l}"));
         }
@@ -131,7 +148,7 @@ pub fn summary(job: &Job) -> String {
             job.deploy_job_id
         );
         if let Some(rb) = job.state.rollback() {
-            s.push_str(&format!("\n  {}", rb.details));
+            s.push_str(&format!("\n  {}", printable(&rb.details)));
         }
         s
     } else {
@@ -173,7 +190,7 @@ pub fn print_job(job: &Job) {
             }
         }
         if let Some(rb) = h.reverted.as_ref().or(h.state.rollback()) {
-            println!("      {}", rb.details);
+            println!("      {}", printable(&rb.details));
         }
     }
     if let Some(reg) = &job.registration {
@@ -187,8 +204,12 @@ pub fn print_job(job: &Job) {
 
 /// Prints rows as aligned columns under a header.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| printable(c)).collect())
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, cell) in row.iter().enumerate() {
             widths[i] = widths[i].max(cell.chars().count());
         }
@@ -207,7 +228,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
         "{BOLD}{}{BOLD:#}",
         line(header.iter().map(|h| h.to_string()).collect())
     );
-    for row in rows {
+    for row in &rows {
         println!("{}", line(row.clone()));
     }
 }

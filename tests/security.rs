@@ -474,3 +474,75 @@ fn deployers_state_is_readable_by_its_owner_only() {
         assert_eq!(mode(&p), 0o600, "{}", p.display());
     }
 }
+
+/// A server that answers every request with a redirect to `to`.
+fn redirector(to: String) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            let _ = write!(
+                s,
+                "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+        }
+    });
+    port
+}
+
+#[test]
+fn the_registry_health_check_follows_no_redirect_and_messages_cannot_pick_their_actor() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let server = Server::start(&sb, src.parent().unwrap(), &[]);
+    let inside = FakeRegistry::start(200);
+    let hop = redirector(format!("http://127.0.0.1:{}/secret", inside.port));
+    for endpoint in [
+        format!("http://127.0.0.1:{hop}"),
+        format!("http://127.0.0.1:{}/secret?x=", inside.port),
+    ] {
+        let reg =
+            serde_json::json!({"droplet_id": 9, "service_name": "probe", "endpoint": endpoint});
+        let (code, body) = server.post("/register", Some(&reg.to_string()));
+        assert_eq!(code, 200, "{body}");
+        let (code, health) = server.get("/registry/probe/health");
+        assert_eq!(code, 200, "{health}");
+        assert!(
+            health["url"].as_str().unwrap().ends_with("/health"),
+            "{health}"
+        );
+    }
+    let hits: Vec<String> = inside
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(p, _)| p.clone())
+        .collect();
+    assert!(
+        !hits.iter().any(|p| p == "/secret"),
+        "the redirect was followed: {hits:?}"
+    );
+    assert!(hits.iter().all(|p| p.ends_with("/health")), "{hits:?}");
+
+    // A message naming its own sender, with a terminal escape sequence.
+    let msg =
+        serde_json::json!({"from": "admin\u{1b}[2J\u{1b}]0;owned\u{7}", "text": "hi \u{1b}[31m"});
+    let (code, ack) = server.post("/message", Some(&msg.to_string()));
+    assert_eq!(code, 200, "{ack}");
+    let audit = sb.run(&["audit"]);
+    let line = audit
+        .stdout
+        .lines()
+        .find(|l| l.contains("message"))
+        .unwrap_or_default()
+        .to_string();
+    assert!(line.contains("api (token holder)"), "{}", audit.stdout);
+    assert!(
+        !audit.stdout.contains('\u{1b}') && !audit.stdout.contains('\u{7}'),
+        "{:?}",
+        audit.stdout
+    );
+}

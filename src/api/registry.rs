@@ -156,6 +156,20 @@ pub async fn remove(
     }
 }
 
+/// `ENDPOINT/health`, with the endpoint's query and fragment dropped (so
+/// nothing can turn `/health` into part of another URL).
+fn health_url(endpoint: &str) -> Option<String> {
+    let mut url = reqwest::Url::parse(endpoint).ok()?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return None;
+    }
+    url.set_query(None);
+    url.set_fragment(None);
+    let path = format!("{}/health", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    Some(url.to_string())
+}
+
 /// Asks a registered service its health.
 #[utoipa::path(get, path = "/registry/{service_name}/health", tag = "registry",
     params(("service_name" = String, Path)),
@@ -169,12 +183,20 @@ pub async fn health(
     Path(name): Path<String>,
 ) -> Result<Json<ServiceHealth>, ApiError> {
     let entry = find(&state, &name).await?;
+    // Only the registered endpoint's own health path, and no redirect to
+    // anywhere else: the server's network position is not for lending.
     let client = reqwest::Client::builder()
         .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(5))
         .build()
         .expect("HTTP client");
-    let url = format!("{}/health", entry.endpoint.trim_end_matches('/'));
+    let url = health_url(&entry.endpoint).ok_or_else(|| {
+        ApiError::bad_field(
+            "endpoint",
+            format!("'{}' is not an http(s) URL", entry.endpoint),
+        )
+    })?;
     let (status, code) = match client.get(&url).send().await {
         Ok(r) if r.status().is_success() => ("healthy", Some(r.status().as_u16())),
         Ok(r) => ("unhealthy", Some(r.status().as_u16())),

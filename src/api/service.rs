@@ -243,18 +243,23 @@ pub async fn message(
     if !msg.is_object() {
         return Err(ApiError::bad_field("body", "a message is a JSON object"));
     }
+    // Who sent it is who authenticated (the token's holder); what the body
+    // says about itself is kept as its claim, JSON-escaped.
     let from = msg
         .get("from")
         .or_else(|| msg.get("source"))
         .and_then(Value::as_str)
         .unwrap_or("unknown")
-        .to_string();
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(100)
+        .collect::<String>();
     let text: String = msg.to_string().chars().take(500).collect();
     state
         .store
         .audit(&crate::model::AuditEntry {
             at: chrono::Utc::now(),
-            actor: from.clone(),
+            actor: "api (token holder)".into(),
             action: "message".into(),
             service_name: "deployer".into(),
             job_id: None,
