@@ -181,6 +181,8 @@ pub struct ApiConfig {
     pub allowed_roots: Vec<PathBuf>,
     /// Deploy jobs run at once (default 4).
     pub workers: Option<usize>,
+    /// Deploys and rollbacks accepted and not finished, at most (default 64).
+    pub max_queued: Option<usize>,
     /// Host names the server answers to besides its addresses and localhost.
     #[serde(default)]
     pub allowed_hosts: Vec<String>,

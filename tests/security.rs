@@ -546,3 +546,61 @@ fn the_registry_health_check_follows_no_redirect_and_messages_cannot_pick_their_
         audit.stdout
     );
 }
+
+#[test]
+fn deploys_queued_behind_one_service_leave_the_others_running_and_the_queue_is_bounded() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let config = sb.dir.path().join("deployer.toml");
+    std::fs::write(&config, "[api]\nworkers = 2\nmax_queued = 6\n").unwrap();
+    let server = Server::start(
+        &sb,
+        src.parent().unwrap(),
+        &[("DEPLOYER_CONFIG", config.to_str().unwrap())],
+    );
+    let (busy, other) = (sb.tracked("busy"), sb.tracked("other"));
+    let (busy_port, other_port) = (free_port(), free_port());
+    let submit = |name: &str, port: u16, build: &str| {
+        let body = serde_json::json!({
+            "service_path": src, "service_name": name, "service_port": port,
+            "deployment_method": "process", "auto_register": false, "build": build,
+        });
+        server.post("/deploy", Some(&body.to_string()))
+    };
+    let slow = "sleep 20 && rustc -o hello main.rs";
+    let queued: Vec<String> = (0..4)
+        .map(|_| {
+            let (code, a) = submit(&busy, busy_port, slow);
+            assert_eq!(code, 202, "{a}");
+            a["deploy_job_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let (code, a) = submit(&other, other_port, "rustc -o hello main.rs");
+    assert_eq!(code, 202, "{a}");
+    let id = a["deploy_job_id"].as_str().unwrap().to_string();
+    let t = std::time::Instant::now();
+    eventually(15, "the other service's deploy", || {
+        let (_, job) = server.get(&format!("/deploy/{id}"));
+        (job["status"] == "completed").then_some(())
+    });
+    assert!(t.elapsed() < Duration::from_secs(15));
+    let waiting = queued
+        .iter()
+        .filter(|id| server.get(&format!("/deploy/{id}")).1["status"] == "pending")
+        .count();
+    assert!(
+        waiting >= 3,
+        "the busy service's later jobs still wait: {waiting}"
+    );
+
+    // Four waiting, two more fill the queue; the next is refused.
+    for _ in 0..2 {
+        assert_eq!(submit(&busy, busy_port, slow).0, 202);
+    }
+    let (code, err) = submit(&busy, busy_port, slow);
+    assert_eq!(code, 429, "{err}");
+    assert!(
+        err["error"].as_str().unwrap().contains("try again later"),
+        "{err}"
+    );
+}

@@ -75,6 +75,7 @@ pub fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError>
         (status = 401, description = "Missing or wrong token", body = super::ErrorBody),
         (status = 415, description = "Not JSON (Content-Type: application/json)", body = super::ErrorBody),
         (status = 413, description = "Body over 1 MiB"),
+        (status = 429, description = "The queue of deploys is full", body = super::ErrorBody),
     ),
     security(("bearer" = [])))]
 pub async fn create(
@@ -83,6 +84,7 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let req: DeployRequest = parse(&body)?;
     check_allowed(&state, &req)?;
+    let slot = state.queue_slot()?;
     crate::plan::check_requested_secrets(&req.secrets, &state.config)?;
     let secret_env = crate::plan::listed_secrets_only(&state.config);
     let plan = Plan::build(&req, &state.config, &secret_env)?;
@@ -98,7 +100,7 @@ pub async fn create(
         status: "pending".into(),
         created_at: job.started_at,
     };
-    tokio::spawn(run(state.clone(), engine, plan, job, tx));
+    tokio::spawn(run(state.clone(), engine, plan, job, tx, slot));
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -162,8 +164,8 @@ async fn run(
     plan: Plan,
     accepted: Job,
     tx: broadcast::Sender<StreamEvent>,
+    _slot: super::QueueSlot,
 ) {
-    let _permit = state.workers.clone().acquire_owned().await;
     state.metrics.job_started();
     let sink = ApiSink { tx: tx.clone() };
     let job = engine.submit(plan, &accepted, &sink).await;
@@ -223,6 +225,7 @@ pub async fn history(
         (status = 415, description = "Not JSON (Content-Type: application/json)", body = super::ErrorBody),
         (status = 404, description = "No such job", body = super::ErrorBody),
         (status = 409, description = "No previous version", body = super::ErrorBody),
+        (status = 429, description = "The queue of deploys is full", body = super::ErrorBody),
         (status = 500, description = "The rollback failed", body = super::ErrorBody),
     ),
     security(("bearer" = [])))]
@@ -235,6 +238,7 @@ pub async fn rollback(
         .job(&job_id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job '{job_id}'")))?;
+    let _slot = state.queue_slot()?;
     let engine = engine_for(&state, &[])?;
     let quiet = crate::output::Quiet;
     let done = engine

@@ -44,6 +44,9 @@ pub struct ServeOptions {
     pub workers: usize,
     /// Names the server answers to besides its addresses and `localhost`.
     pub allowed_hosts: Vec<String>,
+    /// Deploys and rollbacks accepted and not yet finished, at most; more
+    /// are answered 429.
+    pub max_queued: usize,
 }
 
 /// What every handler shares.
@@ -55,6 +58,8 @@ pub struct AppState {
     pub store: Store,
     pub options: ServeOptions,
     pub workers: Arc<Semaphore>,
+    /// Jobs accepted and not yet finished.
+    pub queued: Arc<std::sync::atomic::AtomicUsize>,
     /// Live event streams of running jobs, by job id.
     pub events: Mutex<HashMap<String, broadcast::Sender<crate::engine::StreamEvent>>>,
     pub started: std::time::Instant,
@@ -202,8 +207,39 @@ async fn recover(state: Shared, interrupted: Vec<String>) {
         .await;
 }
 
+/// A job's place in the server's bounded queue, given back when dropped.
+pub struct QueueSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for QueueSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl AppState {
+    /// A place in the queue of accepted jobs, or 429 when it is full.
+    pub fn queue_slot(&self) -> Result<QueueSlot, ApiError> {
+        use std::sync::atomic::Ordering;
+        let max = self.options.max_queued.max(1);
+        let taken = self
+            .queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            });
+        match taken {
+            Ok(_) => Ok(QueueSlot(self.queued.clone())),
+            Err(n) => Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "{n} deploys are queued already (the most this server takes); try again later"
+                ),
+            )),
+        }
+    }
+}
+
 /// An engine writing to the server's store, recording its jobs as run by
-/// `api@HOST`.
+/// `api@HOST`; its jobs run on the server's workers.
 fn engine(
     state: &Shared,
     targets: Vec<crate::site::TargetSpec>,
@@ -222,6 +258,7 @@ fn engine(
     )
     .with_store(state.store.clone())
     .with_actor(format!("api@{host}"))
+    .with_gate(state.workers.clone())
 }
 
 /// What a server found and set up as it started, for its front end to say.
@@ -265,6 +302,7 @@ pub async fn serve(
         state_dir,
         store,
         workers: Arc::new(Semaphore::new(options.workers.max(1))),
+        queued: Default::default(),
         options,
         events: Mutex::new(HashMap::new()),
         started: std::time::Instant::now(),

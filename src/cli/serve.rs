@@ -22,6 +22,10 @@ pub struct Args {
     /// Deploy jobs run at once.
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Deploys and rollbacks accepted and not finished, at most (default
+    /// 64); more are answered 429.
+    #[arg(long)]
+    pub max_queued: Option<usize>,
     /// A host name the server answers to besides its addresses and
     /// localhost (repeatable); requests naming any other are refused.
     #[arg(long = "allow-host", value_name = "NAME")]
@@ -56,6 +60,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
         read_requires_token: api.read_requires_token,
         allowed_roots,
         workers: args.workers.or(api.workers).unwrap_or(4),
+        max_queued: args.max_queued.or(api.max_queued).unwrap_or(64),
         allowed_hosts: args
             .allow_hosts
             .iter()

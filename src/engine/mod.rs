@@ -79,6 +79,10 @@ pub struct Engine {
     lock_wait: Duration,
     /// Where deploys go: one target, or several for a rollout.
     targets: Vec<TargetSpec>,
+    /// Jobs running at once (the server's workers): a job takes a place
+    /// only once it holds its service's lock, so jobs queued behind one
+    /// service never keep other services waiting.
+    gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl Engine {
@@ -101,7 +105,22 @@ impl Engine {
             actor: actor(),
             lock_wait,
             targets,
+            gate: None,
         }
+    }
+
+    /// Jobs of this engine run only while they hold a place in `gate`.
+    pub fn with_gate(self, gate: std::sync::Arc<tokio::sync::Semaphore>) -> Self {
+        Engine {
+            gate: Some(gate),
+            ..self
+        }
+    }
+
+    /// Waits for a place to run in (none needed without a gate).
+    async fn enter_gate(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let gate = self.gate.clone()?;
+        gate.acquire_owned().await.ok()
     }
 
     /// The engine writes to `store` instead of opening the state
@@ -214,6 +233,7 @@ impl Engine {
         let result = async {
             // Under the lock, so `current` cannot change while the target is chosen.
             let lock = self.lock(service, &job_id).await?;
+            let _place = self.enter_gate().await;
             let (work, validation) = self.rollback_work(&site, service, to).await?;
             sink.event(&Event::PhaseFinished(&validation.view()));
             let ticket = run::Ticket {
@@ -378,11 +398,19 @@ impl Engine {
             } else {
                 Some(self.lock(&plan.service_name, &job_id).await?)
             };
+            let mut place = None;
+            if early.is_some() {
+                place = self.enter_gate().await;
+            }
             let validation = validate::all(&sites, &mut plan, sink).await?;
             let lock = match early {
                 Some(l) => l,
                 None => self.lock(&plan.service_name, &job_id).await?,
             };
+            if place.is_none() {
+                place = self.enter_gate().await;
+            }
+            let _place = place;
             let work = Work::from_plan(plan);
             let ticket = run::Ticket {
                 lock,
