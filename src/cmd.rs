@@ -141,6 +141,35 @@ pub enum ExecError {
     Remote { cmd: String, reason: String },
 }
 
+/// How much of a command's output is kept: its end.
+pub const OUTPUT_CAP: usize = 1 << 20;
+
+/// Appends output, keeping only the last [`OUTPUT_CAP`] bytes.
+pub fn keep_tail(buf: &mut Vec<u8>, data: &[u8]) {
+    buf.extend_from_slice(data);
+    if buf.len() > OUTPUT_CAP {
+        let cut = buf.len() - OUTPUT_CAP;
+        buf.drain(..cut);
+    }
+}
+
+/// Reads a stream to its end, keeping the tail.
+async fn read_tail(stream: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut kept = Vec::new();
+    let Some(mut stream) = stream else {
+        return kept;
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+        keep_tail(&mut kept, &buf[..n]);
+    }
+    kept
+}
+
 /// Where commands run: this machine ([`LocalTransport`]) or an SSH host.
 pub trait Transport: Send + Sync {
     fn exec(
@@ -191,20 +220,32 @@ impl Transport for LocalTransport {
         if let Some(dir) = &cmd.cwd {
             command.current_dir(dir);
         }
-        let output = tokio::time::timeout(timeout, command.output())
+        let spawn_error = |source| ExecError::Spawn {
+            cmd: cmd.display(),
+            source,
+        };
+        let mut child = command
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(spawn_error)?;
+        let (out, err) = (child.stdout.take(), child.stderr.take());
+        let run = async {
+            let (stdout, stderr) = tokio::join!(read_tail(out), read_tail(err));
+            child.wait().await.map(|status| (status, stdout, stderr))
+        };
+        // On a timeout the child is dropped, and killed with it.
+        let (status, stdout, stderr) = tokio::time::timeout(timeout, run)
             .await
             .map_err(|_| ExecError::Timeout {
                 cmd: cmd.display(),
                 secs: timeout.as_secs(),
             })?
-            .map_err(|source| ExecError::Spawn {
-                cmd: cmd.display(),
-                source,
-            })?;
+            .map_err(spawn_error)?;
         Ok(CmdOutput {
-            code: output.status.code(),
-            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+            code: status.code(),
+            stdout: String::from_utf8_lossy(&stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&stderr).into_owned(),
         })
     }
 }
@@ -212,6 +253,31 @@ impl Transport for LocalTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn output_keeps_its_last_mebibyte() {
+        let mut kept = Vec::new();
+        for i in 0..3u8 {
+            keep_tail(&mut kept, &vec![i; OUTPUT_CAP / 2 + 1]);
+        }
+        assert_eq!(kept.len(), OUTPUT_CAP);
+        assert_eq!(*kept.last().unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_command_that_runs_out_of_time_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mark = dir.path().join("finished");
+        let script = format!("sleep 1; touch {}", mark.display());
+        let cmd = Cmd::new("sh").args(["-c", &script]);
+        let err = LocalTransport
+            .exec(&cmd, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ExecError::Timeout { .. }), "{err}");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert!(!mark.exists(), "the command ran on after its time");
+    }
 
     #[test]
     fn display_quotes_and_hides_secrets() {

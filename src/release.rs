@@ -214,6 +214,15 @@ pub fn release_files(src: &Path) -> io::Result<Vec<PathBuf>> {
 }
 
 /// A blake3 hash over every file's path, mode and contents.
+/// [`content_hash`] on a blocking thread, so hashing a big release never
+/// stalls another job's health checks.
+pub async fn content_hash_off_thread(src: &Path) -> io::Result<String> {
+    let src = src.to_path_buf();
+    tokio::task::spawn_blocking(move || content_hash(&src))
+        .await
+        .map_err(io::Error::other)?
+}
+
 pub fn content_hash(src: &Path) -> io::Result<String> {
     let mut hasher = blake3::Hasher::new();
     for rel in release_files(src)? {

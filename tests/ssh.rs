@@ -351,3 +351,28 @@ async fn an_incremental_upload_shares_no_file_with_the_previous_release() {
     };
     assert_ne!(ino("r1"), ino("r2"));
 }
+
+#[tokio::test]
+async fn a_remote_command_that_runs_out_of_time_is_killed_on_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(&dir.path().join("sshd"));
+    let kh = dir.path().join("known_hosts");
+    let s = SshSession::connect(&target(&sshd, &kh, true))
+        .await
+        .unwrap();
+    let mark = dir.path().join("finished");
+    let script = format!("sleep 3; touch {}", mark.display());
+    let err = s
+        .exec(
+            &Cmd::new("sh").args(["-c", &script]),
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("did not finish within 1 s"),
+        "{err}"
+    );
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!mark.exists(), "the command ran on after its time");
+}

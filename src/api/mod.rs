@@ -66,6 +66,8 @@ pub struct AppState {
     /// The address the server answers on (for its own built-in registry).
     pub base_url: String,
     pub metrics: metrics::Metrics,
+    /// Dependency probes, cached a few seconds.
+    pub probes: service::Probes,
 }
 
 pub type Shared = Arc<AppState>;
@@ -308,6 +310,7 @@ pub async fn serve(
         started: std::time::Instant::now(),
         base_url,
         metrics: Default::default(),
+        probes: Default::default(),
     });
     if !interrupted.is_empty() {
         tokio::spawn(recover(state.clone(), interrupted.clone()));

@@ -79,6 +79,47 @@ pub struct MessageAck {
     pub from: String,
 }
 
+/// How long a probe of what deployer depends on is reused: `/health`,
+/// `/dependencies` and `/capabilities` polled in a loop must not open an
+/// SSH connection or run `docker info` per request.
+const PROBE_TTL: Duration = Duration::from_secs(5);
+
+/// The latest probes of deployer's dependencies.
+#[derive(Clone)]
+pub struct Probed {
+    ssh: String,
+    registry: String,
+    docker: bool,
+    at: std::time::Instant,
+}
+
+/// The probes, cached for [`PROBE_TTL`]; callers during a probe wait for
+/// it instead of starting their own.
+#[derive(Default)]
+pub struct Probes(tokio::sync::Mutex<Option<Probed>>);
+
+impl Probes {
+    async fn get(&self, state: &Shared) -> Probed {
+        let mut cached = self.0.lock().await;
+        if let Some(p) = cached.as_ref().filter(|p| p.at.elapsed() < PROBE_TTL) {
+            return p.clone();
+        }
+        let (ssh, registry, docker) = tokio::join!(
+            ssh_status(state),
+            registry_status(state),
+            docker_available()
+        );
+        let probed = Probed {
+            ssh,
+            registry,
+            docker,
+            at: std::time::Instant::now(),
+        };
+        *cached = Some(probed.clone());
+        probed
+    }
+}
+
 /// Whether the configured SSH target answers: "local" when deploys stay on
 /// this machine.
 async fn ssh_status(state: &Shared) -> String {
@@ -130,8 +171,7 @@ async fn docker_available() -> bool {
     responses((status = 200, body = Health), (status = 500, description = "Unhealthy", body = Health)))]
 pub async fn health(State(state): State<Shared>) -> (StatusCode, Json<Health>) {
     let db_ok = state.store.job_counts().await.is_ok();
-    let ssh = ssh_status(&state).await;
-    let registry = registry_status(&state).await;
+    let Probed { ssh, registry, .. } = state.probes.get(&state).await;
     let healthy = db_ok && ssh != "unreachable" && registry != "unreachable";
     let code = if healthy {
         StatusCode::OK
@@ -156,7 +196,7 @@ pub async fn capabilities(State(state): State<Shared>) -> Json<Capabilities> {
         service: "deployer".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         deployment_methods: strings(&["process", "docker", "systemd", "auto"]),
-        docker_available: docker_available().await,
+        docker_available: state.probes.get(&state).await.docker,
         phases: crate::model::PhaseName::ALL
             .iter()
             .map(|p| p.as_str().to_string())
@@ -197,17 +237,18 @@ pub async fn state_counts(State(state): State<Shared>) -> Result<Json<StateCount
 /// What deployer depends on and whether each answers.
 #[utoipa::path(get, path = "/dependencies", tag = "service", responses((status = 200, body = Dependencies)))]
 pub async fn dependencies(State(state): State<Shared>) -> Json<Dependencies> {
-    let docker = docker_available().await;
+    let probed = state.probes.get(&state).await;
+    let docker = probed.docker;
     Json(Dependencies {
         dependencies: vec![
             Dependency {
                 name: "registry".into(),
-                status: registry_status(&state).await,
+                status: probed.registry.clone(),
                 location: state.config.registry_url.clone(),
             },
             Dependency {
                 name: "ssh".into(),
-                status: ssh_status(&state).await,
+                status: probed.ssh.clone(),
                 location: state.config.target.host.clone(),
             },
             Dependency {

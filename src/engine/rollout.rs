@@ -32,7 +32,7 @@ impl Engine {
     ) -> Job {
         let started = Instant::now();
         if let Source::Dir(src) = &work.source
-            && let Ok(hash) = release::content_hash(src)
+            && let Ok(hash) = release::content_hash_off_thread(src).await
         {
             let dirs = sites[0].dirs(&work.service);
             work.release_id = Some(release::new_release_id(&hash, &dirs));

@@ -90,13 +90,24 @@ impl Host {
                     .to_string_lossy()
                     .into_owned();
                 self.check_space(&existing, need).await?;
-                release::copy_release(src, dirs, id).map_err(HostError::io(format!(
-                    "copying {} to release {id}",
-                    src.display()
-                )))
+                // Copying is disk work: on a blocking thread.
+                let (from, to, release) = (src.to_path_buf(), dirs.clone(), id.to_string());
+                tokio::task::spawn_blocking(move || release::copy_release(&from, &to, &release))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+                    .map_err(HostError::io(format!(
+                        "copying {} to release {id}",
+                        src.display()
+                    )))
             }
             Host::Ssh(s) => {
-                let manifest = manifest_of(src).map_err(HostError::io(reading()))?;
+                let from = src.to_path_buf();
+                let manifest = tokio::task::spawn_blocking(move || manifest_of(&from))
+                    .await
+                    .map_err(std::io::Error::other)
+                    .and_then(|r| r)
+                    .map_err(HostError::io(reading()))?;
                 let upload = Upload {
                     host: self,
                     ssh: s,

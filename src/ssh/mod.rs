@@ -169,23 +169,36 @@ impl SshSession {
             .ok()
             .flatten()
             .flatten();
-        let accepted = match (&target.auth, key) {
-            (SshAuth::KeyFile(_), Some(key)) => handle
-                .authenticate_publickey(
-                    &target.user,
-                    PrivateKeyWithHashAlg::new(Arc::new(key), hash),
-                )
-                .await
-                .map_err(|e| SshError::Connect {
-                    host: host.clone(),
-                    reason: describe(&e),
-                })?
-                .success(),
-            (SshAuth::Agent(socket), _) => {
-                agent_auth(&mut handle, &target.user, socket, hash, &host).await?
-            }
-            (SshAuth::KeyFile(_), None) => false,
+        // Authentication has the same bound as connecting: a server that
+        // stalls after the handshake cannot hold a deploy forever.
+        let authenticating = async {
+            Ok::<bool, SshError>(match (&target.auth, key) {
+                (SshAuth::KeyFile(_), Some(key)) => handle
+                    .authenticate_publickey(
+                        &target.user,
+                        PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+                    )
+                    .await
+                    .map_err(|e| SshError::Connect {
+                        host: host.clone(),
+                        reason: describe(&e),
+                    })?
+                    .success(),
+                (SshAuth::Agent(socket), _) => {
+                    agent_auth(&mut handle, &target.user, socket, hash, &host).await?
+                }
+                (SshAuth::KeyFile(_), None) => false,
+            })
         };
+        let accepted = tokio::time::timeout(target.connect_timeout, authenticating)
+            .await
+            .map_err(|_| SshError::Connect {
+                host: host.clone(),
+                reason: format!(
+                    "authentication did not finish within {} s",
+                    target.connect_timeout.as_secs()
+                ),
+            })??;
         if !accepted {
             return Err(SshError::AuthRejected {
                 host,
@@ -270,8 +283,10 @@ impl SshSession {
         let mut signalled = false;
         while let Some(msg) = ch.wait().await {
             match msg {
-                ChannelMsg::Data { data } => stdout.extend_from_slice(&data),
-                ChannelMsg::ExtendedData { data, ext: 1 } => stderr.extend_from_slice(&data),
+                ChannelMsg::Data { data } => crate::cmd::keep_tail(&mut stdout, &data),
+                ChannelMsg::ExtendedData { data, ext: 1 } => {
+                    crate::cmd::keep_tail(&mut stderr, &data)
+                }
                 ChannelMsg::ExitStatus { exit_status } => code = Some(exit_status as i32),
                 ChannelMsg::ExitSignal { .. } => signalled = true,
                 _ => {}
@@ -439,7 +454,13 @@ pub fn stdin_for(cmd: &Cmd) -> Vec<u8> {
 
 impl Transport for SshSession {
     async fn exec(&self, cmd: &Cmd, timeout: Duration) -> Result<CmdOutput, ExecError> {
-        let line = remote_line(cmd);
+        // The host ends the command itself when its time is up (KILL 5 s
+        // after TERM): dropping the channel would leave it running.
+        let line = format!(
+            "timeout -k 5 {} sh -c {}",
+            timeout.as_secs().max(1),
+            quote(&remote_line(cmd))
+        );
         let stdin = stdin_for(cmd);
         match tokio::time::timeout(timeout, self.run_line(&line, &stdin)).await {
             Err(_) => Err(ExecError::Timeout {

@@ -62,10 +62,12 @@ enum UploadError {
 }
 
 async fn upload(cx: &mut StepCx<'_>, src: &Path) -> Result<(String, String), UploadError> {
-    let hash = release::content_hash(src).map_err(|source| UploadError::Read {
-        path: src.display().to_string(),
-        source,
-    })?;
+    let hash = release::content_hash_off_thread(src)
+        .await
+        .map_err(|source| UploadError::Read {
+            path: src.display().to_string(),
+            source,
+        })?;
     let id = cx
         .work
         .release_id
