@@ -13,8 +13,9 @@
 //! service lock and the hosts' locks; `run.rs` one host's run of the step
 //! list with its undo stack; `steps/` the steps, one file each;
 //! `rollout.rs` several hosts in waves; `records.rs` the job's records
-//! (register, audit, finish — each written once); `events.rs` what a job
-//! tells its front end.
+//! (register, audit, finish — each written once); `recover.rs` bringing a
+//! service back after a deployer died mid-job; `events.rs` what a job tells
+//! its front end.
 
 mod events;
 mod ids;
