@@ -326,6 +326,19 @@ pub struct Manifest {
     pub hosts: Vec<String>,
     #[serde(default)]
     pub rollout: RolloutConfig,
+    #[serde(default)]
+    pub tests: TestsConfig,
+}
+
+/// Tests run before a release may start (the seeds' deploy scripts).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestsConfig {
+    /// Run on this machine, in the service directory, before anything is
+    /// transferred (`pytest -q`, `cargo test`).
+    pub local: Option<String>,
+    /// Run on each target, in the new release after Build.
+    pub server: Option<String>,
 }
 
 /// `[rollout]` in a manifest: how a deploy to several hosts proceeds.

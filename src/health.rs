@@ -1,6 +1,7 @@
 //! Verify Health: poll a service's health URL from the moment it starts until
-//! it answers 2xx, it has failed too often, its process exits, or a deadline
-//! passes. Polling backs off from 50 ms to at most 100 ms, so a service that
+//! it answers 2xx, its process exits, the health budget runs out, or it
+//! keeps answering 4xx (a wrong path no wait will fix). A service warming
+//! up (refused, 5xx, slow) is waited for. Polling backs off from 50 ms to at most 100 ms, so a service that
 //! becomes healthy is seen within about 100 ms.
 
 use std::future::Future;
@@ -22,10 +23,10 @@ pub enum Liveness {
 pub struct HealthCheck {
     pub url: String,
     pub timeout: Duration,
-    /// Consecutive unhealthy answers, once the service has answered at all,
-    /// that fail the check before the deadline. Refused connections before
-    /// the first answer only count against the deadline: the service may
-    /// still be starting.
+    /// Consecutive 4xx answers (a wrong health path, say) that fail the
+    /// check before the deadline, beyond the first. Refused connections,
+    /// timeouts and 5xx only count against the deadline: the service may
+    /// still be warming up.
     pub retries: u32,
 }
 
@@ -133,7 +134,6 @@ impl HealthCheck {
         let deadline = start + self.timeout;
         let mut interval = FIRST_INTERVAL;
         let mut checks = 0u32;
-        let mut answered = false;
         let mut consecutive = 0u32;
         let mut last;
         loop {
@@ -148,19 +148,23 @@ impl HealthCheck {
                         checks,
                     });
                 }
-                Answer::Status(code) => {
-                    answered = true;
+                // A service warming up (5xx) is waited for; an answer no
+                // later poll will change (404: a wrong health path) fails
+                // after `retries` in a row.
+                Answer::Status(code) if (400..500).contains(&code) => {
                     consecutive += 1;
                     last = format!("answered {}", status_text(code));
                 }
+                Answer::Status(code) => {
+                    consecutive = 0;
+                    last = format!("answered {}", status_text(code));
+                }
                 Answer::NoAnswer(why) => {
-                    if answered {
-                        consecutive += 1;
-                    }
+                    consecutive = 0;
                     last = why;
                 }
             }
-            if answered && consecutive > self.retries {
+            if consecutive > self.retries {
                 return Err(Unhealthy::Failed(format!(
                     "{} unhealthy after {consecutive} consecutive checks: {last}",
                     self.url
@@ -199,5 +203,66 @@ fn describe(e: &reqwest::Error) -> String {
             source = s.source();
         }
         msg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A loopback server answering `status_at(elapsed)`.
+    async fn server(status_at: fn(Duration) -> u16) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let start = Instant::now();
+        tokio::spawn(async move {
+            while let Ok((mut c, _)) = listener.accept().await {
+                let code = status_at(start.elapsed());
+                let mut buf = [0u8; 1024];
+                let _ = c.read(&mut buf).await;
+                let answer =
+                    format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = c.write_all(answer.as_bytes()).await;
+            }
+        });
+        format!("http://127.0.0.1:{port}/health")
+    }
+
+    async fn check(url: String, timeout_secs: u64) -> Result<Healthy, Unhealthy> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = reqwest::Client::builder().no_proxy().build().unwrap();
+        let check = HealthCheck {
+            url,
+            timeout: Duration::from_secs(timeout_secs),
+            retries: 3,
+        };
+        check
+            .wait(Probe::Http(&client), || async { Liveness::Alive })
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_service_warming_up_with_503_is_waited_for_and_seen_at_once() {
+        let url = server(|t| if t < Duration::from_secs(2) { 503 } else { 200 }).await;
+        let healthy = check(url, 30).await.expect("healthy once warm");
+        assert!(healthy.after >= Duration::from_secs(2));
+        assert!(
+            healthy.after < Duration::from_millis(2200),
+            "{:?}",
+            healthy.after
+        );
+    }
+
+    #[tokio::test]
+    async fn a_wrong_health_path_fails_fast_and_a_503_forever_at_the_deadline() {
+        let t = Instant::now();
+        let err = check(server(|_| 404).await, 30).await.unwrap_err();
+        assert!(t.elapsed() < Duration::from_secs(2), "{err}");
+        assert!(err.to_string().contains("404"), "{err}");
+        let t = Instant::now();
+        let err = check(server(|_| 503).await, 1).await.unwrap_err();
+        assert!(t.elapsed() >= Duration::from_millis(900), "{err}");
+        assert!(err.to_string().contains("not healthy within 1 s"), "{err}");
     }
 }

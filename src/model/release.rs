@@ -90,7 +90,7 @@ impl RuntimeKind {
 pub struct HealthSpec {
     pub path: String,
     pub timeout_secs: u64,
-    /// Consecutive unhealthy answers (after the first answer) that fail early.
+    /// Consecutive 4xx answers (beyond the first) that fail early.
     pub retries: u32,
     /// Check from the target host itself (curl over SSH) instead of from
     /// deployer's machine.
