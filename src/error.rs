@@ -6,7 +6,8 @@
 /// What went wrong, at the granularity a caller (script or CI) acts on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {
-    /// Pre-deploy tests failed (reserved; seed exit code 1).
+    /// `[tests] local` or `server` failed (seed exit code 1); nothing
+    /// started.
     Tests,
     /// The Build phase failed; the previous release still runs.
     Build,

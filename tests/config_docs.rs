@@ -37,8 +37,8 @@ fn every_documented_example_parses() {
         }
     }
     // One example per section: top level, [target], [defaults], [api]; top
-    // level, [health], [env], [docker], [systemd], [rollout].
-    assert_eq!((deployer, service), (4, 6));
+    // level, [tests], [health], [env], [docker], [systemd], [rollout].
+    assert_eq!((deployer, service), (4, 7));
 }
 
 #[test]

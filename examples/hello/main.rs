@@ -6,6 +6,8 @@
 //! - `GET /version` → the contents of `VERSION`, baked in at build time
 //! - `GET /env/NAME` → the value of environment variable NAME (lets tests see
 //!   that configured variables reach the service)
+//!
+//! With `WARMUP_SECS=N`, `/health` answers 503 for the first N seconds.
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 
@@ -21,12 +23,22 @@ fn main() {
         }
     };
     eprintln!("hello {} listening on port {port}", VERSION.trim());
+    // WARMUP_SECS: /health answers 503 for that long after start, like a
+    // service loading a model or warming a cache.
+    let warm_at = std::time::Instant::now()
+        + std::time::Duration::from_secs(
+            std::env::var("WARMUP_SECS")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0),
+        );
     for stream in listener.incoming().flatten() {
-        std::thread::spawn(move || answer(stream));
+        let warm = std::time::Instant::now() >= warm_at;
+        std::thread::spawn(move || answer(stream, warm));
     }
 }
 
-fn answer(mut stream: TcpStream) {
+fn answer(mut stream: TcpStream, warm: bool) {
     let mut line = String::new();
     let mut reader = BufReader::new(match stream.try_clone() {
         Ok(s) => s,
@@ -38,6 +50,7 @@ fn answer(mut stream: TcpStream) {
     let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
     let version = VERSION.trim();
     let (status, body) = match path.as_str() {
+        "/health" if !warm => ("503 Service Unavailable", "warming up\n".to_string()),
         "/health" => (
             "200 OK",
             format!("{{\"status\":\"healthy\",\"version\":\"{version}\"}}\n"),

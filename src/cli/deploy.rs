@@ -33,6 +33,10 @@ pub struct Args {
     /// Do not register the service, even when a registry is configured.
     #[arg(long)]
     pub no_register: bool,
+    /// Do not run the service's [tests] (the skip is recorded in the audit
+    /// log).
+    #[arg(long)]
+    pub skip_tests: bool,
     /// Start command for the process method (run with sh -c in the release).
     #[arg(long)]
     pub start: Option<String>,
@@ -80,6 +84,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
         build: args.build,
         health_path: args.health_path,
         secrets: args.secrets,
+        skip_tests: args.skip_tests.then_some(true),
     };
     if let Some(server) = &args.server {
         let mut req = req;

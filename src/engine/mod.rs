@@ -66,6 +66,7 @@ struct Work {
     rollout: RolloutSpec,
     /// Set for a rollout, so every host gets the same release id.
     release_id: Option<String>,
+    tests: crate::plan::TestsPlan,
 }
 
 /// The deploy engine.
@@ -373,6 +374,7 @@ impl Engine {
             source: Source::Existing(target.id.clone()),
             rollout: Default::default(),
             release_id: None,
+            tests: Default::default(),
         };
         Ok((work, validation))
     }
@@ -444,6 +446,7 @@ impl Work {
             source: Source::Dir(plan.source),
             rollout: plan.rollout,
             release_id: None,
+            tests: plan.tests,
         }
     }
 }

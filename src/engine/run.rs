@@ -72,21 +72,7 @@ impl Engine {
                 self.recover(site, &work.service, &jobs, sink).await;
             }
         }
-        if let Some(dead) = &ticket.lock.took_over {
-            let entry = AuditEntry {
-                details: format!("the lock's holder, {dead}, had died"),
-                duration_ms: None,
-                ..records::audit_entry(
-                    &self.actor,
-                    "lock",
-                    &work.service,
-                    Some(&ticket.job_id),
-                    "taken over",
-                    Instant::now(),
-                )
-            };
-            store.audit(&entry).await?;
-        }
+        self.opening_audit(store, &work, ticket).await?;
         let mut previous = Vec::with_capacity(sites.len());
         for site in sites {
             previous.push(site.host.current(&site.dirs(&work.service)).await);
@@ -112,6 +98,47 @@ impl Engine {
         run.start(&validation, previous[0].clone(), &ticket.job_id);
         run.execute(&steps::deploy_steps()).await;
         Ok(run.job)
+    }
+
+    /// Audit lines a job starts with: tests skipped, a dead holder's lock
+    /// taken over.
+    async fn opening_audit(
+        &self,
+        store: &crate::store::Store,
+        work: &Work,
+        ticket: &Ticket,
+    ) -> Result<(), Failure> {
+        if work.tests.skipped && (work.tests.local.is_some() || work.tests.server.is_some()) {
+            let entry = AuditEntry {
+                details: "the service's [tests] were skipped (--skip-tests)".into(),
+                duration_ms: None,
+                ..records::audit_entry(
+                    &self.actor,
+                    "skip-tests",
+                    &work.service,
+                    Some(&ticket.job_id),
+                    "skipped",
+                    Instant::now(),
+                )
+            };
+            store.audit(&entry).await?;
+        }
+        if let Some(dead) = &ticket.lock.took_over {
+            let entry = AuditEntry {
+                details: format!("the lock's holder, {dead}, had died"),
+                duration_ms: None,
+                ..records::audit_entry(
+                    &self.actor,
+                    "lock",
+                    &work.service,
+                    Some(&ticket.job_id),
+                    "taken over",
+                    Instant::now(),
+                )
+            };
+            store.audit(&entry).await?;
+        }
+        Ok(())
     }
 
     /// The job as first written: Validation done, the rest pending, and for
@@ -341,6 +368,10 @@ impl<'a> JobRun<'a> {
                 if done.shown && !details.is_empty() {
                     shown.push(details.clone());
                 }
+                let details = match &done.output {
+                    Some(out) => format!("{details}\n{}", self.cx.redactor.redact(out)),
+                    None => details,
+                };
                 if done.commit {
                     self.undo.clear();
                 }

@@ -43,7 +43,7 @@ fn work(src: &Path, port: u16, register: RegisterPlan) -> Work {
     let mut spec = RunSpec::example(RuntimeKind::Docker);
     spec.port = port;
     spec.secret_names.clear();
-    spec.health.timeout_secs = 5;
+    spec.health.timeout_secs = 1;
     spec.health.retries = 1;
     Work {
         kind: JobKind::Deploy,
@@ -59,6 +59,7 @@ fn work(src: &Path, port: u16, register: RegisterPlan) -> Work {
         source: Source::Dir(src.to_path_buf()),
         rollout: Default::default(),
         release_id: None,
+        tests: Default::default(),
     }
 }
 
@@ -102,6 +103,7 @@ async fn second_deploy(
     fail: &[&'static str],
     register: RegisterPlan,
     lose_source: bool,
+    tests: crate::plan::TestsPlan,
 ) -> Outcome {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
@@ -139,7 +141,8 @@ async fn second_deploy(
     if lose_source {
         std::fs::remove_dir_all(&src).unwrap();
     }
-    let w = work(&src, port, register);
+    let mut w = work(&src, port, register);
+    w.tests = tests;
     let (job, undone) = run_job(&engine, &site, &store, &w, Some(r1.clone())).await;
     let r2 = job.release.clone().unwrap_or_else(|| "-".into());
     let stored = store.job(&job.deploy_job_id).await.unwrap().unwrap();
@@ -192,6 +195,8 @@ struct Row {
     registry_down: bool,
     /// The service directory is gone before Transfer.
     source_gone: bool,
+    /// `[tests] local` and `server` of the second deploy.
+    tests: (Option<&'static str>, Option<&'static str>),
     kind: Option<FailureKind>,
     /// The undos run, newest first (R1 = the first release, R2 = the new).
     undos: &'static [&'static str],
@@ -212,6 +217,7 @@ fn rows() -> Vec<Row> {
         fail,
         registry_down: false,
         source_gone: false,
+        tests: (None, None),
         kind: Some(kind),
         undos,
         failed_phase: Some(failed_phase),
@@ -224,7 +230,21 @@ fn rows() -> Vec<Row> {
             source_gone: true,
             ..row(&[], K::Transfer, &[], P::Transfer, "R1")
         },
+        Row {
+            tests: (Some("echo 3 passed; exit 1"), None),
+            ..row(&[], K::Tests, &[], P::Transfer, "R1")
+        },
         row(&["build"], K::Build, &["remove release R2"], P::Build, "R1"),
+        Row {
+            tests: (Some("true"), Some("test -f VERSION && exit 1")),
+            ..row(
+                &[],
+                K::Tests,
+                &["remove the build of R2", "remove release R2"],
+                P::Build,
+                "R1",
+            )
+        },
         row(
             &["stop-good"],
             K::Start,
@@ -268,7 +288,12 @@ async fn a_failure_at_each_step_unwinds_the_steps_before_it_newest_first() {
                 reason: "none".into(),
             }
         };
-        let o = second_deploy(row.fail, register, row.source_gone).await;
+        let tests = crate::plan::TestsPlan {
+            local: row.tests.0.map(str::to_string),
+            server: row.tests.1.map(str::to_string),
+            skipped: false,
+        };
+        let o = second_deploy(row.fail, register, row.source_gone, tests).await;
         check(&row, &o);
         let took = t.elapsed();
         assert!(
@@ -312,14 +337,27 @@ fn check(row: &Row, o: &Outcome) {
 
 #[tokio::test]
 async fn each_phase_records_its_steps() {
+    let tests = crate::plan::TestsPlan {
+        local: Some("echo 'test result: ok. 3 passed; 0 failed'".into()),
+        ..Default::default()
+    };
     let o = second_deploy(
         &["start"],
         RegisterPlan::Skip {
             reason: "none".into(),
         },
         false,
+        tests,
     )
     .await;
+    let transfer = o.job.phase(PhaseName::Transfer).view();
+    assert_eq!(transfer.steps[0].step, "local tests");
+    assert!(
+        transfer.details.contains("3 passed, 0 failed (cargo test)"),
+        "{}",
+        transfer.details
+    );
+    assert_eq!(transfer.steps[0].status, PhaseStatus::Success);
     let start = o.job.phase(PhaseName::StartService);
     let steps: Vec<(String, PhaseStatus)> = start
         .steps

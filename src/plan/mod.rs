@@ -46,6 +46,9 @@ pub struct DeployRequest {
     /// Names of secrets; their values never travel in a request.
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Do not run the service's `[tests]` (recorded in the audit log).
+    #[serde(default)]
+    pub skip_tests: Option<bool>,
 }
 
 /// How a deploy to several hosts rolls out: a canary wave first, then the
@@ -116,6 +119,18 @@ pub struct Plan {
     /// name others.
     pub hosts: Vec<String>,
     pub rollout: RolloutSpec,
+    pub tests: TestsPlan,
+}
+
+/// Tests a deploy runs before its release may start.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct TestsPlan {
+    /// On this machine, in the service directory, before Transfer.
+    pub local: Option<String>,
+    /// On each target, in the new release, after Build.
+    pub server: Option<String>,
+    /// `--skip-tests`: not run (audited).
+    pub skipped: bool,
 }
 
 impl Plan {
@@ -182,6 +197,11 @@ impl Plan {
                 canary: manifest.rollout.canary.unwrap_or(1),
                 parallel: manifest.rollout.parallel.unwrap_or(4),
                 rollback_switched: manifest.rollout.rollback_switched.unwrap_or(false),
+            },
+            tests: TestsPlan {
+                local: manifest.tests.local.clone(),
+                server: manifest.tests.server.clone(),
+                skipped: req.skip_tests.unwrap_or(false),
             },
         })
     }

@@ -12,6 +12,7 @@ mod current;
 mod health;
 mod register;
 mod start;
+mod tests;
 mod transfer;
 
 pub(super) use health::restart_and_verify;
@@ -31,9 +32,11 @@ use futures_util::future::BoxFuture;
 /// runs before the job is recorded (`validate.rs`).
 pub(super) fn deploy_steps() -> Vec<Box<dyn Step>> {
     vec![
+        Box::new(tests::LocalTests),
         Box::new(transfer::Upload),
         Box::new(build::BuildCommand),
         Box::new(build::ImageBuild),
+        Box::new(tests::ServerTests),
         Box::new(start::StopOld),
         Box::new(start::StartNew),
         Box::new(health::VerifyHealth),
@@ -69,6 +72,8 @@ pub(super) struct Done {
     pub undo: Option<Box<dyn Undo>>,
     /// The release is live: what came before can no longer be undone.
     pub commit: bool,
+    /// Output kept in the step's record (the tail of a test run).
+    pub output: Option<String>,
 }
 
 impl Done {
@@ -79,6 +84,7 @@ impl Done {
             shown: true,
             undo: None,
             commit: false,
+            output: None,
         }
     }
 

@@ -1,0 +1,113 @@
+//! The seeds' guarded pipeline on this machine (process method): tests
+//! before anything is transferred and in the new release, and a health
+//! check that waits for a service warming up.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+/// Adds a `[tests]` table to a service's manifest.
+fn with_tests(src: &Path, local: Option<&str>, server: Option<&str>) {
+    let manifest = src.join("service.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str("\n[tests]\n");
+    if let Some(l) = local {
+        text.push_str(&format!("local = {l:?}\n"));
+    }
+    if let Some(s) = server {
+        text.push_str(&format!("server = {s:?}\n"));
+    }
+    std::fs::write(manifest, text).unwrap();
+}
+
+fn releases(sb: &Sandbox, name: &str) -> usize {
+    std::fs::read_dir(sb.state_dir().join("services").join(name).join("releases"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn failing_tests_stop_the_deploy_with_exit_1_and_current_keeps_answering() {
+    let sb = Sandbox::new();
+    let name = &sb.tracked("tested");
+    let port = free_port();
+    let v1 = sb.service("hello", "v1");
+    with_tests(
+        &v1,
+        Some("echo 'test result: ok. 2 passed; 0 failed'"),
+        Some("test -x hello"),
+    );
+    let job = sb
+        .deploy(&v1, name, port, "process", &["--json"])
+        .assert_code(0)
+        .json();
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    let transfer = phase(&job, "Transfer");
+    assert!(
+        transfer["details"]
+            .as_str()
+            .unwrap()
+            .contains("2 passed, 0 failed (cargo test)"),
+        "{transfer:#}"
+    );
+    assert_eq!(phase(&job, "Build")["steps"][2]["step"], "server tests");
+    let current = sb.current(name);
+
+    // A local test fails: nothing is transferred.
+    let v2 = sb.service("hello", "v2");
+    with_tests(
+        &v2,
+        Some("echo '=== 1 failed, 3 passed in 0.1s ==='; exit 1"),
+        None,
+    );
+    let r = sb.deploy(&v2, name, port, "process", &[]);
+    r.assert_code(1);
+    assert!(r.stdout.contains("local tests failed"), "{}", r.stdout);
+    assert!(r.stdout.contains("1 failed, 3 passed"), "{}", r.stdout);
+    assert_eq!(releases(&sb, name), 1, "nothing was transferred");
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+
+    // A server test fails in the new release: it is discarded, current untouched.
+    let v3 = sb.service("hello", "v3");
+    with_tests(&v3, None, Some("grep -q v1 VERSION"));
+    let r = sb.deploy(&v3, name, port, "process", &[]);
+    r.assert_code(1);
+    assert!(r.stdout.contains("server tests failed"), "{}", r.stdout);
+    assert_eq!(releases(&sb, name), 1, "the tested release was removed");
+    assert_eq!(sb.current(name), current);
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+
+    // --skip-tests deploys anyway, and the audit log says so.
+    sb.deploy(&v3, name, port, "process", &["--skip-tests"])
+        .assert_code(0);
+    assert_eq!(version_on(port).as_deref(), Some("v3"));
+    let audit = sb.run(&["audit", "--service", name]).stdout;
+    assert!(audit.contains("skip-tests"), "{audit}");
+}
+
+#[test]
+fn a_service_warming_up_with_503_for_3_s_is_waited_for() {
+    let sb = Sandbox::new();
+    let name = &sb.tracked("warming");
+    let port = free_port();
+    let job = sb
+        .deploy(
+            &sb.service("hello", "v1"),
+            name,
+            port,
+            "process",
+            &["--env", "WARMUP_SECS=3", "--json"],
+        )
+        .assert_code(0)
+        .json();
+    let health = phase(&job, "Verify Health");
+    assert!(
+        health["duration_ms"].as_i64().unwrap() >= 3000,
+        "{health:#}"
+    );
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+}
