@@ -328,6 +328,28 @@ pub struct Manifest {
     pub rollout: RolloutConfig,
     #[serde(default)]
     pub tests: TestsConfig,
+    /// Requests the new release must answer as expected after its health
+    /// check (`[[smoke]]`).
+    #[serde(default)]
+    pub smoke: Vec<SmokeCheck>,
+}
+
+/// One smoke check: a GET to the new release and what it must answer.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeCheck {
+    /// The path to GET, such as `/version`.
+    pub path: String,
+    /// The status expected (default 200).
+    pub status: Option<u16>,
+    /// Text the body must contain.
+    pub body_contains: Option<String>,
+    /// A field of a JSON body (`a.b` for nested ones) that must be there...
+    pub json_field: Option<String>,
+    /// ... and, when given, hold this value.
+    pub json_equals: Option<serde_json::Value>,
+    /// The most the answer may take, in milliseconds.
+    pub max_ms: Option<u64>,
 }
 
 /// Tests run before a release may start (the seeds' deploy scripts).

@@ -37,8 +37,9 @@ fn every_documented_example_parses() {
         }
     }
     // One example per section: top level, [target], [defaults], [api]; top
-    // level, [tests], [health], [env], [docker], [systemd], [rollout].
-    assert_eq!((deployer, service), (4, 7));
+    // level, [tests], [[smoke]], [health], [env], [docker], [systemd],
+    // [rollout].
+    assert_eq!((deployer, service), (4, 8));
 }
 
 #[test]

@@ -111,3 +111,52 @@ fn a_service_warming_up_with_503_for_3_s_is_waited_for() {
     );
     assert_eq!(version_on(port).as_deref(), Some("v1"));
 }
+
+/// Adds a `[[smoke]]` check to a service's manifest.
+fn with_smoke(src: &Path, check: &str) {
+    let manifest = src.join("service.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str(&format!("\n[[smoke]]\n{check}\n"));
+    std::fs::write(manifest, text).unwrap();
+}
+
+#[test]
+fn a_smoke_check_the_new_release_fails_rolls_it_back_with_exit_4() {
+    let sb = Sandbox::new();
+    let name = &sb.tracked("smoked");
+    let port = free_port();
+    let v1 = sb.service("hello", "v1");
+    with_smoke(
+        &v1,
+        "path = \"/version\"\nbody_contains = \"v1\"\nmax_ms = 2000",
+    );
+    with_smoke(
+        &v1,
+        "path = \"/health\"\njson_field = \"status\"\njson_equals = \"healthy\"",
+    );
+    let job = sb
+        .deploy(&v1, name, port, "process", &["--json"])
+        .assert_code(0)
+        .json();
+    let health = phase(&job, "Verify Health");
+    assert!(
+        health["details"]
+            .as_str()
+            .unwrap()
+            .contains("2 smoke checks passed"),
+        "{health:#}"
+    );
+
+    // v2 is healthy, but its /version does not say what the check expects.
+    let v2 = sb.service("hello", "v2");
+    with_smoke(&v2, "path = \"/version\"\nbody_contains = \"v1\"");
+    let r = sb.deploy(&v2, name, port, "process", &[]);
+    r.assert_code(4);
+    assert!(
+        r.stdout.contains("smoke check /version failed"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains("rolled back to release"), "{}", r.stdout);
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+}

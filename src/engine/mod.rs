@@ -67,6 +67,7 @@ struct Work {
     /// Set for a rollout, so every host gets the same release id.
     release_id: Option<String>,
     tests: crate::plan::TestsPlan,
+    smoke: Vec<crate::config::SmokeCheck>,
 }
 
 /// The deploy engine.
@@ -375,6 +376,7 @@ impl Engine {
             rollout: Default::default(),
             release_id: None,
             tests: Default::default(),
+            smoke: Vec::new(),
         };
         Ok((work, validation))
     }
@@ -447,6 +449,7 @@ impl Work {
             rollout: plan.rollout,
             release_id: None,
             tests: plan.tests,
+            smoke: plan.smoke,
         }
     }
 }

@@ -60,6 +60,7 @@ fn work(src: &Path, port: u16, register: RegisterPlan) -> Work {
         rollout: Default::default(),
         release_id: None,
         tests: Default::default(),
+        smoke: Vec::new(),
     }
 }
 

@@ -120,6 +120,9 @@ pub struct Plan {
     pub hosts: Vec<String>,
     pub rollout: RolloutSpec,
     pub tests: TestsPlan,
+    /// Requests the new release must answer as expected after its health
+    /// check.
+    pub smoke: Vec<crate::config::SmokeCheck>,
 }
 
 /// Tests a deploy runs before its release may start.
@@ -203,6 +206,7 @@ impl Plan {
                 server: manifest.tests.server.clone(),
                 skipped: req.skip_tests.unwrap_or(false),
             },
+            smoke: smoke_checks(&manifest)?,
         })
     }
 }
@@ -316,6 +320,19 @@ fn systemd_user(manifest: &Manifest) -> Result<Option<String>, Failure> {
         )));
     }
     Ok(Some(user.clone()))
+}
+
+/// The manifest's smoke checks; each path must be a path.
+fn smoke_checks(manifest: &Manifest) -> Result<Vec<crate::config::SmokeCheck>, Failure> {
+    for check in &manifest.smoke {
+        if !check.path.starts_with('/') || check.path.chars().any(char::is_whitespace) {
+            return Err(Failure::invalid(format!(
+                "smoke check path '{}' must start with '/' and contain no spaces",
+                check.path
+            )));
+        }
+    }
+    Ok(manifest.smoke.clone())
 }
 
 /// The service's environment (manifest, then request) and the names of

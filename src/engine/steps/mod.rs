@@ -11,6 +11,7 @@ mod build;
 mod current;
 mod health;
 mod register;
+mod smoke;
 mod start;
 mod tests;
 mod transfer;
@@ -40,6 +41,7 @@ pub(super) fn deploy_steps() -> Vec<Box<dyn Step>> {
         Box::new(start::StopOld),
         Box::new(start::StartNew),
         Box::new(health::VerifyHealth),
+        Box::new(smoke::SmokeChecks),
         Box::new(current::SwitchCurrent),
         Box::new(register::Register),
     ]
