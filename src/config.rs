@@ -302,6 +302,9 @@ pub struct Manifest {
     pub build: Option<String>,
     /// The process method's start command, run with `sh -c` in the release.
     pub start: Option<String>,
+    /// A migration, run against the new release after Build (and its
+    /// backup) and before the old release stops.
+    pub migrate: Option<String>,
     /// The Dockerfile for the docker method, relative to the service directory.
     pub dockerfile: Option<String>,
     /// How many successful releases to keep (default 5).

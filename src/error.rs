@@ -24,6 +24,8 @@ pub enum FailureKind {
     /// The deployer running the job stopped before it finished (killed,
     /// crashed, the server restarted).
     Interrupted,
+    /// The migration failed; the old release kept running.
+    Migrate,
     /// Bad input: config, manifest, flags, path, name, port.
     Invalid,
     /// The target host cannot be reached: connection, authentication, or a
@@ -42,7 +44,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, for documentation checks.
-    pub const ALL: [FailureKind; 14] = [
+    pub const ALL: [FailureKind; 15] = [
         FailureKind::Tests,
         FailureKind::Build,
         FailureKind::Start,
@@ -51,6 +53,7 @@ impl FailureKind {
         FailureKind::Register,
         FailureKind::RollbackFailed,
         FailureKind::Interrupted,
+        FailureKind::Migrate,
         FailureKind::Unreachable,
         FailureKind::Invalid,
         FailureKind::Locked,
@@ -70,6 +73,7 @@ impl FailureKind {
             FailureKind::Register => 6,
             FailureKind::RollbackFailed => 7,
             FailureKind::Interrupted => 9,
+            FailureKind::Migrate => 15,
             FailureKind::Unreachable => 8,
             FailureKind::Invalid => 10,
             FailureKind::Locked => 11,
@@ -89,6 +93,7 @@ impl FailureKind {
             FailureKind::Register => "register",
             FailureKind::RollbackFailed => "rollback_failed",
             FailureKind::Interrupted => "interrupted",
+            FailureKind::Migrate => "migrate",
             FailureKind::Unreachable => "unreachable",
             FailureKind::Invalid => "invalid",
             FailureKind::Locked => "locked",
@@ -108,6 +113,7 @@ impl FailureKind {
             "register" => FailureKind::Register,
             "rollback_failed" => FailureKind::RollbackFailed,
             "interrupted" => FailureKind::Interrupted,
+            "migrate" => FailureKind::Migrate,
             "unreachable" => FailureKind::Unreachable,
             "invalid" => FailureKind::Invalid,
             "locked" => FailureKind::Locked,

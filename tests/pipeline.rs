@@ -160,3 +160,36 @@ fn a_smoke_check_the_new_release_fails_rolls_it_back_with_exit_4() {
     assert!(r.stdout.contains("rolled back to release"), "{}", r.stdout);
     assert_eq!(version_on(port).as_deref(), Some("v1"));
 }
+
+#[test]
+fn a_migration_runs_before_the_old_release_stops_and_a_failed_one_leaves_it_running() {
+    let sb = Sandbox::new();
+    let name = &sb.tracked("migrated");
+    let port = free_port();
+    let schema = sb.dir.path().join("schema-version");
+    let set = |src: &Path, migrate: &str| {
+        let manifest = src.join("service.toml");
+        let text = std::fs::read_to_string(&manifest).unwrap();
+        std::fs::write(manifest, format!("migrate = {migrate:?}\n{text}")).unwrap();
+    };
+    let v1 = sb.service("hello", "v1");
+    set(&v1, "grep -q v1 VERSION && echo 1 > \"$SCHEMA\"");
+    let mark = format!("SCHEMA={}", schema.display());
+    sb.deploy(&v1, name, port, "process", &["--env", &mark])
+        .assert_code(0);
+    assert_eq!(std::fs::read_to_string(&schema).unwrap().trim(), "1");
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+
+    let v2 = sb.service("hello", "v2");
+    set(&v2, "echo 'relation \"users\" already exists' >&2; exit 3");
+    let r = sb.deploy(&v2, name, port, "process", &["--env", &mark]);
+    r.assert_code(15);
+    assert!(r.stdout.contains("already exists"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("release") && r.stdout.contains("kept running"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    assert_eq!(std::fs::read_to_string(&schema).unwrap().trim(), "1");
+}

@@ -68,6 +68,8 @@ struct Work {
     release_id: Option<String>,
     tests: crate::plan::TestsPlan,
     smoke: Vec<crate::config::SmokeCheck>,
+    /// Run against the new release before the old one stops.
+    migrate: Option<String>,
 }
 
 /// The deploy engine.
@@ -377,6 +379,7 @@ impl Engine {
             release_id: None,
             tests: Default::default(),
             smoke: Vec::new(),
+            migrate: None,
         };
         Ok((work, validation))
     }
@@ -450,6 +453,7 @@ impl Work {
             release_id: None,
             tests: plan.tests,
             smoke: plan.smoke,
+            migrate: plan.migrate,
         }
     }
 }

@@ -61,6 +61,7 @@ fn work(src: &Path, port: u16, register: RegisterPlan) -> Work {
         release_id: None,
         tests: Default::default(),
         smoke: Vec::new(),
+        migrate: None,
     }
 }
 

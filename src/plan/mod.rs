@@ -123,6 +123,9 @@ pub struct Plan {
     /// Requests the new release must answer as expected after its health
     /// check.
     pub smoke: Vec<crate::config::SmokeCheck>,
+    /// The migration command, run against the new release before the old
+    /// one stops.
+    pub migrate: Option<String>,
 }
 
 /// Tests a deploy runs before its release may start.
@@ -207,6 +210,7 @@ impl Plan {
                 skipped: req.skip_tests.unwrap_or(false),
             },
             smoke: smoke_checks(&manifest)?,
+            migrate: manifest.migrate.clone(),
         })
     }
 }

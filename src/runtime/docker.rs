@@ -85,6 +85,31 @@ pub fn run_cmd(ctx: &ReleaseCtx) -> Cmd {
     cmd.arg(image(ctx))
 }
 
+/// A one-off container of the new image running `command` (a migration),
+/// with the service's environment and secrets, removed when it ends.
+pub fn one_off_cmd(ctx: &ReleaseCtx, command: &str) -> Cmd {
+    let mut cmd = Cmd::new("docker").args(["run", "--rm"]);
+    for (k, v) in ctx.deployer_env() {
+        cmd = cmd.args(["--env".to_string(), format!("{k}={v}")]);
+    }
+    for (k, v) in &ctx.spec.env {
+        cmd = cmd
+            .args(["--env", k.as_str()])
+            .secret_env(k.clone(), Secret::new(v.clone()));
+    }
+    for (k, v) in &ctx.secrets {
+        cmd = cmd
+            .args(["--env", k.as_str()])
+            .secret_env(k.clone(), v.clone());
+    }
+    if let Some(net) = &ctx.spec.network {
+        cmd = cmd.args(["--network", net]);
+    }
+    cmd.args(["--entrypoint", "/bin/sh"])
+        .arg(image(ctx))
+        .args(["-c", command])
+}
+
 pub fn tag_latest_cmd(ctx: &ReleaseCtx) -> Cmd {
     Cmd::new("docker").args(["tag", &image(ctx), &format!("{}:latest", ctx.service)])
 }

@@ -10,6 +10,7 @@
 mod build;
 mod current;
 mod health;
+mod migrate;
 mod register;
 mod smoke;
 mod start;
@@ -38,6 +39,7 @@ pub(super) fn deploy_steps() -> Vec<Box<dyn Step>> {
         Box::new(build::BuildCommand),
         Box::new(build::ImageBuild),
         Box::new(tests::ServerTests),
+        Box::new(migrate::Migrate),
         Box::new(start::StopOld),
         Box::new(start::StartNew),
         Box::new(health::VerifyHealth),

@@ -1,0 +1,79 @@
+//! Migrations: the manifest's `migrate` runs against the new release after
+//! the backup and before the old release is stopped, with the service's
+//! environment and secrets (it needs the database's). In the release
+//! directory on the target; for docker, in a one-off container of the new
+//! image. A failure leaves the old release running (exit 15).
+
+use super::{Done, Step, StepCx, StepError};
+use crate::cmd::Cmd;
+use crate::error::FailureKind;
+use crate::model::*;
+use futures_util::future::BoxFuture;
+use std::time::Duration;
+
+/// How long a migration may run.
+const MIGRATE_TIMEOUT: Duration = Duration::from_secs(1800);
+
+pub(in crate::engine) struct Migrate;
+
+impl Step for Migrate {
+    fn phase(&self) -> PhaseName {
+        PhaseName::StartService
+    }
+
+    fn name(&self) -> &'static str {
+        "migrate"
+    }
+
+    fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
+        if cx.work.migrate.is_none() {
+            Some("no migration (migrate in service.toml)".into())
+        } else if cx.existing() {
+            Some("existing release: its migration ran when it was deployed".into())
+        } else {
+            None
+        }
+    }
+
+    fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
+        Box::pin(async move {
+            let Some(command) = &cx.work.migrate else {
+                return Ok(Done::quiet("no migration"));
+            };
+            let ctx = cx.new_release();
+            let cmd = if ctx.spec.runtime == RuntimeKind::Docker {
+                crate::runtime::docker::one_off_cmd(&ctx, command)
+            } else {
+                let mut cmd = Cmd::new("/bin/sh").args(["-c", command]).cwd(ctx.dir());
+                for (k, v) in ctx.base_env() {
+                    cmd = cmd.env(k, v);
+                }
+                for (k, v) in &ctx.secrets {
+                    cmd = cmd.secret_env(k.clone(), v.clone());
+                }
+                cmd
+            };
+            let failed = |e: String| StepError::new(FailureKind::Migrate, e);
+            let out = cx
+                .site
+                .host
+                .run(&cmd, MIGRATE_TIMEOUT)
+                .await
+                .map_err(|e| failed(e.to_string()))?;
+            let tail = out.tail(20);
+            if !out.success() {
+                let code = out
+                    .code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "signal".into());
+                return Err(failed(format!(
+                    "migration `{command}` exited with code {code}; the old release kept running:\n{tail}"
+                )));
+            }
+            Ok(Done {
+                output: Some(tail),
+                ..Done::shown(format!("migrated (`{command}`)"))
+            })
+        })
+    }
+}
