@@ -369,14 +369,15 @@ async fn each_phase_records_its_steps() {
     assert_eq!(
         steps,
         vec![
+            ("migrate".to_string(), PhaseStatus::Skipped),
             ("stop old".to_string(), PhaseStatus::Success),
             ("start new".to_string(), PhaseStatus::Failed),
         ]
     );
     let view = start.view();
-    assert_eq!(view.steps[0].details, format!("stopped {}", o.r1));
+    assert_eq!(view.steps[1].details, format!("stopped {}", o.r1));
     assert!(
-        view.steps[1]
+        view.steps[2]
             .error
             .as_deref()
             .unwrap()
