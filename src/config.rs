@@ -161,6 +161,39 @@ pub struct DeployerConfig {
     pub defaults: Defaults,
     #[serde(default)]
     pub api: ApiConfig,
+    /// Where a finished job is announced (`[[notify]]`).
+    #[serde(default)]
+    pub notify: Vec<NotifyConfig>,
+}
+
+/// One place a finished job is announced.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// `webhook` (deployer's JSON), `slack` (an incoming webhook's
+    /// `{"text"}`) or `telegram` (the Bot API's sendMessage).
+    pub kind: NotifyKind,
+    /// The webhook's URL; for telegram, the Bot API's base URL (default
+    /// https://api.telegram.org).
+    pub url: Option<String>,
+    /// Telegram: the chat to write to.
+    pub chat_id: Option<String>,
+    /// Telegram: the name of the secret holding the bot's token (its value
+    /// comes from deployer's environment or secrets file).
+    pub token_secret: Option<String>,
+    /// Which outcomes to announce: success, failure, rollback,
+    /// rollback_failed (default: all).
+    #[serde(default)]
+    pub on: Vec<String>,
+}
+
+/// How a notification is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyKind {
+    Webhook,
+    Slack,
+    Telegram,
 }
 
 /// `[api]`: `deployer serve`.

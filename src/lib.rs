@@ -17,6 +17,7 @@ pub mod health;
 pub mod host;
 pub mod lock;
 pub mod model;
+pub mod notify;
 pub mod output;
 pub mod plan;
 pub mod registry;

@@ -36,10 +36,11 @@ fn every_documented_example_parses() {
             ),
         }
     }
-    // One example per section: top level, [target], [defaults], [api]; top
+    // One example per section: top level, [target], [defaults], [api],
+    // [[notify]]; top
     // level, [tests], [[smoke]], [health], [env], [docker], [systemd],
     // [rollout].
-    assert_eq!((deployer, service), (4, 8));
+    assert_eq!((deployer, service), (5, 8));
 }
 
 #[test]

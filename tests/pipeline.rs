@@ -193,3 +193,90 @@ fn a_migration_runs_before_the_old_release_stops_and_a_failed_one_leaves_it_runn
     assert_eq!(version_on(port).as_deref(), Some("v1"));
     assert_eq!(std::fs::read_to_string(&schema).unwrap().trim(), "1");
 }
+
+#[test]
+fn notifications_reach_a_receiver_in_three_formats_and_a_dead_one_fails_nothing() {
+    let sb = Sandbox::new();
+    let name = &sb.tracked("announced");
+    let port = free_port();
+    let receiver = FakeRegistry::start(200);
+    let config = |at: u16| {
+        let path = sb.dir.path().join(format!("notify-{at}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[[notify]]\nkind = \"webhook\"\nurl = \"http://127.0.0.1:{at}/hook\"\n\n\
+                 [[notify]]\nkind = \"slack\"\nurl = \"http://127.0.0.1:{at}/slack\"\n\n\
+                 [[notify]]\nkind = \"telegram\"\nurl = \"http://127.0.0.1:{at}\"\nchat_id = \"42\"\ntoken_secret = \"TG_TOKEN\"\n"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let good = config(receiver.port);
+    let run = |cfg: &Path, src: &Path| {
+        sb.run_with(
+            &[
+                "--config",
+                cfg.to_str().unwrap(),
+                "--json",
+                "deploy",
+                src.to_str().unwrap(),
+                "--name",
+                name,
+                "--port",
+                &port.to_string(),
+            ],
+            |c| {
+                c.env("TG_TOKEN", "123456:telegram-bot-token");
+            },
+        )
+    };
+    let job = run(&good, &sb.service("hello", "v1")).assert_code(0).json();
+    let seen = receiver.bodies.lock().unwrap().clone();
+    let body = |path: &str| {
+        seen.iter()
+            .find(|(p, _)| p == path)
+            .map(|(_, b)| serde_json::from_str::<serde_json::Value>(b).unwrap())
+            .unwrap_or_else(|| panic!("nothing at {path}: {seen:?}"))
+    };
+    assert_eq!(body("/hook")["event"], "success");
+    assert_eq!(body("/hook")["deploy_job_id"], job["deploy_job_id"]);
+    assert!(
+        body("/slack")["text"]
+            .as_str()
+            .unwrap()
+            .contains("deployed")
+    );
+    let tg = body("/bot123456:telegram-bot-token/sendMessage");
+    assert_eq!(tg["chat_id"], "42");
+    let notes = job["notifications"].as_array().unwrap();
+    assert_eq!(notes.len(), 3);
+    assert!(notes.iter().all(|n| n["delivered"] == true), "{notes:?}");
+
+    // A failed deploy that was rolled back is announced as such.
+    run(&good, &sb.service("broken/never-healthy", "v2")).assert_code(4);
+    let seen = receiver.bodies.lock().unwrap().clone();
+    let last_hook = seen.iter().rev().find(|(p, _)| p == "/hook").unwrap();
+    assert!(
+        last_hook.1.contains("\"event\":\"rollback\""),
+        "{}",
+        last_hook.1
+    );
+
+    // A receiver that is gone: the deploy succeeds and the job says so.
+    let dead = config(free_port());
+    let job = run(&dead, &sb.service("hello", "v3")).assert_code(0).json();
+    let notes = job["notifications"].as_array().unwrap();
+    assert!(
+        notes
+            .iter()
+            .all(|n| n["delivered"] == false && n["attempts"] == 3),
+        "{notes:?}"
+    );
+    assert!(
+        !job.to_string().contains("telegram-bot-token"),
+        "the bot token leaked: {job}"
+    );
+    assert_eq!(version_on(port).as_deref(), Some("v3"));
+}

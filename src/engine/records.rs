@@ -95,6 +95,7 @@ pub(super) fn new_job(
         actor: engine.actor.clone(),
         transfer: None,
         hosts: Vec::new(),
+        notifications: Vec::new(),
     }
 }
 
@@ -165,6 +166,28 @@ pub(super) fn host_audit_line(entry: &AuditEntry, release: Option<&str>) -> Stri
         entry.duration_ms.unwrap_or(0),
         entry.details,
     )
+}
+
+/// Announces a finished job where `[[notify]]` says, records what became of
+/// each notification in the job, and says when one did not arrive. Never
+/// fails the job.
+pub(super) async fn announce(
+    engine: &Engine,
+    job: &mut Job,
+    redactor: &crate::secret::Redactor,
+    sink: &dyn Sink,
+) {
+    if engine.config.notify.is_empty() {
+        return;
+    }
+    job.notifications = crate::notify::announce(&engine.http, &engine.config, job, redactor).await;
+    for n in job.notifications.iter().filter(|n| !n.delivered) {
+        let why = n.error.as_deref().unwrap_or("");
+        sink.event(&Event::Note(&format!(
+            "warning: the {} notification was not delivered ({} tries): {why}",
+            n.kind, n.attempts
+        )));
+    }
 }
 
 /// Registers the service with the registry: the Register phase of a

@@ -264,6 +264,14 @@ impl Engine {
         if let Err(e) = book.store.audit(&entry).await {
             book.sink.event(&Event::Note(&format!("warning: {e}")));
         }
+        let mut job = job;
+        let redactor = crate::secret::Redactor::for_job(
+            work.secrets.iter().map(|(_, s)| s),
+            work.spec.env.values(),
+        );
+        records::announce(self, &mut job, &redactor, book.sink).await;
+        let notifications = job.notifications.clone();
+        let job = book.edit(|j| j.notifications = notifications).await;
         book.sink.event(&Event::JobFinished(&job));
         job
     }

@@ -254,8 +254,11 @@ impl<'a> JobRun<'a> {
         self.save().await;
         self.audit(started).await;
         if !self.book.multi {
+            let (engine, sink) = (self.cx.engine, self.cx.sink);
+            records::announce(engine, &mut self.job, &self.cx.redactor, sink).await;
+            self.save().await;
             let job = self.job.clone();
-            self.cx.sink.event(&Event::JobFinished(&job));
+            sink.event(&Event::JobFinished(&job));
         }
     }
 

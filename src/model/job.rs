@@ -195,6 +195,8 @@ pub struct Job {
     /// Per host, when the service is deployed to several hosts (the phases
     /// above then sum them up: failed if any host failed).
     pub hosts: Vec<HostReport>,
+    /// Where the finished job was announced, and whether it arrived.
+    pub notifications: Vec<super::Notification>,
 }
 
 impl Job {
@@ -218,6 +220,7 @@ impl Job {
             actor,
             transfer: None,
             hosts: Vec::new(),
+            notifications: Vec::new(),
         }
     }
 
@@ -260,6 +263,7 @@ impl Job {
             actor: self.actor.clone(),
             transfer: self.transfer.clone(),
             hosts: self.hosts.iter().map(HostReport::view).collect(),
+            notifications: self.notifications.clone(),
         }
     }
 }
@@ -296,6 +300,7 @@ impl From<JobView> for Job {
             actor: v.actor,
             transfer: v.transfer,
             hosts: v.hosts.into_iter().map(HostReport::from).collect(),
+            notifications: v.notifications,
         }
     }
 }
@@ -331,6 +336,8 @@ pub struct JobView {
     pub transfer: Option<TransferStats>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<HostReportView>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notifications: Vec<super::Notification>,
 }
 
 /// One host's part of a job deployed to several hosts.

@@ -70,3 +70,16 @@ pub struct AuditEntry {
     pub duration_ms: Option<i64>,
     pub details: String,
 }
+
+/// What became of one notification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Notification {
+    /// `webhook`, `slack` or `telegram`.
+    pub kind: String,
+    /// The outcome announced: success, failure, rollback, rollback_failed.
+    pub event: String,
+    pub delivered: bool,
+    pub attempts: u32,
+    /// Why it was not delivered.
+    pub error: Option<String>,
+}

@@ -57,7 +57,8 @@ const SCHEMA: &[&str] = &[
         error TEXT,
         failure TEXT,
         actor TEXT NOT NULL,
-        hosts TEXT
+        hosts TEXT,
+        notifications TEXT
     )",
     "CREATE INDEX IF NOT EXISTS jobs_service ON jobs (service_name, started_at)",
     "CREATE TABLE IF NOT EXISTS phases (
@@ -126,6 +127,29 @@ fn from_json<T: serde::de::DeserializeOwned>(s: Option<String>) -> Option<T> {
     s.and_then(|s| serde_json::from_str(&s).ok())
 }
 
+/// Adds a TEXT column to a table made before it existed.
+async fn add_column(
+    pool: &SqlitePool,
+    table: &str,
+    column: &str,
+    alter: &'static str,
+) -> Result<(), StoreError> {
+    let has = sqlx::query("SELECT 1 FROM pragma_table_info($1) WHERE name = $2")
+        .bind(table)
+        .bind(column)
+        .fetch_optional(pool)
+        .await
+        .map_err(ctx("reading schema"))?
+        .is_some();
+    if !has {
+        sqlx::query(alter)
+            .execute(pool)
+            .await
+            .map_err(ctx(format!("adding the {column} column")))?;
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) `STATE_DIR/deployer.db`.
     pub async fn open(state_dir: &Path) -> Result<Store, StoreError> {
@@ -160,18 +184,21 @@ impl Store {
                 .await
                 .map_err(ctx("creating schema"))?;
         }
-        // Databases made before phases recorded their steps.
-        let has_steps =
-            sqlx::query("SELECT 1 FROM pragma_table_info('phases') WHERE name = 'steps'")
-                .fetch_optional(&pool)
-                .await
-                .map_err(ctx("reading schema"))?
-                .is_some();
-        if !has_steps {
-            sqlx::query("ALTER TABLE phases ADD COLUMN steps TEXT")
-                .execute(&pool)
-                .await
-                .map_err(ctx("adding the steps column"))?;
+        // Databases made before phases recorded their steps and jobs their
+        // notifications.
+        for (table, column, alter) in [
+            (
+                "phases",
+                "steps",
+                "ALTER TABLE phases ADD COLUMN steps TEXT",
+            ),
+            (
+                "jobs",
+                "notifications",
+                "ALTER TABLE jobs ADD COLUMN notifications TEXT",
+            ),
+        ] {
+            add_column(&pool, table, column, alter).await?;
         }
         Ok(Store { pool })
     }
