@@ -22,6 +22,7 @@ pub mod output;
 pub mod plan;
 pub mod registry;
 pub mod release;
+pub mod report;
 pub mod runtime;
 pub mod secret;
 pub mod site;

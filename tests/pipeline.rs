@@ -280,3 +280,33 @@ fn notifications_reach_a_receiver_in_three_formats_and_a_dead_one_fails_nothing(
     );
     assert_eq!(version_on(port).as_deref(), Some("v3"));
 }
+
+#[test]
+fn a_jobs_report_shows_its_phases_steps_tests_and_outcome() {
+    let sb = Sandbox::new();
+    let name = &sb.tracked("reported");
+    let port = free_port();
+    let v1 = sb.service("hello", "v1");
+    with_tests(&v1, Some("echo '===== 7 passed in 0.3s ====='"), None);
+    let job = sb
+        .deploy(&v1, name, port, "process", &["--json"])
+        .assert_code(0)
+        .json();
+    let id = job["deploy_job_id"].as_str().unwrap();
+    let md = sb.run(&["report", id, "--format", "markdown"]);
+    md.assert_code(0);
+    for want in [
+        "| **Build** |",
+        "| | local tests | success |",
+        "7 passed in 0.3s (pytest)",
+        "outcome: **succeeded",
+    ] {
+        assert!(md.stdout.contains(want), "{want} in:\n{}", md.stdout);
+    }
+    let text = sb.run(&["report", id]);
+    assert!(text.stdout.contains("start new"), "{}", text.stdout);
+    let json: serde_json::Value =
+        serde_json::from_str(&sb.run(&["report", id, "--format", "json"]).stdout).unwrap();
+    assert_eq!(json["deploy_job_id"], id);
+    sb.run(&["report", "deploy-nope"]).assert_code(12);
+}

@@ -7,6 +7,7 @@ mod deploy;
 mod history;
 mod releases;
 mod remote;
+mod report;
 mod rollback;
 mod serve;
 mod status;
@@ -75,6 +76,9 @@ pub enum Command {
     Releases(releases::Args),
     /// Show the audit log.
     Audit(audit::Args),
+    /// A job's report: phases and steps with durations, tests, outcome,
+    /// rollback (text, JSON or Markdown).
+    Report(report::Args),
     /// Stop a service's running release (it stays deployed).
     Stop(stop::Args),
     /// Serve the HTTP API (port 8007 by default).
@@ -126,6 +130,7 @@ impl Cli {
             Command::History(a) => history::run(ctx, a).await,
             Command::Releases(a) => releases::run(ctx, a).await,
             Command::Audit(a) => audit::run(ctx, a).await,
+            Command::Report(a) => report::run(ctx, a).await,
             Command::Stop(a) => stop::run(ctx, a).await,
             Command::Serve(a) => serve::run(ctx, a).await,
         }
