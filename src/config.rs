@@ -164,6 +164,18 @@ pub struct DeployerConfig {
     /// Where a finished job is announced (`[[notify]]`).
     #[serde(default)]
     pub notify: Vec<NotifyConfig>,
+    #[serde(default)]
+    pub git: GitConfig,
+}
+
+/// `[git]`: git-driven releases.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitConfig {
+    /// The remote `--push` pushes to (default origin).
+    pub remote: Option<String>,
+    /// The branch a pre-receive hook deploys (default main).
+    pub branch: Option<String>,
 }
 
 /// One place a finished job is announced.

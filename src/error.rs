@@ -26,6 +26,8 @@ pub enum FailureKind {
     Interrupted,
     /// The migration failed; the old release kept running.
     Migrate,
+    /// A git step failed (uncommitted changes, an unknown ref, a push).
+    Git,
     /// Bad input: config, manifest, flags, path, name, port.
     Invalid,
     /// The target host cannot be reached: connection, authentication, or a
@@ -44,7 +46,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, for documentation checks.
-    pub const ALL: [FailureKind; 15] = [
+    pub const ALL: [FailureKind; 16] = [
         FailureKind::Tests,
         FailureKind::Build,
         FailureKind::Start,
@@ -54,6 +56,7 @@ impl FailureKind {
         FailureKind::RollbackFailed,
         FailureKind::Interrupted,
         FailureKind::Migrate,
+        FailureKind::Git,
         FailureKind::Unreachable,
         FailureKind::Invalid,
         FailureKind::Locked,
@@ -74,6 +77,7 @@ impl FailureKind {
             FailureKind::RollbackFailed => 7,
             FailureKind::Interrupted => 9,
             FailureKind::Migrate => 15,
+            FailureKind::Git => 14,
             FailureKind::Unreachable => 8,
             FailureKind::Invalid => 10,
             FailureKind::Locked => 11,
@@ -94,6 +98,7 @@ impl FailureKind {
             FailureKind::RollbackFailed => "rollback_failed",
             FailureKind::Interrupted => "interrupted",
             FailureKind::Migrate => "migrate",
+            FailureKind::Git => "git",
             FailureKind::Unreachable => "unreachable",
             FailureKind::Invalid => "invalid",
             FailureKind::Locked => "locked",
@@ -114,6 +119,7 @@ impl FailureKind {
             "rollback_failed" => FailureKind::RollbackFailed,
             "interrupted" => FailureKind::Interrupted,
             "migrate" => FailureKind::Migrate,
+            "git" => FailureKind::Git,
             "unreachable" => FailureKind::Unreachable,
             "invalid" => FailureKind::Invalid,
             "locked" => FailureKind::Locked,

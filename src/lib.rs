@@ -13,6 +13,7 @@ pub mod cmd;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod git;
 pub mod health;
 pub mod host;
 pub mod lock;

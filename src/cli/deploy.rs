@@ -52,6 +52,22 @@ pub struct Args {
     #[arg(long, default_value_t = 0, value_name = "SECONDS",
           value_parser = clap::value_parser!(u64).range(0..=86_400))]
     pub wait: u64,
+    /// Release exactly a commit's tree of PATH's git work tree (default
+    /// HEAD). Refused while the tree has uncommitted changes, unless -m.
+    #[arg(long, value_name = "REF", num_args = 0..=1, default_missing_value = "HEAD")]
+    pub git: Option<String>,
+    /// With --git: commit every change first, with this message.
+    #[arg(
+        short = 'm',
+        long = "message",
+        value_name = "MESSAGE",
+        requires = "git"
+    )]
+    pub message: Option<String>,
+    /// With --git: push the branch to the remote first (`[git] remote`,
+    /// default origin).
+    #[arg(long, requires = "git")]
+    pub push: bool,
     /// Have the deployer serving at URL run the deploy (`deployer serve`);
     /// its token comes from DEPLOYER_API_TOKEN, else from the state
     /// directory of a server on this machine. PATH is a path on that
@@ -91,10 +107,83 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
         req.service_path = std::path::absolute(&req.service_path).unwrap_or(req.service_path);
         return super::remote::deploy(&ctx, server, &req).await;
     }
-    let plan = Plan::build(&req, &ctx.config, &|k| std::env::var(k).ok())?;
-    let engine = ctx.engine(args.wait, &plan.hosts)?;
+    let mut req = req;
+    let git = match &args.git {
+        Some(reference) => {
+            let asked = GitAsk {
+                message: args.message.as_deref(),
+                push: args.push,
+            };
+            Some(from_git(&ctx, &mut req, reference, &asked)?)
+        }
+        None => None,
+    };
+    let result = deploy_plan(&ctx, &req, git.clone(), args.wait).await;
+    if git.is_some() {
+        // The exported tree was only the release's source.
+        let _ = std::fs::remove_dir_all(&req.service_path);
+    }
+    result
+}
+
+/// What `--git` was asked to do first.
+struct GitAsk<'a> {
+    message: Option<&'a str>,
+    push: bool,
+}
+
+async fn deploy_plan(
+    ctx: &Context,
+    req: &DeployRequest,
+    git: Option<crate::plan::GitSource>,
+    wait: u64,
+) -> Result<i32, Failure> {
+    let mut plan = Plan::build(req, &ctx.config, &|k| std::env::var(k).ok())?;
+    plan.git = git;
+    let engine = ctx.engine(wait, &plan.hosts)?;
     let sink = ctx.sink();
     let job = engine.deploy(plan, sink.as_ref()).await;
     engine.close().await;
     Ok(ctx.finish(&job?))
+}
+
+/// A git-driven release: commit (with -m) and push (with --push) as asked,
+/// then export the commit's tree and deploy that instead of the directory.
+fn from_git(
+    ctx: &Context,
+    req: &mut DeployRequest,
+    reference: &str,
+    args: &GitAsk,
+) -> Result<crate::plan::GitSource, Failure> {
+    use crate::error::FailureKind;
+    let dir = req.service_path.clone();
+    let changes = crate::git::uncommitted(&dir)?;
+    if !changes.is_empty() {
+        match args.message {
+            Some(m) => crate::git::commit_all(&dir, m)?,
+            None => {
+                return Err(Failure::new(
+                    FailureKind::Git,
+                    format!(
+                        "{} has uncommitted changes; commit them, or pass -m MESSAGE to \
+                         commit them now:\n{changes}",
+                        dir.display()
+                    ),
+                ));
+            }
+        }
+    }
+    if args.push {
+        let remote = ctx.config.git.remote.as_deref().unwrap_or("origin");
+        crate::git::push(&dir, remote)?;
+    }
+    let commit = crate::git::resolve(&dir, reference)?;
+    let export = crate::git::export_dir(&commit.sha);
+    let _ = std::fs::remove_dir_all(&export);
+    crate::git::export(&dir, &commit.sha, &export)?;
+    req.service_path = export;
+    Ok(crate::plan::GitSource {
+        commit,
+        path: std::path::absolute(&dir).unwrap_or(dir),
+    })
 }

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 (or exited before healthy), 4 health check failed (rolled back), 5 transfer failed, \
 6 register failed, 7 rollback failed (service may be down), 8 host unreachable or \
 host key refused, 9 job interrupted, 10 invalid input, 11 locked by another deploy, 12 not found, \
-13 nothing to roll back to, 15 migration failed, 70 internal error."
+13 nothing to roll back to, 14 git failed, 15 migration failed, 70 internal error."
 )]
 pub struct Cli {
     /// deployer's own config file (deployer.toml).

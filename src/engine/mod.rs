@@ -70,6 +70,8 @@ struct Work {
     smoke: Vec<crate::config::SmokeCheck>,
     /// Run against the new release before the old one stops.
     migrate: Option<String>,
+    /// The commit a git-driven release is made from.
+    commit: Option<crate::git::CommitInfo>,
 }
 
 /// The deploy engine.
@@ -380,6 +382,7 @@ impl Engine {
             tests: Default::default(),
             smoke: Vec::new(),
             migrate: None,
+            commit: target.commit.clone(),
         };
         Ok((work, validation))
     }
@@ -437,11 +440,15 @@ impl Engine {
 
 impl Work {
     fn from_plan(plan: Plan) -> Work {
+        let (service_path, commit) = match &plan.git {
+            Some(g) => (g.path.display().to_string(), Some(g.commit.clone())),
+            None => (plan.source.display().to_string(), None),
+        };
         Work {
             kind: JobKind::Deploy,
             service_url: plan.service_url(),
             service: plan.service_name,
-            service_path: plan.source.display().to_string(),
+            service_path,
             method: plan.spec.runtime.as_str().to_string(),
             spec: plan.spec,
             secrets: plan.secrets,
@@ -454,6 +461,7 @@ impl Work {
             tests: plan.tests,
             smoke: plan.smoke,
             migrate: plan.migrate,
+            commit,
         }
     }
 }

@@ -96,6 +96,7 @@ pub(super) fn new_job(
         transfer: None,
         hosts: Vec::new(),
         notifications: Vec::new(),
+        commit: work.commit.clone(),
     }
 }
 

@@ -62,6 +62,7 @@ fn work(src: &Path, port: u16, register: RegisterPlan) -> Work {
         tests: Default::default(),
         smoke: Vec::new(),
         migrate: None,
+        commit: None,
     }
 }
 

@@ -197,6 +197,8 @@ pub struct Job {
     pub hosts: Vec<HostReport>,
     /// Where the finished job was announced, and whether it arrived.
     pub notifications: Vec<super::Notification>,
+    /// The commit deployed, for a git-driven release.
+    pub commit: Option<crate::git::CommitInfo>,
 }
 
 impl Job {
@@ -221,6 +223,7 @@ impl Job {
             transfer: None,
             hosts: Vec::new(),
             notifications: Vec::new(),
+            commit: None,
         }
     }
 
@@ -264,6 +267,7 @@ impl Job {
             transfer: self.transfer.clone(),
             hosts: self.hosts.iter().map(HostReport::view).collect(),
             notifications: self.notifications.clone(),
+            commit: self.commit.clone(),
         }
     }
 }
@@ -301,6 +305,7 @@ impl From<JobView> for Job {
             transfer: v.transfer,
             hosts: v.hosts.into_iter().map(HostReport::from).collect(),
             notifications: v.notifications,
+            commit: v.commit,
         }
     }
 }
@@ -338,6 +343,8 @@ pub struct JobView {
     pub hosts: Vec<HostReportView>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<super::Notification>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<crate::git::CommitInfo>,
 }
 
 /// One host's part of a job deployed to several hosts.

@@ -166,4 +166,7 @@ pub struct Release {
     pub created_at: DateTime<Utc>,
     /// How to run it again (no secret values, only their names).
     pub spec: RunSpec,
+    /// The commit it was made from, for a git-driven release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<crate::git::CommitInfo>,
 }

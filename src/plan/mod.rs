@@ -126,6 +126,16 @@ pub struct Plan {
     /// The migration command, run against the new release before the old
     /// one stops.
     pub migrate: Option<String>,
+    /// Set for a git-driven release: its commit, and the service directory
+    /// in the work tree (`source` is the commit's exported tree).
+    pub git: Option<GitSource>,
+}
+
+/// Where a git-driven release comes from.
+#[derive(Clone, Debug)]
+pub struct GitSource {
+    pub commit: crate::git::CommitInfo,
+    pub path: PathBuf,
 }
 
 /// Tests a deploy runs before its release may start.
@@ -211,6 +221,7 @@ impl Plan {
             },
             smoke: smoke_checks(&manifest)?,
             migrate: manifest.migrate.clone(),
+            git: None,
         })
     }
 }

@@ -30,14 +30,14 @@ impl Store {
         let sql = if insert {
             "INSERT INTO jobs (id, kind, service_name, service_path, status, droplet_id, service_port,
                 service_url, method, release_id, previous_release, registration, rollback, transfer,
-                started_at, completed_at, success, error, failure, actor, hosts, notifications)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22)"
+                started_at, completed_at, success, error, failure, actor, hosts, notifications, git)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
         } else {
             "UPDATE jobs SET kind = $2, service_name = $3, service_path = $4, status = $5,
                 droplet_id = $6, service_port = $7, service_url = $8, method = $9, release_id = $10,
                 previous_release = $11, registration = $12, rollback = $13, transfer = $14,
                 started_at = $15, completed_at = $16, success = $17, error = $18, failure = $19,
-                actor = $20, hosts = $21, notifications = $22
+                actor = $20, hosts = $21, notifications = $22, git = $23
              WHERE id = $1"
         };
         let done = sqlx::query(sql)
@@ -71,6 +71,7 @@ impl Store {
                     .then(|| serde_json::to_string(&v.notifications).ok())
                     .flatten(),
             )
+            .bind(json(&v.commit))
             .execute(&mut *tx)
             .await
             .map_err(ctx(format!("saving job {id}")))?;
@@ -178,6 +179,7 @@ impl Store {
             actor: row.get("actor"),
             hosts: from_json(row.get("hosts")).unwrap_or_default(),
             notifications: from_json(row.get("notifications")).unwrap_or_default(),
+            commit: from_json(row.get("git")),
         }))
     }
 

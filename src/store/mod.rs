@@ -58,7 +58,8 @@ const SCHEMA: &[&str] = &[
         failure TEXT,
         actor TEXT NOT NULL,
         hosts TEXT,
-        notifications TEXT
+        notifications TEXT,
+        git TEXT
     )",
     "CREATE INDEX IF NOT EXISTS jobs_service ON jobs (service_name, started_at)",
     "CREATE TABLE IF NOT EXISTS phases (
@@ -82,6 +83,7 @@ const SCHEMA: &[&str] = &[
         content_hash TEXT NOT NULL,
         created_at TEXT NOT NULL,
         spec TEXT NOT NULL,
+        git TEXT,
         PRIMARY KEY (service_name, id)
     )",
     "CREATE TABLE IF NOT EXISTS registry (
@@ -197,6 +199,12 @@ impl Store {
                 "notifications",
                 "ALTER TABLE jobs ADD COLUMN notifications TEXT",
             ),
+            ("jobs", "git", "ALTER TABLE jobs ADD COLUMN git TEXT"),
+            (
+                "releases",
+                "git",
+                "ALTER TABLE releases ADD COLUMN git TEXT",
+            ),
         ] {
             add_column(&pool, table, column, alter).await?;
         }
@@ -205,8 +213,8 @@ impl Store {
 
     pub async fn save_release(&self, r: &Release) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO releases (service_name, id, status, job_id, content_hash, created_at, spec)
-             VALUES ($1, $2, $3, $4, $5, $6, $7)
+            "INSERT INTO releases (service_name, id, status, job_id, content_hash, created_at, spec, git)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
              ON CONFLICT (service_name, id) DO UPDATE SET status = excluded.status",
         )
         .bind(&r.service_name)
@@ -216,6 +224,7 @@ impl Store {
         .bind(&r.content_hash)
         .bind(ts(&r.created_at))
         .bind(serde_json::to_string(&r.spec.without_env_values()).unwrap_or_default())
+        .bind(json(&r.commit))
         .execute(&self.pool)
         .await
         .map_err(ctx(format!("saving release {}", r.id)))?;
@@ -258,6 +267,7 @@ impl Store {
                     content_hash: r.get("content_hash"),
                     created_at: parse_ts(&r.get::<String, _>("created_at")),
                     spec: serde_json::from_str(&r.get::<String, _>("spec")).ok()?,
+                    commit: from_json(r.get("git")),
                 })
             })
             .collect())

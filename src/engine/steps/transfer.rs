@@ -89,6 +89,7 @@ async fn upload(cx: &mut StepCx<'_>, src: &Path) -> Result<(String, String), Upl
             content_hash: hash,
             created_at: Utc::now(),
             spec: cx.work.spec.clone(),
+            commit: cx.work.commit.clone(),
         })
         .await?;
     cx.local_dirs()

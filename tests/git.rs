@@ -1,0 +1,139 @@
+//! Git-driven releases against real repositories: a work tree with a bare
+//! "origin" beside it.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::Command;
+
+const AUTHOR: [(&str, &str); 4] = [
+    ("GIT_AUTHOR_NAME", "Test"),
+    ("GIT_AUTHOR_EMAIL", "test@example.invalid"),
+    ("GIT_COMMITTER_NAME", "Test"),
+    ("GIT_COMMITTER_EMAIL", "test@example.invalid"),
+];
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .envs(AUTHOR)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A work tree holding the example service in `svc/`, committed, with a
+/// bare `origin`.
+fn repo(sb: &Sandbox) -> (std::path::PathBuf, std::path::PathBuf) {
+    let work = sb.dir.path().join("work");
+    let origin = sb.dir.path().join("origin.git");
+    std::fs::create_dir_all(&work).unwrap();
+    git(
+        sb.dir.path(),
+        &[
+            "init",
+            "--quiet",
+            "--bare",
+            "-b",
+            "main",
+            origin.to_str().unwrap(),
+        ],
+    );
+    git(&work, &["init", "--quiet", "-b", "main"]);
+    copy_dir(&sb.service("hello", "v1"), &work.join("svc"));
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "hello v1"]);
+    git(
+        &work,
+        &["remote", "add", "origin", origin.to_str().unwrap()],
+    );
+    git(&work, &["push", "--quiet", "origin", "main"]);
+    (work, origin)
+}
+
+#[test]
+fn a_git_deploy_releases_exactly_a_commits_tree_and_records_its_sha() {
+    let sb = Sandbox::new();
+    let (work, origin) = repo(&sb);
+    let svc = work.join("svc");
+    let name = &sb.tracked("gitsvc");
+    let port = free_port().to_string();
+    let deploy = |extra: &[&str]| {
+        let mut args = vec![
+            "--json",
+            "deploy",
+            svc.to_str().unwrap(),
+            "--name",
+            name,
+            "--port",
+            &port,
+        ];
+        args.extend_from_slice(extra);
+        sb.run_with(&args, |c| {
+            c.envs(AUTHOR);
+        })
+    };
+    let job = deploy(&["--git"]).assert_code(0).json();
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    assert_eq!(job["commit"]["sha"], head.as_str());
+    assert_eq!(job["commit"]["branch"], "main");
+    assert_eq!(job["commit"]["subject"], "hello v1");
+    assert_eq!(job["service_path"], svc.display().to_string());
+    let port_n: u16 = port.parse().unwrap();
+    assert_eq!(version_on(port_n).as_deref(), Some("v1"));
+
+    // The release holds the commit's files: an untracked file stays out.
+    std::fs::write(svc.join("VERSION"), "v2\n").unwrap();
+    std::fs::write(svc.join("notes.txt"), "scratch\n").unwrap();
+    let refused = deploy(&["--git"]);
+    refused.assert_code(14);
+    assert!(
+        refused.stderr.contains("uncommitted changes"),
+        "{}",
+        refused.stderr
+    );
+    assert!(refused.stderr.contains("notes.txt"), "{}", refused.stderr);
+    std::fs::remove_file(svc.join("notes.txt")).unwrap();
+
+    // -m commits first, --push sends it to origin.
+    let job = deploy(&["--git", "-m", "hello v2", "--push"])
+        .assert_code(0)
+        .json();
+    let head = git(&work, &["rev-parse", "HEAD"]);
+    assert_eq!(job["commit"]["sha"], head.as_str());
+    assert_eq!(git(&origin, &["rev-parse", "main"]), head, "pushed");
+    assert_eq!(version_on(port_n).as_deref(), Some("v2"));
+    let release = sb
+        .state_dir()
+        .join("services")
+        .join(name)
+        .join("releases")
+        .join(job["release"].as_str().unwrap());
+    let mut files: Vec<String> = files_under(&release)
+        .iter()
+        .map(|p| p.strip_prefix(&release).unwrap().display().to_string())
+        .filter(|p| p != "hello")
+        .collect();
+    files.sort();
+    let mut tree: Vec<String> = git(&work, &["ls-tree", "-r", "--name-only", "HEAD", "svc/"])
+        .lines()
+        .map(|l| l.trim_start_matches("svc/").to_string())
+        .collect();
+    tree.sort();
+    assert_eq!(files, tree);
+
+    // An older commit by its ref.
+    let job = deploy(&["--git", "HEAD~1"]).assert_code(0).json();
+    assert_eq!(job["commit"]["subject"], "hello v1");
+    assert_eq!(version_on(port_n).as_deref(), Some("v1"));
+    let releases = sb.run(&["--json", "releases", name]).json();
+    assert!(releases.to_string().contains(head.as_str()), "{releases}");
+    deploy(&["--git", "no-such-ref"]).assert_code(14);
+}
