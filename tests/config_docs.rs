@@ -37,10 +37,10 @@ fn every_documented_example_parses() {
         }
     }
     // One example per section: top level, [target], [defaults], [api],
-    // [[notify]]; top
+    // [[notify]], [git]; top
     // level, [tests], [[smoke]], [health], [env], [docker], [systemd],
     // [rollout].
-    assert_eq!((deployer, service), (5, 8));
+    assert_eq!((deployer, service), (6, 8));
 }
 
 #[test]

@@ -137,3 +137,65 @@ fn a_git_deploy_releases_exactly_a_commits_tree_and_records_its_sha() {
     assert!(releases.to_string().contains(head.as_str()), "{releases}");
     deploy(&["--git", "no-such-ref"]).assert_code(14);
 }
+
+fn push(work: &Path) -> std::process::Output {
+    Command::new("git")
+        .arg("-C")
+        .arg(work)
+        .args(["push", "origin", "main"])
+        .envs(AUTHOR)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_push_to_the_hooked_repository_deploys_and_a_failing_one_is_rejected() {
+    let sb = Sandbox::new();
+    let (work, origin) = repo(&sb);
+    let name = &sb.tracked("pushed");
+    let port = free_port();
+    let port_s = port.to_string();
+    sb.run(&[
+        "hook",
+        "install",
+        "--repo",
+        origin.to_str().unwrap(),
+        "--path",
+        "svc",
+        "--",
+        "--name",
+        name,
+        "--port",
+        &port_s,
+        "--no-register",
+    ])
+    .assert_code(0);
+
+    std::fs::write(work.join("svc/VERSION"), "v2\n").unwrap();
+    git(&work, &["commit", "--quiet", "-am", "hello v2"]);
+    let out = push(&work);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("Verify Health"),
+        "the pusher sees the phases: {said}"
+    );
+    assert_eq!(version_on(port).as_deref(), Some("v2"));
+
+    // A commit whose health check fails: the push is rejected, v2 answers.
+    let broken = sb.service("broken/never-healthy", "v3");
+    for f in ["main.rs", "service.toml", "VERSION"] {
+        std::fs::copy(broken.join(f), work.join("svc").join(f)).unwrap();
+    }
+    git(&work, &["commit", "--quiet", "-am", "never healthy"]);
+    let out = push(&work);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the push went through: {said}");
+    assert!(said.contains("push rejected"), "{said}");
+    assert!(said.contains("✗ Verify Health"), "{said}");
+    assert_eq!(version_on(port).as_deref(), Some("v2"));
+    assert_ne!(
+        git(&origin, &["rev-parse", "main"]),
+        git(&work, &["rev-parse", "HEAD"])
+    );
+}

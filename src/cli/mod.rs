@@ -5,6 +5,7 @@
 mod audit;
 mod deploy;
 mod history;
+mod hook;
 mod releases;
 mod remote;
 mod report;
@@ -83,11 +84,15 @@ pub enum Command {
     Stop(stop::Args),
     /// Serve the HTTP API (port 8007 by default).
     Serve(serve::Args),
+    /// Git hooks: `hook install --repo BARE_REPO` deploys each push.
+    Hook(hook::Args),
 }
 
 /// What every command gets: the loaded config and where state lives.
 pub struct Context {
     pub config: DeployerConfig,
+    /// The config file given with --config (DEPLOYER_CONFIG), if any.
+    pub config_path: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub json: bool,
     /// `--host` flags, in order.
@@ -119,6 +124,10 @@ impl Cli {
         })?;
         let ctx = Context {
             config,
+            config_path: self
+                .config
+                .as_deref()
+                .map(|p| std::path::absolute(p).unwrap_or(p.to_path_buf())),
             state_dir,
             json: self.json,
             hosts: self.hosts.clone(),
@@ -133,6 +142,7 @@ impl Cli {
             Command::Report(a) => report::run(ctx, a).await,
             Command::Stop(a) => stop::run(ctx, a).await,
             Command::Serve(a) => serve::run(ctx, a).await,
+            Command::Hook(a) => hook::run(ctx, a).await,
         }
     }
 }
