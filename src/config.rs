@@ -380,6 +380,8 @@ pub struct Manifest {
     /// check (`[[smoke]]`).
     #[serde(default)]
     pub smoke: Vec<SmokeCheck>,
+    /// What is backed up on the target before every deploy.
+    pub backup: Option<crate::model::BackupSpec>,
 }
 
 /// One smoke check: a GET to the new release and what it must answer.

@@ -28,6 +28,9 @@ pub enum FailureKind {
     Migrate,
     /// A git step failed (uncommitted changes, an unknown ref, a push).
     Git,
+    /// The backup before the deploy failed or did not verify; nothing
+    /// stopped.
+    Backup,
     /// Bad input: config, manifest, flags, path, name, port.
     Invalid,
     /// The target host cannot be reached: connection, authentication, or a
@@ -46,7 +49,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, for documentation checks.
-    pub const ALL: [FailureKind; 16] = [
+    pub const ALL: [FailureKind; 17] = [
         FailureKind::Tests,
         FailureKind::Build,
         FailureKind::Start,
@@ -57,6 +60,7 @@ impl FailureKind {
         FailureKind::Interrupted,
         FailureKind::Migrate,
         FailureKind::Git,
+        FailureKind::Backup,
         FailureKind::Unreachable,
         FailureKind::Invalid,
         FailureKind::Locked,
@@ -78,6 +82,7 @@ impl FailureKind {
             FailureKind::Interrupted => 9,
             FailureKind::Migrate => 15,
             FailureKind::Git => 14,
+            FailureKind::Backup => 16,
             FailureKind::Unreachable => 8,
             FailureKind::Invalid => 10,
             FailureKind::Locked => 11,
@@ -99,6 +104,7 @@ impl FailureKind {
             FailureKind::Interrupted => "interrupted",
             FailureKind::Migrate => "migrate",
             FailureKind::Git => "git",
+            FailureKind::Backup => "backup",
             FailureKind::Unreachable => "unreachable",
             FailureKind::Invalid => "invalid",
             FailureKind::Locked => "locked",
@@ -120,6 +126,7 @@ impl FailureKind {
             "interrupted" => FailureKind::Interrupted,
             "migrate" => FailureKind::Migrate,
             "git" => FailureKind::Git,
+            "backup" => FailureKind::Backup,
             "unreachable" => FailureKind::Unreachable,
             "invalid" => FailureKind::Invalid,
             "locked" => FailureKind::Locked,

@@ -8,6 +8,7 @@
 //! thin front ends over the same engine.
 
 pub mod api;
+pub mod backup;
 pub mod cli;
 pub mod cmd;
 pub mod config;

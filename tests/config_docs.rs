@@ -38,9 +38,9 @@ fn every_documented_example_parses() {
     }
     // One example per section: top level, [target], [defaults], [api],
     // [[notify]], [git]; top
-    // level, [tests], [[smoke]], [health], [env], [docker], [systemd],
-    // [rollout].
-    assert_eq!((deployer, service), (6, 8));
+    // level, [tests], [backup], [[smoke]], [health], [env], [docker],
+    // [systemd], [rollout].
+    assert_eq!((deployer, service), (6, 9));
 }
 
 #[test]

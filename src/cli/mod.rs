@@ -3,6 +3,7 @@
 //! the engine or the store.
 
 mod audit;
+mod backup;
 mod deploy;
 mod history;
 mod hook;
@@ -31,7 +32,7 @@ use std::path::PathBuf;
 (or exited before healthy), 4 health check failed (rolled back), 5 transfer failed, \
 6 register failed, 7 rollback failed (service may be down), 8 host unreachable or \
 host key refused, 9 job interrupted, 10 invalid input, 11 locked by another deploy, 12 not found, \
-13 nothing to roll back to, 14 git failed, 15 migration failed, 70 internal error."
+13 nothing to roll back to, 14 git failed, 15 migration failed, 16 backup failed, 70 internal error."
 )]
 pub struct Cli {
     /// deployer's own config file (deployer.toml).
@@ -86,6 +87,14 @@ pub enum Command {
     Serve(serve::Args),
     /// Git hooks: `hook install --repo BARE_REPO` deploys each push.
     Hook(hook::Args),
+    /// Back a service up now ([backup] of its current release).
+    Backup(backup::BackupArgs),
+    /// List a service's backups.
+    Backups(backup::BackupArgs),
+    /// Put a backup back (asks first, unless --yes).
+    Restore(backup::RestoreArgs),
+    /// Back up every service (for a daily cron line).
+    Snapshot,
 }
 
 /// What every command gets: the loaded config and where state lives.
@@ -143,6 +152,10 @@ impl Cli {
             Command::Stop(a) => stop::run(ctx, a).await,
             Command::Serve(a) => serve::run(ctx, a).await,
             Command::Hook(a) => hook::run(ctx, a).await,
+            Command::Backup(a) => backup::backup(ctx, a).await,
+            Command::Backups(a) => backup::backups(ctx, a).await,
+            Command::Restore(a) => backup::restore(ctx, a).await,
+            Command::Snapshot => backup::snapshot(ctx).await,
         }
     }
 }

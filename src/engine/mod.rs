@@ -17,6 +17,7 @@
 //! service back after a deployer died mid-job; `events.rs` what a job tells
 //! its front end.
 
+mod backups;
 mod events;
 mod ids;
 mod locks;

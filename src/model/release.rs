@@ -23,6 +23,9 @@ pub struct RunSpec {
     /// The user a systemd unit runs as.
     #[serde(default)]
     pub user: Option<String>,
+    /// What is backed up before this release replaces another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupSpec>,
 }
 
 #[cfg(test)]
@@ -47,6 +50,7 @@ impl RunSpec {
             restart: "unless-stopped".into(),
             stop_grace_secs: 10,
             user: None,
+            backup: None,
         }
     }
 }
@@ -64,6 +68,44 @@ impl RunSpec {
             ..self.clone()
         }
     }
+}
+
+/// `[backup]`: what is saved on the target before a release replaces
+/// another, and how it is checked and put back.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupSpec {
+    /// Backups kept (default 7).
+    pub keep: Option<usize>,
+    /// Backups older than this are removed (the newest never is).
+    pub max_age_days: Option<u64>,
+    /// Files and directories to archive, relative to the service's
+    /// directory on the target (`BASE/NAME`).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Dumps, each with its check and its way back.
+    #[serde(default)]
+    pub commands: Vec<BackupCommand>,
+    /// When the migration fails, restore the backup taken just before it.
+    #[serde(default)]
+    pub restore_on_failure: bool,
+}
+
+/// One dump: its output is the backup; `verify` and `restore` read it back
+/// on their standard input.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupCommand {
+    /// A file name for the dump (letters, digits, '-', '_').
+    pub name: String,
+    /// Writes the dump to stdout (`pg_dump --format=custom "$DATABASE_URL"`).
+    pub dump: String,
+    /// Reads the dump on stdin and fails when it is not sound
+    /// (`pg_restore --list`).
+    pub verify: Option<String>,
+    /// Reads the dump on stdin and puts it back
+    /// (`pg_restore --clean --if-exists -d "$DATABASE_URL"`).
+    pub restore: Option<String>,
 }
 
 /// The runtime a release runs under, once `auto` is resolved.

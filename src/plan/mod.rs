@@ -314,6 +314,7 @@ fn run_spec(
             .unwrap_or_else(|| "unless-stopped".to_string()),
         stop_grace_secs,
         user: systemd_user(manifest)?,
+        backup: backup_spec(manifest)?,
     };
     Ok((spec, secrets))
 }
@@ -335,6 +336,36 @@ fn systemd_user(manifest: &Manifest) -> Result<Option<String>, Failure> {
         )));
     }
     Ok(Some(user.clone()))
+}
+
+/// The manifest's `[backup]`: dump names are file names, paths stay inside
+/// the service's directory.
+fn backup_spec(manifest: &Manifest) -> Result<Option<crate::model::BackupSpec>, Failure> {
+    let Some(b) = &manifest.backup else {
+        return Ok(None);
+    };
+    for c in &b.commands {
+        let ok = !c.name.is_empty()
+            && c.name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
+        if !ok {
+            return Err(Failure::invalid(format!(
+                "backup command name {:?} must be letters, digits, '-' or '_'",
+                c.name
+            )));
+        }
+    }
+    if let Some(p) = b
+        .paths
+        .iter()
+        .find(|p| p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == ".."))
+    {
+        return Err(Failure::invalid(format!(
+            "backup path {p:?} must be relative to the service's directory, without '..'"
+        )));
+    }
+    Ok(Some(b.clone()))
 }
 
 /// The manifest's smoke checks; each path must be a path.

@@ -247,6 +247,17 @@ impl Store {
         Ok(())
     }
 
+    /// The services that have a current release.
+    pub async fn current_services(&self) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT DISTINCT service_name FROM releases WHERE status = 'current' ORDER BY service_name",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx("listing services"))?;
+        Ok(rows.into_iter().map(|r| r.get("service_name")).collect())
+    }
+
     /// A service's releases, newest first.
     pub async fn releases(&self, service: &str) -> Result<Vec<Release>, StoreError> {
         let rows = sqlx::query(

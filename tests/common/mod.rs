@@ -4,6 +4,7 @@
 //! `deployer` binary against real processes and a real Docker engine.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod server;
 pub mod sshd;
 pub mod testhost;

@@ -66,8 +66,12 @@ impl Step for Migrate {
                     .code
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "signal".into());
+                let restored = super::backup::restore_taken(cx)
+                    .await
+                    .map(|r| format!("; {r}"))
+                    .unwrap_or_default();
                 return Err(failed(format!(
-                    "migration `{command}` exited with code {code}; the old release kept running:\n{tail}"
+                    "migration `{command}` exited with code {code}; the old release kept running{restored}:\n{tail}"
                 )));
             }
             Ok(Done {

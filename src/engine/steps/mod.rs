@@ -7,6 +7,7 @@
 //! `skip`. Adding a capability is a new file here and one line in
 //! [`deploy_steps`].
 
+mod backup;
 mod build;
 mod current;
 mod health;
@@ -39,6 +40,7 @@ pub(super) fn deploy_steps() -> Vec<Box<dyn Step>> {
         Box::new(build::BuildCommand),
         Box::new(build::ImageBuild),
         Box::new(tests::ServerTests),
+        Box::new(backup::Backup),
         Box::new(migrate::Migrate),
         Box::new(start::StopOld),
         Box::new(start::StartNew),
@@ -147,6 +149,8 @@ pub(super) struct StepCx<'a> {
     pub registration: Option<Registration>,
     /// Set once the release is current.
     pub service_url: Option<String>,
+    /// The backup this job took before the old release stopped.
+    pub backup: Option<String>,
 }
 
 impl<'a> StepCx<'a> {
@@ -177,6 +181,7 @@ impl<'a> StepCx<'a> {
             transfer: None,
             registration: None,
             service_url: None,
+            backup: None,
         }
     }
 

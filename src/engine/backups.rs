@@ -1,0 +1,110 @@
+//! Backups on demand: `deployer backup`, `backups`, `restore` and
+//! `snapshot`, each on the service's current release's `[backup]`, under
+//! the service's lock where it changes something.
+
+use super::Engine;
+use crate::backup::{BackupEnv, BackupInfo};
+use crate::error::{Failure, FailureKind};
+use crate::model::BackupSpec;
+use crate::release::ServiceDirs;
+use crate::site::Site;
+
+/// What a backup of a service needs: its spec, where, with what.
+struct Ready {
+    spec: BackupSpec,
+    dirs: ServiceDirs,
+    env: BackupEnv,
+    current: Option<String>,
+}
+
+impl Engine {
+    async fn ready(&self, site: &Site, service: &str) -> Result<Ready, Failure> {
+        let dirs = site.dirs(service);
+        let current = site.host.current(&dirs).await;
+        let id = current.clone().ok_or_else(|| {
+            Failure::not_found(format!("service '{service}' has no current release"))
+        })?;
+        let release = self.release_record(service, &id).await.ok_or_else(|| {
+            Failure::not_found(format!("release {id} of '{service}' is not recorded"))
+        })?;
+        let spec = release.spec.backup.clone().ok_or_else(|| {
+            Failure::invalid(format!(
+                "release {id} of '{service}' has no [backup] in its service.toml"
+            ))
+        })?;
+        let ctx = crate::runtime::ReleaseCtx {
+            service: service.to_string(),
+            release: id,
+            dirs: dirs.clone(),
+            secrets: self.secrets_for(&release.spec)?,
+            spec: release.spec,
+        };
+        Ok(Ready {
+            spec,
+            env: BackupEnv {
+                env: ctx.base_env(),
+                secrets: ctx.secrets,
+            },
+            dirs,
+            current,
+        })
+    }
+
+    /// Backs a service up now, under its lock.
+    pub async fn backup(&self, service: &str) -> Result<BackupInfo, Failure> {
+        self.known_releases(service).await?;
+        let _lock = self.lock(service, &super::new_job_id()).await?;
+        let site = Site::connect(self.first_target(), &self.state_dir).await?;
+        let result = async {
+            let r = self.ready(&site, service).await?;
+            crate::backup::take(&site.host, &r.dirs, &r.spec, r.current.as_deref(), &r.env)
+                .await
+                .map_err(|e| Failure::new(FailureKind::Backup, e))
+        }
+        .await;
+        site.close().await;
+        result
+    }
+
+    /// A service's backups, oldest first.
+    pub async fn backups(&self, service: &str) -> Result<Vec<BackupInfo>, Failure> {
+        crate::plan::validate_name(service)?;
+        let site = Site::connect(self.first_target(), &self.state_dir).await?;
+        let found = crate::backup::list(&site.host, &site.dirs(service)).await;
+        site.close().await;
+        found.map_err(|e| Failure::new(FailureKind::Backup, e))
+    }
+
+    /// Puts a backup of a service back, under its lock.
+    pub async fn restore(&self, service: &str, id: &str) -> Result<(), Failure> {
+        self.known_releases(service).await?;
+        let _lock = self.lock(service, &super::new_job_id()).await?;
+        let site = Site::connect(self.first_target(), &self.state_dir).await?;
+        let result = async {
+            let r = self.ready(&site, service).await?;
+            crate::backup::restore(&site.host, &r.dirs, &r.spec, id, &r.env)
+                .await
+                .map_err(|e| match e {
+                    crate::backup::BackupError::NotFound(_) => Failure::not_found(e),
+                    e => Failure::new(FailureKind::Backup, e),
+                })
+        }
+        .await;
+        site.close().await;
+        result
+    }
+
+    /// Backs up every service whose current release has a `[backup]`.
+    pub async fn snapshot(&self) -> Result<Vec<(String, Result<BackupInfo, Failure>)>, Failure> {
+        let services = self.existing_store().await?.current_services().await?;
+        let mut done = Vec::new();
+        for service in services {
+            let result = self.backup(&service).await;
+            let wanted = !matches!(&result, Err(f) if f.kind == FailureKind::Invalid);
+            if wanted {
+                done.push((service, result));
+            }
+        }
+        Ok(done)
+    }
+}
