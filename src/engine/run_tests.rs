@@ -370,15 +370,16 @@ async fn each_phase_records_its_steps() {
     assert_eq!(
         steps,
         vec![
+            ("backup".to_string(), PhaseStatus::Skipped),
             ("migrate".to_string(), PhaseStatus::Skipped),
             ("stop old".to_string(), PhaseStatus::Success),
             ("start new".to_string(), PhaseStatus::Failed),
         ]
     );
     let view = start.view();
-    assert_eq!(view.steps[1].details, format!("stopped {}", o.r1));
+    assert_eq!(view.steps[2].details, format!("stopped {}", o.r1));
     assert!(
-        view.steps[2]
+        view.steps[3]
             .error
             .as_deref()
             .unwrap()
