@@ -405,3 +405,74 @@ fn redeploying_a_service_leaves_one_whose_name_starts_with_its_own_running() {
         "clean"
     );
 }
+
+/// Appends TOML to a service's manifest.
+fn add_to_manifest(src: &Path, toml: &str) {
+    let manifest = src.join("service.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push_str(toml);
+    std::fs::write(manifest, text).unwrap();
+}
+
+#[test]
+fn the_guarded_pipeline_on_a_server_tests_warm_up_and_smoke_checks() {
+    if !image_ready() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let port = free_port();
+    let host = TestHost::start(&sb.name("sd-pipe"), &client_key(sb.dir.path()), &[port]);
+    let cfg = config_for(&sb, &host);
+    let name = &sb.name("guarded");
+    // v1 warms up for 3 s and passes its server tests and smoke check.
+    let v1 = sb.prebuilt("hello", "v1");
+    add_to_manifest(
+        &v1,
+        "\n[tests]\nserver = \"test -x hello && grep -q v1 VERSION\"\n\n[[smoke]]\npath = \"/version\"\nbody_contains = \"v1\"\n",
+    );
+    let job = deploy(
+        &sb,
+        &cfg,
+        &v1,
+        name,
+        port,
+        &["--env", "WARMUP_SECS=3", "--json"],
+    )
+    .assert_code(0)
+    .json();
+    assert!(
+        phase(&job, "Verify Health")["duration_ms"]
+            .as_i64()
+            .unwrap()
+            >= 3000
+    );
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    let current = host.exec(&["readlink", &format!("/srv/deployer/{name}/current")]);
+
+    // v2's server tests fail on the server: discarded, current untouched.
+    let v2 = sb.prebuilt("hello", "v2");
+    add_to_manifest(&v2, "\n[tests]\nserver = \"grep -q v1 VERSION\"\n");
+    let r = deploy(&sb, &cfg, &v2, name, port, &[]);
+    r.assert_code(1);
+    assert!(r.stdout.contains("server tests failed"), "{}", r.stdout);
+    assert_eq!(
+        host.exec(&["readlink", &format!("/srv/deployer/{name}/current")]),
+        current
+    );
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+
+    // v3 is healthy but fails its smoke check: rolled back, exit 4.
+    let v3 = sb.prebuilt("hello", "v3");
+    add_to_manifest(
+        &v3,
+        "\n[[smoke]]\npath = \"/version\"\nbody_contains = \"v1\"\n",
+    );
+    let r = deploy(&sb, &cfg, &v3, name, port, &[]);
+    r.assert_code(4);
+    assert!(
+        r.stdout.contains("smoke check /version failed"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+}
