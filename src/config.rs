@@ -235,6 +235,9 @@ pub struct ApiConfig {
     /// server's environment (the secrets file's names are allowed too).
     #[serde(default)]
     pub secrets: Vec<String>,
+    /// Back up every service each day at this time, UTC (`"03:00"`): the
+    /// ops seed's daily snapshot.
+    pub snapshot_at: Option<String>,
 }
 
 /// Where services are deployed. Only this machine (`local`) in this build.

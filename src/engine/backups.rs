@@ -99,11 +99,29 @@ impl Engine {
         let services = self.existing_store().await?.current_services().await?;
         let mut done = Vec::new();
         for service in services {
+            let started = std::time::Instant::now();
             let result = self.backup(&service).await;
             let wanted = !matches!(&result, Err(f) if f.kind == FailureKind::Invalid);
-            if wanted {
-                done.push((service, result));
+            if !wanted {
+                continue;
             }
+            let (outcome, details) = match &result {
+                Ok(b) => ("success", format!("backup {}", b.id)),
+                Err(f) => ("failed", f.message.clone()),
+            };
+            let entry = crate::model::AuditEntry {
+                details,
+                ..super::records::audit_entry(
+                    &self.actor,
+                    "snapshot",
+                    &service,
+                    None,
+                    outcome,
+                    started,
+                )
+            };
+            self.store().await?.audit(&entry).await?;
+            done.push((service, result));
         }
         Ok(done)
     }
