@@ -51,14 +51,18 @@ fn dir_of(dirs: &ServiceDirs) -> String {
     dirs.root.join("backups").to_string_lossy().into_owned()
 }
 
-/// A backup id: `YYYYmmdd-HHMMSS-RELEASE`.
+/// A backup id: `YYYYmmdd-HHMMSSmmm-RELEASE` (milliseconds, so a snapshot
+/// right after a deploy's backup gets its own).
 pub fn new_id(release: Option<&str>) -> String {
     format!(
         "{}-{}",
-        chrono::Utc::now().format("%Y%m%d-%H%M%S"),
+        chrono::Utc::now().format("%Y%m%d-%H%M%S%3f"),
         release.unwrap_or("none")
     )
 }
+
+/// Where the time ends and the release begins in an id.
+const TIME_LEN: usize = 18;
 
 /// The script that takes a backup into `.ID.partial`, checks it, and
 /// publishes it as `ID`.
@@ -183,7 +187,7 @@ pub async fn restore(
 }
 
 fn created_at(id: &str) -> String {
-    chrono::NaiveDateTime::parse_from_str(id.get(..15).unwrap_or(""), "%Y%m%d-%H%M%S")
+    chrono::NaiveDateTime::parse_from_str(id.get(..TIME_LEN).unwrap_or(""), "%Y%m%d-%H%M%S%3f")
         .map(|t| {
             t.and_utc()
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
@@ -210,7 +214,7 @@ pub async fn list(host: &Host, dirs: &ServiceDirs) -> Result<Vec<BackupInfo>, Ba
                 path: format!("{}/{id}", dir_of(dirs)),
                 size: size.parse().ok()?,
                 created_at: created_at(id),
-                release: id.get(16..).unwrap_or("").to_string(),
+                release: id.get(TIME_LEN + 1..).unwrap_or("").to_string(),
             })
         })
         .collect();

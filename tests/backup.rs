@@ -52,6 +52,17 @@ fn backups_before_each_deploy_rotate_verify_and_restore_a_dropped_table() {
     let list = listed.as_array().unwrap();
     assert_eq!(list.len(), 2, "keep = 2: {listed:#}");
     let newest = list.last().unwrap();
+    assert!(
+        newest["created_at"].as_str().unwrap().starts_with("20"),
+        "{newest}"
+    );
+    let releases = sb.run(&["--json", "releases", name]).json();
+    assert!(
+        releases
+            .to_string()
+            .contains(newest["release"].as_str().unwrap()),
+        "{newest}"
+    );
     let dump = Path::new(newest["path"].as_str().unwrap()).join("db.zst");
     let check = std::process::Command::new("sh")
         .arg("-c")
@@ -87,6 +98,24 @@ fn backups_before_each_deploy_rotate_verify_and_restore_a_dropped_table() {
             .len(),
         2
     );
+
+    // A migration that fails after breaking the database: with
+    // restore_on_failure, the backup taken just before it is put back.
+    let breaking = sb.service("hello", "v5");
+    with_backup(&breaking, "pg_restore --list");
+    let manifest = breaking.join("service.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let text = text.replace("[backup]\n", "[backup]\nrestore_on_failure = true\n");
+    std::fs::write(
+        &manifest,
+        format!("migrate = 'psql \"$DATABASE_URL\" -qc \"DROP TABLE items\" && exit 1'\n{text}"),
+    )
+    .unwrap();
+    let r = sb.deploy(&breaking, name, port, "process", &["--env", &db]);
+    r.assert_code(15);
+    assert!(r.stdout.contains("restored"), "{}", r.stdout);
+    assert_eq!(pg.sql("SELECT count(*) FROM items"), "2");
+    assert_eq!(version_on(port).as_deref(), Some("v3"));
 
     // `snapshot` backs up every service that has a [backup].
     let snap = sb.run(&["snapshot"]);
