@@ -45,8 +45,28 @@ fn git(dir: &Path, args: &[&str], doing: &str) -> Result<String, GitError> {
     }
 }
 
-/// The work tree's top directory, and `dir`'s path inside it.
-fn locate(dir: &Path) -> Result<(PathBuf, String), GitError> {
+/// Whether `dir` is a bare repository (a hook's, where pushes arrive).
+pub fn is_bare(dir: &Path) -> bool {
+    git(
+        dir,
+        &["rev-parse", "--is-bare-repository"],
+        "reading the repository",
+    )
+    .is_ok_and(|o| o == "true")
+}
+
+/// The repository's top directory, and the service's path inside it: for
+/// a work tree, where `dir` is; for a bare repository, `subdir`.
+fn locate(dir: &Path, subdir: Option<&str>) -> Result<(PathBuf, String), GitError> {
+    if is_bare(dir) {
+        let sub = subdir.unwrap_or("").trim_matches('/');
+        let prefix = if sub.is_empty() {
+            String::new()
+        } else {
+            format!("{sub}/")
+        };
+        return Ok((dir.to_path_buf(), prefix));
+    }
     let top = git(
         dir,
         &["rev-parse", "--show-toplevel"],
@@ -60,8 +80,12 @@ fn locate(dir: &Path) -> Result<(PathBuf, String), GitError> {
     Ok((PathBuf::from(top), prefix))
 }
 
-/// Files changed and not committed, `git status --porcelain` style.
+/// Files changed and not committed, `git status --porcelain` style (none
+/// in a bare repository).
 pub fn uncommitted(dir: &Path) -> Result<String, GitError> {
+    if is_bare(dir) {
+        return Ok(String::new());
+    }
     git(
         dir,
         &["status", "--porcelain", "--", "."],
@@ -113,10 +137,10 @@ pub fn resolve(dir: &Path, reference: &str) -> Result<CommitInfo, GitError> {
     })
 }
 
-/// Writes the commit's tree of `dir` (the service directory, maybe a
-/// subdirectory of the work tree) into `dest`.
-pub fn export(dir: &Path, sha: &str, dest: &Path) -> Result<(), GitError> {
-    let (top, prefix) = locate(dir)?;
+/// Writes the commit's tree of the service directory (`dir` in a work
+/// tree, or `subdir` of a bare repository) into `dest`.
+pub fn export(dir: &Path, subdir: Option<&str>, sha: &str, dest: &Path) -> Result<(), GitError> {
+    let (top, prefix) = locate(dir, subdir)?;
     std::fs::create_dir_all(dest).map_err(|e| GitError {
         doing: format!("creating {}", dest.display()),
         output: e.to_string(),

@@ -181,6 +181,12 @@ fn a_push_to_the_hooked_repository_deploys_and_a_failing_one_is_rejected() {
         "the pusher sees the phases: {said}"
     );
     assert_eq!(version_on(port).as_deref(), Some("v2"));
+    let history = sb.run(&["--json", "history", name]).json();
+    assert_eq!(
+        history[0]["commit"]["sha"],
+        git(&work, &["rev-parse", "HEAD"]).as_str()
+    );
+    assert_eq!(history[0]["commit"]["subject"], "hello v2");
 
     // A commit whose health check fails: the push is rejected, v2 answers.
     let broken = sb.service("broken/never-healthy", "v3");

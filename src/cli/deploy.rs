@@ -68,6 +68,10 @@ pub struct Args {
     /// default origin).
     #[arg(long, requires = "git")]
     pub push: bool,
+    /// With --git and PATH a bare repository (a hook's): the service's
+    /// directory inside it.
+    #[arg(long, value_name = "SUBDIR", requires = "git")]
+    pub git_subdir: Option<String>,
     /// Have the deployer serving at URL run the deploy (`deployer serve`);
     /// its token comes from DEPLOYER_API_TOKEN, else from the state
     /// directory of a server on this machine. PATH is a path on that
@@ -113,6 +117,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
             let asked = GitAsk {
                 message: args.message.as_deref(),
                 push: args.push,
+                subdir: args.git_subdir.as_deref(),
             };
             Some(from_git(&ctx, &mut req, reference, &asked)?)
         }
@@ -130,6 +135,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
 struct GitAsk<'a> {
     message: Option<&'a str>,
     push: bool,
+    subdir: Option<&'a str>,
 }
 
 async fn deploy_plan(
@@ -180,7 +186,7 @@ fn from_git(
     let commit = crate::git::resolve(&dir, reference)?;
     let export = crate::git::export_dir(&commit.sha);
     let _ = std::fs::remove_dir_all(&export);
-    crate::git::export(&dir, &commit.sha, &export)?;
+    crate::git::export(&dir, args.subdir, &commit.sha, &export)?;
     req.service_path = export;
     Ok(crate::plan::GitSource {
         commit,

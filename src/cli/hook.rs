@@ -82,29 +82,27 @@ fn hook_script(
         deployer.push(quote(&config.to_string_lossy()));
     }
     let sub = subdir.unwrap_or("").trim_matches('/');
-    let tree = if sub.is_empty() {
-        "\"$new\"".to_string()
-    } else {
-        format!("\"$new:{sub}\"")
-    };
-    let flags: Vec<String> = deploy_args.iter().map(|a| quote(a)).collect();
+    // A git-driven release of the pushed commit: the job records its sha.
+    let mut flags: Vec<String> = vec!["--git".into(), "\"$new\"".into()];
+    if !sub.is_empty() {
+        flags.push("--git-subdir".into());
+        flags.push(quote(sub));
+    }
+    flags.extend(deploy_args.iter().map(|a| quote(a)));
     Ok(format!(
         "#!/bin/sh\n\
          # Installed by `deployer hook install`: a push to {branch} deploys the pushed\n\
          # commit; when the deploy fails, the push is rejected.\n\
          zero=0000000000000000000000000000000000000000\n\
+         repo=$(pwd)\n\
          while read old new ref; do\n\
            [ \"$ref\" = refs/heads/{branch} ] || continue\n\
            [ \"$new\" = \"$zero\" ] && continue\n\
-           tmp=$(mktemp -d) || exit 1\n\
-           git archive --format=tar {tree} | tar -x -C \"$tmp\" || {{ rm -rf \"$tmp\"; exit 1; }}\n\
            echo \"deployer: deploying $new\"\n\
-           if ! {deployer} deploy \"$tmp\" {flags}; then\n\
-             rm -rf \"$tmp\"\n\
+           if ! {deployer} deploy \"$repo\" {flags}; then\n\
              echo \"deployer: the deploy of $new failed; push rejected\" >&2\n\
              exit 1\n\
            fi\n\
-           rm -rf \"$tmp\"\n\
          done\n",
         deployer = deployer.join(" "),
         flags = flags.join(" "),
