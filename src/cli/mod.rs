@@ -67,7 +67,7 @@ pub struct Cli {
 pub enum Command {
     /// Deploy a service directory: Validation, Transfer, Build, Start Service,
     /// Verify Health, Register.
-    Deploy(deploy::Args),
+    Deploy(Box<deploy::Args>),
     /// Bring back an earlier release of a service.
     Rollback(rollback::Args),
     /// Show one job with its phases.
@@ -142,7 +142,7 @@ impl Cli {
             hosts: self.hosts.clone(),
         };
         match self.command {
-            Command::Deploy(a) => deploy::run(ctx, a).await,
+            Command::Deploy(a) => deploy::run(ctx, *a).await,
             Command::Rollback(a) => rollback::run(ctx, a).await,
             Command::Status(a) => status::run(ctx, a).await,
             Command::History(a) => history::run(ctx, a).await,
