@@ -317,3 +317,44 @@ fn stop_stops_the_running_release() {
         .assert_code(0);
     assert_eq!(version_on(port).as_deref(), Some("v2"));
 }
+
+#[test]
+fn stop_then_start_brings_the_same_release_back_and_restart_replaces_its_process() {
+    let sb = Sandbox::new();
+    let web = &sb.tracked("startable");
+    let port = free_port();
+    sb.deploy(
+        &sb.service("hello", "v1"),
+        web,
+        port,
+        "process",
+        &["--env", "MODE=green"],
+    )
+    .assert_code(0);
+    let current = sb.current(web);
+    sb.run(&["stop", web]).assert_code(0);
+    assert_eq!(version_on(port), None);
+    let out = sb.run(&["start", web]).assert_code(0).stdout.clone();
+    assert!(out.contains("started (healthy after"), "{out}");
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    assert_eq!(
+        http_get(port, "/env/MODE").map(|r| r.1).as_deref(),
+        Some("green"),
+        "its environment came back too"
+    );
+    assert_eq!(sb.current(web), current);
+    let out = sb.run(&["start", web]).assert_code(0).stdout.clone();
+    assert!(out.contains("already running"), "{out}");
+    let before = service_pids(web);
+    sb.run(&["restart", web]).assert_code(0);
+    let after = service_pids(web);
+    assert_eq!(after.len(), 1);
+    assert_ne!(before, after, "a new process");
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    let audit = sb.run(&["audit", "--service", web]).stdout;
+    assert!(
+        audit.contains("start") && audit.contains("restart"),
+        "{audit}"
+    );
+    sb.run(&["start", "never-deployed"]).assert_code(12);
+}

@@ -12,6 +12,7 @@ mod remote;
 mod report;
 mod rollback;
 mod serve;
+mod start;
 mod status;
 mod stop;
 
@@ -83,6 +84,10 @@ pub enum Command {
     Report(report::Args),
     /// Stop a service's running release (it stays deployed).
     Stop(stop::Args),
+    /// Start a service's current release again (after stop), health-checked.
+    Start(start::Args),
+    /// Stop and start a service's current release, health-checked.
+    Restart(start::Args),
     /// Serve the HTTP API (port 8007 by default).
     Serve(serve::Args),
     /// Git hooks: `hook install --repo BARE_REPO` deploys each push.
@@ -150,6 +155,8 @@ impl Cli {
             Command::Audit(a) => audit::run(ctx, a).await,
             Command::Report(a) => report::run(ctx, a).await,
             Command::Stop(a) => stop::run(ctx, a).await,
+            Command::Start(a) => start::start(ctx, a).await,
+            Command::Restart(a) => start::restart(ctx, a).await,
             Command::Serve(a) => serve::run(ctx, a).await,
             Command::Hook(a) => hook::run(ctx, a).await,
             Command::Backup(a) => backup::backup(ctx, a).await,

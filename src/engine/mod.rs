@@ -20,6 +20,7 @@
 mod backups;
 mod events;
 mod ids;
+mod lifecycle;
 mod locks;
 mod records;
 mod recover;

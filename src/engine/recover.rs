@@ -79,7 +79,12 @@ impl Engine {
 
     /// A stored release as its runtime sees it: spec, environment values and
     /// secrets.
-    async fn release_ctx(&self, dirs: &ServiceDirs, service: &str, id: &str) -> Option<ReleaseCtx> {
+    pub(super) async fn release_ctx(
+        &self,
+        dirs: &ServiceDirs,
+        service: &str,
+        id: &str,
+    ) -> Option<ReleaseCtx> {
         let release = self.release_record(service, id).await?;
         let secrets = self.secrets_for(&release.spec).unwrap_or_default();
         Some(ReleaseCtx {

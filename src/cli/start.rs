@@ -1,0 +1,38 @@
+//! `deployer start NAME` and `deployer restart NAME`: the current release
+//! up again, health-checked.
+
+use super::Context;
+use crate::error::Failure;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The service.
+    pub name: String,
+}
+
+pub async fn start(ctx: Context, args: Args) -> Result<i32, Failure> {
+    run(ctx, args, false).await
+}
+
+pub async fn restart(ctx: Context, args: Args) -> Result<i32, Failure> {
+    run(ctx, args, true).await
+}
+
+async fn run(ctx: Context, args: Args, restart: bool) -> Result<i32, Failure> {
+    let engine = ctx.engine(0, &[])?;
+    let done = if restart {
+        engine.restart(&args.name).await
+    } else {
+        engine.start(&args.name).await
+    };
+    engine.close().await;
+    let done = done?;
+    if ctx.json {
+        crate::output::print_json(
+            &serde_json::json!({ "service_name": args.name, "details": done }),
+        );
+    } else {
+        anstream::println!("{}: {done}", args.name);
+    }
+    Ok(0)
+}

@@ -1,0 +1,80 @@
+//! `deployer start` and `restart`: the service's current release brought
+//! up again (after `stop`, or to pick up a changed secret), health-checked
+//! and audited, under the service's lock.
+
+use super::{Engine, steps};
+use crate::error::{Failure, FailureKind};
+use crate::model::AuditEntry;
+use crate::site::Site;
+
+impl Engine {
+    /// Starts the current release if it is not running; says what it did.
+    pub async fn start(&self, service: &str) -> Result<String, Failure> {
+        self.bring_up(service, false).await
+    }
+
+    /// Stops the current release and starts it again, health-checked.
+    pub async fn restart(&self, service: &str) -> Result<String, Failure> {
+        self.bring_up(service, true).await
+    }
+
+    async fn bring_up(&self, service: &str, restart: bool) -> Result<String, Failure> {
+        self.known_releases(service).await?;
+        let _lock = self.lock(service, &super::new_job_id()).await?;
+        let site = Site::connect(self.first_target(), &self.state_dir).await?;
+        let started = std::time::Instant::now();
+        let result = self.bring_up_on(&site, service, restart).await;
+        site.close().await;
+        let (outcome, details) = match &result {
+            Ok(d) => ("success", d.clone()),
+            Err(f) => ("failed", f.message.clone()),
+        };
+        let action = if restart { "restart" } else { "start" };
+        let entry = AuditEntry {
+            details,
+            ..super::records::audit_entry(&self.actor, action, service, None, outcome, started)
+        };
+        self.store().await?.audit(&entry).await?;
+        result
+    }
+
+    async fn bring_up_on(
+        &self,
+        site: &Site,
+        service: &str,
+        restart: bool,
+    ) -> Result<String, Failure> {
+        let dirs = site.dirs(service);
+        let current = site.host.current(&dirs).await.ok_or_else(|| {
+            Failure::not_found(format!("service '{service}' has no current release"))
+        })?;
+        let ctx = self
+            .release_ctx(&dirs, service, &current)
+            .await
+            .ok_or_else(|| {
+                Failure::not_found(format!("release {current} of '{service}' is not recorded"))
+            })?;
+        let runtime = site.runtime(ctx.spec.runtime);
+        let running = site
+            .running_releases(&dirs, service)
+            .await
+            .iter()
+            .any(|(r, _)| *r == current);
+        if running && !restart {
+            return Ok(format!("release {current} is already running"));
+        }
+        if running {
+            runtime.stop(&ctx).await.map_err(|e| {
+                Failure::new(FailureKind::Start, format!("stopping {current}: {e}"))
+            })?;
+        }
+        let after = steps::restart_and_verify(site, &self.http, &ctx)
+            .await
+            .map_err(|e| Failure::new(FailureKind::Start, format!("starting {current}: {e}")))?;
+        Ok(format!(
+            "release {current} {} (healthy after {} ms)",
+            if restart { "restarted" } else { "started" },
+            after.as_millis()
+        ))
+    }
+}
