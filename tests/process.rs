@@ -358,3 +358,33 @@ fn stop_then_start_brings_the_same_release_back_and_restart_replaces_its_process
     );
     sb.run(&["start", "never-deployed"]).assert_code(12);
 }
+
+#[test]
+fn check_says_healthy_or_not_with_an_exit_code_for_cron_and_a_log() {
+    let sb = Sandbox::new();
+    let web = &sb.tracked("checked");
+    let port = free_port();
+    sb.deploy(&sb.service("hello", "v1"), web, port, "process", &[])
+        .assert_code(0);
+    let log = sb.dir.path().join("check.log");
+    let log_s = log.to_str().unwrap();
+    let ok = sb.run(&["check", web, "--log", log_s]);
+    ok.assert_code(0);
+    assert!(
+        ok.stdout.contains(&format!("✓ {web} on local: healthy in")),
+        "{}",
+        ok.stdout
+    );
+    sb.run(&["stop", web]).assert_code(0);
+    let down = sb.run(&["check", web, "--log", log_s]);
+    down.assert_code(4);
+    assert!(
+        down.stdout.contains(&format!("✗ {web} on local")),
+        "{}",
+        down.stdout
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(logged.lines().count(), 2, "{logged}");
+    assert!(logged.lines().nth(1).unwrap().contains('✗'), "{logged}");
+    sb.run(&["check", "never-deployed"]).assert_code(12);
+}

@@ -4,6 +4,7 @@
 
 mod audit;
 mod backup;
+mod check;
 mod deploy;
 mod history;
 mod hook;
@@ -88,6 +89,8 @@ pub enum Command {
     Start(start::Args),
     /// Stop and start a service's current release, health-checked.
     Restart(start::Args),
+    /// Is the service healthy? One line per host; exit 4 when not (cron).
+    Check(check::Args),
     /// Serve the HTTP API (port 8007 by default).
     Serve(serve::Args),
     /// Git hooks: `hook install --repo BARE_REPO` deploys each push.
@@ -157,6 +160,7 @@ impl Cli {
             Command::Stop(a) => stop::run(ctx, a).await,
             Command::Start(a) => start::start(ctx, a).await,
             Command::Restart(a) => start::restart(ctx, a).await,
+            Command::Check(a) => check::run(ctx, a).await,
             Command::Serve(a) => serve::run(ctx, a).await,
             Command::Hook(a) => hook::run(ctx, a).await,
             Command::Backup(a) => backup::backup(ctx, a).await,

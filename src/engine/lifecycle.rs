@@ -78,3 +78,69 @@ impl Engine {
         ))
     }
 }
+
+/// One host's answer to `deployer check`.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CheckLine {
+    pub host: String,
+    pub release: Option<String>,
+    pub healthy: bool,
+    pub ms: Option<u128>,
+    pub details: String,
+}
+
+impl Engine {
+    /// Asks the service's current release on each target whether it is
+    /// healthy (the seed's health-check): a line per host.
+    pub async fn check(&self, service: &str) -> Result<Vec<CheckLine>, Failure> {
+        self.known_releases(service).await?;
+        let mut lines = Vec::new();
+        for target in &self.targets {
+            let site = Site::connect(target, &self.state_dir).await?;
+            lines.push(self.check_on(&site, service).await);
+            site.close().await;
+        }
+        Ok(lines)
+    }
+
+    async fn check_on(&self, site: &Site, service: &str) -> CheckLine {
+        let dirs = site.dirs(service);
+        let host = site.host.name();
+        let current = site.host.current(&dirs).await;
+        let ctx = match &current {
+            Some(id) => self.release_ctx(&dirs, service, id).await,
+            None => None,
+        };
+        let Some(ctx) = ctx else {
+            return CheckLine {
+                host,
+                release: current,
+                healthy: false,
+                ms: None,
+                details: "no current release".into(),
+            };
+        };
+        let budget = std::time::Duration::from_secs(3);
+        match steps::look(site, &self.http, &ctx, budget).await {
+            Ok(after) => CheckLine {
+                host,
+                release: current,
+                healthy: true,
+                ms: Some(after.as_millis()),
+                details: "healthy".into(),
+            },
+            Err(e) => CheckLine {
+                host,
+                release: current,
+                healthy: false,
+                ms: None,
+                details: match e {
+                    crate::health::Unhealthy::Exited(_) => "not running".into(),
+                    crate::health::Unhealthy::Failed(s) => {
+                        s.lines().next().unwrap_or("").to_string()
+                    }
+                },
+            },
+        }
+    }
+}

@@ -57,6 +57,25 @@ pub(in crate::engine) enum RestartError {
     Unhealthy(#[from] Unhealthy),
 }
 
+/// One quick look at a running release's health (`deployer check`): up to
+/// `budget` for a 2xx; how long it took.
+pub(in crate::engine) async fn look(
+    site: &Site,
+    http: &reqwest::Client,
+    ctx: &ReleaseCtx,
+    budget: Duration,
+) -> Result<Duration, Unhealthy> {
+    let runtime = site.runtime(ctx.spec.runtime);
+    let check = HealthCheck {
+        timeout: budget,
+        ..health_check(&ctx.spec, &site.health_host())
+    };
+    check
+        .wait(probe(http, site, &ctx.spec), || runtime.liveness(ctx))
+        .await
+        .map(|h| h.after)
+}
+
 /// Starts a release again and waits until it is healthy; how long that took.
 pub(in crate::engine) async fn restart_and_verify(
     site: &Site,

@@ -18,7 +18,7 @@ mod start;
 mod tests;
 mod transfer;
 
-pub(super) use health::restart_and_verify;
+pub(super) use health::{look, restart_and_verify};
 pub(super) use start::stop_all;
 
 use super::{Engine, Event, Sink, Source, Work};
