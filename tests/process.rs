@@ -388,3 +388,46 @@ fn check_says_healthy_or_not_with_an_exit_code_for_cron_and_a_log() {
     assert!(logged.lines().nth(1).unwrap().contains('✗'), "{logged}");
     sb.run(&["check", "never-deployed"]).assert_code(12);
 }
+
+#[test]
+fn logs_show_the_current_releases_output_and_follow_new_lines() {
+    let sb = Sandbox::new();
+    let web = &sb.tracked("logged");
+    let port = free_port();
+    sb.deploy(&sb.service("hello", "v1"), web, port, "process", &[])
+        .assert_code(0);
+    let logs = sb.run(&["logs", web, "-n", "5"]);
+    logs.assert_code(0);
+    assert!(
+        logs.stdout.contains("hello v1 listening on port"),
+        "{}",
+        logs.stdout
+    );
+
+    let mut follow = sb
+        .cmd()
+        .args(["logs", web, "-f", "-n", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let wait = std::time::Duration::from_secs(20);
+    let first = rx.recv_timeout(wait).expect("the last line first");
+    assert!(first.contains("listening on port"), "{first}");
+    // A restart writes the start line again: the follower prints it.
+    sb.run(&["restart", web]).assert_code(0);
+    let next = rx.recv_timeout(wait).expect("the new line, followed");
+    assert!(next.contains("listening on port"), "{next}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+}

@@ -8,6 +8,7 @@ mod check;
 mod deploy;
 mod history;
 mod hook;
+mod logs;
 mod releases;
 mod remote;
 mod report;
@@ -91,6 +92,8 @@ pub enum Command {
     Restart(start::Args),
     /// Is the service healthy? One line per host; exit 4 when not (cron).
     Check(check::Args),
+    /// The current release's log on each host.
+    Logs(logs::Args),
     /// Serve the HTTP API (port 8007 by default).
     Serve(serve::Args),
     /// Git hooks: `hook install --repo BARE_REPO` deploys each push.
@@ -161,6 +164,7 @@ impl Cli {
             Command::Start(a) => start::start(ctx, a).await,
             Command::Restart(a) => start::restart(ctx, a).await,
             Command::Check(a) => check::run(ctx, a).await,
+            Command::Logs(a) => logs::run(ctx, a).await,
             Command::Serve(a) => serve::run(ctx, a).await,
             Command::Hook(a) => hook::run(ctx, a).await,
             Command::Backup(a) => backup::backup(ctx, a).await,

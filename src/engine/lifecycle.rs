@@ -144,3 +144,56 @@ impl Engine {
         }
     }
 }
+
+impl Engine {
+    /// The last `lines` of the current release's log on each target:
+    /// the release's log file (process), `docker logs` (docker) or the
+    /// unit's journal (systemd). Each with its host's name.
+    pub async fn logs(
+        &self,
+        service: &str,
+        lines: usize,
+    ) -> Result<Vec<(String, String)>, Failure> {
+        self.known_releases(service).await?;
+        let mut out = Vec::new();
+        for target in &self.targets {
+            let site = Site::connect(target, &self.state_dir).await?;
+            let text = self.logs_on(&site, service, lines).await;
+            out.push((site.host.name(), text?));
+            site.close().await;
+        }
+        Ok(out)
+    }
+
+    async fn logs_on(&self, site: &Site, service: &str, lines: usize) -> Result<String, Failure> {
+        use crate::cmd::Cmd;
+        let dirs = site.dirs(service);
+        let current = site.host.current(&dirs).await.ok_or_else(|| {
+            Failure::not_found(format!("service '{service}' has no current release"))
+        })?;
+        let ctx = self
+            .release_ctx(&dirs, service, &current)
+            .await
+            .ok_or_else(|| {
+                Failure::not_found(format!("release {current} of '{service}' is not recorded"))
+            })?;
+        let n = lines.to_string();
+        let cmd = match ctx.spec.runtime {
+            crate::model::RuntimeKind::Process => Cmd::new("tail")
+                .args(["-n", &n])
+                .arg(dirs.log_file(&current).to_string_lossy()),
+            crate::model::RuntimeKind::Docker => Cmd::new("docker")
+                .args(["logs", "--tail", &n])
+                .arg(crate::runtime::docker::container(&ctx)),
+            crate::model::RuntimeKind::Systemd => Cmd::new("journalctl")
+                .args(["-u", &crate::runtime::systemd::unit_name(&ctx)])
+                .args(["-n", &n, "--no-pager", "-o", "short-iso"]),
+        };
+        let out = site
+            .host
+            .run(&cmd, std::time::Duration::from_secs(30))
+            .await
+            .map_err(|e| Failure::new(FailureKind::Unreachable, e))?;
+        Ok(format!("{}{}", out.stdout, out.stderr))
+    }
+}
