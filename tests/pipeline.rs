@@ -310,3 +310,56 @@ fn a_jobs_report_shows_its_phases_steps_tests_and_outcome() {
     assert_eq!(json["deploy_job_id"], id);
     sb.run(&["report", "deploy-nope"]).assert_code(12);
 }
+
+#[test]
+fn a_dry_run_prints_each_step_and_its_command_and_changes_nothing() {
+    let sb = Sandbox::new();
+    let name = &sb.name("dry");
+    let port = free_port();
+    let src = sb.service("hello", "v1");
+    with_tests(&src, Some("cargo test -q"), None);
+    let port_s = port.to_string();
+    let r = sb.run(&[
+        "deploy",
+        src.to_str().unwrap(),
+        "--name",
+        name,
+        "--port",
+        &port_s,
+        "--dry-run",
+        "--env",
+        "X=hunter2hunter2",
+        "--build",
+        "make X=hunter2hunter2",
+    ]);
+    r.assert_code(0);
+    for want in [
+        "nothing was changed",
+        "Transfer / local tests: on this machine: sh -c \"cargo test -q\"",
+        "Start Service / start new: in ",
+        "sh -c \"exec ./hello\"",
+        &format!("GET http://127.0.0.1:{port}/health until 2xx"),
+    ] {
+        assert!(r.stdout.contains(want), "{want} in:\n{}", r.stdout);
+    }
+    assert!(
+        !r.stdout.contains("hunter2hunter2"),
+        "an environment value shown:\n{}",
+        r.stdout
+    );
+    assert!(!sb.state_dir().exists(), "a dry run wrote state");
+    assert_eq!(version_on(port), None);
+    let json = sb
+        .run(&[
+            "--json",
+            "deploy",
+            src.to_str().unwrap(),
+            "--name",
+            name,
+            "--port",
+            &port.to_string(),
+            "--dry-run",
+        ])
+        .json();
+    assert_eq!(json.as_array().unwrap().len(), 13, "one entry per step: {json:#}");
+}

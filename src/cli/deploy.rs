@@ -72,6 +72,10 @@ pub struct Args {
     /// directory inside it.
     #[arg(long, value_name = "SUBDIR", requires = "git")]
     pub git_subdir: Option<String>,
+    /// Print what the deploy would do, step by step and host by host (the
+    /// exact commands, secrets masked), and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Have the deployer serving at URL run the deploy (`deployer serve`);
     /// its token comes from DEPLOYER_API_TOKEN, else from the state
     /// directory of a server on this machine. PATH is a path on that
@@ -123,12 +127,44 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
         }
         None => None,
     };
-    let result = deploy_plan(&ctx, &req, git.clone(), args.wait).await;
+    let result = if args.dry_run {
+        dry_run(&ctx, &req, git.clone()).await
+    } else {
+        deploy_plan(&ctx, &req, git.clone(), args.wait).await
+    };
     if git.is_some() {
         // The exported tree was only the release's source.
         let _ = std::fs::remove_dir_all(&req.service_path);
     }
     result
+}
+
+/// `--dry-run`: Validation, then what each step would do.
+async fn dry_run(
+    ctx: &Context,
+    req: &DeployRequest,
+    git: Option<crate::plan::GitSource>,
+) -> Result<i32, Failure> {
+    let mut plan = Plan::build(req, &ctx.config, &|k| std::env::var(k).ok())?;
+    plan.git = git;
+    let engine = ctx.engine(0, &plan.hosts)?;
+    let sink = ctx.sink();
+    let planned = engine.dry_run(plan, sink.as_ref()).await;
+    engine.close().await;
+    let planned = planned?;
+    if ctx.json {
+        crate::output::print_json(&planned);
+        return Ok(0);
+    }
+    anstream::println!("dry run: nothing was changed; the deploy would:");
+    for p in &planned {
+        let what = match &p.skip {
+            Some(reason) => format!("skip ({reason})"),
+            None => crate::output::printable(&p.would),
+        };
+        anstream::println!("  [{}] {} / {}: {what}", p.host, p.phase, p.step);
+    }
+    Ok(0)
 }
 
 /// What `--git` was asked to do first.

@@ -18,6 +18,7 @@
 //! its front end.
 
 mod backups;
+mod dry_run;
 mod events;
 mod ids;
 mod lifecycle;
@@ -29,6 +30,7 @@ mod run;
 mod steps;
 mod validate;
 
+pub use dry_run::PlannedStep;
 pub use events::{Event, Sink, StreamEvent};
 pub use ids::{actor, new_job_id};
 

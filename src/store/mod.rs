@@ -211,6 +211,23 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// A store that lives in memory only (`deploy --dry-run` writes
+    /// nothing).
+    pub async fn in_memory() -> Result<Store, StoreError> {
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect("sqlite::memory:")
+            .await
+            .map_err(ctx("opening a store in memory"))?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt)
+                .execute(&pool)
+                .await
+                .map_err(ctx("creating schema"))?;
+        }
+        Ok(Store { pool })
+    }
+
     pub async fn save_release(&self, r: &Release) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO releases (service_name, id, status, job_id, content_hash, created_at, spec, git)

@@ -20,6 +20,21 @@ impl Step for Backup {
         "backup"
     }
 
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        let names: Vec<&str> = cx
+            .work
+            .spec
+            .backup
+            .iter()
+            .flat_map(|b| b.commands.iter().map(|c| c.name.as_str()))
+            .collect();
+        format!(
+            "back up {} into {}/backups",
+            names.join(", "),
+            cx.dirs.root.display()
+        )
+    }
+
     fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
         if cx.work.spec.backup.is_none() {
             Some("no [backup] in service.toml".into())

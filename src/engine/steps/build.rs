@@ -26,6 +26,14 @@ impl Step for BuildCommand {
         "build command"
     }
 
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        format!(
+            "in {}: sh -c {:?}",
+            cx.new_release().dir().display(),
+            cx.work.spec.build.as_deref().unwrap_or("")
+        )
+    }
+
     fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
         if cx.existing() {
             Some(ALREADY_BUILT.into())
@@ -94,6 +102,18 @@ impl Step for ImageBuild {
 
     fn name(&self) -> &'static str {
         "runtime build"
+    }
+
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        let ctx = cx.new_release();
+        match ctx.spec.runtime {
+            RuntimeKind::Docker => crate::runtime::docker::build_cmd(&ctx).display(),
+            RuntimeKind::Systemd => format!(
+                "a venv if requirements.txt, then unit {}",
+                crate::runtime::systemd::unit_name(&ctx)
+            ),
+            RuntimeKind::Process => String::new(),
+        }
     }
 
     fn skip(&self, cx: &StepCx<'_>) -> Option<String> {

@@ -19,6 +19,13 @@ impl Step for SwitchCurrent {
         "switch current"
     }
 
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        format!(
+            "point {}/current at the new release",
+            cx.dirs.root.display()
+        )
+    }
+
     fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
         Box::pin(async move {
             let release = cx.release.clone().unwrap_or_default();

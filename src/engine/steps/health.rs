@@ -23,6 +23,15 @@ impl Step for VerifyHealth {
         "health check"
     }
 
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        let spec = &cx.work.spec;
+        format!(
+            "GET {} until 2xx, for at most {} s",
+            health_check(spec, &cx.site.health_host()).url,
+            spec.health.timeout_secs
+        )
+    }
+
     fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
         Box::pin(async move {
             let ctx = cx.new_release();

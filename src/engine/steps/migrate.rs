@@ -25,6 +25,13 @@ impl Step for Migrate {
         "migrate"
     }
 
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        format!(
+            "sh -c {:?} against the new release",
+            cx.work.migrate.as_deref().unwrap_or("")
+        )
+    }
+
     fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
         if cx.work.migrate.is_none() {
             Some("no migration (migrate in service.toml)".into())

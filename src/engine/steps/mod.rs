@@ -60,6 +60,11 @@ pub(super) trait Step: Send + Sync {
         None
     }
     fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>>;
+    /// What the step would do, for `deploy --dry-run` (commands as they
+    /// would run, secrets masked).
+    fn describe(&self, _cx: &StepCx<'_>) -> String {
+        String::new()
+    }
 }
 
 /// Takes back what a step did.

@@ -19,6 +19,16 @@ impl Step for Register {
         "register"
     }
 
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        match &cx.work.register {
+            RegisterPlan::To {
+                registry_url,
+                droplet_id,
+            } => format!("POST {registry_url}/register as droplet #{droplet_id}"),
+            RegisterPlan::Skip { .. } => String::new(),
+        }
+    }
+
     fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
         match &cx.work.register {
             RegisterPlan::Skip { reason } => Some(reason.clone()),

@@ -21,6 +21,11 @@ impl Step for SmokeChecks {
         "smoke checks"
     }
 
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        let paths: Vec<&str> = cx.work.smoke.iter().map(|c| c.path.as_str()).collect();
+        format!("GET {}", paths.join(", "))
+    }
+
     fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
         cx.work
             .smoke

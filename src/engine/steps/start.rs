@@ -20,6 +20,13 @@ impl Step for StopOld {
         "stop old"
     }
 
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        match &cx.previous {
+            Some(p) => format!("stop release {p} (and whatever else of the service runs)"),
+            None => "stop whatever of the service runs".into(),
+        }
+    }
+
     fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
         Box::pin(async move {
             let new = cx.release.clone().unwrap_or_default();
@@ -63,6 +70,23 @@ impl Step for StartNew {
 
     fn name(&self) -> &'static str {
         "start new"
+    }
+
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        let ctx = cx.new_release();
+        match ctx.spec.runtime {
+            RuntimeKind::Docker => crate::runtime::docker::run_cmd(&ctx).display(),
+            RuntimeKind::Systemd => format!(
+                "systemctl enable --now {}",
+                crate::runtime::systemd::unit_name(&ctx)
+            ),
+            RuntimeKind::Process => format!(
+                "in {}: sh -c {:?} (own session, log {})",
+                ctx.dir().display(),
+                format!("exec {}", ctx.spec.start.as_deref().unwrap_or("")),
+                ctx.dirs.log_file(&ctx.release).display()
+            ),
+        }
     }
 
     fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {

@@ -28,6 +28,13 @@ impl Step for LocalTests {
         "local tests"
     }
 
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        format!(
+            "on this machine: sh -c {:?}",
+            cx.work.tests.local.as_deref().unwrap_or("")
+        )
+    }
+
     fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
         skip_reason(cx, cx.work.tests.local.as_deref(), "local").or_else(|| {
             cx.existing()
@@ -59,6 +66,15 @@ impl Step for ServerTests {
 
     fn name(&self) -> &'static str {
         "server tests"
+    }
+
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        format!(
+            "on {}, in {}: sh -c {:?}",
+            cx.site.host.name(),
+            cx.new_release().dir().display(),
+            cx.work.tests.server.as_deref().unwrap_or("")
+        )
     }
 
     fn skip(&self, cx: &StepCx<'_>) -> Option<String> {

@@ -21,6 +21,14 @@ impl Step for Upload {
         "upload release"
     }
 
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        format!(
+            "copy the service directory to {} on {}",
+            cx.new_release().dir().display(),
+            cx.site.host.name()
+        )
+    }
+
     fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
         match &cx.work.source {
             Source::Existing(id) => Some(format!("existing release {id}")),
