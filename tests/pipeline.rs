@@ -361,5 +361,9 @@ fn a_dry_run_prints_each_step_and_its_command_and_changes_nothing() {
             "--dry-run",
         ])
         .json();
-    assert_eq!(json.as_array().unwrap().len(), 13, "one entry per step: {json:#}");
+    assert_eq!(
+        json.as_array().unwrap().len(),
+        13,
+        "one entry per step: {json:#}"
+    );
 }

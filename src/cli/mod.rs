@@ -5,6 +5,7 @@
 mod audit;
 mod backup;
 mod check;
+mod completions;
 mod deploy;
 mod history;
 mod hook;
@@ -94,6 +95,10 @@ pub enum Command {
     Check(check::Args),
     /// The current release's log on each host.
     Logs(logs::Args),
+    /// Shell completions: `deployer completions bash > /etc/bash_completion.d/deployer`.
+    Completions(completions::Args),
+    /// The man page: `deployer man > deployer.1`.
+    Man,
     /// Serve the HTTP API (port 8007 by default).
     Serve(serve::Args),
     /// Git hooks: `hook install --repo BARE_REPO` deploys each push.
@@ -165,6 +170,8 @@ impl Cli {
             Command::Restart(a) => start::restart(ctx, a).await,
             Command::Check(a) => check::run(ctx, a).await,
             Command::Logs(a) => logs::run(ctx, a).await,
+            Command::Completions(a) => completions::completions(a),
+            Command::Man => completions::man(),
             Command::Serve(a) => serve::run(ctx, a).await,
             Command::Hook(a) => hook::run(ctx, a).await,
             Command::Backup(a) => backup::backup(ctx, a).await,
