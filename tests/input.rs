@@ -272,3 +272,26 @@ fn values_that_would_overflow_are_refused_not_a_panic() {
         );
     }
 }
+
+#[test]
+fn without_a_name_the_service_is_named_after_its_directory() {
+    let sb = Sandbox::new();
+    let src = sb.service("hello", "v1");
+    let named = src.parent().unwrap().join("orders-api");
+    std::fs::rename(&src, &named).unwrap();
+    let manifest = named.join("service.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("name = \"hello\"\n", "")).unwrap();
+    sb.track("orders-api");
+    let port = free_port().to_string();
+    let job = sb
+        .run(&["--json", "deploy", named.to_str().unwrap(), "--port", &port])
+        .assert_code(0)
+        .json();
+    assert_eq!(job["service_name"], "orders-api");
+    let bad = src.parent().unwrap().join("Bad Name");
+    std::fs::rename(&named, &bad).unwrap();
+    let r = sb.run(&["deploy", bad.to_str().unwrap(), "--port", &port]);
+    r.assert_code(10);
+    assert!(r.stderr.contains("give --name"), "{}", r.stderr);
+}

@@ -223,6 +223,17 @@ fn from_git(
     let export = crate::git::export_dir(&commit.sha);
     let _ = std::fs::remove_dir_all(&export);
     crate::git::export(&dir, args.subdir, &commit.sha, &export)?;
+    // The exported tree's directory has a made-up name: without a name
+    // given or in the manifest, the service is named after its own.
+    let named = crate::config::Manifest::load_from_dir(&export)
+        .ok()
+        .flatten()
+        .is_some_and(|m| m.name.is_some());
+    if req.service_name.is_none() && !named {
+        req.service_name = std::path::absolute(&dir)
+            .ok()
+            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
+    }
     req.service_path = export;
     Ok(crate::plan::GitSource {
         commit,

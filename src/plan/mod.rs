@@ -3,7 +3,10 @@
 //! data that the engine runs. Everything that can be checked without touching
 //! the target is checked here, so bad input fails before anything is written.
 
+mod checks;
 mod secrets;
+
+use checks::{backup_spec, smoke_checks, systemd_user};
 
 pub use secrets::{check_requested_secrets, listed_secrets_only, resolve_secrets};
 
@@ -166,10 +169,14 @@ impl Plan {
     ) -> Result<Plan, Failure> {
         let source = source_dir(&req.service_path)?;
         let manifest = Manifest::load_from_dir(&source)?.unwrap_or_default();
+        // The name: given, else the manifest's, else the directory's (as
+        // the seed's scripts do).
+        let dir_name = source.file_name().map(|n| n.to_string_lossy().into_owned());
         let service_name = req
             .service_name
             .clone()
             .or(manifest.name.clone())
+            .or(dir_name)
             .ok_or_else(|| {
                 Failure::invalid_field(
                     "service_name",
@@ -179,7 +186,14 @@ impl Plan {
                     ),
                 )
             })?;
-        validate_name(&service_name)?;
+        validate_name(&service_name).map_err(|f| Failure {
+            message: format!(
+                "{} (give --name, or set `name` in {})",
+                f.message,
+                source.join(crate::config::MANIFEST_FILE).display()
+            ),
+            ..f
+        })?;
         let method = match req.deployment_method.as_deref() {
             Some(m) => {
                 Method::parse(m).map_err(|e| Failure::invalid_field("deployment_method", e))?
@@ -317,68 +331,6 @@ fn run_spec(
         backup: backup_spec(manifest)?,
     };
     Ok((spec, secrets))
-}
-
-/// The user a systemd unit runs as: a plain user name, so it cannot carry
-/// anything else into the unit file.
-fn systemd_user(manifest: &Manifest) -> Result<Option<String>, Failure> {
-    let Some(user) = &manifest.systemd.user else {
-        return Ok(None);
-    };
-    let ok = (1..=32).contains(&user.len())
-        && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
-        && user
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
-    if !ok {
-        return Err(Failure::invalid(format!(
-            "[systemd] user {user:?} is not a user name (lowercase letters, digits, '_', '-')"
-        )));
-    }
-    Ok(Some(user.clone()))
-}
-
-/// The manifest's `[backup]`: dump names are file names, paths stay inside
-/// the service's directory.
-fn backup_spec(manifest: &Manifest) -> Result<Option<crate::model::BackupSpec>, Failure> {
-    let Some(b) = &manifest.backup else {
-        return Ok(None);
-    };
-    for c in &b.commands {
-        let ok = !c.name.is_empty()
-            && c.name
-                .chars()
-                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
-        if !ok {
-            return Err(Failure::invalid(format!(
-                "backup command name {:?} must be letters, digits, '-' or '_'",
-                c.name
-            )));
-        }
-    }
-    if let Some(p) = b
-        .paths
-        .iter()
-        .find(|p| p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == ".."))
-    {
-        return Err(Failure::invalid(format!(
-            "backup path {p:?} must be relative to the service's directory, without '..'"
-        )));
-    }
-    Ok(Some(b.clone()))
-}
-
-/// The manifest's smoke checks; each path must be a path.
-fn smoke_checks(manifest: &Manifest) -> Result<Vec<crate::config::SmokeCheck>, Failure> {
-    for check in &manifest.smoke {
-        if !check.path.starts_with('/') || check.path.chars().any(char::is_whitespace) {
-            return Err(Failure::invalid(format!(
-                "smoke check path '{}' must start with '/' and contain no spaces",
-                check.path
-            )));
-        }
-    }
-    Ok(manifest.smoke.clone())
 }
 
 /// The service's environment (manifest, then request) and the names of

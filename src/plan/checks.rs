@@ -1,0 +1,69 @@
+//! Checks of manifest sections that would otherwise reach a shell or a
+//! unit file: backups, smoke checks, the systemd user.
+
+use crate::config::Manifest;
+use crate::error::Failure;
+
+/// The manifest's `[backup]`: dump names are file names, paths stay inside
+/// the service's directory.
+pub(super) fn backup_spec(
+    manifest: &Manifest,
+) -> Result<Option<crate::model::BackupSpec>, Failure> {
+    let Some(b) = &manifest.backup else {
+        return Ok(None);
+    };
+    for c in &b.commands {
+        let ok = !c.name.is_empty()
+            && c.name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
+        if !ok {
+            return Err(Failure::invalid(format!(
+                "backup command name {:?} must be letters, digits, '-' or '_'",
+                c.name
+            )));
+        }
+    }
+    if let Some(p) = b
+        .paths
+        .iter()
+        .find(|p| p.is_empty() || p.starts_with('/') || p.split('/').any(|c| c == ".."))
+    {
+        return Err(Failure::invalid(format!(
+            "backup path {p:?} must be relative to the service's directory, without '..'"
+        )));
+    }
+    Ok(Some(b.clone()))
+}
+
+/// The manifest's smoke checks; each path must be a path.
+pub(super) fn smoke_checks(manifest: &Manifest) -> Result<Vec<crate::config::SmokeCheck>, Failure> {
+    for check in &manifest.smoke {
+        if !check.path.starts_with('/') || check.path.chars().any(char::is_whitespace) {
+            return Err(Failure::invalid(format!(
+                "smoke check path '{}' must start with '/' and contain no spaces",
+                check.path
+            )));
+        }
+    }
+    Ok(manifest.smoke.clone())
+}
+
+/// The user a systemd unit runs as: a plain user name, so it cannot carry
+/// anything else into the unit file.
+pub(super) fn systemd_user(manifest: &Manifest) -> Result<Option<String>, Failure> {
+    let Some(user) = &manifest.systemd.user else {
+        return Ok(None);
+    };
+    let ok = (1..=32).contains(&user.len())
+        && user.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && user
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    if !ok {
+        return Err(Failure::invalid(format!(
+            "[systemd] user {user:?} is not a user name (lowercase letters, digits, '_', '-')"
+        )));
+    }
+    Ok(Some(user.clone()))
+}
