@@ -9,16 +9,16 @@ use common::*;
 use std::path::Path;
 
 fn with_backup(src: &Path, verify: &str) {
-    let manifest = src.join("service.toml");
-    let mut text = std::fs::read_to_string(&manifest).unwrap();
-    text.push_str(&format!(
-        "\n[backup]\nkeep = 2\nmax_age_days = 7\npaths = [\"data\"]\n\n\
+    add_to_manifest(
+        src,
+        &format!(
+            "\n[backup]\nkeep = 2\nmax_age_days = 7\npaths = [\"data\"]\n\n\
          [[backup.commands]]\nname = \"db\"\n\
          dump = 'pg_dump --format=custom \"$DATABASE_URL\"'\n\
          verify = {verify:?}\n\
          restore = 'pg_restore --clean --if-exists -d \"$DATABASE_URL\"'\n"
-    ));
-    std::fs::write(manifest, text).unwrap();
+        ),
+    );
 }
 
 #[test]

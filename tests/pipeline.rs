@@ -8,16 +8,14 @@ use std::path::Path;
 
 /// Adds a `[tests]` table to a service's manifest.
 fn with_tests(src: &Path, local: Option<&str>, server: Option<&str>) {
-    let manifest = src.join("service.toml");
-    let mut text = std::fs::read_to_string(&manifest).unwrap();
-    text.push_str("\n[tests]\n");
+    let mut toml = "[tests]\n".to_string();
     if let Some(l) = local {
-        text.push_str(&format!("local = {l:?}\n"));
+        toml.push_str(&format!("local = {l:?}\n"));
     }
     if let Some(s) = server {
-        text.push_str(&format!("server = {s:?}\n"));
+        toml.push_str(&format!("server = {s:?}\n"));
     }
-    std::fs::write(manifest, text).unwrap();
+    add_to_manifest(src, &toml);
 }
 
 fn releases(sb: &Sandbox, name: &str) -> usize {
@@ -114,10 +112,7 @@ fn a_service_warming_up_with_503_for_3_s_is_waited_for() {
 
 /// Adds a `[[smoke]]` check to a service's manifest.
 fn with_smoke(src: &Path, check: &str) {
-    let manifest = src.join("service.toml");
-    let mut text = std::fs::read_to_string(&manifest).unwrap();
-    text.push_str(&format!("\n[[smoke]]\n{check}\n"));
-    std::fs::write(manifest, text).unwrap();
+    add_to_manifest(src, &format!("[[smoke]]\n{check}\n"));
 }
 
 #[test]

@@ -406,14 +406,6 @@ fn redeploying_a_service_leaves_one_whose_name_starts_with_its_own_running() {
     );
 }
 
-/// Appends TOML to a service's manifest.
-fn add_to_manifest(src: &Path, toml: &str) {
-    let manifest = src.join("service.toml");
-    let mut text = std::fs::read_to_string(&manifest).unwrap();
-    text.push_str(toml);
-    std::fs::write(manifest, text).unwrap();
-}
-
 #[test]
 fn the_guarded_pipeline_on_a_server_tests_warm_up_and_smoke_checks() {
     if !image_ready() {

@@ -19,26 +19,12 @@ struct Ready {
 
 impl Engine {
     async fn ready(&self, site: &Site, service: &str) -> Result<Ready, Failure> {
-        let dirs = site.dirs(service);
-        let current = site.host.current(&dirs).await;
-        let id = current.clone().ok_or_else(|| {
-            Failure::not_found(format!("service '{service}' has no current release"))
-        })?;
-        let release = self.release_record(service, &id).await.ok_or_else(|| {
-            Failure::not_found(format!("release {id} of '{service}' is not recorded"))
-        })?;
-        let spec = release.spec.backup.clone().ok_or_else(|| {
+        let (dirs, current, ctx) = self.current_release(site, service).await?;
+        let spec = ctx.spec.backup.clone().ok_or_else(|| {
             Failure::invalid(format!(
-                "release {id} of '{service}' has no [backup] in its service.toml"
+                "release {current} of '{service}' has no [backup] in its service.toml"
             ))
         })?;
-        let ctx = crate::runtime::ReleaseCtx {
-            service: service.to_string(),
-            release: id,
-            dirs: dirs.clone(),
-            secrets: self.secrets_for(&release.spec)?,
-            spec: release.spec,
-        };
         Ok(Ready {
             spec,
             env: BackupEnv {
@@ -46,7 +32,7 @@ impl Engine {
                 secrets: ctx.secrets,
             },
             dirs,
-            current,
+            current: Some(current),
         })
     }
 

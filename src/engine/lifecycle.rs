@@ -8,6 +8,32 @@ use crate::model::AuditEntry;
 use crate::site::Site;
 
 impl Engine {
+    /// A service's current release on a host, as its runtime sees it.
+    pub(super) async fn current_release(
+        &self,
+        site: &Site,
+        service: &str,
+    ) -> Result<
+        (
+            crate::release::ServiceDirs,
+            String,
+            crate::runtime::ReleaseCtx,
+        ),
+        Failure,
+    > {
+        let dirs = site.dirs(service);
+        let current = site.host.current(&dirs).await.ok_or_else(|| {
+            Failure::not_found(format!("service '{service}' has no current release"))
+        })?;
+        let ctx = self
+            .release_ctx(&dirs, service, &current)
+            .await
+            .ok_or_else(|| {
+                Failure::not_found(format!("release {current} of '{service}' is not recorded"))
+            })?;
+        Ok((dirs, current, ctx))
+    }
+
     /// Starts the current release if it is not running; says what it did.
     pub async fn start(&self, service: &str) -> Result<String, Failure> {
         self.bring_up(service, false).await
@@ -44,16 +70,7 @@ impl Engine {
         service: &str,
         restart: bool,
     ) -> Result<String, Failure> {
-        let dirs = site.dirs(service);
-        let current = site.host.current(&dirs).await.ok_or_else(|| {
-            Failure::not_found(format!("service '{service}' has no current release"))
-        })?;
-        let ctx = self
-            .release_ctx(&dirs, service, &current)
-            .await
-            .ok_or_else(|| {
-                Failure::not_found(format!("release {current} of '{service}' is not recorded"))
-            })?;
+        let (dirs, current, ctx) = self.current_release(site, service).await?;
         let runtime = site.runtime(ctx.spec.runtime);
         let running = site
             .running_releases(&dirs, service)
@@ -167,16 +184,7 @@ impl Engine {
 
     async fn logs_on(&self, site: &Site, service: &str, lines: usize) -> Result<String, Failure> {
         use crate::cmd::Cmd;
-        let dirs = site.dirs(service);
-        let current = site.host.current(&dirs).await.ok_or_else(|| {
-            Failure::not_found(format!("service '{service}' has no current release"))
-        })?;
-        let ctx = self
-            .release_ctx(&dirs, service, &current)
-            .await
-            .ok_or_else(|| {
-                Failure::not_found(format!("release {current} of '{service}' is not recorded"))
-            })?;
+        let (dirs, current, ctx) = self.current_release(site, service).await?;
         let n = lines.to_string();
         let cmd = match ctx.spec.runtime {
             crate::model::RuntimeKind::Process => Cmd::new("tail")

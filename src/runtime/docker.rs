@@ -54,7 +54,7 @@ pub fn build_cmd(ctx: &ReleaseCtx) -> Cmd {
 
 pub fn run_cmd(ctx: &ReleaseCtx) -> Cmd {
     let port = ctx.spec.port;
-    let mut cmd = Cmd::new("docker")
+    let cmd = Cmd::new("docker")
         .args(["run", "--detach", "--name", &container(ctx)])
         .args(["--label", &format!("{LABEL_SERVICE}={}", ctx.service)])
         .args(["--label", &format!("{LABEL_RELEASE}={}", ctx.release)])
@@ -64,11 +64,16 @@ pub fn run_cmd(ctx: &ReleaseCtx) -> Cmd {
         // up signal handling still stop at once instead of after the grace.
         .arg("--init")
         .args(["--publish", &format!("{port}:{port}")]);
+    with_service_env(cmd, ctx).arg(image(ctx))
+}
+
+/// The service's environment, secrets and network for a `docker run`.
+/// Configured values and secrets travel in the docker CLI's environment
+/// (over SSH, on the command's stdin), never in its arguments.
+fn with_service_env(mut cmd: Cmd, ctx: &ReleaseCtx) -> Cmd {
     for (k, v) in ctx.deployer_env() {
         cmd = cmd.args(["--env".to_string(), format!("{k}={v}")]);
     }
-    // Configured values and secrets travel in the docker CLI's environment
-    // (over SSH, on the command's stdin), never in its arguments.
     for (k, v) in &ctx.spec.env {
         cmd = cmd
             .args(["--env", k.as_str()])
@@ -82,30 +87,14 @@ pub fn run_cmd(ctx: &ReleaseCtx) -> Cmd {
     if let Some(net) = &ctx.spec.network {
         cmd = cmd.args(["--network", net]);
     }
-    cmd.arg(image(ctx))
+    cmd
 }
 
 /// A one-off container of the new image running `command` (a migration),
 /// with the service's environment and secrets, removed when it ends.
 pub fn one_off_cmd(ctx: &ReleaseCtx, command: &str) -> Cmd {
-    let mut cmd = Cmd::new("docker").args(["run", "--rm"]);
-    for (k, v) in ctx.deployer_env() {
-        cmd = cmd.args(["--env".to_string(), format!("{k}={v}")]);
-    }
-    for (k, v) in &ctx.spec.env {
-        cmd = cmd
-            .args(["--env", k.as_str()])
-            .secret_env(k.clone(), Secret::new(v.clone()));
-    }
-    for (k, v) in &ctx.secrets {
-        cmd = cmd
-            .args(["--env", k.as_str()])
-            .secret_env(k.clone(), v.clone());
-    }
-    if let Some(net) = &ctx.spec.network {
-        cmd = cmd.args(["--network", net]);
-    }
-    cmd.args(["--entrypoint", "/bin/sh"])
+    with_service_env(Cmd::new("docker").args(["run", "--rm"]), ctx)
+        .args(["--entrypoint", "/bin/sh"])
         .arg(image(ctx))
         .args(["-c", command])
 }

@@ -321,6 +321,15 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
 }
 
 /// Every file below a directory (for searching it).
+/// Appends TOML to a service's manifest (a table such as `[tests]`).
+pub fn add_to_manifest(src: &Path, toml: &str) {
+    let manifest = src.join("service.toml");
+    let mut text = std::fs::read_to_string(&manifest).unwrap();
+    text.push('\n');
+    text.push_str(toml);
+    std::fs::write(manifest, text).unwrap();
+}
+
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     walk(dir, &mut |p| {
