@@ -154,6 +154,19 @@ fn the_seed_request_deploys_registers_and_reports_six_phases() {
     assert_eq!(rb["release"], job["release"]);
     assert_eq!(version_on(port).as_deref(), Some("v1"));
     assert_eq!(server.post("/deploy/deploy-00000000/rollback", None).0, 404);
+
+    // Stop, then start the same release again.
+    let (code, stopped) = server.post(&format!("/services/{name}/stop"), Some("{}"));
+    assert_eq!(code, 200, "{stopped}");
+    assert_eq!(version_on(port), None, "stopped: {stopped}");
+    let (code, started) = server.post(&format!("/services/{name}/start"), Some("{}"));
+    assert_eq!(code, 200, "{started}");
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    let (code, restarted) = server.post(&format!("/services/{name}/restart"), Some("{}"));
+    assert_eq!((code, restarted["action"].as_str()), (200, Some("restart")));
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    assert_eq!(server.post("/services/nothing/start", Some("{}")).0, 404);
+    assert_eq!(server.post("/services/..%2Fetc/stop", Some("{}")).0, 400);
 }
 
 #[test]
@@ -269,6 +282,9 @@ fn tokens_roots_body_limits_and_bad_fields() {
     for (method, path) in [
         ("POST", "/deploy"),
         ("POST", "/deploy/deploy-00000000/rollback"),
+        ("POST", "/services/x/stop"),
+        ("POST", "/services/x/start"),
+        ("POST", "/services/x/restart"),
         ("POST", "/message"),
         ("POST", "/register"),
         ("DELETE", "/registry/x"),

@@ -162,6 +162,29 @@ fn a_canary_failure_stops_the_rollout_and_a_good_release_reaches_all_three() {
     for h in &f.hosts {
         assert!(text.contains(&format!("{} (wave", h.address())), "{text}");
     }
+
+    // Day-2 commands act on every host of the rollout, without --host.
+    let config = f.config.to_str().unwrap();
+    let out = f.sb.run(&["--config", config, "stop", &f.name]);
+    out.assert_code(0);
+    for h in &f.hosts {
+        assert!(out.stdout.contains(&h.address()), "{}", out.stdout);
+    }
+    assert_eq!(f.versions(), [None, None, None]);
+    f.sb.run(&["--config", config, "check", &f.name])
+        .assert_code(4);
+    f.sb.run(&["--config", config, "start", &f.name])
+        .assert_code(0);
+    assert_eq!(f.versions(), [v("v3"), v("v3"), v("v3")]);
+    let check = f.sb.run(&["--config", config, "check", &f.name]);
+    check.assert_code(0);
+    assert_eq!(check.stdout.lines().count(), 3, "{}", check.stdout);
+    let back =
+        f.sb.run(&["--config", config, "--json", "rollback", &f.name])
+            .assert_code(0)
+            .json();
+    assert_eq!(back["release"], j1["release"], "{back}");
+    assert_eq!(f.versions(), [v("v1"), v("v1"), v("v1")]);
 }
 
 #[test]

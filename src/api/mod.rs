@@ -9,6 +9,7 @@
 
 mod deploy;
 pub mod guard;
+mod lifecycle;
 mod listen;
 mod metrics;
 mod registry;
@@ -92,6 +93,7 @@ pub struct ErrorBody {
         service::message,
         registry::register, registry::list, registry::one, registry::remove, registry::health,
         metrics::metrics,
+        lifecycle::stop, lifecycle::start, lifecycle::restart,
     ),
     modifiers(&BearerAuth),
 )]
@@ -179,6 +181,7 @@ impl IntoResponse for ApiError {
 pub fn router(state: Shared) -> Router {
     Router::new()
         .merge(deploy::routes())
+        .merge(lifecycle::routes())
         .merge(service::routes())
         .merge(registry::routes())
         .route("/openapi.json", axum::routing::get(openapi))

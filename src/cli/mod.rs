@@ -207,12 +207,19 @@ impl Context {
         } else {
             self.hosts.clone()
         };
-        Ok(crate::engine::Engine::new(
+        let engine = crate::engine::Engine::new(
             self.config.clone(),
             self.state_dir.clone(),
             std::time::Duration::from_secs(lock_wait_secs),
             crate::site::targets(&self.config, &hosts)?,
-        ))
+        );
+        // `--host` names where a day-2 command acts; without it, it acts on
+        // the hosts the service was deployed to.
+        Ok(if self.hosts.is_empty() {
+            engine
+        } else {
+            engine.pinned()
+        })
     }
 
     /// Renders a finished job and gives the exit code for it.

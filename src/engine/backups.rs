@@ -40,7 +40,7 @@ impl Engine {
     pub async fn backup(&self, service: &str) -> Result<BackupInfo, Failure> {
         self.known_releases(service).await?;
         let _lock = self.lock(service, &super::new_job_id()).await?;
-        let site = Site::connect(self.first_target(), &self.state_dir).await?;
+        let site = self.first_site(service).await?;
         let result = async {
             let r = self.ready(&site, service).await?;
             crate::backup::take(&site.host, &r.dirs, &r.spec, r.current.as_deref(), &r.env)
@@ -55,7 +55,7 @@ impl Engine {
     /// A service's backups, oldest first.
     pub async fn backups(&self, service: &str) -> Result<Vec<BackupInfo>, Failure> {
         crate::plan::validate_name(service)?;
-        let site = Site::connect(self.first_target(), &self.state_dir).await?;
+        let site = self.first_site(service).await?;
         let found = crate::backup::list(&site.host, &site.dirs(service)).await;
         site.close().await;
         found.map_err(|e| Failure::new(FailureKind::Backup, e))
@@ -65,7 +65,7 @@ impl Engine {
     pub async fn restore(&self, service: &str, id: &str) -> Result<(), Failure> {
         self.known_releases(service).await?;
         let _lock = self.lock(service, &super::new_job_id()).await?;
-        let site = Site::connect(self.first_target(), &self.state_dir).await?;
+        let site = self.first_site(service).await?;
         let result = async {
             let r = self.ready(&site, service).await?;
             crate::backup::restore(&site.host, &r.dirs, &r.spec, id, &r.env)

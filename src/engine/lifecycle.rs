@@ -47,10 +47,25 @@ impl Engine {
     async fn bring_up(&self, service: &str, restart: bool) -> Result<String, Failure> {
         self.known_releases(service).await?;
         let _lock = self.lock(service, &super::new_job_id()).await?;
-        let site = Site::connect(self.first_target(), &self.state_dir).await?;
+        let sites = self.service_sites(service).await?;
         let started = std::time::Instant::now();
-        let result = self.bring_up_on(&site, service, restart).await;
-        site.close().await;
+        // One host after the other, like a rollout: a host that fails
+        // stops the rest, so a bad release never goes down everywhere.
+        let mut done = Vec::new();
+        let mut result = Ok(());
+        for site in &sites {
+            if result.is_ok() {
+                result = match self.bring_up_on(site, service, restart).await {
+                    Ok(d) => Ok(done.push(super::on_host(site, &sites, d))),
+                    Err(f) => Err(Failure {
+                        message: super::on_host(site, &sites, f.message),
+                        ..f
+                    }),
+                };
+            }
+            site.close().await;
+        }
+        let result = result.map(|()| done.join("; "));
         let (outcome, details) = match &result {
             Ok(d) => ("success", d.clone()),
             Err(f) => ("failed", f.message.clone()),
@@ -112,8 +127,7 @@ impl Engine {
     pub async fn check(&self, service: &str) -> Result<Vec<CheckLine>, Failure> {
         self.known_releases(service).await?;
         let mut lines = Vec::new();
-        for target in &self.targets {
-            let site = Site::connect(target, &self.state_dir).await?;
+        for site in self.service_sites(service).await? {
             lines.push(self.check_on(&site, service).await);
             site.close().await;
         }
@@ -173,11 +187,10 @@ impl Engine {
     ) -> Result<Vec<(String, String)>, Failure> {
         self.known_releases(service).await?;
         let mut out = Vec::new();
-        for target in &self.targets {
-            let site = Site::connect(target, &self.state_dir).await?;
+        for site in self.service_sites(service).await? {
             let text = self.logs_on(&site, service, lines).await;
-            out.push((site.host.name(), text?));
             site.close().await;
+            out.push((site.host.name(), text?));
         }
         Ok(out)
     }

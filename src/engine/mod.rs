@@ -94,6 +94,9 @@ pub struct Engine {
     /// only once it holds its service's lock, so jobs queued behind one
     /// service never keep other services waiting.
     gate: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// `targets` were named for this command (`--host`): day-2 commands
+    /// act on them rather than on the hosts a service was deployed to.
+    pinned: bool,
 }
 
 impl Engine {
@@ -117,6 +120,16 @@ impl Engine {
             lock_wait,
             targets,
             gate: None,
+            pinned: false,
+        }
+    }
+
+    /// Day-2 commands act on the engine's targets, not on the hosts a
+    /// service's current release was deployed to.
+    pub fn pinned(self) -> Self {
+        Engine {
+            pinned: true,
+            ..self
         }
     }
 
@@ -179,9 +192,44 @@ impl Engine {
         }
     }
 
-    /// Rollback and stop act on one host: the first target.
-    fn first_target(&self) -> &TargetSpec {
-        self.targets.first().unwrap_or(&TargetSpec::Local)
+    /// Where rollback, stop, start, restart, check and logs act: the hosts
+    /// the service's current release was deployed to (recorded by its last
+    /// successful job), unless the command named its hosts.
+    async fn service_targets(&self, service: &str) -> Result<Vec<TargetSpec>, Failure> {
+        if !self.pinned {
+            let hosts = self.existing_store().await?.service_hosts(service).await?;
+            if !hosts.is_empty() {
+                return crate::site::targets(&self.config, &hosts);
+            }
+        }
+        Ok(if self.targets.is_empty() {
+            vec![TargetSpec::Local]
+        } else {
+            self.targets.clone()
+        })
+    }
+
+    /// The first of a service's hosts: where its backups are taken.
+    async fn first_site(&self, service: &str) -> Result<Site, Failure> {
+        let targets = self.service_targets(service).await?;
+        Site::connect(&targets[0], &self.state_dir).await
+    }
+
+    /// Connects to each of a service's hosts ([`Engine::service_targets`]).
+    async fn service_sites(&self, service: &str) -> Result<Vec<Site>, Failure> {
+        let mut sites = Vec::new();
+        for target in self.service_targets(service).await? {
+            match Site::connect(&target, &self.state_dir).await {
+                Ok(site) => sites.push(site),
+                Err(f) => {
+                    for site in &sites {
+                        site.close().await;
+                    }
+                    return Err(f);
+                }
+            }
+        }
+        Ok(sites)
     }
 
     /// Deploys a plan. `Err` means the job never started (invalid input, the
@@ -239,24 +287,25 @@ impl Engine {
     ) -> Result<Job, Failure> {
         // Read again under the lock; here it only refuses an unknown service.
         self.known_releases(service).await?;
-        let site = Site::connect(self.first_target(), &self.state_dir).await?;
+        let sites = self.service_sites(service).await?;
         let job_id = new_job_id();
         let result = async {
             // Under the lock, so `current` cannot change while the target is chosen.
             let lock = self.lock(service, &job_id).await?;
             let _place = self.enter_gate().await;
-            let (work, validation) = self.rollback_work(&site, service, to).await?;
+            let (work, validation) = self.rollback_work(&sites, service, to).await?;
             sink.event(&Event::PhaseFinished(&validation.view()));
             let ticket = run::Ticket {
                 lock,
                 job_id,
                 accepted: false,
             };
-            self.run(std::slice::from_ref(&site), work, validation, ticket, sink)
-                .await
+            self.run(&sites, work, validation, ticket, sink).await
         }
         .await;
-        site.close().await;
+        for site in &sites {
+            site.close().await;
+        }
         result
     }
 
@@ -266,11 +315,20 @@ impl Engine {
         let releases = self.known_releases(service).await?;
         let job_id = new_job_id();
         let _lock = self.lock(service, &job_id).await?;
-        let site = Site::connect(self.first_target(), &self.state_dir).await?;
+        let sites = self.service_sites(service).await?;
         let started = std::time::Instant::now();
-        let stopped = steps::stop_all(&site, service, &releases).await;
-        site.close().await;
-        let stopped = stopped?;
+        let mut stopped = Vec::new();
+        let mut failed = None;
+        for site in &sites {
+            match steps::stop_all(site, service, &releases).await {
+                Ok(ids) => stopped.extend(ids.into_iter().map(|id| on_host(site, &sites, id))),
+                Err(f) => failed = failed.or(Some(f)),
+            }
+            site.close().await;
+        }
+        if let Some(f) = failed {
+            return Err(f);
+        }
         let details = if stopped.is_empty() {
             "nothing was running".to_string()
         } else {
@@ -335,12 +393,12 @@ impl Engine {
     /// What a rollback job runs, and its (already passed) Validation phase.
     async fn rollback_work(
         &self,
-        site: &Site,
+        sites: &[Site],
         service: &str,
         to: Option<&str>,
     ) -> Result<(Work, Phase), Failure> {
         let store = self.store().await?;
-        let mut target = validate::rollback_target(site, store, service, to).await?;
+        let mut target = validate::rollback_target(sites, store, service, to).await?;
         if !self.restore_env_values(&mut target) {
             return Err(Failure::not_found(format!(
                 "the environment values of release {} are not on this machine ({}); \
@@ -382,7 +440,7 @@ impl Engine {
             keep_releases: usize::MAX,
             source: Source::Existing(target.id.clone()),
             rollout: Default::default(),
-            release_id: None,
+            release_id: Some(target.id.clone()),
             tests: Default::default(),
             smoke: Vec::new(),
             migrate: None,
@@ -467,6 +525,15 @@ impl Work {
             migrate: plan.migrate,
             commit,
         }
+    }
+}
+
+/// What happened on one host, named after the host when there are several.
+fn on_host(site: &Site, all: &[Site], what: String) -> String {
+    if all.len() > 1 {
+        format!("{what} on {}", site.host.name())
+    } else {
+        what
     }
 }
 

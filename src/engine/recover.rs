@@ -114,9 +114,10 @@ impl Engine {
                 .cloned()
                 .collect();
             let _lock = self.lock(&service, &super::new_job_id()).await?;
-            let site = Site::connect(self.first_target(), &self.state_dir).await?;
-            self.recover(&site, &service, &mine, sink).await;
-            site.close().await;
+            for site in self.service_sites(&service).await? {
+                self.recover(&site, &service, &mine, sink).await;
+                site.close().await;
+            }
         }
         Ok(())
     }

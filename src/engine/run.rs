@@ -36,9 +36,15 @@ impl Engine {
         for note in &notes {
             sink.event(&Event::Note(note));
         }
+        let service = work.service.clone();
         let result = self
             .run_locked(sites, work, validation, &ticket, sink)
             .await;
+        if let Ok(job) = &result
+            && job.succeeded()
+        {
+            self.record_hosts(sites, &service, job, sink).await;
+        }
         for failure in host_locks.release().await {
             sink.event(&Event::Note(&format!("warning: {failure}")));
         }
@@ -98,6 +104,22 @@ impl Engine {
         run.start(&validation, previous[0].clone(), &ticket.job_id);
         run.execute(&steps::deploy_steps()).await;
         Ok(run.job)
+    }
+
+    /// Remembers where the service's current release now runs, for the
+    /// day-2 commands.
+    async fn record_hosts(&self, sites: &[Site], service: &str, job: &Job, sink: &dyn Sink) {
+        let hosts: Vec<String> = sites.iter().map(|s| s.host.name()).collect();
+        let recorded = match self.store().await {
+            Ok(store) => store
+                .set_service_hosts(service, &hosts, &job.deploy_job_id)
+                .await
+                .map_err(Failure::from),
+            Err(f) => Err(f),
+        };
+        if let Err(f) = recorded {
+            sink.event(&Event::Note(&format!("warning: {f}")));
+        }
     }
 
     /// Audit lines a job starts with: tests skipped, a dead holder's lock

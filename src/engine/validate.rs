@@ -196,14 +196,17 @@ async fn port(site: &Site, plan: &Plan) -> Result<String, Refusal> {
 /// The release a rollback goes to: `to`, or the previous one. It must
 /// exist, not be current, and still have its files.
 pub(super) async fn rollback_target(
-    site: &Site,
+    sites: &[Site],
     store: &Store,
     service: &str,
     to: Option<&str>,
 ) -> Result<Release, Failure> {
-    let dirs = site.dirs(service);
     let releases = store.releases(service).await?;
-    let current = site.host.current(&dirs).await;
+    let mut currents = Vec::with_capacity(sites.len());
+    for site in sites {
+        currents.push(site.host.current(&site.dirs(service)).await);
+    }
+    let current = currents.first().cloned().flatten();
     let target = match to {
         Some(id) => releases.into_iter().find(|r| r.id == id).ok_or_else(|| {
             Failure::not_found(format!("service '{service}' has no release '{id}'"))
@@ -218,17 +221,20 @@ pub(super) async fn rollback_target(
                 )
             })?,
     };
-    if Some(&target.id) == current.as_ref() {
+    if currents.iter().all(|c| c.as_ref() == Some(&target.id)) {
         return Err(Failure::new(
             FailureKind::Conflict,
             format!("release {} is already current", target.id),
         ));
     }
-    if !site.host.has_release(&dirs, &target.id).await {
-        return Err(Failure::not_found(format!(
-            "release {} was pruned; its files are gone",
-            target.id
-        )));
+    for site in sites {
+        if !site.host.has_release(&site.dirs(service), &target.id).await {
+            return Err(Failure::not_found(format!(
+                "release {} was pruned on {}; its files are gone",
+                target.id,
+                site.host.name()
+            )));
+        }
     }
     Ok(target)
 }

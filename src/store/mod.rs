@@ -92,6 +92,13 @@ const SCHEMA: &[&str] = &[
         endpoint TEXT NOT NULL,
         registered_at TEXT NOT NULL
     )",
+    // The hosts a service's current release runs on: written by each job
+    // that succeeds, read by rollback, stop, start, restart, check and logs.
+    "CREATE TABLE IF NOT EXISTS service_hosts (
+        service_name TEXT PRIMARY KEY,
+        hosts TEXT NOT NULL,
+        job_id TEXT NOT NULL
+    )",
     "CREATE TABLE IF NOT EXISTS audit (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         at TEXT NOT NULL,
@@ -299,6 +306,38 @@ impl Store {
                 })
             })
             .collect())
+    }
+
+    /// Records the hosts a service's current release runs on.
+    pub async fn set_service_hosts(
+        &self,
+        service: &str,
+        hosts: &[String],
+        job_id: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO service_hosts (service_name, hosts, job_id) VALUES ($1, $2, $3)
+             ON CONFLICT (service_name) DO UPDATE SET hosts = $2, job_id = $3",
+        )
+        .bind(service)
+        .bind(serde_json::to_string(hosts).unwrap_or_default())
+        .bind(job_id)
+        .execute(&self.pool)
+        .await
+        .map_err(ctx(format!("recording the hosts of {service}")))?;
+        Ok(())
+    }
+
+    /// The hosts a service's current release runs on (empty when unknown).
+    pub async fn service_hosts(&self, service: &str) -> Result<Vec<String>, StoreError> {
+        let row = sqlx::query("SELECT hosts FROM service_hosts WHERE service_name = $1")
+            .bind(service)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(ctx(format!("reading the hosts of {service}")))?;
+        Ok(row
+            .and_then(|r| serde_json::from_str(&r.get::<String, _>("hosts")).ok())
+            .unwrap_or_default())
     }
 
     pub async fn audit(&self, e: &AuditEntry) -> Result<(), StoreError> {
