@@ -56,7 +56,10 @@ impl Engine {
         for site in &sites {
             if result.is_ok() {
                 result = match self.bring_up_on(site, service, restart).await {
-                    Ok(d) => Ok(done.push(super::on_host(site, &sites, d))),
+                    Ok(d) => {
+                        done.push(super::on_host(site, &sites, d));
+                        Ok(())
+                    }
                     Err(f) => Err(Failure {
                         message: super::on_host(site, &sites, f.message),
                         ..f
