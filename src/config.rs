@@ -278,6 +278,9 @@ pub struct Defaults {
     pub health_timeout_secs: Option<u64>,
     pub health_retries: Option<u32>,
     pub stop_grace_secs: Option<u64>,
+    /// A whole job's time limit (default 600, the seed's 10 minutes;
+    /// seed: DEPLOYMENT_TIMEOUT).
+    pub job_timeout_secs: Option<u64>,
 }
 
 impl DeployerConfig {
@@ -323,6 +326,15 @@ impl DeployerConfig {
                 Method::parse(&v)
                     .map_err(|m| ConfigError::new("environment", "DEPLOYMENT_METHOD", m))?,
             );
+        }
+        if let Some(v) = nonempty("DEPLOYMENT_TIMEOUT") {
+            self.defaults.job_timeout_secs = Some(v.parse().map_err(|_| {
+                ConfigError::new(
+                    "environment",
+                    "DEPLOYMENT_TIMEOUT",
+                    format!("'{v}' is not a number of seconds"),
+                )
+            })?);
         }
         if let Some(v) = nonempty("SERVICE_PORT") {
             self.serve_port = Some(v.parse().map_err(|_| {
@@ -385,6 +397,21 @@ pub struct Manifest {
     pub smoke: Vec<SmokeCheck>,
     /// What is backed up on the target before every deploy.
     pub backup: Option<crate::model::BackupSpec>,
+    /// `[limits]`: memory, CPUs and the job's time limit.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// `[limits]` in a manifest.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// "512m", "1g" (docker --memory, systemd MemoryMax=).
+    pub memory: Option<String>,
+    /// CPUs, may be fractional (docker --cpus, systemd CPUQuota=).
+    pub cpus: Option<f64>,
+    /// The whole job's time limit, overriding `defaults.job_timeout_secs`.
+    pub job_timeout_secs: Option<u64>,
 }
 
 /// One smoke check: a GET to the new release and what it must answer.

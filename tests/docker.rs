@@ -101,6 +101,7 @@ fn docker_redeploy_of_same_content_leaves_one_container() {
     let name = &sb.name("dkr");
     let port = free_port();
     let src = sb.service("hello", "v1");
+    add_to_manifest(&src, "[limits]\nmemory = \"64m\"\ncpus = 0.5\n");
     // DEFAULT_NETWORK (the seed's name) puts the container on a network,
     // created when missing.
     let net = format!("{name}-net");
@@ -124,6 +125,13 @@ fn docker_redeploy_of_same_content_leaves_one_container() {
         &containers_of(name)[0],
     ]);
     assert_eq!(restart.trim(), "unless-stopped");
+    let limits = docker(&[
+        "inspect",
+        "--format",
+        "{{.HostConfig.Memory}} {{.HostConfig.NanoCpus}}",
+        &containers_of(name)[0],
+    ]);
+    assert_eq!(limits.trim(), "67108864 500000000", "[limits] reach docker");
     assert_eq!(version_on(port).as_deref(), Some("v1"));
 }
 

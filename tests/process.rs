@@ -169,6 +169,37 @@ fn exits_at_start_fails_with_exit_3_and_shows_the_log() {
 }
 
 #[test]
+fn a_job_past_its_time_limit_fails_and_the_previous_release_answers() {
+    let sb = Sandbox::new();
+    let web = &sb.name("slow");
+    let port = free_port();
+    sb.deploy(&sb.prebuilt("hello", "v1"), web, port, "process", &[])
+        .assert_code(0);
+    // Its health check would wait two minutes; the job may take three seconds.
+    let v2 = sb.prebuilt("broken/never-healthy", "v2");
+    let manifest = std::fs::read_to_string(v2.join("service.toml"))
+        .unwrap()
+        .replace("timeout_secs = 3", "timeout_secs = 120");
+    std::fs::write(v2.join("service.toml"), manifest).unwrap();
+    add_to_manifest(&v2, "[limits]\njob_timeout_secs = 3\n");
+    let started = std::time::Instant::now();
+    let bad = sb.deploy(&v2, web, port, "process", &[]);
+    bad.assert_code(4);
+    assert!(started.elapsed().as_secs() < 60, "{:?}", started.elapsed());
+    let job = bad.json();
+    let error = phase(&job, "Verify Health")["error"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        error.contains("ran out of time") && error.contains("job_timeout_secs = 3"),
+        "{error}"
+    );
+    assert_eq!(job["rollback"]["success"], true, "{job:#}");
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+}
+
+#[test]
 fn build_failure_exits_2_and_never_stops_the_running_release() {
     let sb = Sandbox::new();
     let web = &sb.name("web");

@@ -111,10 +111,23 @@ fn static_binary_v1_v2_and_a_failed_deploy_rolls_back_release_and_unit() {
     let host = TestHost::start(&sb.name("sd-bin"), &client_key(sb.dir.path()), &[port]);
     let cfg = config_for(&sb, &host);
     let name = &sb.name("hello");
-    let j1 = deploy(&sb, &cfg, &sb.prebuilt("hello", "v1"), name, port, &[])
+    let v1 = sb.prebuilt("hello", "v1");
+    add_to_manifest(&v1, "[limits]\nmemory = \"64m\"\ncpus = 1\n");
+    let j1 = deploy(&sb, &cfg, &v1, name, port, &[])
         .assert_code(0)
         .json();
     assert_eq!(version_on(port).as_deref(), Some("v1"));
+    let limits = host.exec(&[
+        "systemctl",
+        "show",
+        "-p",
+        "MemoryMax",
+        "-p",
+        "CPUQuotaPerSecUSec",
+        &unit(name, &j1),
+    ]);
+    assert!(limits.contains("MemoryMax=67108864"), "{limits}");
+    assert!(limits.contains("CPUQuotaPerSecUSec=1s"), "{limits}");
     let j2 = deploy(&sb, &cfg, &sb.prebuilt("hello", "v2"), name, port, &[])
         .assert_code(0)
         .json();

@@ -76,6 +76,8 @@ struct Work {
     migrate: Option<String>,
     /// The commit a git-driven release is made from.
     commit: Option<crate::git::CommitInfo>,
+    /// Each host's run of the steps fails and unwinds after this long.
+    timeout: Duration,
 }
 
 /// The deploy engine.
@@ -445,6 +447,7 @@ impl Engine {
             smoke: Vec::new(),
             migrate: None,
             commit: target.commit.clone(),
+            timeout: crate::plan::job_timeout(None, &self.config)?,
         };
         Ok((work, validation))
     }
@@ -524,6 +527,7 @@ impl Work {
             smoke: plan.smoke,
             migrate: plan.migrate,
             commit,
+            timeout: plan.timeout,
         }
     }
 }

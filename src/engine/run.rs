@@ -201,6 +201,8 @@ pub(super) struct JobRun<'a> {
     undo: Vec<Box<dyn Undo>>,
     /// The undos run, in order (what the rollback did, step by step).
     pub undone: Vec<String>,
+    /// When the job's time limit runs out: the step running then fails.
+    deadline: tokio::time::Instant,
 }
 
 /// Why a host's run failed.
@@ -231,6 +233,7 @@ impl<'a> JobRun<'a> {
             host_index,
             undo: Vec::new(),
             undone: Vec::new(),
+            deadline: tokio::time::Instant::now() + work.timeout,
         }
     }
 
@@ -387,7 +390,20 @@ impl<'a> JobRun<'a> {
         shown: &mut Vec<String>,
     ) -> Result<PhaseState, (PhaseState, StepError)> {
         let started_at = Utc::now();
-        match step.run(&mut self.cx).await {
+        let limit = self.cx.work.timeout;
+        let ran = tokio::time::timeout_at(self.deadline, step.run(&mut self.cx))
+            .await
+            .unwrap_or_else(|_| {
+                Err(StepError::new(
+                    step.phase().failure_kind(),
+                    format!(
+                        "the job ran out of time during {} (job_timeout_secs = {})",
+                        step.name(),
+                        limit.as_secs()
+                    ),
+                ))
+            });
+        match ran {
             Ok(done) => {
                 let details = self.cx.redactor.redact(&done.details);
                 if done.shown && !details.is_empty() {

@@ -63,6 +63,7 @@ fn work(src: &Path, port: u16, register: RegisterPlan) -> Work {
         smoke: Vec::new(),
         migrate: None,
         commit: None,
+        timeout: std::time::Duration::from_secs(600),
     }
 }
 

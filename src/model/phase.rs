@@ -29,6 +29,20 @@ impl PhaseName {
         PhaseName::Register,
     ];
 
+    /// How a job that fails in this phase fails, when its step does not
+    /// say (a job out of time).
+    pub fn failure_kind(self) -> crate::error::FailureKind {
+        use crate::error::FailureKind as K;
+        match self {
+            PhaseName::Validation => K::Invalid,
+            PhaseName::Transfer => K::Transfer,
+            PhaseName::Build => K::Build,
+            PhaseName::StartService => K::Start,
+            PhaseName::VerifyHealth => K::Health,
+            PhaseName::Register => K::Register,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PhaseName::Validation => "Validation",

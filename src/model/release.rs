@@ -26,6 +26,65 @@ pub struct RunSpec {
     /// What is backed up before this release replaces another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+    /// What the release may use (`[limits]`).
+    #[serde(default, skip_serializing_if = "Limits::is_none")]
+    pub limits: Limits,
+}
+
+/// What one release may use, enforced by its runtime: docker's `--memory`
+/// and `--cpus`, systemd's `MemoryMax=` and `CPUQuota=`, a transient
+/// systemd scope for a process where systemd runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Limits {
+    /// Memory in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+    /// CPUs (1.5 is one and a half).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+}
+
+impl Limits {
+    pub fn is_none(&self) -> bool {
+        self.memory_bytes.is_none() && self.cpus.is_none()
+    }
+
+    /// `CPUQuota=` for systemd: 100% is one CPU.
+    pub fn cpu_quota(&self) -> Option<String> {
+        self.cpus
+            .map(|c| format!("{}%", (c * 100.0).round() as u64))
+    }
+
+    /// Parses "512m", "1g", "64M", "100000k" or bytes.
+    pub fn parse_memory(s: &str) -> Result<u64, String> {
+        let t = s.trim();
+        let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
+            Some(i) => t.split_at(i),
+            None => (t, ""),
+        };
+        let n: u64 = digits
+            .parse()
+            .map_err(|_| format!("memory '{s}' is not a size like 512m or 1g"))?;
+        let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+            "" | "b" => 1,
+            "k" | "kb" => 1 << 10,
+            "m" | "mb" => 1 << 20,
+            "g" | "gb" => 1 << 30,
+            _ => {
+                return Err(format!(
+                    "memory '{s}': unknown unit '{unit}' (use k, m or g)"
+                ));
+            }
+        };
+        let bytes = n
+            .checked_mul(mult)
+            .ok_or_else(|| format!("memory '{s}' is too large"))?;
+        // Docker's own floor; below it nothing starts.
+        if bytes < 6 << 20 {
+            return Err(format!("memory '{s}' is too small (at least 6m)"));
+        }
+        Ok(bytes)
+    }
 }
 
 #[cfg(test)]
@@ -51,6 +110,7 @@ impl RunSpec {
             stop_grace_secs: 10,
             user: None,
             backup: None,
+            limits: Limits::default(),
         }
     }
 }

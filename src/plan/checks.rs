@@ -67,3 +67,47 @@ pub(super) fn systemd_user(manifest: &Manifest) -> Result<Option<String>, Failur
     }
     Ok(Some(user.clone()))
 }
+
+/// The manifest's `[limits]` memory and CPUs.
+pub(super) fn limits(manifest: &Manifest) -> Result<crate::model::Limits, Failure> {
+    let l = &manifest.limits;
+    let memory_bytes = match &l.memory {
+        Some(m) => Some(
+            crate::model::Limits::parse_memory(m)
+                .map_err(|e| Failure::invalid(format!("limits.memory: {e}")))?,
+        ),
+        None => None,
+    };
+    if let Some(c) = l.cpus
+        && !(c > 0.0 && c <= 1024.0)
+    {
+        return Err(Failure::invalid(format!(
+            "limits.cpus {c} must be more than 0 and at most 1024"
+        )));
+    }
+    Ok(crate::model::Limits {
+        memory_bytes,
+        cpus: l.cpus,
+    })
+}
+
+/// Longest job time limit: a day.
+const MAX_JOB_TIMEOUT_SECS: u64 = 86_400;
+
+/// A job's time limit: `[limits] job_timeout_secs`, else the config's
+/// `defaults.job_timeout_secs` (DEPLOYMENT_TIMEOUT), else 10 minutes.
+pub fn job_timeout(
+    manifest: Option<&Manifest>,
+    config: &crate::config::DeployerConfig,
+) -> Result<std::time::Duration, Failure> {
+    let secs = manifest
+        .and_then(|m| m.limits.job_timeout_secs)
+        .or(config.defaults.job_timeout_secs)
+        .unwrap_or(600);
+    if secs == 0 || secs > MAX_JOB_TIMEOUT_SECS {
+        return Err(Failure::invalid(format!(
+            "job_timeout_secs {secs} must be 1 to {MAX_JOB_TIMEOUT_SECS}"
+        )));
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}

@@ -6,7 +6,8 @@
 mod checks;
 mod secrets;
 
-use checks::{backup_spec, smoke_checks, systemd_user};
+pub use checks::job_timeout;
+use checks::{backup_spec, limits, smoke_checks, systemd_user};
 
 pub use secrets::{check_requested_secrets, listed_secrets_only, resolve_secrets};
 
@@ -129,6 +130,8 @@ pub struct Plan {
     /// The migration command, run against the new release before the old
     /// one stops.
     pub migrate: Option<String>,
+    /// The whole job's time limit.
+    pub timeout: std::time::Duration,
     /// Set for a git-driven release: its commit, and the service directory
     /// in the work tree (`source` is the commit's exported tree).
     pub git: Option<GitSource>,
@@ -235,6 +238,7 @@ impl Plan {
             },
             smoke: smoke_checks(&manifest)?,
             migrate: manifest.migrate.clone(),
+            timeout: job_timeout(Some(&manifest), config)?,
             git: None,
         })
     }
@@ -329,6 +333,7 @@ fn run_spec(
         stop_grace_secs,
         user: systemd_user(manifest)?,
         backup: backup_spec(manifest)?,
+        limits: limits(manifest)?,
     };
     Ok((spec, secrets))
 }

@@ -64,6 +64,16 @@ pub fn run_cmd(ctx: &ReleaseCtx) -> Cmd {
         // up signal handling still stop at once instead of after the grace.
         .arg("--init")
         .args(["--publish", &format!("{port}:{port}")]);
+    let limits = &ctx.spec.limits;
+    let cmd = match limits.memory_bytes {
+        // No swap beyond the limit, as for systemd's MemoryMax=.
+        Some(b) => cmd.args(["--memory", &b.to_string(), "--memory-swap", &b.to_string()]),
+        None => cmd,
+    };
+    let cmd = match limits.cpus {
+        Some(c) => cmd.args(["--cpus", &c.to_string()]),
+        None => cmd,
+    };
     with_service_env(cmd, ctx).arg(image(ctx))
 }
 

@@ -29,6 +29,28 @@ struct PidRecord {
     start_time: u64,
 }
 
+/// `systemd-run` arguments that start a process in a transient scope with
+/// the release's limits, where systemd runs; `None` when there are no
+/// limits or no systemd (then they are not enforced, and Start Service
+/// says so).
+fn limits_scope(limits: &crate::model::Limits) -> Option<Vec<String>> {
+    if limits.is_none() || !std::path::Path::new("/run/systemd/system").is_dir() {
+        return None;
+    }
+    let mut args = vec!["--scope".to_string(), "--quiet".into(), "--collect".into()];
+    // SAFETY: getuid has no preconditions.
+    if unsafe { libc::getuid() } != 0 {
+        args.push("--user".into());
+    }
+    if let Some(b) = limits.memory_bytes {
+        args.extend(["-p".into(), format!("MemoryMax={b}")]);
+    }
+    if let Some(q) = limits.cpu_quota() {
+        args.extend(["-p".into(), format!("CPUQuota={q}")]);
+    }
+    Some(args)
+}
+
 impl ProcessRuntime {
     pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, RuntimeError> {
         let start = ctx
@@ -49,7 +71,15 @@ impl ProcessRuntime {
             log_path.display()
         )))?;
         let log_err = log.try_clone().map_err(RuntimeError::io("log file"))?;
-        let mut cmd = Command::new("/bin/sh");
+        let scope = limits_scope(&ctx.spec.limits);
+        let mut cmd = match &scope {
+            Some(args) => {
+                let mut c = Command::new("systemd-run");
+                c.args(args).arg("/bin/sh");
+                c
+            }
+            None => Command::new("/bin/sh"),
+        };
         cmd.arg("-c")
             .arg(format!("exec {start}"))
             .current_dir(ctx.dir())
@@ -96,8 +126,13 @@ impl ProcessRuntime {
             .lock()
             .unwrap()
             .insert(ctx.release.clone(), child);
+        let limits = match (ctx.spec.limits.is_none(), &scope) {
+            (true, _) => "",
+            (false, Some(_)) => ", limits in a systemd scope",
+            (false, None) => ", [limits] not enforced (no systemd on this machine)",
+        };
         Ok(format!(
-            "process started (pid {pid}), log {}",
+            "process started (pid {pid}), log {}{limits}",
             log_path.display()
         ))
     }

@@ -77,6 +77,12 @@ pub fn unit_file(ctx: &ReleaseCtx) -> String {
     if let Some(user) = &ctx.spec.user {
         unit.push_str(&format!("User={}\n", unit_value(user)));
     }
+    if let Some(bytes) = ctx.spec.limits.memory_bytes {
+        unit.push_str(&format!("MemoryMax={bytes}\nMemorySwapMax=0\n"));
+    }
+    if let Some(quota) = ctx.spec.limits.cpu_quota() {
+        unit.push_str(&format!("CPUQuota={quota}\n"));
+    }
     unit.push_str("\n[Install]\nWantedBy=multi-user.target\n");
     unit
 }
