@@ -166,6 +166,9 @@ pub struct DeployerConfig {
     pub notify: Vec<NotifyConfig>,
     #[serde(default)]
     pub git: GitConfig,
+    /// `[[pipeline]]`: the stages `deployer pipeline run` runs first.
+    #[serde(default)]
+    pub pipeline: Vec<crate::pipeline::Stage>,
 }
 
 /// `[git]`: git-driven releases.
@@ -400,6 +403,9 @@ pub struct Manifest {
     /// `[limits]`: memory, CPUs and the job's time limit.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[[pipeline]]`: replaces deployer.toml's stages for this service.
+    #[serde(default)]
+    pub pipeline: Vec<crate::pipeline::Stage>,
 }
 
 /// `[limits]` in a manifest.

@@ -31,6 +31,9 @@ pub enum FailureKind {
     /// The backup before the deploy failed or did not verify; nothing
     /// stopped.
     Backup,
+    /// A stage of `deployer pipeline run` (a verifier, an auto-fixer, a
+    /// command) failed; nothing was transferred.
+    Pipeline,
     /// Bad input: config, manifest, flags, path, name, port.
     Invalid,
     /// The target host cannot be reached: connection, authentication, or a
@@ -49,7 +52,7 @@ pub enum FailureKind {
 
 impl FailureKind {
     /// Every kind, for documentation checks.
-    pub const ALL: [FailureKind; 17] = [
+    pub const ALL: [FailureKind; 18] = [
         FailureKind::Tests,
         FailureKind::Build,
         FailureKind::Start,
@@ -61,6 +64,7 @@ impl FailureKind {
         FailureKind::Migrate,
         FailureKind::Git,
         FailureKind::Backup,
+        FailureKind::Pipeline,
         FailureKind::Unreachable,
         FailureKind::Invalid,
         FailureKind::Locked,
@@ -83,6 +87,7 @@ impl FailureKind {
             FailureKind::Migrate => 15,
             FailureKind::Git => 14,
             FailureKind::Backup => 16,
+            FailureKind::Pipeline => 17,
             FailureKind::Unreachable => 8,
             FailureKind::Invalid => 10,
             FailureKind::Locked => 11,
@@ -105,6 +110,7 @@ impl FailureKind {
             FailureKind::Migrate => "migrate",
             FailureKind::Git => "git",
             FailureKind::Backup => "backup",
+            FailureKind::Pipeline => "pipeline",
             FailureKind::Unreachable => "unreachable",
             FailureKind::Invalid => "invalid",
             FailureKind::Locked => "locked",
@@ -127,6 +133,7 @@ impl FailureKind {
             "migrate" => FailureKind::Migrate,
             "git" => FailureKind::Git,
             "backup" => FailureKind::Backup,
+            "pipeline" => FailureKind::Pipeline,
             "unreachable" => FailureKind::Unreachable,
             "invalid" => FailureKind::Invalid,
             "locked" => FailureKind::Locked,

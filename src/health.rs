@@ -190,7 +190,7 @@ impl HealthCheck {
     }
 }
 
-fn describe(e: &reqwest::Error) -> String {
+pub fn describe(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         "timed out".to_string()
     } else if e.is_connect() {

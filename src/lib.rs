@@ -21,6 +21,7 @@ pub mod lock;
 pub mod model;
 pub mod notify;
 pub mod output;
+pub mod pipeline;
 pub mod plan;
 pub mod registry;
 pub mod release;

@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 pub fn routes() -> axum::Router<Shared> {
     axum::Router::new()
         .route("/deploy", post(create))
+        .route("/pipeline", post(pipeline))
         .route("/deploy/history/{service_name}", get(history))
         .route("/deploy/{job_id}", get(read))
         .route("/deploy/{job_id}/rollback", post(rollback))
@@ -83,11 +84,63 @@ pub async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     let req: DeployRequest = parse(&body)?;
+    submit(state, req, None).await
+}
+
+/// A pipeline run's request: a deploy request and the change's intent.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[allow(dead_code)] // Only its schema is used; the body is read in two parts.
+pub struct PipelineRequest {
+    /// What the change is for; given to each stage.
+    intent: Option<String>,
+    #[serde(flatten)]
+    request: DeployRequest,
+}
+
+/// Run the configured pipeline stages (`[[pipeline]]`: a verifier, an
+/// auto-fixer, commands), then deploy and register. Stages are recorded as
+/// steps of the job's Validation phase; a failed stage fails the job
+/// (`failure` = `pipeline`) before Transfer.
+#[utoipa::path(post, path = "/pipeline", tag = "deploy",
+    request_body = PipelineRequest,
+    responses(
+        (status = 202, description = "Accepted; the job is stored", body = Accepted),
+        (status = 400, description = "Invalid input, or no stages configured; `field` names it", body = super::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = super::ErrorBody),
+        (status = 415, description = "Not JSON (Content-Type: application/json)", body = super::ErrorBody),
+        (status = 413, description = "Body over 1 MiB"),
+        (status = 429, description = "The queue of deploys is full", body = super::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn pipeline(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    let mut value: serde_json::Value = parse(&body)?;
+    let intent = match value.as_object_mut().and_then(|o| o.remove("intent")) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(_) => return Err(ApiError::bad_field("intent", "intent must be a string")),
+    };
+    let req: DeployRequest = parse(value.to_string().as_bytes())?;
+    submit(state, req, Some(intent)).await
+}
+
+/// Accepts a deploy (with a pipeline run's intent, for `/pipeline`): the
+/// job is stored before the 202, then runs in the background.
+async fn submit(
+    state: Shared,
+    req: DeployRequest,
+    pipeline: Option<Option<String>>,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     check_allowed(&state, &req)?;
     let slot = state.queue_slot()?;
     crate::plan::check_requested_secrets(&req.secrets, &state.config)?;
     let secret_env = crate::plan::listed_secrets_only(&state.config);
-    let plan = Plan::build(&req, &state.config, &secret_env)?;
+    let mut plan = Plan::build(&req, &state.config, &secret_env)?;
+    if let Some(intent) = pipeline {
+        plan = plan.with_pipeline(intent, &state.config, &secret_env)?;
+    }
     let engine = engine_for(&state, &plan.hosts)?;
     // On disk before the 202: a crash from here on leaves a job to find.
     let job = engine.accept(&plan).await?;

@@ -88,7 +88,7 @@ pub struct ErrorBody {
 #[openapi(
     info(title = "deployer", description = "Deploys services in six phases and rolls back on failure."),
     paths(
-        deploy::create, deploy::read, deploy::history, deploy::rollback, deploy::events,
+        deploy::create, deploy::pipeline, deploy::read, deploy::history, deploy::rollback, deploy::events,
         service::health, service::capabilities, service::state_counts, service::dependencies,
         service::message,
         registry::register, registry::list, registry::one, registry::remove, registry::health,

@@ -96,6 +96,16 @@ fn parse_key_value(s: &str) -> Result<(String, String), NotKeyValue> {
 }
 
 pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
+    run_with(ctx, args, None).await
+}
+
+/// A deploy, or with `pipeline` (a pipeline run's intent) the configured
+/// stages first.
+pub async fn run_with(
+    ctx: Context,
+    args: Args,
+    pipeline: Option<Option<String>>,
+) -> Result<i32, Failure> {
     let req = DeployRequest {
         service_path: args.path,
         service_name: args.name,
@@ -113,7 +123,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
     if let Some(server) = &args.server {
         let mut req = req;
         req.service_path = std::path::absolute(&req.service_path).unwrap_or(req.service_path);
-        return super::remote::deploy(&ctx, server, &req).await;
+        return super::remote::deploy(&ctx, server, &req, pipeline).await;
     }
     let mut req = req;
     let git = match &args.git {
@@ -130,7 +140,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
     let result = if args.dry_run {
         dry_run(&ctx, &req, git.clone()).await
     } else {
-        deploy_plan(&ctx, &req, git.clone(), args.wait).await
+        deploy_plan(&ctx, &req, git.clone(), args.wait, pipeline).await
     };
     if git.is_some() {
         // The exported tree was only the release's source.
@@ -179,9 +189,14 @@ async fn deploy_plan(
     req: &DeployRequest,
     git: Option<crate::plan::GitSource>,
     wait: u64,
+    pipeline: Option<Option<String>>,
 ) -> Result<i32, Failure> {
-    let mut plan = Plan::build(req, &ctx.config, &|k| std::env::var(k).ok())?;
+    let env = |k: &str| std::env::var(k).ok();
+    let mut plan = Plan::build(req, &ctx.config, &env)?;
     plan.git = git;
+    if let Some(intent) = pipeline {
+        plan = plan.with_pipeline(intent, &ctx.config, &env)?;
+    }
     let engine = ctx.engine(wait, &plan.hosts)?;
     let sink = ctx.sink();
     let job = engine.deploy(plan, sink.as_ref()).await;

@@ -10,6 +10,7 @@ mod deploy;
 mod history;
 mod hook;
 mod logs;
+mod pipeline;
 mod releases;
 mod remote;
 mod report;
@@ -36,7 +37,7 @@ use std::path::PathBuf;
 (or exited before healthy), 4 health check failed (rolled back), 5 transfer failed, \
 6 register failed, 7 rollback failed (service may be down), 8 host unreachable or \
 host key refused, 9 job interrupted, 10 invalid input, 11 locked by another deploy, 12 not found, \
-13 nothing to roll back to, 14 git failed, 15 migration failed, 16 backup failed, 70 internal error."
+13 nothing to roll back to, 14 git failed, 15 migration failed, 16 backup failed, 17 pipeline stage failed, 70 internal error."
 )]
 pub struct Cli {
     /// deployer's own config file (deployer.toml).
@@ -101,6 +102,9 @@ pub enum Command {
     Man,
     /// Serve the HTTP API (port 8007 by default).
     Serve(serve::Args),
+    /// The Sacred Loop: `pipeline run PATH --intent TEXT` runs the
+    /// configured stages (verify, fix, …), then deploys and registers.
+    Pipeline(pipeline::Args),
     /// Git hooks: `hook install --repo BARE_REPO` deploys each push.
     Hook(hook::Args),
     /// Back a service up now ([backup] of its current release).
@@ -174,6 +178,7 @@ impl Cli {
             Command::Man => completions::man(),
             Command::Serve(a) => serve::run(ctx, a).await,
             Command::Hook(a) => hook::run(ctx, a).await,
+            Command::Pipeline(a) => pipeline::run(ctx, a).await,
             Command::Backup(a) => backup::backup(ctx, a).await,
             Command::Backups(a) => backup::backups(ctx, a).await,
             Command::Restore(a) => backup::restore(ctx, a).await,

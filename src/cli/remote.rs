@@ -12,7 +12,14 @@ use crate::plan::DeployRequest;
 use crate::secret::Secret;
 use serde_json::Value;
 
-pub async fn deploy(ctx: &Context, server: &str, req: &DeployRequest) -> Result<i32, Failure> {
+/// `pipeline` is a pipeline run's intent (`POST /pipeline`); `None` for a
+/// plain deploy (`POST /deploy`).
+pub async fn deploy(
+    ctx: &Context,
+    server: &str,
+    req: &DeployRequest,
+    pipeline: Option<Option<String>>,
+) -> Result<i32, Failure> {
     // The token: DEPLOYER_API_TOKEN, else the one a server on this machine
     // keeps in the state directory.
     let token = match std::env::var("DEPLOYER_API_TOKEN")
@@ -30,7 +37,7 @@ pub async fn deploy(ctx: &Context, server: &str, req: &DeployRequest) -> Result<
             .map_err(Failure::internal)?,
         token,
     };
-    let id = remote.submit(req).await?;
+    let id = remote.submit(req, pipeline).await?;
     let sink = ctx.sink();
     match remote.follow(&id, sink.as_ref()).await? {
         Some(job) => Ok(ctx.finish(&job)),
@@ -60,8 +67,23 @@ impl Remote {
     }
 
     /// `POST /deploy`; the accepted job's id.
-    async fn submit(&self, req: &DeployRequest) -> Result<String, Failure> {
-        let mut post = self.client.post(format!("{}/deploy", self.base)).json(req);
+    async fn submit(
+        &self,
+        req: &DeployRequest,
+        pipeline: Option<Option<String>>,
+    ) -> Result<String, Failure> {
+        let mut body = serde_json::to_value(req).map_err(Failure::internal)?;
+        let path = match pipeline {
+            Some(intent) => {
+                body["intent"] = intent.into();
+                "pipeline"
+            }
+            None => "deploy",
+        };
+        let mut post = self
+            .client
+            .post(format!("{}/{path}", self.base))
+            .json(&body);
         if let Some(t) = &self.token {
             post = post.bearer_auth(t.expose());
         }

@@ -27,6 +27,7 @@ mod records;
 mod recover;
 mod rollout;
 mod run;
+mod stages;
 mod steps;
 mod validate;
 
@@ -244,16 +245,7 @@ impl Engine {
     /// Records a deploy as accepted (pending, every phase pending) before it
     /// runs: what the HTTP API answers 202 for. [`Engine::submit`] runs it.
     pub async fn accept(&self, plan: &Plan) -> Result<Job, Failure> {
-        let mut job = Job::pending(
-            new_job_id(),
-            JobKind::Deploy,
-            plan.service_name.clone(),
-            self.actor.clone(),
-        );
-        job.service_path = plan.source.display().to_string();
-        job.service_port = plan.spec.port;
-        job.deployment_method = plan.method.as_str().to_string();
-        job.droplet_id = plan.droplet_id;
+        let job = self.pending_job(plan, new_job_id());
         self.store().await?.insert_job(&job).await?;
         Ok(job)
     }
@@ -478,7 +470,7 @@ impl Engine {
             if early.is_some() {
                 place = self.enter_gate().await;
             }
-            let validation = validate::all(&sites, &mut plan, sink).await?;
+            let mut validation = validate::all(&sites, &mut plan, sink).await?;
             let lock = match early {
                 Some(l) => l,
                 None => self.lock(&plan.service_name, &job_id).await?,
@@ -487,6 +479,11 @@ impl Engine {
                 place = self.enter_gate().await;
             }
             let _place = place;
+            if let Err(f) = self.run_stages(&plan, &mut validation, sink).await {
+                return self
+                    .record_stopped(&plan, job_id, accepted, &validation, &f, sink)
+                    .await;
+            }
             let work = Work::from_plan(plan);
             let ticket = run::Ticket {
                 lock,

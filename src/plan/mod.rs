@@ -135,6 +135,9 @@ pub struct Plan {
     /// Set for a git-driven release: its commit, and the service directory
     /// in the work tree (`source` is the commit's exported tree).
     pub git: Option<GitSource>,
+    /// Set by `deployer pipeline run` (and `POST /pipeline`): the stages
+    /// that run before the deploy.
+    pub pipeline: Option<crate::pipeline::Pipeline>,
 }
 
 /// Where a git-driven release comes from.
@@ -158,6 +161,25 @@ pub struct TestsPlan {
 impl Plan {
     pub fn service_url(&self) -> String {
         format!("http://{}:{}", self.address, self.spec.port)
+    }
+
+    /// Sets the pipeline a `pipeline run` runs first: the manifest's
+    /// stages, else deployer.toml's, with their tokens resolved.
+    pub fn with_pipeline(
+        mut self,
+        intent: Option<String>,
+        config: &DeployerConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Plan, Failure> {
+        let manifest = Manifest::load_from_dir(&self.source)?.unwrap_or_default();
+        let mut p =
+            crate::pipeline::Pipeline::configured(&manifest.pipeline, &config.pipeline, intent)
+                .map_err(Failure::invalid)?;
+        p.tokens = resolve_secrets(&p.token_names(), config, env)?
+            .into_iter()
+            .collect();
+        self.pipeline = Some(p);
+        Ok(self)
     }
 
     pub fn redactor(&self) -> Redactor {
@@ -240,6 +262,7 @@ impl Plan {
             migrate: manifest.migrate.clone(),
             timeout: job_timeout(Some(&manifest), config)?,
             git: None,
+            pipeline: None,
         })
     }
 }

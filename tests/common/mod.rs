@@ -512,15 +512,25 @@ pub fn phase<'a>(job: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
         .unwrap_or_else(|| panic!("no phase {name} in {job:#}"))
 }
 
-/// A tiny real HTTP server on loopback that records request bodies and
-/// answers every request with `status` and a JSON body.
+/// A tiny real HTTP server on loopback that records request paths and
+/// bodies and answers each request as its handler says.
 pub struct FakeRegistry {
     pub port: u16,
     pub bodies: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
 }
 
+/// Answers a request (method, path, body) with a status and a JSON body.
+pub type Handler = dyn Fn(&str, &str, &str) -> (u16, String) + Send + 'static;
+
 impl FakeRegistry {
+    /// Answers every request with `status` and `{"status":"registered"}`.
     pub fn start(status: u16) -> FakeRegistry {
+        FakeRegistry::answering(Box::new(move |_, _, _| {
+            (status, r#"{"status":"registered"}"#.to_string())
+        }))
+    }
+
+    pub fn answering(handler: Box<Handler>) -> FakeRegistry {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -531,7 +541,9 @@ impl FakeRegistry {
                 let mut line = String::new();
                 use std::io::BufRead;
                 reader.read_line(&mut line).unwrap_or(0);
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_string();
+                let mut words = line.split_whitespace();
+                let method = words.next().unwrap_or("").to_string();
+                let path = words.next().unwrap_or("").to_string();
                 let mut len = 0usize;
                 loop {
                     let mut h = String::new();
@@ -544,10 +556,9 @@ impl FakeRegistry {
                 }
                 let mut body = vec![0u8; len];
                 reader.read_exact(&mut body).unwrap_or(());
-                b.lock()
-                    .unwrap()
-                    .push((path, String::from_utf8_lossy(&body).into_owned()));
-                let answer = r#"{"status":"registered"}"#;
+                let body = String::from_utf8_lossy(&body).into_owned();
+                let (status, answer) = handler(&method, &path, &body);
+                b.lock().unwrap().push((path, body));
                 let _ = write!(
                     s,
                     "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
