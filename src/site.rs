@@ -86,6 +86,11 @@ impl Site {
         }
     }
 
+    /// Where service directories live on this host.
+    pub fn root(&self) -> &std::path::Path {
+        &self.root
+    }
+
     pub fn dirs(&self, service: &str) -> ServiceDirs {
         ServiceDirs {
             root: self.root.join(service),

@@ -10,6 +10,7 @@ mod deploy;
 mod history;
 mod hook;
 mod logs;
+mod monitor;
 mod pipeline;
 mod releases;
 mod remote;
@@ -19,6 +20,7 @@ mod serve;
 mod start;
 mod status;
 mod stop;
+mod watch;
 
 use crate::config::DeployerConfig;
 use crate::error::Failure;
@@ -94,6 +96,9 @@ pub enum Command {
     Restart(start::Args),
     /// Is the service healthy? One line per host; exit 4 when not (cron).
     Check(check::Args),
+    /// Every service and host at a glance (the seed's health monitor);
+    /// exit 4 when anything is unhealthy. `--watch` keeps watching.
+    Monitor(monitor::Args),
     /// The current release's log on each host.
     Logs(logs::Args),
     /// Shell completions: `deployer completions bash > /etc/bash_completion.d/deployer`.
@@ -174,6 +179,7 @@ impl Cli {
             Command::Restart(a) => start::restart(ctx, a).await,
             Command::Check(a) => check::run(ctx, a).await,
             Command::Logs(a) => logs::run(ctx, a).await,
+            Command::Monitor(a) => monitor::run(ctx, a).await,
             Command::Completions(a) => completions::completions(a),
             Command::Man => completions::man(),
             Command::Serve(a) => serve::run(ctx, a).await,

@@ -137,7 +137,7 @@ impl Engine {
         Ok(lines)
     }
 
-    async fn check_on(&self, site: &Site, service: &str) -> CheckLine {
+    pub(super) async fn check_on(&self, site: &Site, service: &str) -> CheckLine {
         let dirs = site.dirs(service);
         let host = site.host.name();
         let current = site.host.current(&dirs).await;

@@ -23,6 +23,7 @@ mod events;
 mod ids;
 mod lifecycle;
 mod locks;
+mod monitor;
 mod records;
 mod recover;
 mod rollout;
@@ -34,6 +35,8 @@ mod validate;
 pub use dry_run::PlannedStep;
 pub use events::{Event, Sink, StreamEvent};
 pub use ids::{actor, new_job_id};
+pub use lifecycle::CheckLine;
+pub use monitor::{HostLine, RegistryLine, ServiceLine, Snapshot};
 
 use crate::config::DeployerConfig;
 use crate::error::Failure;
