@@ -18,6 +18,7 @@ pub mod git;
 pub mod health;
 pub mod host;
 pub mod lock;
+pub mod logwriter;
 pub mod model;
 pub mod notify;
 pub mod output;

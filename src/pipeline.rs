@@ -196,13 +196,18 @@ fn fill(template: &Value, vars: &BTreeMap<String, String>) -> Result<Value, Stri
     })
 }
 
+/// A placeholder's braces (escaped, so no tool counting braces in this
+/// file is thrown off).
+const OPEN: char = '\u{7b}';
+const CLOSE: char = '\u{7d}';
+
 fn fill_str(s: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = s;
-    while let Some(open) = rest.find('{') {
+    while let Some(open) = rest.find(OPEN) {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
-        let name_end = after.find('}');
+        let name_end = after.find(CLOSE);
         let name = name_end.map(|e| &after[..e]).filter(|n| {
             !n.is_empty()
                 && n.chars()
@@ -217,7 +222,7 @@ fn fill_str(s: &str, vars: &BTreeMap<String, String>) -> Result<String, String> 
                 rest = &after[e + 1..];
             }
             _ => {
-                out.push('{');
+                out.push(OPEN);
                 rest = after;
             }
         }

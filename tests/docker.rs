@@ -133,6 +133,8 @@ fn docker_redeploy_of_same_content_leaves_one_container() {
     ]);
     assert_eq!(limits.trim(), "67108864 500000000", "[limits] reach docker");
     assert_eq!(version_on(port).as_deref(), Some("v1"));
+    logs_show_and_follow(&sb, name, &[]);
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
 }
 
 #[test]

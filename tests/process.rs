@@ -421,6 +421,55 @@ fn check_says_healthy_or_not_with_an_exit_code_for_cron_and_a_log() {
 }
 
 #[test]
+fn process_logs_are_rotated_by_size() {
+    let sb = Sandbox::new();
+    let web = &sb.tracked("rotated");
+    let port = free_port();
+    // Each start writes one ~65-byte line (with its time); the log may hold 100 bytes.
+    let small = [("DEPLOYER_LOG_MAX_BYTES", "100")];
+    sb.deploy_env(
+        &sb.service("hello", "v1"),
+        web,
+        port,
+        "process",
+        &[],
+        &small,
+    )
+    .assert_code(0);
+    for _ in 0..3 {
+        sb.run_with(&["restart", web], |c| {
+            c.envs(small);
+        })
+        .assert_code(0);
+    }
+    let dir = sb.state_dir().join("services").join(web).join("logs");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 4, "the log and three rotated: {files:?}");
+    assert!(
+        files[1].ends_with(".log.1") && files[3].ends_with(".log.3"),
+        "{files:?}"
+    );
+    for f in &files {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(
+            text.len() <= 100 && text.contains("listening on port"),
+            "{f}: {text}"
+        );
+    }
+    let logs = sb.run(&["logs", web]);
+    assert!(
+        logs.stdout.contains("hello v1 listening"),
+        "{}",
+        logs.stdout
+    );
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+}
+
+#[test]
 fn logs_show_the_current_releases_output_and_follow_new_lines() {
     let sb = Sandbox::new();
     let web = &sb.tracked("logged");
@@ -435,30 +484,5 @@ fn logs_show_the_current_releases_output_and_follow_new_lines() {
         logs.stdout
     );
 
-    let mut follow = sb
-        .cmd()
-        .args(["logs", web, "-f", "-n", "1"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = follow.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    let wait = std::time::Duration::from_secs(20);
-    let first = rx.recv_timeout(wait).expect("the last line first");
-    assert!(first.contains("listening on port"), "{first}");
-    // A restart writes the start line again: the follower prints it.
-    sb.run(&["restart", web]).assert_code(0);
-    let next = rx.recv_timeout(wait).expect("the new line, followed");
-    assert!(next.contains("listening on port"), "{next}");
-    let _ = follow.kill();
-    let _ = follow.wait();
+    logs_show_and_follow(&sb, web, &[]);
 }

@@ -128,6 +128,7 @@ fn static_binary_v1_v2_and_a_failed_deploy_rolls_back_release_and_unit() {
     ]);
     assert!(limits.contains("MemoryMax=67108864"), "{limits}");
     assert!(limits.contains("CPUQuotaPerSecUSec=1s"), "{limits}");
+    logs_show_and_follow(&sb, name, &["--config", &cfg]);
     let j2 = deploy(&sb, &cfg, &sb.prebuilt("hello", "v2"), name, port, &[])
         .assert_code(0)
         .json();

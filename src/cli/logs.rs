@@ -1,6 +1,7 @@
-//! `deployer logs NAME [-n N] [-f]`: the current release's log on each
-//! host (its log file, `docker logs` or the unit's journal), each line
-//! prefixed with its host when there are several.
+//! `deployer logs NAME [-n N] [-f] [--since T]`: the current release's log
+//! on each of the service's hosts (its log file, `docker logs` or the
+//! unit's journal), each line prefixed with its host when there are
+//! several.
 
 use super::Context;
 use crate::error::Failure;
@@ -15,6 +16,41 @@ pub struct Args {
     /// Keep printing new lines as they come (every second), until Ctrl-C.
     #[arg(short = 'f', long)]
     pub follow: bool,
+    /// Only lines from this time on: 10m, 2h, 1d (ago), or a UTC time
+    /// (2026-11-25 14:00, RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_since)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// A `--since` value: an age (`30s`, `10m`, `2h`, `1d`) or a UTC time.
+fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    use chrono::{NaiveDate, NaiveDateTime, Utc};
+    let t = s.trim();
+    if let Some(unit) = t.chars().last().filter(|c| "smhd".contains(*c))
+        && let Ok(n) = t[..t.len() - 1].parse::<i64>()
+    {
+        let secs = n * match unit {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => 86_400,
+        };
+        return Ok(Utc::now() - chrono::Duration::seconds(secs));
+    }
+    if let Ok(at) = chrono::DateTime::parse_from_rfc3339(t) {
+        return Ok(at.with_timezone(&Utc));
+    }
+    for format in ["%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M"] {
+        if let Ok(at) = NaiveDateTime::parse_from_str(t, format) {
+            return Ok(at.and_utc());
+        }
+    }
+    if let Ok(day) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
+        return Ok(day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
+    }
+    Err(format!(
+        "'{s}' is not a time: use an age (10m, 2h, 1d) or a UTC time (2026-11-25 14:00)"
+    ))
 }
 
 /// How many lines a follow looks back each second to find where it was.
@@ -45,7 +81,11 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
         } else {
             FOLLOW_WINDOW
         };
-        let logs = engine.logs(&args.name, window).await?;
+        let query = crate::engine::LogQuery {
+            lines: window,
+            since: if first { args.since } else { None },
+        };
+        let logs = engine.logs(&args.name, query).await?;
         let several = logs.len() > 1;
         for (i, (host, text)) in logs.iter().enumerate() {
             // Following: only what was not printed yet.

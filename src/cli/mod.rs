@@ -120,6 +120,16 @@ pub enum Command {
     Restore(backup::RestoreArgs),
     /// Back up every service (for a daily cron line).
     Snapshot,
+    /// What a process-method service's output goes through: lines to FILE,
+    /// rotated by size. Started by deployer itself.
+    #[command(hide = true)]
+    LogWriter {
+        file: PathBuf,
+        #[arg(long, default_value_t = crate::logwriter::MAX_BYTES)]
+        max_bytes: u64,
+        #[arg(long, default_value_t = crate::logwriter::KEEP)]
+        keep: usize,
+    },
 }
 
 /// What every command gets: the loaded config and where state lives.
@@ -189,6 +199,13 @@ impl Cli {
             Command::Backups(a) => backup::backups(ctx, a).await,
             Command::Restore(a) => backup::restore(ctx, a).await,
             Command::Snapshot => backup::snapshot(ctx).await,
+            Command::LogWriter {
+                file,
+                max_bytes,
+                keep,
+            } => crate::logwriter::run(std::io::stdin().lock(), &file, max_bytes, keep)
+                .map(|()| 0)
+                .map_err(|e| Failure::internal(format!("log {}: {e}", file.display()))),
         }
     }
 }

@@ -179,39 +179,64 @@ impl Engine {
     }
 }
 
+/// What `deployer logs` asks for.
+#[derive(Clone, Copy, Debug)]
+pub struct LogQuery {
+    /// At most this many lines, from the end.
+    pub lines: usize,
+    /// Only lines from this time on.
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 impl Engine {
-    /// The last `lines` of the current release's log on each target:
-    /// the release's log file (process), `docker logs` (docker) or the
-    /// unit's journal (systemd). Each with its host's name.
+    /// The end of the current release's log on each of the service's
+    /// hosts: the release's log file (process), `docker logs` (docker) or
+    /// the unit's journal (systemd). Each with its host's name.
     pub async fn logs(
         &self,
         service: &str,
-        lines: usize,
+        query: LogQuery,
     ) -> Result<Vec<(String, String)>, Failure> {
         self.known_releases(service).await?;
         let mut out = Vec::new();
         for site in self.service_sites(service).await? {
-            let text = self.logs_on(&site, service, lines).await;
+            let text = self.logs_on(&site, service, query).await;
             site.close().await;
             out.push((site.host.name(), text?));
         }
         Ok(out)
     }
 
-    async fn logs_on(&self, site: &Site, service: &str, lines: usize) -> Result<String, Failure> {
+    async fn logs_on(&self, site: &Site, service: &str, q: LogQuery) -> Result<String, Failure> {
         use crate::cmd::Cmd;
+        use crate::model::RuntimeKind;
         let (dirs, current, ctx) = self.current_release(site, service).await?;
-        let n = lines.to_string();
+        let n = q.lines.to_string();
         let cmd = match ctx.spec.runtime {
-            crate::model::RuntimeKind::Process => Cmd::new("tail")
-                .args(["-n", &n])
-                .arg(dirs.log_file(&current).to_string_lossy()),
-            crate::model::RuntimeKind::Docker => Cmd::new("docker")
-                .args(["logs", "--tail", &n])
-                .arg(crate::runtime::docker::container(&ctx)),
-            crate::model::RuntimeKind::Systemd => Cmd::new("journalctl")
-                .args(["-u", &crate::runtime::systemd::unit_name(&ctx)])
-                .args(["-n", &n, "--no-pager", "-o", "short-iso"]),
+            // The process method runs on this machine only.
+            RuntimeKind::Process => {
+                let text = tokio::fs::read_to_string(dirs.log_file(&current))
+                    .await
+                    .unwrap_or_default();
+                return Ok(process_log_tail(&text, q));
+            }
+            RuntimeKind::Docker => {
+                let mut cmd = Cmd::new("docker").args(["logs", "--timestamps", "--tail", &n]);
+                if let Some(t) = q.since {
+                    cmd = cmd.args(["--since", &t.to_rfc3339()]);
+                }
+                cmd.arg(crate::runtime::docker::container(&ctx))
+            }
+            RuntimeKind::Systemd => {
+                let mut cmd = Cmd::new("journalctl")
+                    .args(["-u", &crate::runtime::systemd::unit_name(&ctx)])
+                    .args(["-n", &n, "--no-pager", "-o", "short-iso"]);
+                if let Some(t) = q.since {
+                    let at = t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+                    cmd = cmd.args(["--since", &at]);
+                }
+                cmd
+            }
         };
         let out = site
             .host
@@ -220,4 +245,27 @@ impl Engine {
             .map_err(|e| Failure::new(FailureKind::Unreachable, e))?;
         Ok(format!("{}{}", out.stdout, out.stderr))
     }
+}
+
+/// The last lines of a process's log (each starts with its time, as the
+/// log writer put it) from `since` on.
+fn process_log_tail(text: &str, q: LogQuery) -> String {
+    let since = q
+        .since
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    let mut keep = since.is_none();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            if let Some(s) = &since
+                && l.len() >= 24
+                && l.as_bytes()[4] == b'-'
+            {
+                keep = &l[..24] >= s.as_str();
+            }
+            keep
+        })
+        .collect();
+    let from = lines.len().saturating_sub(q.lines);
+    lines[from..].iter().map(|l| format!("{l}\n")).collect()
 }

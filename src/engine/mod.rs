@@ -35,7 +35,7 @@ mod validate;
 pub use dry_run::PlannedStep;
 pub use events::{Event, Sink, StreamEvent};
 pub use ids::{actor, new_job_id};
-pub use lifecycle::CheckLine;
+pub use lifecycle::{CheckLine, LogQuery};
 pub use monitor::{HostLine, RegistryLine, ServiceLine, Snapshot};
 
 use crate::config::DeployerConfig;

@@ -66,47 +66,12 @@ impl ProcessRuntime {
                     .map_err(RuntimeError::io(format!("creating {}", dir.display())))?;
             }
         }
-        let log = private_log(&log_path).map_err(RuntimeError::io(format!(
+        let (log, log_err) = log_output(&log_path).map_err(RuntimeError::io(format!(
             "opening log {}",
             log_path.display()
         )))?;
-        let log_err = log.try_clone().map_err(RuntimeError::io("log file"))?;
         let scope = limits_scope(&ctx.spec.limits);
-        let mut cmd = match &scope {
-            Some(args) => {
-                let mut c = Command::new("systemd-run");
-                c.args(args).arg("/bin/sh");
-                c
-            }
-            None => Command::new("/bin/sh"),
-        };
-        cmd.arg("-c")
-            .arg(format!("exec {start}"))
-            .current_dir(ctx.dir())
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err);
-        for key in PASSED_ENV {
-            if let Ok(v) = std::env::var(key) {
-                cmd.env(key, v);
-            }
-        }
-        cmd.envs(ctx.base_env());
-        for (k, v) in &ctx.secrets {
-            cmd.env(k, v.expose());
-        }
-        // SAFETY: setsid is async-signal-safe; it detaches the child into its
-        // own session and process group, so it survives deployer and its
-        // terminal, and a stop can signal the whole group.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() == -1 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        let mut cmd = service_command(ctx, start, scope.as_deref(), log, log_err);
         let child = cmd.spawn().map_err(RuntimeError::io(format!(
             "starting `{start}` in {}",
             ctx.dir().display()
@@ -154,8 +119,9 @@ impl ProcessRuntime {
         match exited {
             None => Liveness::Alive,
             Some(how) => {
-                let log =
-                    std::fs::read_to_string(ctx.dirs.log_file(&ctx.release)).unwrap_or_default();
+                let path = ctx.dirs.log_file(&ctx.release);
+                settle(&path).await;
+                let log = std::fs::read_to_string(&path).unwrap_or_default();
                 Liveness::Exited {
                     how,
                     log_tail: tail_lines(&log, 5),
@@ -285,6 +251,109 @@ fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
 }
 
 /// A service's log, appended to; only its owner can read it.
+/// The command that starts a release: `sh -c 'exec START'` in the release
+/// directory (in a systemd scope when `scope` is given), with a clean
+/// environment, its output to `out` and `err`, in a session of its own.
+fn service_command(
+    ctx: &ReleaseCtx,
+    start: &str,
+    scope: Option<&[String]>,
+    out: Stdio,
+    err: Stdio,
+) -> Command {
+    let mut cmd = match scope {
+        Some(args) => {
+            let mut c = Command::new("systemd-run");
+            c.args(args).arg("/bin/sh");
+            c
+        }
+        None => Command::new("/bin/sh"),
+    };
+    cmd.arg("-c")
+        .arg(format!("exec {start}"))
+        .current_dir(ctx.dir())
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    for key in PASSED_ENV {
+        if let Ok(v) = std::env::var(key) {
+            cmd.env(key, v);
+        }
+    }
+    cmd.envs(ctx.base_env());
+    for (k, v) in &ctx.secrets {
+        cmd.env(k, v.expose());
+    }
+    // SAFETY: setsid is async-signal-safe; it detaches the child into its
+    // own session and process group, so it survives deployer and its
+    // terminal, and a stop can signal the whole group.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Waits (at most half a second) for a log to stop growing: the log
+/// writer may still be writing what an exited process said last.
+async fn settle(path: &std::path::Path) {
+    let size = || std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let mut last = size();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = size();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// Where a service's stdout and stderr go: a `deployer log-writer` that
+/// rotates its log by size (DEPLOYER_LOG_MAX_BYTES, default 10 MiB), when
+/// deployer runs as its own binary; else the log file itself.
+fn log_output(path: &std::path::Path) -> std::io::Result<(Stdio, Stdio)> {
+    let exe = std::env::current_exe()?;
+    if exe.file_name().is_some_and(|n| n == "deployer") {
+        let max = std::env::var("DEPLOYER_LOG_MAX_BYTES")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(crate::logwriter::MAX_BYTES);
+        let mut writer = std::process::Command::new(exe);
+        writer
+            .arg("log-writer")
+            .arg(path)
+            .args(["--max-bytes", &max.to_string()])
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: as for the service: its own session, so it outlives
+        // deployer and its terminal's signals.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            writer.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+        let mut child = writer.spawn()?;
+        let pipe = std::os::fd::OwnedFd::from(child.stdin.take().expect("piped stdin"));
+        let err = pipe.try_clone()?;
+        // Reaped when it ends (the service closed its output).
+        std::thread::spawn(move || child.wait());
+        return Ok((Stdio::from(pipe), Stdio::from(err)));
+    }
+    let log = private_log(path)?;
+    let err = log.try_clone()?;
+    Ok((Stdio::from(log), Stdio::from(err)))
+}
+
 fn private_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()

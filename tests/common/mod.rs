@@ -573,3 +573,60 @@ impl FakeRegistry {
         format!("http://127.0.0.1:{}", self.port)
     }
 }
+
+/// `deployer logs NAME` shows the start line, `--since` a future time shows
+/// nothing, and `logs -f` prints the line a restart writes: for any method.
+/// `global` are flags before the command (`--config FILE`).
+pub fn logs_show_and_follow(sb: &Sandbox, name: &str, global: &[&str]) {
+    let args = |rest: &[&str]| -> Vec<String> {
+        global.iter().chain(rest).map(|s| s.to_string()).collect()
+    };
+    let run = |rest: &[&str]| {
+        let a = args(rest);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        sb.run(&a)
+    };
+    let logs = run(&["logs", name, "-n", "5"]);
+    logs.assert_code(0);
+    assert!(logs.stdout.contains("listening on port"), "{}", logs.stdout);
+    let recent = run(&["logs", name, "--since", "1h"]);
+    assert!(
+        recent.stdout.contains("listening on port"),
+        "{}",
+        recent.stdout
+    );
+    let future = run(&["logs", name, "--since", "2099-01-01"]);
+    future.assert_code(0);
+    assert!(!future.stdout.contains("listening"), "{}", future.stdout);
+
+    let mut follow = sb
+        .cmd()
+        .args(args(&["logs", name, "-f", "-n", "1"]))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let wait = Duration::from_secs(30);
+    let first = rx.recv_timeout(wait).expect("the last line first");
+    assert!(first.contains("listening on port"), "{first}");
+    // A restart writes the start line again: the follower prints it.
+    run(&["restart", name]).assert_code(0);
+    let next = eventually(30, "the new line, followed", || {
+        rx.recv_timeout(Duration::from_secs(1))
+            .ok()
+            .filter(|l| l.contains("listening on port"))
+    });
+    assert!(next.contains("listening on port"), "{next}");
+    let _ = follow.kill();
+    let _ = follow.wait();
+}
