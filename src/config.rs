@@ -319,7 +319,12 @@ impl DeployerConfig {
             self.target.user = Some(v);
         }
         if let Some(v) = nonempty("SSH_KEY_PATH") {
-            self.target.ssh_key = Some(PathBuf::from(v));
+            // As the seed writes it: ~/.ssh/key.
+            let home = env("HOME").or_else(|| std::env::var("HOME").ok());
+            self.target.ssh_key = Some(match (v.strip_prefix("~/"), home) {
+                (Some(rest), Some(home)) => PathBuf::from(home).join(rest),
+                _ => PathBuf::from(v),
+            });
         }
         if let Some(v) = nonempty("DEFAULT_NETWORK") {
             self.defaults.network = Some(v);

@@ -12,6 +12,7 @@ pub mod backup;
 pub mod cli;
 pub mod cmd;
 pub mod config;
+pub mod dotenv;
 pub mod engine;
 pub mod error;
 pub mod git;

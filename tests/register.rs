@@ -117,3 +117,48 @@ fn register_is_skipped_with_a_reason() {
     r.assert_code(10);
     assert!(r.stderr.contains("no droplet_id"), "{}", r.stderr);
 }
+
+#[test]
+fn the_seeds_env_file_names_the_registry_below_the_environment() {
+    let sb = Sandbox::new();
+    let name = &sb.name("dotenv");
+    let port = free_port();
+    let from_file = FakeRegistry::start(200);
+    let from_env = FakeRegistry::start(200);
+    std::fs::write(
+        sb.dir.path().join(".env"),
+        format!(
+            "# Registry\nREGISTRY_URL={}\nDEPLOYMENT_METHOD=process  # or docker\n",
+            from_file.url()
+        ),
+    )
+    .unwrap();
+    let src = sb.service("hello", "v1");
+    let job = sb
+        .deploy(&src, name, port, "process", &["--droplet-id", "31"])
+        .assert_code(0)
+        .json();
+    assert_eq!(phase(&job, "Register")["status"], "success", "{job:#}");
+    assert_eq!(
+        from_file.bodies.lock().unwrap().len(),
+        1,
+        "registered via .env"
+    );
+
+    let env = [("REGISTRY_URL", from_env.url())];
+    sb.deploy_env(
+        &sb.service("hello", "v2"),
+        name,
+        port,
+        "process",
+        &["--droplet-id", "31"],
+        &[("REGISTRY_URL", env[0].1.as_str())],
+    )
+    .assert_code(0);
+    assert_eq!(
+        from_env.bodies.lock().unwrap().len(),
+        1,
+        "the environment wins"
+    );
+    assert_eq!(from_file.bodies.lock().unwrap().len(), 1);
+}
