@@ -145,14 +145,16 @@ fn the_seeds_env_file_names_the_registry_below_the_environment() {
         "registered via .env"
     );
 
-    let env = [("REGISTRY_URL", from_env.url())];
+    let url = from_env.url();
+    let v2 = sb.service("hello", "v2");
+    let flags = ["--droplet-id", "31"];
     sb.deploy_env(
-        &sb.service("hello", "v2"),
+        &v2,
         name,
         port,
         "process",
-        &["--droplet-id", "31"],
-        &[("REGISTRY_URL", env[0].1.as_str())],
+        &flags,
+        &[("REGISTRY_URL", &url)],
     )
     .assert_code(0);
     assert_eq!(
