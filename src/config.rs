@@ -508,6 +508,8 @@ pub struct DockerConfig {
     pub network: Option<String>,
     /// Restart policy (default `unless-stopped`).
     pub restart: Option<String>,
+    /// "HOST:CONTAINER": publish the container's port on another host port.
+    pub ports: Option<String>,
 }
 
 impl Manifest {

@@ -194,3 +194,43 @@ fn docker_secret_reaches_the_container_but_no_output_or_file() {
     ]);
     assert!(!args.contains(SECRET), "{args}");
 }
+
+#[test]
+fn docker_ports_publish_the_containers_port_on_another_host_port() {
+    if !require_docker() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let name = &sb.name("ports");
+    sb.track(name);
+    let port = free_port();
+    let src = sb.service("hello", "v1");
+    // The service listens on 80 in its container (PORT=80); the host sees it on `port`.
+    let manifest = std::fs::read_to_string(src.join("service.toml"))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with("port ="))
+        .map(|l| format!("{l}\n"))
+        .collect::<String>();
+    std::fs::write(src.join("service.toml"), manifest).unwrap();
+    add_to_manifest(&src, &format!("[docker]\nports = \"{port}:80\"\n"));
+    let run = sb.run(&[
+        "--json",
+        "deploy",
+        src.to_str().unwrap(),
+        "--name",
+        name,
+        "--method",
+        "docker",
+    ]);
+    run.assert_code(0);
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+    let mapped = docker(&["port", &containers_of(name)[0]]);
+    assert!(
+        mapped.contains(&format!("80/tcp -> 0.0.0.0:{port}")),
+        "{mapped}"
+    );
+    let bad = sb.deploy(&src, name, port + 1, "docker", &[]);
+    bad.assert_code(10);
+    assert!(bad.stderr.contains("disagree"), "{}", bad.stderr);
+}

@@ -26,6 +26,11 @@ pub struct RunSpec {
     /// What is backed up before this release replaces another.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backup: Option<BackupSpec>,
+    /// The port the service listens on inside its container, when it is
+    /// not `port` (`[docker] ports = "8080:80"`): `port` is published on
+    /// the host, and the service gets this one as PORT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_port: Option<u16>,
     /// What the release may use (`[limits]`).
     #[serde(default, skip_serializing_if = "Limits::is_none")]
     pub limits: Limits,
@@ -110,6 +115,7 @@ impl RunSpec {
             stop_grace_secs: 10,
             user: None,
             backup: None,
+            container_port: None,
             limits: Limits::default(),
         }
     }

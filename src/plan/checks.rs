@@ -111,3 +111,22 @@ pub fn job_timeout(
     }
     Ok(std::time::Duration::from_secs(secs))
 }
+
+/// `[docker] ports = "HOST:CONTAINER"`.
+pub(super) fn docker_ports(manifest: &Manifest) -> Result<Option<(u16, u16)>, Failure> {
+    let Some(p) = &manifest.docker.ports else {
+        return Ok(None);
+    };
+    let bad = || {
+        Failure::invalid(format!(
+            "docker.ports '{p}' must be HOST:CONTAINER, two ports (1-65535), as \"8080:80\""
+        ))
+    };
+    let (h, c) = p.split_once(':').ok_or_else(bad)?;
+    let h: u16 = h.trim().parse().map_err(|_| bad())?;
+    let c: u16 = c.trim().parse().map_err(|_| bad())?;
+    if h == 0 || c == 0 {
+        return Err(bad());
+    }
+    Ok(Some((h, c)))
+}

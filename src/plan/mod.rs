@@ -7,7 +7,7 @@ mod checks;
 mod secrets;
 
 pub use checks::job_timeout;
-use checks::{backup_spec, limits, smoke_checks, systemd_user};
+use checks::{backup_spec, docker_ports, limits, smoke_checks, systemd_user};
 
 pub use secrets::{check_requested_secrets, listed_secrets_only, resolve_secrets};
 
@@ -297,12 +297,27 @@ fn run_spec(
     method: Method,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(RunSpec, Vec<(String, Secret)>), Failure> {
-    let port = req.service_port.or(manifest.port).ok_or_else(|| {
-        Failure::invalid_field(
+    let ports = docker_ports(manifest)?;
+    let port = req
+        .service_port
+        .or(manifest.port)
+        .or(ports.map(|p| p.0))
+        .ok_or_else(|| {
+            Failure::invalid_field(
+                "service_port",
+                "no port: give --port or set `port` in service.toml",
+            )
+        })?;
+    if let Some((host, inner)) = ports
+        && host != port
+    {
+        return Err(Failure::invalid_field(
             "service_port",
-            "no port: give --port or set `port` in service.toml",
-        )
-    })?;
+            format!(
+                "port {port} and docker.ports \"{host}:{inner}\" disagree: the host port is the service's port"
+            ),
+        ));
+    }
     if port == 0 {
         return Err(Failure::invalid_field(
             "service_port",
@@ -357,6 +372,7 @@ fn run_spec(
         user: systemd_user(manifest)?,
         backup: backup_spec(manifest)?,
         limits: limits(manifest)?,
+        container_port: ports.map(|p| p.1),
     };
     Ok((spec, secrets))
 }

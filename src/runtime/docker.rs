@@ -63,7 +63,7 @@ pub fn run_cmd(ctx: &ReleaseCtx) -> Cmd {
         // A tiny init as PID 1 forwards SIGTERM, so services that never set
         // up signal handling still stop at once instead of after the grace.
         .arg("--init")
-        .args(["--publish", &format!("{port}:{port}")]);
+        .args(["--publish", &format!("{port}:{}", ctx.inner_port())]);
     let limits = &ctx.spec.limits;
     let cmd = match limits.memory_bytes {
         // No swap beyond the limit, as for systemd's MemoryMax=.

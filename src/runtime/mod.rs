@@ -41,9 +41,18 @@ impl ReleaseCtx {
     }
 
     /// deployer's own variables: PORT, SERVICE_NAME, RELEASE.
+    /// The port the service itself listens on: its container's, for a
+    /// docker release that publishes another.
+    pub fn inner_port(&self) -> u16 {
+        match (self.spec.runtime, self.spec.container_port) {
+            (crate::model::RuntimeKind::Docker, Some(p)) => p,
+            _ => self.spec.port,
+        }
+    }
+
     pub fn deployer_env(&self) -> Vec<(String, String)> {
         vec![
-            ("PORT".to_string(), self.spec.port.to_string()),
+            ("PORT".to_string(), self.inner_port().to_string()),
             ("SERVICE_NAME".to_string(), self.service.clone()),
             ("RELEASE".to_string(), self.release.clone()),
         ]
