@@ -29,6 +29,14 @@ impl TargetSpec {
     pub fn is_local(&self) -> bool {
         matches!(self, TargetSpec::Local)
     }
+
+    /// `local`, or USER@HOST:PORT: as the host's name in jobs and output.
+    pub fn name(&self) -> String {
+        match self {
+            TargetSpec::Local => "local".into(),
+            TargetSpec::Ssh { ssh, .. } => ssh.display(),
+        }
+    }
 }
 
 /// A connected host and its runtimes.

@@ -109,8 +109,17 @@ fn the_seed_request_deploys_registers_and_reports_six_phases() {
     assert_eq!(code, 200, "{health}");
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["registry_status"], "builtin");
-    assert_eq!(server.get("/capabilities").0, 200);
-    assert_eq!(server.get("/dependencies").0, 200);
+    let (code, caps) = server.get("/capabilities");
+    assert_eq!((code, caps["deploys_to"].clone()), (200, json!(["local"])));
+    let (code, deps) = server.get("/dependencies");
+    assert_eq!(code, 200);
+    let db = deps["dependencies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "database")
+        .unwrap();
+    assert_eq!(db["status"], "ok (1 jobs)", "a real count: {deps}");
     let (code, metrics) = request(server.port, "GET", "/metrics", None, None);
     assert_eq!(code, 200);
     assert!(

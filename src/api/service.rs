@@ -45,6 +45,9 @@ pub struct Capabilities {
     pub service: String,
     pub version: String,
     pub deployment_methods: Vec<String>,
+    /// Where deploys go unless a request names hosts: `local` (this
+    /// machine) or the configured SSH target(s), as USER@HOST:PORT.
+    pub deploys_to: Vec<String>,
     pub docker_available: bool,
     pub phases: Vec<String>,
     pub features: Vec<String>,
@@ -196,6 +199,10 @@ pub async fn capabilities(State(state): State<Shared>) -> Json<Capabilities> {
         service: "deployer".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         deployment_methods: strings(&["process", "docker", "systemd", "auto"]),
+        deploys_to: match crate::site::targets(&state.config, &[]) {
+            Ok(targets) => targets.iter().map(crate::site::TargetSpec::name).collect(),
+            Err(e) => vec![format!("invalid target: {}", e.message)],
+        },
         docker_available: state.probes.get(&state).await.docker,
         phases: crate::model::PhaseName::ALL
             .iter()
@@ -211,6 +218,9 @@ pub async fn capabilities(State(state): State<Shared>) -> Json<Capabilities> {
             "rolling waves with canary",
             "built-in registry",
             "server-sent events",
+            "pipeline stages (verify, fix) before a deploy",
+            "resource limits and job timeout",
+            "fleet-wide stop, start, restart and rollback",
         ]),
         limits: Limits {
             max_body_bytes: super::BODY_LIMIT,
@@ -258,7 +268,10 @@ pub async fn dependencies(State(state): State<Shared>) -> Json<Dependencies> {
             },
             Dependency {
                 name: "database".into(),
-                status: "ok".into(),
+                status: match state.store.ping().await {
+                    Ok(n) => format!("ok ({n} jobs)"),
+                    Err(e) => format!("failing: {e}"),
+                },
                 location: Some(state.state_dir.join("deployer.db").display().to_string()),
             },
         ],

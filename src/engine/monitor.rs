@@ -66,13 +66,6 @@ const STATS_SCRIPT: &str = "head -1 /proc/stat; sleep 0.25; head -1 /proc/stat; 
      grep -E '^(MemTotal|MemAvailable):' /proc/meminfo; \
      d=\"$1\"; [ -d \"$d\" ] || d=/; df -Pk \"$d\" | tail -1";
 
-fn target_name(t: &TargetSpec) -> String {
-    match t {
-        TargetSpec::Local => "local".into(),
-        TargetSpec::Ssh { ssh, .. } => ssh.display(),
-    }
-}
-
 impl Engine {
     /// Looks at every service with a current release and at its hosts,
     /// each host at once.
@@ -85,12 +78,12 @@ impl Engine {
         let mut hosts: BTreeMap<String, (TargetSpec, Vec<String>)> = BTreeMap::new();
         for t in &self.targets {
             hosts
-                .entry(target_name(t))
+                .entry(t.name())
                 .or_insert((t.clone(), Vec::new()));
         }
         for service in &services {
             for t in self.service_targets(service).await? {
-                let entry = hosts.entry(target_name(&t)).or_insert((t, Vec::new()));
+                let entry = hosts.entry(t.name()).or_insert((t, Vec::new()));
                 entry.1.push(service.clone());
             }
         }

@@ -308,6 +308,15 @@ impl Store {
             .collect())
     }
 
+    /// Asks the database a real question (how many jobs it holds).
+    pub async fn ping(&self) -> Result<i64, StoreError> {
+        let row = sqlx::query("SELECT count(*) AS n FROM jobs")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(ctx("counting jobs"))?;
+        Ok(row.get("n"))
+    }
+
     /// Records the hosts a service's current release runs on.
     pub async fn set_service_hosts(
         &self,
