@@ -62,6 +62,39 @@ pub async fn register(
     })
 }
 
+/// Tells the registry something happened to a service (the seed's
+/// "Update Registry with rollback event"): `POST /events`.
+pub async fn report_event(
+    client: &reqwest::Client,
+    registry_url: &str,
+    event: &serde_json::Value,
+    token: Option<&str>,
+) -> Result<(), RegistryError> {
+    let url = format!("{registry_url}/events");
+    let mut req = client.post(&url).timeout(Duration::from_secs(10));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
+        .json(event)
+        .send()
+        .await
+        .map_err(|e| RegistryError::Unreachable {
+            url: url.clone(),
+            cause: root_cause(&e),
+        })?;
+    let status = resp.status();
+    if !status.is_success() {
+        let body = resp.text().await.unwrap_or_default();
+        return Err(RegistryError::Refused {
+            url,
+            status,
+            body: body.chars().take(200).collect(),
+        });
+    }
+    Ok(())
+}
+
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
     let mut cur = e;
     while let Some(next) = cur.source() {

@@ -175,6 +175,11 @@ fn the_seed_request_deploys_registers_and_reports_six_phases() {
     assert_eq!((code, restarted["action"].as_str()), (200, Some("restart")));
     assert_eq!(version_on(port).as_deref(), Some("v1"));
     assert_eq!(server.post("/services/nothing/start", Some("{}")).0, 404);
+    let event = json!({"event": "rollback", "service_name": name, "trigger": "manual"});
+    let (code, ok) = server.post("/events", Some(&event.to_string()));
+    assert_eq!((code, ok["status"].as_str()), (200, Some("recorded")));
+    let bad = json!({"event": "roll back; rm", "service_name": name});
+    assert_eq!(server.post("/events", Some(&bad.to_string())).0, 400);
     assert_eq!(server.post("/services/..%2Fetc/stop", Some("{}")).0, 400);
 }
 
@@ -296,6 +301,7 @@ fn tokens_roots_body_limits_and_bad_fields() {
         ("POST", "/services/x/restart"),
         ("POST", "/message"),
         ("POST", "/register"),
+        ("POST", "/events"),
         ("DELETE", "/registry/x"),
     ] {
         let (code, body) = server.call(method, path, Some("{}"), None);

@@ -164,3 +164,67 @@ fn the_seeds_env_file_names_the_registry_below_the_environment() {
     );
     assert_eq!(from_file.bodies.lock().unwrap().len(), 1);
 }
+
+#[test]
+fn rollbacks_are_reported_to_the_registry_as_events() {
+    let sb = Sandbox::new();
+    let name = &sb.name("rbevent");
+    let port = free_port();
+    let registry = FakeRegistry::start(200);
+    let [flag, cfg] = config_with_registry(&sb, &registry.url());
+    let with = |extra: &[&str]| -> Vec<String> {
+        let mut v = vec![
+            flag.clone(),
+            cfg.clone(),
+            "--droplet-id".into(),
+            "40".into(),
+        ];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let deploy = |example: &str, version: &str| {
+        let args = with(&[]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        sb.deploy(&sb.prebuilt(example, version), name, port, "process", &args)
+    };
+    let j1 = deploy("hello", "v1").assert_code(0).json();
+    let j2 = deploy("hello", "v2").assert_code(0).json();
+    let events = || -> Vec<serde_json::Value> {
+        registry
+            .bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(path, _)| path == "/events")
+            .map(|(_, b)| serde_json::from_str(b).unwrap())
+            .collect()
+    };
+    assert!(events().is_empty(), "no rollback yet");
+
+    // The engine rolls a failed deploy back: an automatic rollback event.
+    let bad = deploy("broken/never-healthy", "v3");
+    bad.assert_code(4);
+    let e = events();
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert_eq!(e[0]["event"], "rollback");
+    assert_eq!(e[0]["trigger"], "automatic");
+    assert_eq!(e[0]["to_release"], j2["release"]);
+    assert_eq!(e[0]["droplet_id"], 40);
+    let job = bad.json();
+    let n = job["notifications"].as_array().unwrap();
+    assert!(
+        n.iter()
+            .any(|n| n["kind"] == "registry" && n["delivered"] == true),
+        "{job:#}"
+    );
+
+    // A manual rollback: reported too, after the registration.
+    let run = sb.run(&[&flag, &cfg, "--json", "rollback", name]);
+    run.assert_code(0);
+    let e = events();
+    assert_eq!(e.len(), 2, "{e:?}");
+    assert_eq!(e[1]["trigger"], "manual");
+    assert_eq!(e[1]["from_release"], j2["release"]);
+    assert_eq!(e[1]["to_release"], j1["release"]);
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+}

@@ -91,7 +91,7 @@ pub struct ErrorBody {
         deploy::create, deploy::pipeline, deploy::read, deploy::history, deploy::rollback, deploy::events,
         service::health, service::capabilities, service::state_counts, service::dependencies,
         service::message,
-        registry::register, registry::list, registry::one, registry::remove, registry::health,
+        registry::register, registry::event, registry::list, registry::one, registry::remove, registry::health,
         metrics::metrics,
         lifecycle::stop, lifecycle::start, lifecycle::restart,
     ),

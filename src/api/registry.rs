@@ -18,6 +18,7 @@ use std::time::Duration;
 pub fn routes() -> axum::Router<Shared> {
     axum::Router::new()
         .route("/register", post(register))
+        .route("/events", post(event))
         .route("/registry", get(list))
         .route("/registry/{service_name}", get(one).delete(remove))
         .route("/registry/{service_name}/health", get(health))
@@ -90,6 +91,77 @@ pub async fn register(
     Ok(Json(Registered {
         status: "registered".into(),
         service: entry,
+    }))
+}
+
+/// An event about a service (deployer reports rollbacks here).
+#[derive(Deserialize, utoipa::ToSchema)]
+pub struct RegistryEvent {
+    /// What happened: `rollback`.
+    event: String,
+    service_name: String,
+    /// Anything else the reporter adds (trigger, from_release,
+    /// to_release, reason, job_id, at).
+    #[serde(flatten)]
+    #[schema(value_type = Object)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct EventRecorded {
+    pub status: String,
+}
+
+/// Record an event about a service (a rollback) in the audit log.
+#[utoipa::path(post, path = "/events", tag = "registry",
+    request_body = RegistryEvent,
+    responses(
+        (status = 200, body = EventRecorded),
+        (status = 400, body = super::ErrorBody),
+        (status = 401, body = super::ErrorBody),
+        (status = 415, description = "Not JSON (Content-Type: application/json)", body = super::ErrorBody),
+        (status = 413, description = "Body over 1 MiB"),
+    ),
+    security(("bearer" = [])))]
+pub async fn event(
+    State(state): State<Shared>,
+    body: Bytes,
+) -> Result<Json<EventRecorded>, ApiError> {
+    let e: RegistryEvent = super::deploy::parse(&body)?;
+    crate::plan::validate_name(&e.service_name)?;
+    let ok = !e.event.is_empty() && e.event.len() <= 64;
+    if !ok
+        || !e
+            .event
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(ApiError::bad_field(
+            "event",
+            "event must be a word, as rollback",
+        ));
+    }
+    let job_id = e
+        .rest
+        .get("job_id")
+        .and_then(|v| v.as_str())
+        .map(str::to_string);
+    let entry = crate::model::AuditEntry {
+        at: chrono::Utc::now(),
+        actor: "registry".into(),
+        action: format!("registry {}", e.event),
+        service_name: e.service_name,
+        job_id,
+        outcome: "recorded".into(),
+        duration_ms: None,
+        details: crate::output::printable(&serde_json::Value::Object(e.rest).to_string())
+            .chars()
+            .take(1000)
+            .collect(),
+    };
+    state.store.audit(&entry).await?;
+    Ok(Json(EventRecorded {
+        status: "recorded".into(),
     }))
 }
 

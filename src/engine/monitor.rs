@@ -77,9 +77,7 @@ impl Engine {
         };
         let mut hosts: BTreeMap<String, (TargetSpec, Vec<String>)> = BTreeMap::new();
         for t in &self.targets {
-            hosts
-                .entry(t.name())
-                .or_insert((t.clone(), Vec::new()));
+            hosts.entry(t.name()).or_insert((t.clone(), Vec::new()));
         }
         for service in &services {
             for t in self.service_targets(service).await? {

@@ -178,10 +178,12 @@ pub(super) async fn announce(
     redactor: &crate::secret::Redactor,
     sink: &dyn Sink,
 ) {
-    if engine.config.notify.is_empty() {
+    let reported = report_rollback(engine, job, redactor).await;
+    if engine.config.notify.is_empty() && reported.is_none() {
         return;
     }
     job.notifications = crate::notify::announce(&engine.http, &engine.config, job, redactor).await;
+    job.notifications.extend(reported);
     for n in job.notifications.iter().filter(|n| !n.delivered) {
         let why = n.error.as_deref().unwrap_or("");
         sink.event(&Event::Note(&format!(
@@ -189,6 +191,55 @@ pub(super) async fn announce(
             n.kind, n.attempts
         )));
     }
+}
+
+/// Tells the registry about a rollback, when there was one and the service
+/// is registered there (a registry and a droplet id): a manual rollback
+/// that succeeded, or a failed deploy the engine rolled back.
+async fn report_rollback(
+    engine: &Engine,
+    job: &Job,
+    redactor: &crate::secret::Redactor,
+) -> Option<Notification> {
+    let (Some(url), Some(droplet_id)) = (&engine.config.registry_url, job.droplet_id) else {
+        return None;
+    };
+    let (trigger, from, to, reason) = match (&job.kind, job.state.rollback()) {
+        (JobKind::Rollback, _) if job.succeeded() => (
+            "manual",
+            job.previous_release.clone(),
+            job.release.clone(),
+            None,
+        ),
+        (JobKind::Deploy, Some(rb)) if rb.success && rb.to_release.is_some() => (
+            "automatic",
+            Some(rb.from_release.clone()),
+            rb.to_release.clone(),
+            job.state.error().map(|e| redactor.redact(first_line(&e))),
+        ),
+        _ => return None,
+    };
+    let event = serde_json::json!({
+        "event": "rollback",
+        "trigger": trigger,
+        "service_name": job.service_name,
+        "droplet_id": droplet_id,
+        "from_release": from,
+        "to_release": to,
+        "reason": reason,
+        "job_id": job.deploy_job_id,
+        "at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    });
+    let token = engine.config.registry_token.as_ref().map(|t| t.expose());
+    let sent =
+        crate::registry::report_event(&engine.http, url.trim_end_matches('/'), &event, token).await;
+    Some(Notification {
+        kind: "registry".into(),
+        event: "rollback".into(),
+        delivered: sent.is_ok(),
+        attempts: 1,
+        error: sent.err().map(|e| e.to_string()),
+    })
 }
 
 /// Registers the service with the registry: the Register phase of a
