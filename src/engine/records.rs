@@ -215,7 +215,7 @@ async fn report_rollback(
             "automatic",
             Some(rb.from_release.clone()),
             rb.to_release.clone(),
-            job.state.error().map(|e| redactor.redact(first_line(&e))),
+            job.state.error().map(|e| redactor.redact(first_line(e))),
         ),
         _ => return None,
     };
