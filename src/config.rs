@@ -278,6 +278,9 @@ pub struct Defaults {
     /// Docker network for containers (seed: DEFAULT_NETWORK).
     pub network: Option<String>,
     pub keep_releases: Option<usize>,
+    /// Releases older than this many days are pruned too (never the
+    /// current one or the one a rollback would bring back).
+    pub keep_days: Option<u64>,
     pub health_timeout_secs: Option<u64>,
     pub health_retries: Option<u32>,
     pub stop_grace_secs: Option<u64>,
@@ -377,6 +380,8 @@ pub struct Manifest {
     pub dockerfile: Option<String>,
     /// How many successful releases to keep (default 5).
     pub keep_releases: Option<usize>,
+    /// Overrides `defaults.keep_days`.
+    pub keep_days: Option<u64>,
     /// Seconds between SIGTERM and SIGKILL when stopping (default 10).
     pub stop_grace_secs: Option<u64>,
     #[serde(default)]

@@ -296,6 +296,50 @@ fn deployed_process_outlives_deployer() {
 }
 
 #[test]
+fn releases_older_than_keep_days_are_pruned_but_never_current_or_previous() {
+    let sb = Sandbox::new();
+    let web = &sb.name("aged");
+    let port = free_port();
+    let mut ids = Vec::new();
+    for v in ["v1", "v2", "v3"] {
+        let src = sb.prebuilt("hello", v);
+        // keep_releases is 5, but any release older than now is too old.
+        // A top-level key: before the manifest's tables.
+        let manifest = std::fs::read_to_string(src.join("service.toml")).unwrap();
+        std::fs::write(
+            src.join("service.toml"),
+            format!("keep_days = 0\n{manifest}"),
+        )
+        .unwrap();
+        let j = sb
+            .deploy(&src, web, port, "process", &[])
+            .assert_code(0)
+            .json();
+        ids.push(j["release"].as_str().unwrap().to_string());
+    }
+    let dir = sb.state_dir().join("services").join(web).join("releases");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    on_disk.sort();
+    assert_eq!(
+        on_disk,
+        ids[1..].to_vec(),
+        "v2 (previous) and v3 (current) stay"
+    );
+    let releases = sb.run(&["--json", "releases", web]).json();
+    let v1 = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == ids[0].as_str())
+        .unwrap();
+    assert_eq!(v1["status"], "removed", "{releases:#}");
+}
+
+#[test]
 fn keeps_only_n_releases_but_never_current_or_previous() {
     let sb = Sandbox::new();
     let web = &sb.name("web");

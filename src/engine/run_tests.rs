@@ -55,6 +55,7 @@ fn work(src: &Path, port: u16, register: RegisterPlan) -> Work {
         droplet_id: None,
         register,
         keep_releases: 5,
+        keep_days: None,
         service_url: format!("http://127.0.0.1:{port}"),
         source: Source::Dir(src.to_path_buf()),
         rollout: Default::default(),

@@ -116,6 +116,8 @@ pub struct Plan {
     pub spec: RunSpec,
     pub secrets: Vec<(String, Secret)>,
     pub keep_releases: usize,
+    /// Releases older than this many days are pruned too.
+    pub keep_days: Option<u64>,
     pub register: RegisterPlan,
     /// The address in the service URL and the registration.
     pub address: String,
@@ -245,6 +247,7 @@ impl Plan {
             spec,
             secrets,
             keep_releases,
+            keep_days: manifest.keep_days.or(config.defaults.keep_days),
             register: register_plan(req.auto_register, config, droplet_id)?,
             address: service_address(config),
             hosts: manifest.hosts.clone(),

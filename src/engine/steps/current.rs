@@ -60,20 +60,26 @@ impl Step for SwitchCurrent {
     }
 }
 
-/// Keeps the newest `keep_releases` good releases, plus current and the
-/// rollback target; removes the files (and images) of the rest.
+/// Keeps the newest `keep_releases` good releases that are not older than
+/// `keep_days`, plus current and the rollback target; removes the files
+/// (and images) of the rest.
 async fn prune(cx: &StepCx<'_>, current: &str) {
     let service = &cx.work.service;
     let Ok(releases) = cx.store.releases(service).await else {
         return;
     };
     let mut kept = 0usize;
+    let oldest = cx
+        .work
+        .keep_days
+        .map(|d| chrono::Utc::now() - chrono::Duration::days(d.min(36_500) as i64));
     for r in releases {
         let keep_always = r.id == current || Some(r.id.as_str()) == cx.previous.as_deref();
         match r.status {
             ReleaseStatus::Current | ReleaseStatus::Previous => {
                 kept += 1;
-                if keep_always || kept <= cx.work.keep_releases {
+                let too_old = oldest.is_some_and(|t| r.created_at < t);
+                if keep_always || (kept <= cx.work.keep_releases && !too_old) {
                     continue;
                 }
             }
