@@ -176,6 +176,18 @@ fn a_canary_failure_stops_the_rollout_and_a_good_release_reaches_all_three() {
     f.sb.run(&["--config", config, "start", &f.name])
         .assert_code(0);
     assert_eq!(f.versions(), [v("v3"), v("v3"), v("v3")]);
+    // The monitor reads each host's resources over SSH.
+    let mon = f.sb.run(&["--config", config, "--json", "monitor"]);
+    mon.assert_code(0);
+    let snap = mon.json();
+    let hosts = snap["hosts"].as_array().unwrap();
+    assert_eq!(hosts.len(), 3, "{snap:#}");
+    for (h, host) in hosts.iter().zip(&f.hosts) {
+        assert_eq!(h["host"], host.address().as_str());
+        assert!(h["memory_total_bytes"].as_u64().unwrap() > 0, "{h}");
+        assert!(h["disk_total_bytes"].as_u64().unwrap() > 0, "{h}");
+    }
+    assert_eq!(snap["services"].as_array().unwrap().len(), 3);
     let check = f.sb.run(&["--config", config, "check", &f.name]);
     check.assert_code(0);
     assert_eq!(check.stdout.lines().count(), 3, "{}", check.stdout);

@@ -76,7 +76,9 @@ impl Engine {
             None => Vec::new(),
         };
         let mut hosts: BTreeMap<String, (TargetSpec, Vec<String>)> = BTreeMap::new();
-        for t in &self.targets {
+        // The configured hosts, even with nothing on them; this machine
+        // only when named, or when there is nothing else to show.
+        for t in self.targets.iter().filter(|t| self.pinned || !t.is_local()) {
             hosts.entry(t.name()).or_insert((t.clone(), Vec::new()));
         }
         for service in &services {
@@ -84,6 +86,9 @@ impl Engine {
                 let entry = hosts.entry(t.name()).or_insert((t, Vec::new()));
                 entry.1.push(service.clone());
             }
+        }
+        if hosts.is_empty() {
+            hosts.insert("local".into(), (TargetSpec::Local, Vec::new()));
         }
         let looks = hosts
             .into_iter()
