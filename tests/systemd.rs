@@ -113,6 +113,22 @@ fn static_binary_v1_v2_and_a_failed_deploy_rolls_back_release_and_unit() {
     let name = &sb.name("hello");
     let v1 = sb.prebuilt("hello", "v1");
     add_to_manifest(&v1, "[limits]\nmemory = \"64m\"\ncpus = 1\n");
+    // A dry run shows the unit's commands on the host and leaves nothing there.
+    let dry = deploy(&sb, &cfg, &v1, name, port, &["--dry-run"]);
+    dry.assert_code(0);
+    assert!(dry.stdout.contains("systemctl"), "{}", dry.stdout);
+    let there = host.exec(&[
+        "sh",
+        "-c",
+        &format!(
+            "ls /srv/deployer/{name} 2>&1; ls /etc/systemd/system | grep -c deployer-{name} || true"
+        ),
+    ]);
+    assert!(there.contains("No such file"), "a dry run left {there}");
+    assert!(
+        there.trim_end().ends_with('0'),
+        "a dry run wrote a unit: {there}"
+    );
     let j1 = deploy(&sb, &cfg, &v1, name, port, &[])
         .assert_code(0)
         .json();
