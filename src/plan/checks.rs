@@ -112,8 +112,44 @@ pub fn job_timeout(
     Ok(std::time::Duration::from_secs(secs))
 }
 
+/// The service's port (the flag's, the manifest's, or the host side of
+/// `[docker] ports`), and its container's port when that is another.
+pub(super) fn service_port(
+    requested: Option<u16>,
+    manifest: &Manifest,
+) -> Result<(u16, Option<u16>), Failure> {
+    let ports = docker_ports(manifest)?;
+    let port = requested
+        .or(manifest.port)
+        .or(ports.map(|p| p.0))
+        .ok_or_else(|| {
+            Failure::invalid_field(
+                "service_port",
+                "no port: give --port or set `port` in service.toml",
+            )
+        })?;
+    if port == 0 {
+        return Err(Failure::invalid_field(
+            "service_port",
+            "port 0 is not a valid service port (1-65535)",
+        ));
+    }
+    if let Some((host, inner)) = ports
+        && host != port
+    {
+        return Err(Failure::invalid_field(
+            "service_port",
+            format!(
+                "port {port} and docker.ports \"{host}:{inner}\" disagree: \
+                 the host port is the service's port"
+            ),
+        ));
+    }
+    Ok((port, ports.map(|p| p.1)))
+}
+
 /// `[docker] ports = "HOST:CONTAINER"`.
-pub(super) fn docker_ports(manifest: &Manifest) -> Result<Option<(u16, u16)>, Failure> {
+fn docker_ports(manifest: &Manifest) -> Result<Option<(u16, u16)>, Failure> {
     let Some(p) = &manifest.docker.ports else {
         return Ok(None);
     };

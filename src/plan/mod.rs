@@ -7,7 +7,7 @@ mod checks;
 mod secrets;
 
 pub use checks::job_timeout;
-use checks::{backup_spec, docker_ports, limits, smoke_checks, systemd_user};
+use checks::{backup_spec, limits, service_port, smoke_checks, systemd_user};
 
 pub use secrets::{check_requested_secrets, listed_secrets_only, resolve_secrets};
 
@@ -300,33 +300,7 @@ fn run_spec(
     method: Method,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(RunSpec, Vec<(String, Secret)>), Failure> {
-    let ports = docker_ports(manifest)?;
-    let port = req
-        .service_port
-        .or(manifest.port)
-        .or(ports.map(|p| p.0))
-        .ok_or_else(|| {
-            Failure::invalid_field(
-                "service_port",
-                "no port: give --port or set `port` in service.toml",
-            )
-        })?;
-    if let Some((host, inner)) = ports
-        && host != port
-    {
-        return Err(Failure::invalid_field(
-            "service_port",
-            format!(
-                "port {port} and docker.ports \"{host}:{inner}\" disagree: the host port is the service's port"
-            ),
-        ));
-    }
-    if port == 0 {
-        return Err(Failure::invalid_field(
-            "service_port",
-            "port 0 is not a valid service port (1-65535)",
-        ));
-    }
+    let (port, container_port) = service_port(req.service_port, manifest)?;
     let (env_vars, secret_names) = env_and_secret_names(req, manifest)?;
     let secrets = resolve_secrets(&secret_names, config, env)?;
     let dockerfile = manifest
@@ -375,7 +349,7 @@ fn run_spec(
         user: systemd_user(manifest)?,
         backup: backup_spec(manifest)?,
         limits: limits(manifest)?,
-        container_port: ports.map(|p| p.1),
+        container_port,
     };
     Ok((spec, secrets))
 }
