@@ -4,9 +4,11 @@
 //! or release changed since the refresh before, and quits on `q`, Esc or
 //! Ctrl-C. NO_COLOR turns colours off; the marks stay.
 
-use super::monitor::{HOST_HEADER, SERVICE_HEADER, host_row, registry_text, service_row, summary};
 use crate::engine::{Engine, Snapshot};
 use crate::error::Failure;
+use crate::output::monitor::{
+    HOST_HEADER, SERVICE_HEADER, host_row, registry_text, service_row, summary,
+};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
