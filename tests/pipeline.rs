@@ -52,7 +52,7 @@ fn failing_tests_stop_the_deploy_with_exit_1_and_current_keeps_answering() {
             .contains("2 passed, 0 failed (cargo test)"),
         "{transfer:#}"
     );
-    assert_eq!(phase(&job, "Build")["steps"][2]["step"], "server tests");
+    assert_eq!(phase(&job, "Build")["steps"][3]["step"], "server tests");
     let current = sb.current(name);
 
     // A local test fails: nothing is transferred.
@@ -358,7 +358,7 @@ fn a_dry_run_prints_each_step_and_its_command_and_changes_nothing() {
         .json();
     assert_eq!(
         json.as_array().unwrap().len(),
-        13,
+        14,
         "one entry per step: {json:#}"
     );
 }

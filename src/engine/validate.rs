@@ -107,6 +107,15 @@ enum Refusal {
         method: &'static str,
         manifest: String,
     },
+    #[error(
+        "the {method} method needs a start command, and this Python service defines no ASGI app \
+         deployer can start (`app = ...` in main.py or app.py): set `start` in {manifest}, \
+         or `asgi = \"module:app\"` under [python] there, or pass --start"
+    )]
+    NoPythonStart {
+        method: &'static str,
+        manifest: String,
+    },
     #[error("the docker method needs {0}, which is missing")]
     NoDockerfile(String),
     #[error("port {0} is in use by another program; stop it or choose another port")]
@@ -154,9 +163,11 @@ async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
                 .is_none_or(|s| s.trim().is_empty())
             {
                 let manifest = plan.source.join(crate::config::MANIFEST_FILE);
-                return Err(Refusal::NoStartCommand {
-                    method: runtime.as_str(),
-                    manifest: manifest.display().to_string(),
+                let (method, manifest) = (runtime.as_str(), manifest.display().to_string());
+                return Err(if plan.spec.python.is_some() {
+                    Refusal::NoPythonStart { method, manifest }
+                } else {
+                    Refusal::NoStartCommand { method, manifest }
                 });
             }
         }
@@ -168,8 +179,15 @@ async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
         }
     }
     let port_note = port(site, plan).await?;
+    let python = match (&plan.spec.python, runtime) {
+        (Some(p), RuntimeKind::Process | RuntimeKind::Systemd) => {
+            let start = plan.spec.start.as_deref().unwrap_or("");
+            format!(", Python service ({}; starts with `{start}`)", p.deps)
+        }
+        _ => String::new(),
+    };
     Ok(format!(
-        "Service files validated: method {} on {}, {port_note}",
+        "Service files validated: method {} on {}, {port_note}{python}",
         runtime.as_str(),
         site.host.name()
     ))

@@ -31,9 +31,21 @@ pub struct RunSpec {
     /// the host, and the service gets this one as PORT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_port: Option<u16>,
+    /// Set for a Python service (process and systemd methods): its
+    /// dependencies go into a venv the release links as `.venv`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub python: Option<PythonSpec>,
     /// What the release may use (`[limits]`).
     #[serde(default, skip_serializing_if = "Limits::is_none")]
     pub limits: Limits,
+}
+
+/// A Python service: what its dependencies are installed from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonSpec {
+    /// `requirements.txt` (pip install -r) or `pyproject.toml` (pip
+    /// install .).
+    pub deps: String,
 }
 
 /// What one release may use, enforced by its runtime: docker's `--memory`
@@ -116,6 +128,7 @@ impl RunSpec {
             user: None,
             backup: None,
             container_port: None,
+            python: None,
             limits: Limits::default(),
         }
     }

@@ -166,3 +166,46 @@ fn docker_ports(manifest: &Manifest) -> Result<Option<(u16, u16)>, Failure> {
     }
     Ok(Some((h, c)))
 }
+
+/// A Python service (process and systemd methods; the docker method's
+/// Dockerfile installs what it needs): recorded in the spec, and with no
+/// start command, its ASGI app started with uvicorn.
+pub(super) fn python_service(
+    source: &std::path::Path,
+    manifest: &Manifest,
+    method: crate::config::Method,
+    spec: &mut crate::model::RunSpec,
+) -> Result<(), Failure> {
+    if method == crate::config::Method::Docker {
+        return Ok(());
+    }
+    let Some(python) = crate::python::detect(source) else {
+        return Ok(());
+    };
+    spec.python = Some(python);
+    if spec.start.is_some() {
+        return Ok(());
+    }
+    let word = |s: &str, extra: &str| {
+        !s.is_empty()
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || extra.contains(c))
+    };
+    let asgi = match &manifest.python.asgi {
+        Some(a) if word(a, "_.:") && a.contains(':') => Some(a.clone()),
+        Some(a) => {
+            return Err(Failure::invalid(format!(
+                "python.asgi '{a}' must be MODULE:ATTRIBUTE, as \"main:app\""
+            )));
+        }
+        None => crate::python::asgi_app(source),
+    };
+    let bind = manifest.python.bind.as_deref().unwrap_or("127.0.0.1");
+    if !word(bind, ".:-") {
+        return Err(Failure::invalid(format!(
+            "python.bind '{bind}' must be an address, as \"127.0.0.1\" or \"0.0.0.0\""
+        )));
+    }
+    spec.start = asgi.map(|a| crate::python::uvicorn(&a, bind));
+    Ok(())
+}

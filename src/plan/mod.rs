@@ -7,7 +7,7 @@ mod checks;
 mod secrets;
 
 pub use checks::job_timeout;
-use checks::{backup_spec, limits, service_port, smoke_checks, systemd_user};
+use checks::{backup_spec, limits, python_service, service_port, smoke_checks, systemd_user};
 
 pub use secrets::{check_requested_secrets, listed_secrets_only, resolve_secrets};
 
@@ -238,7 +238,8 @@ impl Plan {
             return Err(Failure::invalid("keep_releases must be at least 1"));
         }
         let droplet_id = req.droplet_id.or(manifest.droplet_id);
-        let (spec, secrets) = run_spec(req, &manifest, config, method, env)?;
+        let (mut spec, secrets) = run_spec(req, &manifest, config, method, env)?;
+        python_service(&source, &manifest, method, &mut spec)?;
         Ok(Plan {
             service_name,
             source,
@@ -350,6 +351,7 @@ fn run_spec(
         backup: backup_spec(manifest)?,
         limits: limits(manifest)?,
         container_port,
+        python: None,
     };
     Ok((spec, secrets))
 }

@@ -17,6 +17,9 @@ use crate::release::ServiceDirs;
 use crate::secret::Secret;
 use std::path::PathBuf;
 
+/// PATH for what runs on a server, after a venv.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Everything a runtime needs to act on one release.
 #[derive(Clone, Debug)]
 pub struct ReleaseCtx {
@@ -40,7 +43,6 @@ impl ReleaseCtx {
         env
     }
 
-    /// deployer's own variables: PORT, SERVICE_NAME, RELEASE.
     /// The port the service itself listens on: its container's, for a
     /// docker release that publishes another.
     pub fn inner_port(&self) -> u16 {
@@ -50,12 +52,33 @@ impl ReleaseCtx {
         }
     }
 
+    /// deployer's own variables: PORT, SERVICE_NAME, RELEASE; for a
+    /// Python service, VIRTUAL_ENV and PATH with the release's venv first.
     pub fn deployer_env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("PORT".to_string(), self.inner_port().to_string()),
             ("SERVICE_NAME".to_string(), self.service.clone()),
             ("RELEASE".to_string(), self.release.clone()),
-        ]
+        ];
+        if let Some(venv) = self.venv() {
+            let rest = match self.spec.runtime {
+                // A process runs here: after the venv, deployer's own PATH.
+                RuntimeKind::Process => {
+                    std::env::var("PATH").unwrap_or_else(|_| DEFAULT_PATH.to_string())
+                }
+                _ => DEFAULT_PATH.to_string(),
+            };
+            let venv = venv.to_string_lossy().into_owned();
+            env.push(("PATH".to_string(), format!("{venv}/bin:{rest}")));
+            env.push(("VIRTUAL_ENV".to_string(), venv));
+        }
+        env
+    }
+
+    /// The release's venv, for a Python service not in a container.
+    pub fn venv(&self) -> Option<PathBuf> {
+        (self.spec.python.is_some() && self.spec.runtime != RuntimeKind::Docker)
+            .then(|| self.dir().join(".venv"))
     }
 }
 

@@ -4,9 +4,8 @@
 //! and an optional User. One unit per release makes a rollback exact: the
 //! previous release's unit, unchanged, is started again.
 //!
-//! Python services get a virtualenv per release (`.venv` in the release)
-//! with `pip install -r requirements.txt`, from a `wheelhouse/` directory
-//! shipped with the service when there is one (no index is contacted then).
+//! A Python service's release links its venv as `.venv` (made in Build, see
+//! `python.rs`); the unit's PATH has it first.
 //!
 //! Like the docker runtime, it only builds commands; the host runs them.
 
@@ -19,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 const CMD_TIMEOUT: Duration = Duration::from_secs(120);
-const PIP_TIMEOUT: Duration = Duration::from_secs(600);
 const UNIT_DIR: &str = "/etc/systemd/system";
 
 pub struct SystemdRuntime {
@@ -119,14 +117,14 @@ fn unit_value(s: &str) -> String {
         .collect()
 }
 
-/// The environment file's contents: PATH with the release's venv first,
-/// deployer's variables, the configured ones, then the secrets.
+/// The environment file's contents: PATH (a Python service's with its
+/// venv first), deployer's variables, the configured ones, then the
+/// secrets.
 pub fn env_contents(ctx: &ReleaseCtx) -> String {
-    let venv = ctx.dir().join(".venv/bin");
-    let mut out = env_line(
-        "PATH",
-        &format!("{}:/usr/local/bin:/usr/bin:/bin", venv.display()),
-    );
+    let mut out = String::new();
+    if ctx.venv().is_none() {
+        out.push_str(&env_line("PATH", super::DEFAULT_PATH));
+    }
     for (k, v) in ctx.base_env() {
         out.push_str(&env_line(&k, &v));
     }
@@ -138,19 +136,6 @@ pub fn env_contents(ctx: &ReleaseCtx) -> String {
 
 pub fn systemctl(args: &[&str]) -> Cmd {
     Cmd::new("systemctl").args(args.iter().copied())
-}
-
-/// Creates the venv and installs requirements, offline from the wheelhouse
-/// when the service ships one.
-pub fn venv_script(ctx: &ReleaseCtx) -> String {
-    let dir = quote(&ctx.dir().to_string_lossy());
-    format!(
-        "cd {dir} && if [ -f requirements.txt ]; then \
-           python3 -m venv .venv && \
-           if [ -d wheelhouse ]; then .venv/bin/pip install --quiet --no-index --find-links wheelhouse -r requirements.txt; \
-           else .venv/bin/pip install --quiet -r requirements.txt; fi; \
-         fi"
-    )
 }
 
 impl SystemdRuntime {
@@ -178,11 +163,9 @@ impl SystemdRuntime {
         }
     }
 
-    /// Build: the venv, then the unit and environment file.
+    /// Build: the unit and environment file (a Python service's venv was
+    /// made by the step before).
     pub async fn build(&self, ctx: &ReleaseCtx) -> Result<String, RuntimeError> {
-        self.host
-            .run_ok(&Cmd::new("sh").args(["-c", &venv_script(ctx)]), PIP_TIMEOUT)
-            .await?;
         self.write_unit(ctx).await?;
         Ok(format!("unit {} written", unit_name(ctx)))
     }

@@ -100,4 +100,14 @@ async fn prune(cx: &StepCx<'_>, current: &str) {
                 .await;
         }
     }
+    if cx.work.spec.python.is_some() {
+        // The venvs only removed releases linked go with them.
+        let script = crate::python::prune_script(&cx.dirs.root);
+        let cmd = crate::cmd::Cmd::new("sh").args(["-c", &script]);
+        let _ = cx
+            .site
+            .host
+            .run(&cmd, std::time::Duration::from_secs(120))
+            .await;
+    }
 }

@@ -12,6 +12,7 @@ mod build;
 mod current;
 mod health;
 mod migrate;
+mod python;
 mod register;
 mod smoke;
 mod start;
@@ -37,6 +38,7 @@ pub(super) fn deploy_steps() -> Vec<Box<dyn Step>> {
     vec![
         Box::new(tests::LocalTests),
         Box::new(transfer::Upload),
+        Box::new(python::PythonDeps),
         Box::new(build::BuildCommand),
         Box::new(build::ImageBuild),
         Box::new(tests::ServerTests),

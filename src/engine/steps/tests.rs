@@ -52,8 +52,49 @@ impl Step for LocalTests {
                 cmd = cmd.env(k, v);
             }
             cmd = cmd.env("SERVICE_NAME", &cx.work.service);
+            if let Some(spec) = &cx.work.spec.python {
+                let venv = local_venv(cx, src, spec).await?;
+                let path = std::env::var("PATH").unwrap_or_default();
+                cmd = cmd
+                    .env("PATH", format!("{venv}/bin:{path}"))
+                    .env("VIRTUAL_ENV", venv);
+            }
             run_tests(&LocalTransport, &cmd, command, "local").await
         })
+    }
+}
+
+/// A Python service's venv on this machine (kept under the state
+/// directory, reused like a target's), for its local tests.
+async fn local_venv(
+    cx: &StepCx<'_>,
+    src: &std::path::Path,
+    spec: &PythonSpec,
+) -> Result<String, StepError> {
+    let dirs = cx.local_dirs();
+    let (venvs, cache) = (dirs.root.join("venvs"), dirs.root.join("cache/pip"));
+    let at = crate::python::VenvDirs {
+        venvs: &venvs,
+        cache: &cache,
+    };
+    let script = crate::python::deps_script(src, spec, &at, false);
+    let out = LocalTransport
+        .exec(
+            &Cmd::new("sh").args(["-c", &script]),
+            super::python::PIP_TIMEOUT,
+        )
+        .await
+        .map_err(|e| StepError::new(FailureKind::Tests, e))?;
+    match crate::python::parse_output(&out.stdout) {
+        (_, Some(venv)) if out.success() => Ok(venv),
+        _ => Err(StepError::new(
+            FailureKind::Tests,
+            format!(
+                "installing {} on this machine for the local tests failed:\n{}",
+                spec.deps,
+                out.tail(12)
+            ),
+        )),
     }
 }
 
@@ -148,9 +189,13 @@ async fn run_tests(
 /// `cargo test` and `go test` print.
 pub fn summary(output: &str) -> Option<String> {
     let lines: Vec<&str> = output.lines().map(str::trim).collect();
-    // pytest: "===== 5 passed, 1 failed in 0.12s ====="
+    // pytest: "===== 5 passed, 1 failed in 0.12s =====", or with -q
+    // "5 passed, 1 warning in 0.12s"
     if let Some(l) = lines.iter().rev().find(|l| {
-        l.starts_with('=') && (l.contains(" passed") || l.contains(" failed")) && l.contains(" in ")
+        let bare = l.trim_matches('=').trim();
+        (l.starts_with('=') || bare.starts_with(|c: char| c.is_ascii_digit()))
+            && (bare.contains(" passed") || bare.contains(" failed"))
+            && bare.contains(" in ")
     }) {
         return Some(format!("{} (pytest)", l.trim_matches('=').trim()));
     }
@@ -195,6 +240,11 @@ mod summary_tests {
         assert_eq!(
             summary("....F\n=========== 4 passed, 1 failed in 0.12s ===========\n").as_deref(),
             Some("4 passed, 1 failed in 0.12s (pytest)")
+        );
+        assert_eq!(
+            summary(".\n1 passed, 1 warning in 0.22s\n").as_deref(),
+            Some("1 passed, 1 warning in 0.22s (pytest)"),
+            "pytest -q"
         );
         let cargo = "test result: ok. 5 passed; 0 failed; 0 ignored\n\
                      test result: FAILED. 2 passed; 1 failed; 0 ignored\n";
