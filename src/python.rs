@@ -72,10 +72,18 @@ if [ -f "$venv/.deployer-ready" ]; then
 else
   rm -rf "$venv"
   mkdir -p {venvs} {cache}
-  "$py" -m venv "$venv"
+  # Without pip in the venv (seeding one costs seconds): the system's pip
+  # installs into it where it can (pip 22.3 or later), else the venv's own.
+  "$py" -m venv --without-pip "$venv"
+  if "$py" -m pip --python "$venv/bin/python" --version >/dev/null 2>&1; then
+    pip() {{ "$py" -m pip --python "$venv/bin/python" "$@"; }}
+  else
+    "$venv/bin/python" -m ensurepip --default-pip >/dev/null
+    pip() {{ "$venv/bin/python" -m pip "$@"; }}
+  fi
   set -- --cache-dir {cache} --disable-pip-version-check --quiet --quiet
   if [ -d wheelhouse ]; then set -- "$@" --no-index --find-links wheelhouse; how="installed from wheelhouse/"; else how="installed"; fi
-  if ! "$venv/bin/pip" install "$@" {install}; then rm -rf "$venv"; exit 1; fi
+  if ! pip install "$@" {install}; then rm -rf "$venv"; exit 1; fi
   touch "$venv/.deployer-ready"
 fi
 {link}echo "$how"

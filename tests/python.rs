@@ -115,6 +115,23 @@ fn a_fastapi_app_deploys_with_no_start_command_and_its_venv_is_reused() {
         Some("\"v3\""),
         "the previous release answers"
     );
+
+    // Keeping one release: the venv only pruned releases linked goes too.
+    let venvs = sb.state_dir().join("services").join(name).join("venvs");
+    let count = || std::fs::read_dir(&venvs).unwrap().count();
+    assert_eq!(count(), 2, "v1 and v2 share one venv, v3 has its own");
+    let v5 = sb.service("fastapi", "v5");
+    add_requirement(&v5, "six==1.17.0");
+    let manifest = std::fs::read_to_string(v5.join("service.toml")).unwrap();
+    std::fs::write(
+        v5.join("service.toml"),
+        format!("keep_releases = 1\n{manifest}"),
+    )
+    .unwrap();
+    sb.deploy(&v5, name, port, "process", &["--skip-tests"])
+        .assert_code(0);
+    assert_eq!(count(), 1, "v1 and v2 are gone, and their venv with them");
+    assert_eq!(version_on(port).as_deref(), Some("\"v5\""));
 }
 
 #[test]
