@@ -33,7 +33,8 @@ pub fn asgi_app(dir: &Path) -> Option<String> {
         let text = std::fs::read_to_string(dir.join(format!("{module}.py"))).ok()?;
         let defines = text.lines().any(|l| {
             l.strip_prefix("app")
-                .is_some_and(|rest| rest.trim_start().starts_with('=') && !rest.starts_with("=="))
+                .map(str::trim_start)
+                .is_some_and(|rest| rest.starts_with('=') && !rest.starts_with("=="))
         });
         defines.then(|| format!("{module}:app"))
     })
@@ -93,7 +94,8 @@ echo "venv=$venv""#,
         venvs = q(at.venvs),
         cache = q(at.cache),
         link = if link {
-            "ln -sfn \"$venv\" .venv\n"
+            // A `.venv` shipped in the service directory is replaced.
+            "rm -rf .venv\nln -sfn \"$venv\" .venv\n"
         } else {
             ""
         },
