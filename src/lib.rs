@@ -25,6 +25,7 @@ pub mod notify;
 pub mod output;
 pub mod pipeline;
 pub mod plan;
+pub mod proxy;
 pub mod python;
 pub mod registry;
 pub mod release;

@@ -43,6 +43,11 @@ pub struct Args {
     /// Build command, run in the release directory in the Build phase.
     #[arg(long)]
     pub build: Option<String>,
+    /// Serve the service through deployer's reverse proxy (Caddy) on this
+    /// public port: releases get private ports, and a redeploy switches
+    /// the proxy only once the new one is healthy ([proxy] port).
+    #[arg(long, value_name = "PORT")]
+    pub proxy_port: Option<u16>,
     /// Health check path (default /health).
     #[arg(long)]
     pub health_path: Option<String>,
@@ -119,6 +124,7 @@ pub async fn run_with(
         health_path: args.health_path,
         secrets: args.secrets,
         skip_tests: args.skip_tests.then_some(true),
+        proxy_port: args.proxy_port,
     };
     if let Some(server) = &args.server {
         let mut req = req;

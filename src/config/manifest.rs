@@ -58,12 +58,28 @@ pub struct Manifest {
     /// `[limits]`: memory, CPUs and the job's time limit.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `[proxy]`: a reverse proxy in front, for deploys without a gap.
+    pub proxy: Option<ProxyConfig>,
     /// `[python]`: how a Python service starts.
     #[serde(default)]
     pub python: PythonConfig,
     /// `[[pipeline]]`: replaces deployer.toml's stages for this service.
     #[serde(default)]
     pub pipeline: Vec<crate::pipeline::Stage>,
+}
+
+/// `[proxy]` in a manifest.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyConfig {
+    /// The public port the proxy listens on (flag: --proxy-port).
+    pub port: Option<u16>,
+    /// Seconds a replaced release keeps serving in-flight requests
+    /// (default 10).
+    pub drain_secs: Option<u64>,
+    /// "LOW-HIGH": where releases' private ports come from (default
+    /// 20000-29999).
+    pub private_ports: Option<String>,
 }
 
 /// `[python]` in a manifest.

@@ -430,7 +430,7 @@ impl Engine {
             service: service.to_string(),
             service_path: target_job.map(|j| j.service_path).unwrap_or_default(),
             method: target.spec.runtime.as_str().to_string(),
-            service_url: format!("http://{address}:{}", target.spec.port),
+            service_url: format!("http://{address}:{}", target.spec.public_port()),
             spec: target.spec.clone(),
             secrets,
             droplet_id,

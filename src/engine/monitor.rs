@@ -163,7 +163,7 @@ impl Engine {
         };
         ServiceLine {
             service: service.to_string(),
-            port: release.as_ref().map(|r| r.spec.port),
+            port: release.as_ref().map(|r| r.spec.public_port()),
             since: release.map(|r| r.created_at),
             check,
         }

@@ -389,6 +389,7 @@ async fn each_phase_records_its_steps() {
     );
     let build = o.job.phase(PhaseName::Build).view();
     assert_eq!(build.steps[0].status, PhaseStatus::Skipped);
-    assert_eq!(build.steps[0].details, "no build command");
+    assert_eq!(build.steps[0].details, "not a Python service");
+    assert_eq!(build.steps[1].details, "no build command");
     assert_eq!(build.details, format!("built {}", o.r2));
 }

@@ -88,6 +88,12 @@ pub(super) async fn all(
             }
         }
     }
+    if plan.spec.proxy.is_some() {
+        match private_port(sites, plan).await {
+            Ok(note) => details.push(note),
+            Err(e) => return Err(refuse(sink, started, Failure::invalid(e), &redactor)),
+        }
+    }
     let passed = phase(started, Ok(redactor.redact(&details.join("; "))));
     sink.event(&Event::PhaseFinished(&passed.view()));
     Ok(passed)
@@ -194,7 +200,69 @@ async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
 }
 
 /// The service's port is free, or held by this service itself.
+/// Behind the proxy: a private port for the new release, free on every
+/// host and held by none of the service's releases.
+async fn private_port(sites: &[Site], plan: &mut Plan) -> Result<String, String> {
+    let Some(proxy) = plan.spec.proxy.clone() else {
+        return Ok(String::new());
+    };
+    let mut taken = vec![proxy.public_port];
+    for site in sites {
+        let dirs = site.dirs(&plan.service_name);
+        let running = site.running_releases(&dirs, &plan.service_name).await;
+        taken.extend(running.into_iter().map(|(_, p)| p));
+    }
+    let seed = format!(
+        "{}{}",
+        plan.service_name,
+        chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
+    );
+    for _ in 0..50 {
+        let Some(port) = crate::proxy::private_port(&seed, proxy.private_ports, &taken, |_| true)
+        else {
+            break;
+        };
+        let mut free = true;
+        for site in sites {
+            free &= !site.port_in_use(port).await;
+        }
+        if free {
+            plan.spec.port = port;
+            return Ok(format!(
+                "behind the proxy on port {}, private port {port}",
+                proxy.public_port
+            ));
+        }
+        taken.push(port);
+    }
+    Err(format!(
+        "no free private port in {}-{} (proxy.private_ports)",
+        proxy.private_ports.0, proxy.private_ports.1
+    ))
+}
+
 async fn port(site: &Site, plan: &Plan) -> Result<String, Refusal> {
+    if let Some(proxy) = &plan.spec.proxy {
+        let public = proxy.public_port;
+        if !site.port_in_use(public).await {
+            return Ok(format!("port {public} free"));
+        }
+        if super::steps::proxy::upstream(site, &plan.service_name)
+            .await
+            .is_some()
+        {
+            return Ok(format!("port {public} served by the proxy"));
+        }
+        // A release from before the proxy may hold it; it stops at the switch.
+        let dirs = site.dirs(&plan.service_name);
+        let running = site.running_releases(&dirs, &plan.service_name).await;
+        return match running.iter().find(|(_, p)| *p == public) {
+            Some((rel, _)) => Ok(format!(
+                "port {public} held by this service's release {rel}"
+            )),
+            None => Err(Refusal::PortTaken(public)),
+        };
+    }
     let port = plan.spec.port;
     if !site.port_in_use(port).await {
         return Ok(format!("port {port} free"));

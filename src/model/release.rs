@@ -35,9 +35,33 @@ pub struct RunSpec {
     /// dependencies go into a venv the release links as `.venv`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub python: Option<PythonSpec>,
+    /// Set when a reverse proxy serves the service (`[proxy]`): `port` is
+    /// then the release's own private port, and the proxy listens on the
+    /// public one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
     /// What the release may use (`[limits]`).
     #[serde(default, skip_serializing_if = "Limits::is_none")]
     pub limits: Limits,
+}
+
+/// A service behind deployer's reverse proxy.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProxySpec {
+    /// Where users reach the service; the proxy listens here.
+    pub public_port: u16,
+    /// How long a replaced release keeps serving what it has in flight
+    /// before it stops.
+    pub drain_secs: u64,
+    /// Private ports for releases come from here (inclusive).
+    pub private_ports: (u16, u16),
+}
+
+impl RunSpec {
+    /// The port users reach the service on: the proxy's, or its own.
+    pub fn public_port(&self) -> u16 {
+        self.proxy.as_ref().map_or(self.port, |p| p.public_port)
+    }
 }
 
 /// A Python service: what its dependencies are installed from.
@@ -129,6 +153,7 @@ impl RunSpec {
             backup: None,
             container_port: None,
             python: None,
+            proxy: None,
             limits: Limits::default(),
         }
     }

@@ -209,3 +209,80 @@ pub(super) fn python_service(
     spec.start = asgi.map(|a| crate::python::uvicorn(&a, bind));
     Ok(())
 }
+
+/// `[proxy]` (or `--proxy-port`): the public port, the drain, the range
+/// of private ports.
+pub(super) fn proxy_spec(
+    req: &crate::plan::DeployRequest,
+    manifest: &Manifest,
+) -> Result<Option<crate::model::ProxySpec>, Failure> {
+    let config = manifest.proxy.clone().unwrap_or_default();
+    let Some(public_port) = req.proxy_port.or(config.port) else {
+        if manifest.proxy.is_some() {
+            return Err(Failure::invalid(
+                "[proxy] needs `port`, the public port (or pass --proxy-port)",
+            ));
+        }
+        return Ok(None);
+    };
+    if public_port == 0 {
+        return Err(Failure::invalid("proxy port 0 is not a port (1-65535)"));
+    }
+    let drain_secs = config.drain_secs.unwrap_or(10);
+    if drain_secs > 3600 {
+        return Err(Failure::invalid("proxy.drain_secs is at most 3600"));
+    }
+    let range = config.private_ports.as_deref().unwrap_or("20000-29999");
+    let bad = || {
+        Failure::invalid(format!(
+            "proxy.private_ports '{range}' must be LOW-HIGH, as \"20000-29999\""
+        ))
+    };
+    let (lo, hi) = range.split_once('-').ok_or_else(bad)?;
+    let (lo, hi): (u16, u16) = (
+        lo.trim().parse().map_err(|_| bad())?,
+        hi.trim().parse().map_err(|_| bad())?,
+    );
+    if lo == 0 || lo > hi || (lo..=hi).contains(&public_port) {
+        return Err(bad());
+    }
+    Ok(Some(crate::model::ProxySpec {
+        public_port,
+        drain_secs,
+        private_ports: (lo, hi),
+    }))
+}
+
+/// The service's name: given, else the manifest's, else the directory's
+/// (as the seed's scripts do).
+pub(super) fn service_name(
+    req: &super::DeployRequest,
+    manifest: &Manifest,
+    source: &std::path::Path,
+) -> Result<String, Failure> {
+    let manifest_file = source.join(crate::config::MANIFEST_FILE);
+    let dir_name = source.file_name().map(|n| n.to_string_lossy().into_owned());
+    let name = req
+        .service_name
+        .clone()
+        .or(manifest.name.clone())
+        .or(dir_name)
+        .ok_or_else(|| {
+            Failure::invalid_field(
+                "service_name",
+                format!(
+                    "no service name: give --name or set `name` in {}",
+                    manifest_file.display()
+                ),
+            )
+        })?;
+    super::validate_name(&name).map_err(|f| Failure {
+        message: format!(
+            "{} (give --name, or set `name` in {})",
+            f.message,
+            manifest_file.display()
+        ),
+        ..f
+    })?;
+    Ok(name)
+}

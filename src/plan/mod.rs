@@ -7,7 +7,10 @@ mod checks;
 mod secrets;
 
 pub use checks::job_timeout;
-use checks::{backup_spec, limits, python_service, service_port, smoke_checks, systemd_user};
+use checks::{
+    backup_spec, limits, proxy_spec, python_service, service_name, service_port, smoke_checks,
+    systemd_user,
+};
 
 pub use secrets::{check_requested_secrets, listed_secrets_only, resolve_secrets};
 
@@ -53,6 +56,11 @@ pub struct DeployRequest {
     /// Do not run the service's `[tests]` (recorded in the audit log).
     #[serde(default)]
     pub skip_tests: Option<bool>,
+    /// Serve the service through deployer's reverse proxy on this public
+    /// port (`[proxy] port`): each release gets a private port, and a
+    /// redeploy switches the proxy without a gap.
+    #[serde(default)]
+    pub proxy_port: Option<u16>,
 }
 
 /// How a deploy to several hosts rolls out: a canary wave first, then the
@@ -162,7 +170,7 @@ pub struct TestsPlan {
 
 impl Plan {
     pub fn service_url(&self) -> String {
-        format!("http://{}:{}", self.address, self.spec.port)
+        format!("http://{}:{}", self.address, self.spec.public_port())
     }
 
     /// Sets the pipeline a `pipeline run` runs first: the manifest's
@@ -196,31 +204,7 @@ impl Plan {
     ) -> Result<Plan, Failure> {
         let source = source_dir(&req.service_path)?;
         let manifest = Manifest::load_from_dir(&source)?.unwrap_or_default();
-        // The name: given, else the manifest's, else the directory's (as
-        // the seed's scripts do).
-        let dir_name = source.file_name().map(|n| n.to_string_lossy().into_owned());
-        let service_name = req
-            .service_name
-            .clone()
-            .or(manifest.name.clone())
-            .or(dir_name)
-            .ok_or_else(|| {
-                Failure::invalid_field(
-                    "service_name",
-                    format!(
-                        "no service name: give --name or set `name` in {}",
-                        source.join(crate::config::MANIFEST_FILE).display()
-                    ),
-                )
-            })?;
-        validate_name(&service_name).map_err(|f| Failure {
-            message: format!(
-                "{} (give --name, or set `name` in {})",
-                f.message,
-                source.join(crate::config::MANIFEST_FILE).display()
-            ),
-            ..f
-        })?;
+        let service_name = service_name(req, &manifest, &source)?;
         let method = match req.deployment_method.as_deref() {
             Some(m) => {
                 Method::parse(m).map_err(|e| Failure::invalid_field("deployment_method", e))?
@@ -240,6 +224,7 @@ impl Plan {
         let droplet_id = req.droplet_id.or(manifest.droplet_id);
         let (mut spec, secrets) = run_spec(req, &manifest, config, method, env)?;
         python_service(&source, &manifest, method, &mut spec)?;
+        spec.proxy = proxy_spec(req, &manifest)?;
         Ok(Plan {
             service_name,
             source,
@@ -301,7 +286,12 @@ fn run_spec(
     method: Method,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(RunSpec, Vec<(String, Secret)>), Failure> {
-    let (port, container_port) = service_port(req.service_port, manifest)?;
+    // Behind the proxy, `port` is a placeholder until Validation picks the
+    // release's private port.
+    let proxied = req
+        .proxy_port
+        .or(manifest.proxy.as_ref().and_then(|p| p.port));
+    let (port, container_port) = service_port(req.service_port.or(proxied), manifest)?;
     let (env_vars, secret_names) = env_and_secret_names(req, manifest)?;
     let secrets = resolve_secrets(&secret_names, config, env)?;
     let dockerfile = manifest
@@ -352,6 +342,8 @@ fn run_spec(
         limits: limits(manifest)?,
         container_port,
         python: None,
+        // Set by `proxy_spec`; `port` is then replaced in Validation.
+        proxy: None,
     };
     Ok((spec, secrets))
 }

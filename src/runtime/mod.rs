@@ -82,6 +82,32 @@ impl ReleaseCtx {
     }
 }
 
+/// What stops a release, as one shell command for the host to run later
+/// (a release the proxy no longer sends to stops after its drain).
+pub fn stop_shell(ctx: &ReleaseCtx) -> String {
+    let grace = ctx.spec.stop_grace_secs;
+    match ctx.spec.runtime {
+        RuntimeKind::Docker => format!(
+            "{} >/dev/null 2>&1; {} >/dev/null 2>&1",
+            docker::stop_cmd(ctx).display(),
+            docker::remove_container_cmd(ctx).display()
+        ),
+        RuntimeKind::Systemd => format!(
+            "systemctl disable --now {} >/dev/null 2>&1",
+            crate::cmd::quote(&systemd::unit_name(ctx))
+        ),
+        // SIGTERM to the process group, SIGKILL after the grace.
+        _ => format!(
+            "pid=$(cut -d' ' -f1 {pidfile} 2>/dev/null); [ -n \"$pid\" ] || exit 0; \
+             kill -TERM -\"$pid\" 2>/dev/null; i=0; \
+             while kill -0 -\"$pid\" 2>/dev/null && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done; \
+             kill -KILL -\"$pid\" 2>/dev/null; true",
+            pidfile = crate::cmd::quote(&ctx.dirs.pid_file(&ctx.release).to_string_lossy()),
+            ticks = grace * 10,
+        ),
+    }
+}
+
 /// A runtime action that failed, saying what went wrong.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

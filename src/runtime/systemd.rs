@@ -414,10 +414,23 @@ mod tests {
 
     #[test]
     fn env_file_has_venv_path_env_and_secrets() {
-        let env = env_contents(&ctx());
-        assert!(env.starts_with(
-            "PATH=\"/srv/deployer/api/releases/20261125-120000000-abcdef12/.venv/bin:"
-        ));
+        let plain = env_contents(&ctx());
+        assert!(plain.starts_with("PATH=\"/usr/local/sbin:"), "{plain}");
+        let mut python = ctx();
+        python.spec.python = Some(crate::model::PythonSpec {
+            deps: "requirements.txt".into(),
+        });
+        let env = env_contents(&python);
+        assert!(env.contains(
+            "PATH=\"/srv/deployer/api/releases/20261125-120000000-abcdef12/.venv/bin:/usr/local/sbin:"
+        ), "{env}");
+        assert!(
+            env.contains(
+                "VIRTUAL_ENV=\"/srv/deployer/api/releases/20261125-120000000-abcdef12/.venv\"\n"
+            ),
+            "{env}"
+        );
+        assert_eq!(env.matches("PATH=").count(), 1, "{env}");
         assert!(env.contains("PORT=\"8010\"\n"));
         assert!(env.contains("MODE=\"blue \\\"sky\\\"\"\n"));
         assert!(env.contains("API_KEY=\"sk-1\"\n"));

@@ -267,6 +267,19 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
+        // A proxy (Caddy) deployer started for this sandbox's services.
+        let state = self.state_dir().to_string_lossy().into_owned();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            if cmdline.starts_with("caddy") && cmdline.contains(&state) {
+                // SAFETY: signalling the proxy this sandbox started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         for name in self.names.borrow().iter() {
             for pid in service_pids(name) {
                 // SAFETY: signalling a pid we found by its SERVICE_NAME.

@@ -12,6 +12,7 @@ mod build;
 mod current;
 mod health;
 mod migrate;
+pub(super) mod proxy;
 mod python;
 mod register;
 mod smoke;
@@ -48,7 +49,9 @@ pub(super) fn deploy_steps() -> Vec<Box<dyn Step>> {
         Box::new(start::StartNew),
         Box::new(health::VerifyHealth),
         Box::new(smoke::SmokeChecks),
+        Box::new(proxy::SwitchProxy),
         Box::new(current::SwitchCurrent),
+        Box::new(proxy::DrainOld),
         Box::new(register::Register),
     ]
 }

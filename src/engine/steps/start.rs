@@ -20,6 +20,14 @@ impl Step for StopOld {
         "stop old"
     }
 
+    fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
+        cx.work
+            .spec
+            .proxy
+            .is_some()
+            .then(|| "behind the proxy: the old release serves until the switch".into())
+    }
+
     fn describe(&self, cx: &StepCx<'_>) -> String {
         match &cx.previous {
             Some(p) => format!("stop release {p} (and whatever else of the service runs)"),
@@ -92,6 +100,20 @@ impl Step for StartNew {
     fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
         Box::pin(async move {
             let ctx = cx.new_release();
+            if ctx.spec.proxy.is_some()
+                && cx
+                    .site
+                    .running_releases(&cx.dirs, &cx.work.service)
+                    .await
+                    .iter()
+                    .any(|(r, _)| *r == ctx.release)
+            {
+                // A rollback to a release still draining: it serves again.
+                return Ok(Done::shown(format!(
+                    "release {} still runs on port {}",
+                    ctx.release, ctx.spec.port
+                )));
+            }
             match cx.runtime(&ctx.spec).start(&ctx).await {
                 Ok(details) => Ok(Done::shown(details).with_undo(StopNew { ctx })),
                 // A half-started container or process is cleaned up too.

@@ -1,0 +1,223 @@
+//! Behind the proxy (`[proxy]`, `proxy.rs`): once the new release passed
+//! its health and smoke checks on its private port, `switch proxy` points
+//! the service's public port at it (undo: point it back); after `current`
+//! moved, `drain old` lets the releases the proxy left finish what they
+//! have in flight and stop, in the background, off the job's path.
+
+use super::{Done, Step, StepCx, StepError, Undo};
+use crate::cmd::Cmd;
+use crate::error::FailureKind;
+use crate::model::*;
+use crate::proxy::{self, ProxyDirs};
+use crate::site::Site;
+use futures_util::future::BoxFuture;
+use std::time::Duration;
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Installing Caddy with apt may take a while.
+const ENSURE_TIMEOUT: Duration = Duration::from_secs(300);
+
+fn dirs(site: &Site) -> ProxyDirs {
+    ProxyDirs::new(site.root())
+}
+
+/// Runs a command on the host; its output, or an error with its tail.
+async fn run(site: &Site, cmd: &Cmd, timeout: Duration) -> Result<String, String> {
+    let out = site
+        .host
+        .run(cmd, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.success() {
+        Ok(out.stdout)
+    } else {
+        Err(format!("{}{}", out.stdout, out.tail(5)))
+    }
+}
+
+/// Makes sure Caddy runs on the host (installed, started); says how.
+pub(in crate::engine) async fn ensure(site: &Site) -> Result<String, String> {
+    let script = proxy::ensure_script(&dirs(site));
+    let said = run(site, &Cmd::new("sh").args(["-c", &script]), ENSURE_TIMEOUT).await?;
+    Ok(said.trim().to_string())
+}
+
+/// The port the proxy sends a service to now; `None` when it has no
+/// server for it (or no proxy answers).
+pub(in crate::engine) async fn upstream(site: &Site, service: &str) -> Option<u16> {
+    let json = run(
+        site,
+        &proxy::read_server(&dirs(site), service),
+        ADMIN_TIMEOUT,
+    )
+    .await
+    .ok()?;
+    proxy::upstream_of(&json)
+}
+
+pub(in crate::engine) struct SwitchProxy;
+
+impl Step for SwitchProxy {
+    fn phase(&self) -> PhaseName {
+        PhaseName::VerifyHealth
+    }
+
+    fn name(&self) -> &'static str {
+        "switch proxy"
+    }
+
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        match &cx.work.spec.proxy {
+            Some(p) => format!(
+                "on {}: Caddy's admin API ({}): port {} to 127.0.0.1:{}",
+                cx.site.host.name(),
+                dirs(cx.site).socket().display(),
+                p.public_port,
+                cx.work.spec.port
+            ),
+            None => String::new(),
+        }
+    }
+
+    fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
+        cx.work
+            .spec
+            .proxy
+            .is_none()
+            .then(|| "no proxy ([proxy] in service.toml, or --proxy-port)".into())
+    }
+
+    fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
+        Box::pin(async move {
+            let fail = |e: String| StepError::new(FailureKind::Health, format!("proxy: {e}"));
+            let Some(spec) = cx.work.spec.proxy.clone() else {
+                return Ok(Done::quiet("no proxy"));
+            };
+            let (service, new_port) = (cx.work.service.clone(), cx.work.spec.port);
+            let how = ensure(cx.site).await.map_err(fail)?;
+            let before = upstream(cx.site, &service).await;
+            let d = dirs(cx.site);
+            let cmd = match before {
+                Some(_) => proxy::switch(&d, &service, new_port),
+                None => {
+                    // The first time: a release from before the proxy holds
+                    // the public port; it stops so the proxy can take it.
+                    stop_unproxied(cx).await;
+                    proxy::put_server(&d, &service, spec.public_port, new_port)
+                }
+            };
+            let started = std::time::Instant::now();
+            run(cx.site, &cmd, ADMIN_TIMEOUT).await.map_err(fail)?;
+            let details = format!(
+                "port {} now sends to release {} on port {new_port} (switched in {} ms; {how})",
+                spec.public_port,
+                cx.release.as_deref().unwrap_or("?"),
+                started.elapsed().as_millis()
+            );
+            let done = Done::shown(details);
+            Ok(match before {
+                Some(old) => done.with_undo(SwitchBack { port: old }),
+                None => done,
+            })
+        })
+    }
+}
+
+/// Stops the service's releases that run without the proxy (on the
+/// public port itself).
+async fn stop_unproxied(cx: &StepCx<'_>) {
+    let new = cx.release.clone().unwrap_or_default();
+    for (rel, _) in cx.site.running_releases(&cx.dirs, &cx.work.service).await {
+        if rel == new {
+            continue;
+        }
+        let ctx = cx.earlier_release(&rel).await;
+        if ctx.spec.proxy.is_none() {
+            cx.note(&format!("stopping release {rel}: the proxy takes its port"));
+            let _ = cx.runtime(&ctx.spec).stop(&ctx).await;
+        }
+    }
+}
+
+/// Points the proxy back at the release it sent to before.
+struct SwitchBack {
+    port: u16,
+}
+
+impl Undo for SwitchBack {
+    fn describe(&self) -> String {
+        format!("switch the proxy back to port {}", self.port)
+    }
+
+    fn undo<'a>(&'a self, cx: &'a StepCx<'_>, _: &'a mut RollbackRecord) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let cmd = proxy::switch(&dirs(cx.site), &cx.work.service, self.port);
+            if let Err(e) = run(cx.site, &cmd, ADMIN_TIMEOUT).await {
+                cx.note(&format!("rollback: switching the proxy back: {e}"));
+            }
+        })
+    }
+}
+
+pub(in crate::engine) struct DrainOld;
+
+impl Step for DrainOld {
+    fn phase(&self) -> PhaseName {
+        PhaseName::VerifyHealth
+    }
+
+    fn name(&self) -> &'static str {
+        "drain old"
+    }
+
+    fn describe(&self, cx: &StepCx<'_>) -> String {
+        match &cx.work.spec.proxy {
+            Some(p) => format!(
+                "the releases the proxy left stop after {} s, in the background",
+                p.drain_secs
+            ),
+            None => String::new(),
+        }
+    }
+
+    fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
+        cx.work.spec.proxy.is_none().then(|| "no proxy".into())
+    }
+
+    fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
+        Box::pin(async move {
+            let Some(spec) = cx.work.spec.proxy.clone() else {
+                return Ok(Done::quiet("no proxy"));
+            };
+            let new = cx.release.clone().unwrap_or_default();
+            let mut draining = Vec::new();
+            for (rel, _) in cx.site.running_releases(&cx.dirs, &cx.work.service).await {
+                if rel == new {
+                    continue;
+                }
+                let ctx = cx.earlier_release(&rel).await;
+                let stop = crate::runtime::stop_shell(&ctx);
+                let script = proxy::drain_script(&cx.dirs.root, &rel, spec.drain_secs, &stop);
+                match run(
+                    cx.site,
+                    &Cmd::new("sh").args(["-c", &script]),
+                    ADMIN_TIMEOUT,
+                )
+                .await
+                {
+                    Ok(_) => draining.push(rel),
+                    Err(e) => cx.note(&format!("warning: draining release {rel}: {e}")),
+                }
+            }
+            Ok(Done::shown(if draining.is_empty() {
+                "nothing else was running".to_string()
+            } else {
+                format!(
+                    "release {} drains for {} s, then stops",
+                    draining.join(", "),
+                    spec.drain_secs
+                )
+            }))
+        })
+    }
+}

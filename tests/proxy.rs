@@ -1,0 +1,156 @@
+//! Zero-downtime deploys behind a real reverse proxy (Caddy): a steady
+//! stream of requests through the proxy during ten redeploys, a deploy
+//! whose release never becomes healthy and a manual rollback, with no
+//! failed request.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// What one request through the proxy got: the status and body, or the
+/// connection error.
+type Answer = Result<(u16, String), String>;
+
+fn get(port: u16) -> Answer {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .map_err(|e| e.to_string())?;
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("no status in {text:?}"))?;
+    let body = text
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    Ok((status, body))
+}
+
+/// A load generator: one request after another through the proxy, until
+/// stopped; every answer kept.
+struct Load {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Answer>>,
+}
+
+impl Load {
+    fn start(port: u16) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut answers = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                answers.push(get(port));
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            answers
+        });
+        Load { stop, thread }
+    }
+
+    fn finish(self) -> Vec<Answer> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().unwrap()
+    }
+}
+
+fn with_proxy(src: PathBuf, public: u16) -> PathBuf {
+    add_to_manifest(&src, &format!("[proxy]\nport = {public}\ndrain_secs = 1\n"));
+    src
+}
+
+fn ten_redeploys_a_failed_one_and_a_rollback(method: &str) {
+    let sb = Sandbox::new();
+    let name = &sb.name("zd");
+    let public = free_port();
+    let version = |sb: &Sandbox, v: &str| {
+        if method == "docker" {
+            with_proxy(sb.service("hello", v), public)
+        } else {
+            with_proxy(sb.prebuilt("hello", v), public)
+        }
+    };
+    let j1 = sb
+        .deploy(&version(&sb, "v1"), name, public, method, &[])
+        .assert_code(0)
+        .json();
+    assert_eq!(j1["service_url"], format!("http://127.0.0.1:{public}"));
+    assert_eq!(get(public).unwrap(), (200, "v1".to_string()));
+
+    let load = Load::start(public);
+    for i in 2..=11 {
+        let v = format!("v{i}");
+        sb.deploy(&version(&sb, &v), name, public, method, &[])
+            .assert_code(0);
+        // Every new response comes from the new release.
+        for _ in 0..5 {
+            assert_eq!(
+                get(public).unwrap(),
+                (200, v.clone()),
+                "after the switch to {v}"
+            );
+        }
+    }
+    // A release that never becomes healthy: the proxy never sends to it.
+    let bad = if method == "docker" {
+        with_proxy(sb.service("broken/never-healthy", "bad"), public)
+    } else {
+        with_proxy(sb.prebuilt("broken/never-healthy", "bad"), public)
+    };
+    sb.deploy(&bad, name, public, method, &[]).assert_code(4);
+    assert_eq!(get(public).unwrap(), (200, "v11".to_string()));
+    // A manual rollback while v10 may still drain: back to v10.
+    sb.run(&["rollback", name]).assert_code(0);
+    assert_eq!(get(public).unwrap(), (200, "v10".to_string()));
+    let answers = load.finish();
+
+    let failed: Vec<&Answer> = answers
+        .iter()
+        .filter(|a| !matches!(a, Ok((200, _))))
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        answers.len() > 100,
+        "a steady stream: {} requests",
+        answers.len()
+    );
+    let bodies: std::collections::BTreeSet<&str> = answers
+        .iter()
+        .filter_map(|a| a.as_ref().ok().map(|(_, b)| b.as_str()))
+        .collect();
+    assert!(!bodies.contains(""), "no empty answer: {bodies:?}");
+    assert!(bodies.iter().all(|b| b.starts_with('v')), "{bodies:?}");
+    eprintln!(
+        "{method}: {} requests through the proxy, none failed, versions {bodies:?}",
+        answers.len()
+    );
+}
+
+#[test]
+fn process_redeploys_behind_the_proxy_drop_no_request() {
+    ten_redeploys_a_failed_one_and_a_rollback("process");
+}
+
+#[test]
+fn docker_redeploys_behind_the_proxy_drop_no_request() {
+    if !require_docker() {
+        return;
+    }
+    ten_redeploys_a_failed_one_and_a_rollback("docker");
+}
