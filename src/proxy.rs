@@ -70,7 +70,8 @@ said=""
 if ! command -v caddy >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq caddy >/dev/null 2>&1 \
-      || {{ apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq caddy >/dev/null; }}
+      || {{ apt-get -o DPkg::Lock::Timeout=300 update -qq >/dev/null 2>&1 \
+            && DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq caddy >/dev/null; }}
     said="caddy installed with apt; "
   else
     echo "caddy is not installed on this host, and deployer can only install it as root with apt-get" >&2
