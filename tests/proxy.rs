@@ -69,10 +69,15 @@ fn with_proxy(src: PathBuf, public: u16) -> PathBuf {
     src
 }
 
-fn ten_redeploys_a_failed_one_and_a_rollback(method: &str) {
-    let sb = Sandbox::new();
+/// Ten redeploys, a failed one and a rollback under load through the
+/// proxy on `public`; `global` flags go before every command.
+fn ten_redeploys_a_failed_one_and_a_rollback(
+    sb: &Sandbox,
+    method: &str,
+    public: u16,
+    global: &[&str],
+) {
     let name = &sb.name("zd");
-    let public = free_port();
     let version = |sb: &Sandbox, v: &str| {
         if method == "docker" {
             with_proxy(sb.service("hello", v), public)
@@ -81,7 +86,7 @@ fn ten_redeploys_a_failed_one_and_a_rollback(method: &str) {
         }
     };
     let j1 = sb
-        .deploy(&version(&sb, "v1"), name, public, method, &[])
+        .deploy(&version(sb, "v1"), name, public, method, global)
         .assert_code(0)
         .json();
     assert_eq!(j1["service_url"], format!("http://127.0.0.1:{public}"));
@@ -90,7 +95,7 @@ fn ten_redeploys_a_failed_one_and_a_rollback(method: &str) {
     let load = Load::start(public);
     for i in 2..=11 {
         let v = format!("v{i}");
-        sb.deploy(&version(&sb, &v), name, public, method, &[])
+        sb.deploy(&version(sb, &v), name, public, method, global)
             .assert_code(0);
         // Every new response comes from the new release.
         for _ in 0..5 {
@@ -107,10 +112,12 @@ fn ten_redeploys_a_failed_one_and_a_rollback(method: &str) {
     } else {
         with_proxy(sb.prebuilt("broken/never-healthy", "bad"), public)
     };
-    sb.deploy(&bad, name, public, method, &[]).assert_code(4);
+    sb.deploy(&bad, name, public, method, global).assert_code(4);
     assert_eq!(get(public).unwrap(), (200, "v11".to_string()));
     // A manual rollback while v10 may still drain: back to v10.
-    sb.run(&["rollback", name]).assert_code(0);
+    let mut rollback = global.to_vec();
+    rollback.extend(["rollback", name.as_str()]);
+    sb.run(&rollback).assert_code(0);
     assert_eq!(get(public).unwrap(), (200, "v10".to_string()));
     let answers = load.finish();
 
@@ -144,7 +151,8 @@ fn ten_redeploys_a_failed_one_and_a_rollback(method: &str) {
 
 #[test]
 fn process_redeploys_behind_the_proxy_drop_no_request() {
-    ten_redeploys_a_failed_one_and_a_rollback("process");
+    let sb = Sandbox::new();
+    ten_redeploys_a_failed_one_and_a_rollback(&sb, "process", free_port(), &[]);
 }
 
 #[test]
@@ -152,5 +160,27 @@ fn docker_redeploys_behind_the_proxy_drop_no_request() {
     if !require_docker() {
         return;
     }
-    ten_redeploys_a_failed_one_and_a_rollback("docker");
+    let sb = Sandbox::new();
+    ten_redeploys_a_failed_one_and_a_rollback(&sb, "docker", free_port(), &[]);
+}
+
+#[test]
+fn systemd_redeploys_on_a_server_behind_its_proxy_drop_no_request() {
+    if !common::testhost::image_ready() {
+        return;
+    }
+    use common::testhost::{TestHost, client_key, config_for};
+    let sb = Sandbox::new();
+    let public = free_port();
+    // Only the public port is published: private ports stay on the server,
+    // where the health checks run. Caddy is installed there by deployer.
+    let host = TestHost::start(&sb.name("sd-proxy"), &client_key(sb.dir.path()), &[public]);
+    let cfg = config_for(&sb, &host);
+    ten_redeploys_a_failed_one_and_a_rollback(&sb, "systemd", public, &["--config", &cfg]);
+    let units = host.exec(&["systemctl", "is-active", "deployer-proxy.service"]);
+    assert_eq!(
+        units.trim(),
+        "active",
+        "the proxy runs as a systemd unit there"
+    );
 }

@@ -89,6 +89,11 @@ pub(super) async fn all(
         }
     }
     if plan.spec.proxy.is_some() {
+        // A release's private port is the server's own business (and
+        // usually firewalled): health is checked from the server itself.
+        if sites.iter().any(|s| !s.host.is_local()) {
+            plan.spec.health.from_target = true;
+        }
         match private_port(sites, plan).await {
             Ok(note) => details.push(note),
             Err(e) => return Err(refuse(sink, started, Failure::invalid(e), &redactor)),
