@@ -1,4 +1,4 @@
-//! Zero-downtime deploys behind a real reverse proxy (Caddy): a steady
+//! Zero-downtime deploys behind a real reverse proxy (nginx): a steady
 //! stream of requests through the proxy during ten redeploys, a deploy
 //! whose release never becomes healthy and a manual rollback, with no
 //! failed request.
@@ -173,7 +173,7 @@ fn systemd_redeploys_on_a_server_behind_its_proxy_drop_no_request() {
     let sb = Sandbox::new();
     let public = free_port();
     // Only the public port is published: private ports stay on the server,
-    // where the health checks run. Caddy is installed there by deployer.
+    // where the health checks run. nginx is installed there by deployer.
     let host = TestHost::start(&sb.name("sd-proxy"), &client_key(sb.dir.path()), &[public]);
     let cfg = config_for(&sb, &host);
     ten_redeploys_a_failed_one_and_a_rollback(&sb, "systemd", public, &["--config", &cfg]);

@@ -267,7 +267,8 @@ impl Sandbox {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        // A proxy (Caddy) deployer started for this sandbox's services.
+        // The proxy (nginx) deployer started for this sandbox's services:
+        // its master takes its workers with it.
         let state = self.state_dir().to_string_lossy().into_owned();
         for e in std::fs::read_dir("/proc").unwrap().flatten() {
             let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
@@ -275,9 +276,9 @@ impl Drop for Sandbox {
             };
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline);
-            if cmdline.starts_with("caddy") && cmdline.contains(&state) {
+            if cmdline.starts_with("nginx: master") && cmdline.contains(&state) {
                 // SAFETY: signalling the proxy this sandbox started.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
+                unsafe { libc::kill(pid, libc::SIGTERM) };
             }
         }
         for name in self.names.borrow().iter() {

@@ -1,6 +1,6 @@
-//! Behind the proxy (`[proxy]`, `proxy.rs`): once the new release passed
-//! its health and smoke checks on its private port, `switch proxy` points
-//! the service's public port at it (undo: point it back); after `current`
+//! Behind the proxy (`[proxy]`, `proxy.rs`: nginx): once the new release
+//! passed its health and smoke checks on its private port, `switch proxy`
+//! points the service's public port at it (undo: point it back); after `current`
 //! moved, `drain old` lets the releases the proxy left finish what they
 //! have in flight and stop, in the background, off the job's path.
 
@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 use std::time::Duration;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Installing Caddy with apt may take a while.
+/// Installing nginx with apt may take a while.
 const ENSURE_TIMEOUT: Duration = Duration::from_secs(300);
 
 fn dirs(site: &Site) -> ProxyDirs {
@@ -35,7 +35,7 @@ async fn run(site: &Site, cmd: &Cmd, timeout: Duration) -> Result<String, String
     }
 }
 
-/// Makes sure Caddy runs on the host (installed, started); says how.
+/// Makes sure the proxy runs on the host (installed, started); says how.
 pub(in crate::engine) async fn ensure(site: &Site) -> Result<String, String> {
     let script = proxy::ensure_script(&dirs(site));
     let said = run(site, &Cmd::new("sh").args(["-c", &script]), ENSURE_TIMEOUT).await?;
@@ -43,7 +43,7 @@ pub(in crate::engine) async fn ensure(site: &Site) -> Result<String, String> {
 }
 
 /// The port the proxy sends a service to now; `None` when it has no
-/// server for it (or no proxy answers).
+/// file for it.
 pub(in crate::engine) async fn upstream(site: &Site, service: &str) -> Option<u16> {
     let json = run(
         site,
@@ -69,9 +69,9 @@ impl Step for SwitchProxy {
     fn describe(&self, cx: &StepCx<'_>) -> String {
         match &cx.work.spec.proxy {
             Some(p) => format!(
-                "on {}: Caddy's admin API ({}): port {} to 127.0.0.1:{}",
+                "on {}: nginx under {}: port {} to 127.0.0.1:{}, graceful reload",
                 cx.site.host.name(),
-                dirs(cx.site).socket().display(),
+                dirs(cx.site).root.display(),
                 p.public_port,
                 cx.work.spec.port
             ),
@@ -96,18 +96,15 @@ impl Step for SwitchProxy {
             let (service, new_port) = (cx.work.service.clone(), cx.work.spec.port);
             let how = ensure(cx.site).await.map_err(fail)?;
             let before = upstream(cx.site, &service).await;
-            let d = dirs(cx.site);
-            let cmd = match before {
-                Some(_) => proxy::switch(&d, &service, new_port),
-                None => {
-                    // The first time: a release from before the proxy holds
-                    // the public port; it stops so the proxy can take it.
-                    stop_unproxied(cx).await;
-                    proxy::put_server(&d, &service, spec.public_port, new_port)
-                }
-            };
+            if before.is_none() {
+                // The first time: a release from before the proxy holds
+                // the public port; it stops so the proxy can take it.
+                stop_unproxied(cx).await;
+            }
             let started = std::time::Instant::now();
-            run(cx.site, &cmd, ADMIN_TIMEOUT).await.map_err(fail)?;
+            switch(cx.site, &service, spec.public_port, new_port)
+                .await
+                .map_err(fail)?;
             let details = format!(
                 "port {} now sends to release {} on port {new_port} (switched in {} ms; {how})",
                 spec.public_port,
@@ -116,7 +113,10 @@ impl Step for SwitchProxy {
             );
             let done = Done::shown(details);
             Ok(match before {
-                Some(old) => done.with_undo(SwitchBack { port: old }),
+                Some(old) => done.with_undo(SwitchBack {
+                    public_port: spec.public_port,
+                    port: old,
+                }),
                 None => done,
             })
         })
@@ -139,8 +139,17 @@ async fn stop_unproxied(cx: &StepCx<'_>) {
     }
 }
 
+/// Points a service's public port at `upstream`, gracefully.
+async fn switch(site: &Site, service: &str, public_port: u16, upstream: u16) -> Result<(), String> {
+    let script = proxy::switch_script(&dirs(site), service, public_port, upstream);
+    run(site, &Cmd::new("sh").args(["-c", &script]), ADMIN_TIMEOUT)
+        .await
+        .map(|_| ())
+}
+
 /// Points the proxy back at the release it sent to before.
 struct SwitchBack {
+    public_port: u16,
     port: u16,
 }
 
@@ -151,8 +160,8 @@ impl Undo for SwitchBack {
 
     fn undo<'a>(&'a self, cx: &'a StepCx<'_>, _: &'a mut RollbackRecord) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let cmd = proxy::switch(&dirs(cx.site), &cx.work.service, self.port);
-            if let Err(e) = run(cx.site, &cmd, ADMIN_TIMEOUT).await {
+            let back = switch(cx.site, &cx.work.service, self.public_port, self.port).await;
+            if let Err(e) = back {
                 cx.note(&format!("rollback: switching the proxy back: {e}"));
             }
         })
