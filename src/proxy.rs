@@ -57,7 +57,7 @@ fn main_config(dirs: &ProxyDirs) -> String {
 }
 
 /// A service's file: the public port, proxying to `upstream`.
-fn site_config(service: &str, public_port: u16, upstream: u16) -> String {
+pub fn site_config(service: &str, public_port: u16, upstream: u16) -> String {
     format!(
         "# Written by deployer for {service}: port {public_port} to its current release.\n\
          upstream deployer_{service} {{ server 127.0.0.1:{upstream}; keepalive 16; }}\n\
@@ -66,6 +66,58 @@ fn site_config(service: &str, public_port: u16, upstream: u16) -> String {
          proxy_set_header Connection \"\";\n    proxy_set_header Host $http_host;\n    \
          proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n  }}\n}}\n"
     )
+}
+
+/// A service's file while it is paused: 503 and a page, on the public port.
+pub fn maintenance_config(service: &str, public_port: u16, message: &str) -> String {
+    let text: String = message
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(500)
+        .collect();
+    let page = format!(
+        "<!doctype html><meta charset=utf-8><title>{service}: down for maintenance</title>\
+         <h1>Down for maintenance</h1><p>{}</p>",
+        html_escape(&text)
+    );
+    format!(
+        "# Written by deployer: {service} is paused (deployer resume {service}).\n\
+         server {{\n  listen {public_port};\n  location / {{\n    \
+         default_type text/html;\n    add_header Retry-After 60 always;\n    \
+         return 503 {};\n  }}\n}}\n",
+        nginx_string(&page)
+    )
+}
+
+/// Text for HTML.
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+        .replace('\'', "&#39;")
+}
+
+/// A string for nginx's configuration: double-quoted, with `"`, `\\`, `$`
+/// and braces escaped so nothing in it is read as configuration.
+fn nginx_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' | '\\' | '$' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Whether a service's file is the maintenance page.
+pub fn is_paused(site: &str) -> bool {
+    site.contains("is paused")
 }
 
 /// Finds nginx (it lives in /usr/sbin, not always on a login's PATH).
@@ -152,16 +204,21 @@ pub fn upstream_of(site: &str) -> Option<u16> {
     rest.split(';').next()?.trim().parse().ok()
 }
 
-/// A shell script that points a service's public port at `upstream`: the
-/// file is rewritten (and checked; a bad one is put back), then nginx
-/// reloads gracefully, and the script waits until no worker of the old
-/// configuration takes new connections. Prints how long the switch took.
+/// A shell script that points a service's public port at `upstream`.
 pub fn switch_script(dirs: &ProxyDirs, service: &str, public_port: u16, upstream: u16) -> String {
+    write_site_script(dirs, service, &site_config(service, public_port, upstream))
+}
+
+/// A shell script that writes a service's file: it is rewritten (and
+/// checked; a bad one is put back), then nginx reloads gracefully, and the
+/// script waits until no worker of the old configuration takes new
+/// connections.
+pub fn write_site_script(dirs: &ProxyDirs, service: &str, content: &str) -> String {
     let root = quote(&dirs.root.to_string_lossy());
     let conf = quote(&dirs.config().to_string_lossy());
     let pid = quote(&dirs.pid_file().to_string_lossy());
     let site = quote(&dirs.site(service).to_string_lossy());
-    let content = quote(&site_config(service, public_port, upstream));
+    let content = quote(content);
     format!(
         r#"set -e
 {FIND_NGINX}

@@ -299,6 +299,8 @@ fn tokens_roots_body_limits_and_bad_fields() {
         ("POST", "/services/x/stop"),
         ("POST", "/services/x/start"),
         ("POST", "/services/x/restart"),
+        ("POST", "/services/x/pause"),
+        ("POST", "/services/x/resume"),
         ("POST", "/message"),
         ("POST", "/register"),
         ("POST", "/events"),

@@ -147,6 +147,19 @@ fn ten_redeploys_a_failed_one_and_a_rollback(
         "{method}: {} requests through the proxy, none failed, versions {bodies:?}",
         answers.len()
     );
+
+    // Down on purpose: a maintenance page, then the current release again.
+    let with = |cmd: &[&str]| {
+        let mut args = global.to_vec();
+        args.extend(cmd);
+        sb.run(&args)
+    };
+    with(&["pause", name, "--message", "Back at <5>"]).assert_code(0);
+    let (status, page) = get(public).unwrap();
+    assert_eq!(status, 503, "{page}");
+    assert!(page.contains("Back at &lt;5&gt;"), "{page}");
+    with(&["resume", name]).assert_code(0);
+    assert_eq!(get(public).unwrap(), (200, "v10".to_string()));
 }
 
 #[test]

@@ -11,13 +11,15 @@ pub fn routes() -> axum::Router<Shared> {
         .route("/services/{service_name}/stop", post(stop))
         .route("/services/{service_name}/start", post(start))
         .route("/services/{service_name}/restart", post(restart))
+        .route("/services/{service_name}/pause", post(pause))
+        .route("/services/{service_name}/resume", post(resume))
 }
 
 /// What a stop, start or restart did.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct Done {
     pub service_name: String,
-    /// stop | start | restart
+    /// stop | start | restart | pause | resume
     pub action: String,
     /// What happened, host by host.
     pub details: String,
@@ -105,6 +107,51 @@ pub async fn restart(
 ) -> Result<Json<Done>, ApiError> {
     let details = engine(&state)?.restart(&service).await?;
     Ok(done(service, "restart", details))
+}
+
+/// Behind the proxy: answer 503 with a maintenance page on each of the
+/// service's hosts until it is resumed (or deployed again).
+#[utoipa::path(post, path = "/services/{service_name}/pause", tag = "services",
+    params(("service_name" = String, Path)),
+    responses(
+        (status = 200, body = Done),
+        (status = 400, description = "Not a valid service name, or not behind the proxy", body = super::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = super::ErrorBody),
+        (status = 404, description = "No such service", body = super::ErrorBody),
+        (status = 409, description = "Another job of the service is running", body = super::ErrorBody),
+        (status = 415, description = "Not JSON (Content-Type: application/json)", body = super::ErrorBody),
+        (status = 500, description = "The proxy could not be changed", body = super::ErrorBody),
+        (status = 502, description = "A host of the service cannot be reached", body = super::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn pause(
+    State(state): State<Shared>,
+    Path(service): Path<String>,
+) -> Result<Json<Done>, ApiError> {
+    let details = engine(&state)?.pause(&service, None).await?;
+    Ok(done(service, "pause", details))
+}
+
+/// Behind the proxy: send the public port to the current release again.
+#[utoipa::path(post, path = "/services/{service_name}/resume", tag = "services",
+    params(("service_name" = String, Path)),
+    responses(
+        (status = 200, body = Done),
+        (status = 400, description = "Not a valid service name, or not behind the proxy", body = super::ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = super::ErrorBody),
+        (status = 404, description = "No such service", body = super::ErrorBody),
+        (status = 409, description = "Another job of the service is running", body = super::ErrorBody),
+        (status = 415, description = "Not JSON (Content-Type: application/json)", body = super::ErrorBody),
+        (status = 500, description = "The proxy could not be changed", body = super::ErrorBody),
+        (status = 502, description = "A host of the service cannot be reached", body = super::ErrorBody),
+    ),
+    security(("bearer" = [])))]
+pub async fn resume(
+    State(state): State<Shared>,
+    Path(service): Path<String>,
+) -> Result<Json<Done>, ApiError> {
+    let details = engine(&state)?.resume(&service).await?;
+    Ok(done(service, "resume", details))
 }
 
 fn done(service_name: String, action: &str, details: String) -> Json<Done> {

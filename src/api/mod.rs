@@ -93,7 +93,7 @@ pub struct ErrorBody {
         service::message,
         registry::register, registry::event, registry::list, registry::one, registry::remove, registry::health,
         metrics::metrics,
-        lifecycle::stop, lifecycle::start, lifecycle::restart,
+        lifecycle::stop, lifecycle::start, lifecycle::restart, lifecycle::pause, lifecycle::resume,
     ),
     modifiers(&BearerAuth),
 )]

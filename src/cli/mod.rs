@@ -94,6 +94,10 @@ pub enum Command {
     Start(start::Args),
     /// Stop and start a service's current release, health-checked.
     Restart(start::Args),
+    /// Behind the proxy: answer 503 with a maintenance page until `resume`.
+    Pause(start::PauseArgs),
+    /// Behind the proxy: send the public port to the current release again.
+    Resume(start::Args),
     /// Is the service healthy? One line per host; exit 4 when not (cron).
     Check(check::Args),
     /// Every service and host at a glance (the seed's health monitor);
@@ -189,6 +193,8 @@ impl Cli {
             Command::Stop(a) => stop::run(ctx, a).await,
             Command::Start(a) => start::start(ctx, a).await,
             Command::Restart(a) => start::restart(ctx, a).await,
+            Command::Pause(a) => start::pause(ctx, a).await,
+            Command::Resume(a) => start::resume(ctx, a).await,
             Command::Check(a) => check::run(ctx, a).await,
             Command::Logs(a) => logs::run(ctx, a).await,
             Command::Monitor(a) => monitor::run(ctx, a).await,

@@ -10,6 +10,39 @@ pub struct Args {
     pub name: String,
 }
 
+/// `deployer pause NAME [--message TEXT]`.
+#[derive(Debug, clap::Args)]
+pub struct PauseArgs {
+    /// The service.
+    pub name: String,
+    /// The maintenance page's text.
+    #[arg(long, value_name = "TEXT")]
+    pub message: Option<String>,
+}
+
+pub async fn pause(ctx: Context, args: PauseArgs) -> Result<i32, Failure> {
+    let engine = ctx.engine(0, &[])?;
+    let done = engine.pause(&args.name, args.message.as_deref()).await;
+    engine.close().await;
+    say(&ctx, &args.name, done?)
+}
+
+pub async fn resume(ctx: Context, args: Args) -> Result<i32, Failure> {
+    let engine = ctx.engine(0, &[])?;
+    let done = engine.resume(&args.name).await;
+    engine.close().await;
+    say(&ctx, &args.name, done?)
+}
+
+fn say(ctx: &Context, name: &str, done: String) -> Result<i32, Failure> {
+    if ctx.json {
+        crate::output::print_json(&serde_json::json!({ "service_name": name, "details": done }));
+    } else {
+        anstream::println!("{name}: {done}");
+    }
+    Ok(0)
+}
+
 pub async fn start(ctx: Context, args: Args) -> Result<i32, Failure> {
     run(ctx, args, false).await
 }

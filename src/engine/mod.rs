@@ -24,6 +24,7 @@ mod ids;
 mod lifecycle;
 mod locks;
 mod monitor;
+mod pause;
 mod records;
 mod recover;
 mod rollout;

@@ -252,7 +252,7 @@ async fn port(site: &Site, plan: &Plan) -> Result<String, Refusal> {
         if !site.port_in_use(public).await {
             return Ok(format!("port {public} free"));
         }
-        if super::steps::proxy::upstream(site, &plan.service_name)
+        if super::steps::proxy::site_file(site, &plan.service_name)
             .await
             .is_some()
         {

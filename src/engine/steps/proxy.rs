@@ -42,17 +42,31 @@ pub(in crate::engine) async fn ensure(site: &Site) -> Result<String, String> {
     Ok(said.trim().to_string())
 }
 
-/// The port the proxy sends a service to now; `None` when it has no
-/// file for it.
+/// A service's file in the proxy; `None` when it has none.
+pub(in crate::engine) async fn site_file(site: &Site, service: &str) -> Option<String> {
+    let cmd = proxy::read_server(&dirs(site), service);
+    run(site, &cmd, ADMIN_TIMEOUT)
+        .await
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// The port the proxy sends a service to now; `None` when it has no file
+/// for it (or the service is paused).
 pub(in crate::engine) async fn upstream(site: &Site, service: &str) -> Option<u16> {
-    let json = run(
-        site,
-        &proxy::read_server(&dirs(site), service),
-        ADMIN_TIMEOUT,
-    )
-    .await
-    .ok()?;
-    proxy::upstream_of(&json)
+    proxy::upstream_of(&site_file(site, service).await?)
+}
+
+/// Writes a service's file in the proxy, with a graceful reload.
+pub(in crate::engine) async fn write_site(
+    site: &Site,
+    service: &str,
+    content: &str,
+) -> Result<(), String> {
+    let script = proxy::write_site_script(&dirs(site), service, content);
+    run(site, &Cmd::new("sh").args(["-c", &script]), ADMIN_TIMEOUT)
+        .await
+        .map(|_| ())
 }
 
 pub(in crate::engine) struct SwitchProxy;

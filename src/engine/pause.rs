@@ -1,0 +1,89 @@
+//! `deployer pause NAME` and `resume NAME`: a service behind the proxy
+//! answers 503 with a maintenance page while it is down on purpose, on
+//! every host of the service; `resume` (or the next deploy) sends its
+//! public port to the current release again.
+
+use super::{Engine, steps};
+use crate::error::{Failure, FailureKind};
+use crate::model::AuditEntry;
+use crate::site::Site;
+
+impl Engine {
+    /// Puts up the maintenance page on each of the service's hosts.
+    pub async fn pause(&self, service: &str, message: Option<&str>) -> Result<String, Failure> {
+        let message =
+            message.unwrap_or("This service is down for maintenance; it will be back soon.");
+        self.proxy_action(service, "pause", |s, public, _| {
+            crate::proxy::maintenance_config(s, public, message)
+        })
+        .await
+    }
+
+    /// Sends the public port to the current release again.
+    pub async fn resume(&self, service: &str) -> Result<String, Failure> {
+        self.proxy_action(service, "resume", crate::proxy::site_config)
+            .await
+    }
+
+    async fn proxy_action(
+        &self,
+        service: &str,
+        action: &str,
+        content: impl Fn(&str, u16, u16) -> String,
+    ) -> Result<String, Failure> {
+        self.known_releases(service).await?;
+        let _lock = self.lock(service, &super::new_job_id()).await?;
+        let sites = self.service_sites(service).await?;
+        let started = std::time::Instant::now();
+        let mut done = Vec::new();
+        let mut result = Ok(());
+        for site in &sites {
+            if result.is_ok() {
+                match self.rewrite(site, service, &content).await {
+                    Ok(d) => done.push(super::on_host(site, &sites, d)),
+                    Err(f) => result = Err(f),
+                }
+            }
+            site.close().await;
+        }
+        let result = result.map(|()| done.join("; "));
+        let (outcome, details) = match &result {
+            Ok(d) => ("success", d.clone()),
+            Err(f) => ("failed", f.message.clone()),
+        };
+        let entry = AuditEntry {
+            details,
+            ..super::records::audit_entry(&self.actor, action, service, None, outcome, started)
+        };
+        self.store().await?.audit(&entry).await?;
+        result
+    }
+
+    async fn rewrite(
+        &self,
+        site: &Site,
+        service: &str,
+        content: &impl Fn(&str, u16, u16) -> String,
+    ) -> Result<String, Failure> {
+        let (_, current, ctx) = self.current_release(site, service).await?;
+        let Some(proxy) = &ctx.spec.proxy else {
+            return Err(Failure::invalid(format!(
+                "'{service}' is not behind the proxy: pausing needs [proxy] port in its \
+                 service.toml (or --proxy-port), deployed"
+            )));
+        };
+        let text = content(service, proxy.public_port, ctx.spec.port);
+        steps::proxy::ensure(site)
+            .await
+            .and(steps::proxy::write_site(site, service, &text).await)
+            .map_err(|e| Failure::new(FailureKind::Start, format!("proxy: {e}")))?;
+        Ok(if crate::proxy::is_paused(&text) {
+            format!("port {} answers 503 (maintenance)", proxy.public_port)
+        } else {
+            format!(
+                "port {} sends to release {current} again",
+                proxy.public_port
+            )
+        })
+    }
+}
