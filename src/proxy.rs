@@ -12,6 +12,7 @@
 //! Everything here is shell run by the host (this machine or over SSH).
 
 use crate::cmd::{Cmd, quote};
+use crate::model::ProxySpec;
 use std::path::{Path, PathBuf};
 
 /// Where a host's proxy keeps its files: `BASE/.proxy` (here, the state
@@ -57,11 +58,13 @@ fn main_config(dirs: &ProxyDirs) -> String {
 }
 
 /// A service's file: the public port, proxying to `upstream`.
-pub fn site_config(service: &str, public_port: u16, upstream: u16) -> String {
+pub fn site_config(service: &str, proxy: &ProxySpec, upstream: u16) -> String {
+    let public_port = proxy.public_port;
+    let server_name = server_name(proxy);
     format!(
         "# Written by deployer for {service}: port {public_port} to its current release.\n\
          upstream deployer_{service} {{ server 127.0.0.1:{upstream}; keepalive 16; }}\n\
-         server {{\n  listen {public_port};\n  location / {{\n    \
+         server {{\n  listen {public_port};\n{server_name}  location / {{\n    \
          proxy_pass http://deployer_{service};\n    proxy_http_version 1.1;\n    \
          proxy_set_header Connection \"\";\n    proxy_set_header Host $http_host;\n    \
          proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n  }}\n}}\n"
@@ -69,7 +72,9 @@ pub fn site_config(service: &str, public_port: u16, upstream: u16) -> String {
 }
 
 /// A service's file while it is paused: 503 and a page, on the public port.
-pub fn maintenance_config(service: &str, public_port: u16, message: &str) -> String {
+pub fn maintenance_config(service: &str, proxy: &ProxySpec, message: &str) -> String {
+    let public_port = proxy.public_port;
+    let server_name = server_name(proxy);
     let text: String = message
         .chars()
         .filter(|c| !c.is_control())
@@ -82,11 +87,19 @@ pub fn maintenance_config(service: &str, public_port: u16, message: &str) -> Str
     );
     format!(
         "# Written by deployer: {service} is paused (deployer resume {service}).\n\
-         server {{\n  listen {public_port};\n  location / {{\n    \
+         server {{\n  listen {public_port};\n{server_name}  location / {{\n    \
          default_type text/html;\n    add_header Retry-After 60 always;\n    \
          return 503 {};\n  }}\n}}\n",
         nginx_string(&page)
     )
+}
+
+/// The `server_name` line of a service that shares its port by Host.
+fn server_name(proxy: &ProxySpec) -> String {
+    match &proxy.host {
+        Some(h) => format!("  server_name {h};\n"),
+        None => String::new(),
+    }
 }
 
 /// Text for HTML.
@@ -205,8 +218,19 @@ pub fn upstream_of(site: &str) -> Option<u16> {
 }
 
 /// A shell script that points a service's public port at `upstream`.
-pub fn switch_script(dirs: &ProxyDirs, service: &str, public_port: u16, upstream: u16) -> String {
-    write_site_script(dirs, service, &site_config(service, public_port, upstream))
+pub fn switch_script(dirs: &ProxyDirs, service: &str, proxy: &ProxySpec, upstream: u16) -> String {
+    write_site_script(dirs, service, &site_config(service, proxy, upstream))
+}
+
+/// A shell script that prints the services whose files listen on `port`,
+/// with their `server_name` (none when they take every host).
+pub fn sharing_script(dirs: &ProxyDirs, port: u16) -> String {
+    let sites = quote(&dirs.root.join("sites").to_string_lossy());
+    format!(
+        "cd {sites} 2>/dev/null || exit 0; for f in *.conf; do [ -f \"$f\" ] || continue; \
+         grep -q '^  listen {port};$' \"$f\" || continue; \
+         echo \"${{f%.conf}} $(sed -n 's/^  server_name \\(.*\\);$/\\1/p' \"$f\")\"; done"
+    )
 }
 
 /// A shell script that writes a service's file: it is rewritten (and
@@ -294,12 +318,19 @@ mod tests {
 
     #[test]
     fn a_services_file_names_its_ports_and_drains_read_as_sh_reads_them() {
-        let site = site_config("web", 8080, 20001);
+        let spec = ProxySpec {
+            public_port: 8080,
+            drain_secs: 10,
+            private_ports: (20000, 29999),
+            host: Some("api.example.com".into()),
+        };
+        let site = site_config("web", &spec, 20001);
+        assert!(site.contains("server_name api.example.com;"), "{site}");
         assert!(site.contains("listen 8080;"), "{site}");
         assert_eq!(upstream_of(&site), Some(20001));
         assert_eq!(upstream_of(""), None);
         let dirs = ProxyDirs::new(Path::new("/srv/deployer"));
-        let s = switch_script(&dirs, "web", 8080, 20002);
+        let s = switch_script(&dirs, "web", &spec, 20002);
         assert!(s.contains("server 127.0.0.1:20002;"), "{s}");
         assert!(s.contains("kill -HUP"), "{s}");
         let drain = drain_script(Path::new("/srv/deployer/web"), "r1", 10, "kill 1");

@@ -15,11 +15,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 type Answer = Result<(u16, String), String>;
 
 fn get(port: u16) -> Answer {
+    get_for(port, "localhost")
+}
+
+/// A request with its Host header naming `host`.
+fn get_for(port: u16, host: &str) -> Answer {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .map_err(|e| e.to_string())?;
-    s.write_all(b"GET /version HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .map_err(|e| e.to_string())?;
+    let request = format!("GET /version HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut text = String::new();
     s.read_to_string(&mut text).map_err(|e| e.to_string())?;
     let status = text
@@ -195,5 +200,44 @@ fn systemd_redeploys_on_a_server_behind_its_proxy_drop_no_request() {
         units.trim(),
         "active",
         "the proxy runs as a systemd unit there"
+    );
+}
+
+#[test]
+fn services_share_a_public_port_by_host_name() {
+    let sb = Sandbox::new();
+    let public = free_port();
+    let deploy = |name: &str, version: &str, proxy: &str| {
+        let src = sb.prebuilt("hello", version);
+        add_to_manifest(
+            &src,
+            &format!("[proxy]\nport = {public}\ndrain_secs = 1\n{proxy}"),
+        );
+        sb.deploy(&src, name, public, "process", &[])
+    };
+    let (a, b) = (sb.name("hosta"), sb.name("hostb"));
+    deploy(&a, "va", "host = \"a.test\"\n").assert_code(0);
+    deploy(&b, "vb", "host = \"b.test\"\n").assert_code(0);
+    assert_eq!(get_for(public, "a.test").unwrap(), (200, "va".to_string()));
+    assert_eq!(get_for(public, "b.test").unwrap(), (200, "vb".to_string()));
+    // Redeploying one leaves the other alone.
+    deploy(&b, "vb2", "host = \"b.test\"\n").assert_code(0);
+    assert_eq!(get_for(public, "b.test").unwrap(), (200, "vb2".to_string()));
+    assert_eq!(get_for(public, "a.test").unwrap(), (200, "va".to_string()));
+
+    let no_host = deploy(&sb.name("hostc"), "vc", "");
+    no_host.assert_code(10);
+    assert!(
+        no_host.stderr.contains("set [proxy] host"),
+        "{}",
+        no_host.stderr
+    );
+    let same = deploy(&sb.name("hostd"), "vd", "host = \"a.test\"\n");
+    same.assert_code(10);
+    assert!(
+        same.stderr
+            .contains(&format!("already serves a.test for service '{a}'")),
+        "{}",
+        same.stderr
     );
 }

@@ -80,6 +80,9 @@ pub struct ProxyConfig {
     /// "LOW-HIGH": where releases' private ports come from (default
     /// 20000-29999).
     pub private_ports: Option<String>,
+    /// Only requests for this host name ("api.example.com"): services
+    /// with different names can share the public port.
+    pub host: Option<String>,
 }
 
 /// `[python]` in a manifest.

@@ -5,7 +5,7 @@
 
 use super::{Engine, steps};
 use crate::error::{Failure, FailureKind};
-use crate::model::AuditEntry;
+use crate::model::{AuditEntry, ProxySpec};
 use crate::site::Site;
 
 impl Engine {
@@ -13,8 +13,8 @@ impl Engine {
     pub async fn pause(&self, service: &str, message: Option<&str>) -> Result<String, Failure> {
         let message =
             message.unwrap_or("This service is down for maintenance; it will be back soon.");
-        self.proxy_action(service, "pause", |s, public, _| {
-            crate::proxy::maintenance_config(s, public, message)
+        self.proxy_action(service, "pause", |s, proxy, _| {
+            crate::proxy::maintenance_config(s, proxy, message)
         })
         .await
     }
@@ -29,7 +29,7 @@ impl Engine {
         &self,
         service: &str,
         action: &str,
-        content: impl Fn(&str, u16, u16) -> String,
+        content: impl Fn(&str, &ProxySpec, u16) -> String,
     ) -> Result<String, Failure> {
         self.known_releases(service).await?;
         let _lock = self.lock(service, &super::new_job_id()).await?;
@@ -63,7 +63,7 @@ impl Engine {
         &self,
         site: &Site,
         service: &str,
-        content: &impl Fn(&str, u16, u16) -> String,
+        content: &impl Fn(&str, &ProxySpec, u16) -> String,
     ) -> Result<String, Failure> {
         let (_, current, ctx) = self.current_release(site, service).await?;
         let Some(proxy) = &ctx.spec.proxy else {
@@ -72,7 +72,7 @@ impl Engine {
                  service.toml (or --proxy-port), deployed"
             )));
         };
-        let text = content(service, proxy.public_port, ctx.spec.port);
+        let text = content(service, proxy, ctx.spec.port);
         steps::proxy::ensure(site)
             .await
             .and(steps::proxy::write_site(site, service, &text).await)

@@ -131,6 +131,8 @@ enum Refusal {
     NoDockerfile(String),
     #[error("port {0} is in use by another program; stop it or choose another port")]
     PortTaken(u16),
+    #[error("{0}")]
+    PortShared(String),
 }
 
 /// The runtime a method means on this host, or why it cannot run here.
@@ -246,6 +248,30 @@ async fn private_port(sites: &[Site], plan: &mut Plan) -> Result<String, String>
     ))
 }
 
+/// Whether a service may share the proxy's `public` port with those
+/// (service, host) that serve on it: by a host name none of them has.
+fn shared(
+    public: u16,
+    host: Option<&str>,
+    sharing: &[(String, Option<String>)],
+) -> Result<String, Refusal> {
+    let Some(host) = host else {
+        let names: Vec<&str> = sharing.iter().map(|(s, _)| s.as_str()).collect();
+        return Err(Refusal::PortShared(format!(
+            "port {public} is served by the proxy for {}; set [proxy] host to share it by name",
+            names.join(", ")
+        )));
+    };
+    if let Some((other, _)) = sharing.iter().find(|(_, h)| h.as_deref() == Some(host)) {
+        return Err(Refusal::PortShared(format!(
+            "port {public} already serves {host} for service '{other}'"
+        )));
+    }
+    Ok(format!(
+        "port {public} shared through the proxy, for {host}"
+    ))
+}
+
 async fn port(site: &Site, plan: &Plan) -> Result<String, Refusal> {
     if let Some(proxy) = &plan.spec.proxy {
         let public = proxy.public_port;
@@ -257,6 +283,10 @@ async fn port(site: &Site, plan: &Plan) -> Result<String, Refusal> {
             .is_some()
         {
             return Ok(format!("port {public} served by the proxy"));
+        }
+        let sharing = super::steps::proxy::sharing(site, public).await;
+        if !sharing.is_empty() {
+            return shared(public, proxy.host.as_deref(), &sharing);
         }
         // A release from before the proxy may hold it; it stops at the switch.
         let dirs = site.dirs(&plan.service_name);

@@ -55,6 +55,10 @@ pub struct ProxySpec {
     pub drain_secs: u64,
     /// Private ports for releases come from here (inclusive).
     pub private_ports: (u16, u16),
+    /// Serve only requests for this name, so services can share a public
+    /// port (80, say) by Host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl RunSpec {

@@ -210,6 +210,23 @@ pub(super) fn python_service(
     Ok(())
 }
 
+/// A host name for `[proxy] host`: letters, digits, dots and dashes.
+fn host_name(h: &str) -> Result<String, Failure> {
+    let h = h.trim().to_ascii_lowercase();
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        && !h.starts_with(['.', '-']);
+    if ok {
+        Ok(h)
+    } else {
+        Err(Failure::invalid(format!(
+            "proxy.host '{h}' must be a host name, as \"api.example.com\""
+        )))
+    }
+}
+
 /// `[proxy]` (or `--proxy-port`): the public port, the drain, the range
 /// of private ports.
 pub(super) fn proxy_spec(
@@ -250,6 +267,10 @@ pub(super) fn proxy_spec(
         public_port,
         drain_secs,
         private_ports: (lo, hi),
+        host: match config.host {
+            Some(h) => Some(host_name(&h)?),
+            None => None,
+        },
     }))
 }
 

@@ -57,6 +57,19 @@ pub(in crate::engine) async fn upstream(site: &Site, service: &str) -> Option<u1
     proxy::upstream_of(&site_file(site, service).await?)
 }
 
+/// The services whose files listen on `port`, with their host names.
+pub(in crate::engine) async fn sharing(site: &Site, port: u16) -> Vec<(String, Option<String>)> {
+    let cmd = Cmd::new("sh").args(["-c", &proxy::sharing_script(&dirs(site), port)]);
+    let out = run(site, &cmd, ADMIN_TIMEOUT).await.unwrap_or_default();
+    out.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let service = words.next()?.to_string();
+            Some((service, words.next().map(str::to_string)))
+        })
+        .collect()
+}
+
 /// Writes a service's file in the proxy, with a graceful reload.
 pub(in crate::engine) async fn write_site(
     site: &Site,
@@ -116,7 +129,7 @@ impl Step for SwitchProxy {
                 stop_unproxied(cx).await;
             }
             let started = std::time::Instant::now();
-            switch(cx.site, &service, spec.public_port, new_port)
+            switch(cx.site, &service, &spec, new_port)
                 .await
                 .map_err(fail)?;
             let details = format!(
@@ -128,7 +141,7 @@ impl Step for SwitchProxy {
             let done = Done::shown(details);
             Ok(match before {
                 Some(old) => done.with_undo(SwitchBack {
-                    public_port: spec.public_port,
+                    proxy: spec.clone(),
                     port: old,
                 }),
                 None => done,
@@ -154,8 +167,8 @@ async fn stop_unproxied(cx: &StepCx<'_>) {
 }
 
 /// Points a service's public port at `upstream`, gracefully.
-async fn switch(site: &Site, service: &str, public_port: u16, upstream: u16) -> Result<(), String> {
-    let script = proxy::switch_script(&dirs(site), service, public_port, upstream);
+async fn switch(site: &Site, service: &str, spec: &ProxySpec, upstream: u16) -> Result<(), String> {
+    let script = proxy::switch_script(&dirs(site), service, spec, upstream);
     run(site, &Cmd::new("sh").args(["-c", &script]), ADMIN_TIMEOUT)
         .await
         .map(|_| ())
@@ -163,7 +176,7 @@ async fn switch(site: &Site, service: &str, public_port: u16, upstream: u16) -> 
 
 /// Points the proxy back at the release it sent to before.
 struct SwitchBack {
-    public_port: u16,
+    proxy: ProxySpec,
     port: u16,
 }
 
@@ -174,7 +187,7 @@ impl Undo for SwitchBack {
 
     fn undo<'a>(&'a self, cx: &'a StepCx<'_>, _: &'a mut RollbackRecord) -> BoxFuture<'a, ()> {
         Box::pin(async move {
-            let back = switch(cx.site, &cx.work.service, self.public_port, self.port).await;
+            let back = switch(cx.site, &cx.work.service, &self.proxy, self.port).await;
             if let Err(e) = back {
                 cx.note(&format!("rollback: switching the proxy back: {e}"));
             }
