@@ -283,3 +283,45 @@ fn a_host_killed_mid_deploy_fails_clearly_and_its_wave_rolls_back() {
         assert_eq!(held.trim(), "", "{}", h.name);
     }
 }
+
+#[test]
+fn behind_each_hosts_proxy_a_rollout_drops_no_request() {
+    if !image_ready() {
+        return;
+    }
+    let f = Fleet::new();
+    let proxy = format!("[proxy]\nport = {}\ndrain_secs = 1\n", f.port);
+    f.deploy(&f.service("hello", "v1", &proxy), &[])
+        .assert_code(0);
+    assert_eq!(f.versions(), [v("v1"), v("v1"), v("v1")]);
+    // A steady stream of requests to every host's proxy during two rollouts.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let loads: Vec<_> = f
+        .hosts
+        .iter()
+        .map(|h| {
+            let (ip, port, stop) = (h.ip.clone(), f.port, stop.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match http_get_at(&ip, port, "/version") {
+                        Some((200, _)) => ok += 1,
+                        other => failed.push(other),
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    for version in ["v2", "v3"] {
+        f.deploy(&f.service("hello", version, &proxy), &[])
+            .assert_code(0);
+        assert_eq!(f.versions(), [v(version), v(version), v(version)]);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for (host, load) in f.hosts.iter().zip(loads) {
+        let (ok, failed) = load.join().unwrap();
+        assert!(failed.is_empty(), "{}: {failed:?}", host.name);
+        assert!(ok > 20, "{}: {ok} requests", host.name);
+    }
+}
