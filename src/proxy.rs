@@ -94,12 +94,63 @@ pub fn maintenance_config(service: &str, proxy: &ProxySpec, message: &str) -> St
     )
 }
 
-/// The `server_name` line of a service that shares its port by Host.
+/// The lines of a service's server beyond its port: the `server_name` of
+/// a service that shares its port by Host, and HTTPS.
 fn server_name(proxy: &ProxySpec) -> String {
-    match &proxy.host {
+    let mut lines = match &proxy.host {
         Some(h) => format!("  server_name {h};\n"),
         None => String::new(),
+    };
+    if let Some(port) = proxy.tls_port {
+        let (cert, key) = match &proxy.tls_files {
+            Some((c, k)) => (c.clone(), k.clone()),
+            // Relative to nginx's prefix, where `tls_script` makes them.
+            None => {
+                let n = proxy.cert_name();
+                (format!("certs/{n}.crt"), format!("certs/{n}.key"))
+            }
+        };
+        lines.push_str(&format!(
+            "  listen {port} ssl;\n  ssl_certificate {cert};\n  ssl_certificate_key {key};\n"
+        ));
     }
+    lines
+}
+
+/// A shell script that makes sure the certificate a service's HTTPS
+/// needs exists, when it comes from deployer's internal CA: the CA (made
+/// once per host, `ca/ca.crt` under the proxy's directory) signs one per
+/// name. `None` when the service has no HTTPS or brings its own files.
+pub fn tls_script(dirs: &ProxyDirs, proxy: &ProxySpec) -> Option<String> {
+    if proxy.tls_port.is_none() || proxy.tls_files.is_some() {
+        return None;
+    }
+    let root = quote(&dirs.root.to_string_lossy());
+    let name = quote(proxy.cert_name());
+    Some(format!(
+        r#"set -e
+if ! command -v openssl >/dev/null 2>&1; then
+  DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq openssl >/dev/null
+fi
+cd {root}
+mkdir -p ca certs
+chmod 700 ca
+key() {{ openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }}
+if [ ! -f ca/ca.crt ]; then
+  key ca/ca.key
+  openssl req -x509 -new -key ca/ca.key -out ca/ca.crt -days 3650 -subj "/CN=deployer internal CA" 2>/dev/null
+fi
+n={name}
+if [ ! -f "certs/$n.crt" ]; then
+  key "certs/$n.key"
+  openssl req -new -key "certs/$n.key" -out "certs/$n.csr" -subj "/CN=$n" 2>/dev/null
+  printf 'subjectAltName=DNS:%s
+extendedKeyUsage=serverAuth
+' "$n" > "certs/$n.ext"
+  openssl x509 -req -in "certs/$n.csr" -CA ca/ca.crt -CAkey ca/ca.key -CAcreateserial     -out "certs/$n.crt" -days 825 -extfile "certs/$n.ext" 2>/dev/null
+  rm -f "certs/$n.csr" "certs/$n.ext"
+fi"#
+    ))
 }
 
 /// Text for HTML.
@@ -228,7 +279,7 @@ pub fn sharing_script(dirs: &ProxyDirs, port: u16) -> String {
     let sites = quote(&dirs.root.join("sites").to_string_lossy());
     format!(
         "cd {sites} 2>/dev/null || exit 0; for f in *.conf; do [ -f \"$f\" ] || continue; \
-         grep -q '^  listen {port};$' \"$f\" || continue; \
+         grep -q '^  listen {port}\\( ssl\\)\\{{0,1\\}};$' \"$f\" || continue; \
          echo \"${{f%.conf}} $(sed -n 's/^  server_name \\(.*\\);$/\\1/p' \"$f\")\"; done"
     )
 }
@@ -323,9 +374,18 @@ mod tests {
             drain_secs: 10,
             private_ports: (20000, 29999),
             host: Some("api.example.com".into()),
+            tls_port: Some(8443),
+            tls_files: None,
         };
         let site = site_config("web", &spec, 20001);
         assert!(site.contains("server_name api.example.com;"), "{site}");
+        assert!(site.contains("listen 8443 ssl;"), "{site}");
+        assert!(
+            site.contains("ssl_certificate certs/api.example.com.crt;"),
+            "{site}"
+        );
+        let tls = tls_script(&ProxyDirs::new(Path::new("/srv/deployer")), &spec).unwrap();
+        assert!(tls.contains("n=api.example.com"), "{tls}");
         assert!(site.contains("listen 8080;"), "{site}");
         assert_eq!(upstream_of(&site), Some(20001));
         assert_eq!(upstream_of(""), None);

@@ -241,3 +241,41 @@ fn services_share_a_public_port_by_host_name() {
         same.stderr
     );
 }
+
+#[test]
+fn https_with_a_certificate_from_the_internal_ca() {
+    let sb = Sandbox::new();
+    let (public, tls) = (free_port(), free_port());
+    let name = &sb.name("tls");
+    let src = sb.prebuilt("hello", "v1");
+    add_to_manifest(
+        &src,
+        &format!("[proxy]\nport = {public}\ntls_port = {tls}\nhost = \"app.test\"\n"),
+    );
+    sb.deploy(&src, name, public, "process", &[]).assert_code(0);
+    let ca = sb.state_dir().join("services/.proxy/ca/ca.crt");
+    let curl = std::process::Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(&ca)
+        .args(["--resolve", &format!("app.test:{tls}:127.0.0.1")])
+        .arg(format!("https://app.test:{tls}/version"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&curl.stdout).trim(),
+        "v1",
+        "{}",
+        String::from_utf8_lossy(&curl.stderr)
+    );
+    assert_eq!(
+        get_for(public, "app.test").unwrap(),
+        (200, "v1".to_string())
+    );
+    // Without the CA, the certificate is not trusted.
+    let untrusted = std::process::Command::new("curl")
+        .args(["-sS", "--resolve", &format!("app.test:{tls}:127.0.0.1")])
+        .arg(format!("https://app.test:{tls}/version"))
+        .output()
+        .unwrap();
+    assert!(!untrusted.status.success());
+}

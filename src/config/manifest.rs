@@ -83,6 +83,13 @@ pub struct ProxyConfig {
     /// Only requests for this host name ("api.example.com"): services
     /// with different names can share the public port.
     pub host: Option<String>,
+    /// HTTPS on this port too, with a certificate from deployer's
+    /// internal CA for `host`, or the files below.
+    pub tls_port: Option<u16>,
+    /// A certificate (PEM, full chain) on the server, as certbot writes it.
+    pub tls_certificate: Option<String>,
+    /// Its key (PEM) on the server.
+    pub tls_key: Option<String>,
 }
 
 /// `[python]` in a manifest.

@@ -75,6 +75,7 @@ impl Engine {
         let text = content(service, proxy, ctx.spec.port);
         steps::proxy::ensure(site)
             .await
+            .and(steps::proxy::ensure_tls(site, proxy).await)
             .and(steps::proxy::write_site(site, service, &text).await)
             .map_err(|e| Failure::new(FailureKind::Start, format!("proxy: {e}")))?;
         Ok(if crate::proxy::is_paused(&text) {

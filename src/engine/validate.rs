@@ -248,6 +248,30 @@ async fn private_port(sites: &[Site], plan: &mut Plan) -> Result<String, String>
     ))
 }
 
+/// A port the proxy will listen on for a service it does not serve yet:
+/// free, shared by host name, or held by the service's own release from
+/// before the proxy (which stops at the switch).
+async fn proxy_port(
+    site: &Site,
+    plan: &Plan,
+    proxy: &crate::model::ProxySpec,
+    port: u16,
+) -> Result<String, Refusal> {
+    if !site.port_in_use(port).await {
+        return Ok(format!("port {port} free"));
+    }
+    let sharing = super::steps::proxy::sharing(site, port).await;
+    if !sharing.is_empty() {
+        return shared(port, proxy.host.as_deref(), &sharing);
+    }
+    let dirs = site.dirs(&plan.service_name);
+    let running = site.running_releases(&dirs, &plan.service_name).await;
+    match running.iter().find(|(_, p)| *p == port) {
+        Some((rel, _)) => Ok(format!("port {port} held by this service's release {rel}")),
+        None => Err(Refusal::PortTaken(port)),
+    }
+}
+
 /// Whether a service may share the proxy's `public` port with those
 /// (service, host) that serve on it: by a host name none of them has.
 fn shared(
@@ -274,29 +298,17 @@ fn shared(
 
 async fn port(site: &Site, plan: &Plan) -> Result<String, Refusal> {
     if let Some(proxy) = &plan.spec.proxy {
-        let public = proxy.public_port;
-        if !site.port_in_use(public).await {
-            return Ok(format!("port {public} free"));
-        }
         if super::steps::proxy::site_file(site, &plan.service_name)
             .await
             .is_some()
         {
-            return Ok(format!("port {public} served by the proxy"));
+            return Ok(format!("port {} served by the proxy", proxy.public_port));
         }
-        let sharing = super::steps::proxy::sharing(site, public).await;
-        if !sharing.is_empty() {
-            return shared(public, proxy.host.as_deref(), &sharing);
+        let mut said = Vec::new();
+        for port in std::iter::once(proxy.public_port).chain(proxy.tls_port) {
+            said.push(proxy_port(site, plan, proxy, port).await?);
         }
-        // A release from before the proxy may hold it; it stops at the switch.
-        let dirs = site.dirs(&plan.service_name);
-        let running = site.running_releases(&dirs, &plan.service_name).await;
-        return match running.iter().find(|(_, p)| *p == public) {
-            Some((rel, _)) => Ok(format!(
-                "port {public} held by this service's release {rel}"
-            )),
-            None => Err(Refusal::PortTaken(public)),
-        };
+        return Ok(said.join(", "));
     }
     let port = plan.spec.port;
     if !site.port_in_use(port).await {

@@ -59,6 +59,20 @@ pub struct ProxySpec {
     /// port (80, say) by Host.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// HTTPS on this port too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_port: Option<u16>,
+    /// The certificate and key files on the host (PEM); without them, a
+    /// certificate from deployer's internal CA.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_files: Option<(String, String)>,
+}
+
+impl ProxySpec {
+    /// The name HTTPS certificates are for.
+    pub fn cert_name(&self) -> &str {
+        self.host.as_deref().unwrap_or("localhost")
+    }
 }
 
 impl RunSpec {

@@ -210,6 +210,24 @@ pub(super) fn python_service(
     Ok(())
 }
 
+/// `[proxy] tls_certificate` and `tls_key`: both or neither, absolute
+/// paths on the server.
+fn tls_files(config: &crate::config::ProxyConfig) -> Result<Option<(String, String)>, Failure> {
+    let safe = |p: &str| {
+        p.starts_with('/')
+            && !p
+                .chars()
+                .any(|c| c.is_whitespace() || ";{}'\"$\\".contains(c))
+    };
+    match (&config.tls_certificate, &config.tls_key) {
+        (None, None) => Ok(None),
+        (Some(c), Some(k)) if safe(c) && safe(k) => Ok(Some((c.clone(), k.clone()))),
+        _ => Err(Failure::invalid(
+            "proxy.tls_certificate and proxy.tls_key go together, as absolute paths on the server",
+        )),
+    }
+}
+
 /// A host name for `[proxy] host`: letters, digits, dots and dashes.
 fn host_name(h: &str) -> Result<String, Failure> {
     let h = h.trim().to_ascii_lowercase();
@@ -267,10 +285,19 @@ pub(super) fn proxy_spec(
         public_port,
         drain_secs,
         private_ports: (lo, hi),
-        host: match config.host {
-            Some(h) => Some(host_name(&h)?),
+        host: match &config.host {
+            Some(h) => Some(host_name(h)?),
             None => None,
         },
+        tls_port: match config.tls_port {
+            Some(p) if p == 0 || p == public_port || (lo..=hi).contains(&p) => {
+                return Err(Failure::invalid(format!(
+                    "proxy.tls_port {p} must be a port of its own"
+                )));
+            }
+            p => p,
+        },
+        tls_files: tls_files(&config)?,
     }))
 }
 

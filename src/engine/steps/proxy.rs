@@ -166,8 +166,19 @@ async fn stop_unproxied(cx: &StepCx<'_>) {
     }
 }
 
+/// The certificate a service's HTTPS needs, from the internal CA.
+pub(in crate::engine) async fn ensure_tls(site: &Site, spec: &ProxySpec) -> Result<(), String> {
+    match proxy::tls_script(&dirs(site), spec) {
+        Some(script) => run(site, &Cmd::new("sh").args(["-c", &script]), ENSURE_TIMEOUT)
+            .await
+            .map(|_| ()),
+        None => Ok(()),
+    }
+}
+
 /// Points a service's public port at `upstream`, gracefully.
 async fn switch(site: &Site, service: &str, spec: &ProxySpec, upstream: u16) -> Result<(), String> {
+    ensure_tls(site, spec).await?;
     let script = proxy::switch_script(&dirs(site), service, spec, upstream);
     run(site, &Cmd::new("sh").args(["-c", &script]), ADMIN_TIMEOUT)
         .await
