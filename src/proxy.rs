@@ -185,7 +185,7 @@ pub fn is_paused(site: &str) -> bool {
 }
 
 /// Finds nginx (it lives in /usr/sbin, not always on a login's PATH).
-const FIND_NGINX: &str =
+pub const FIND_NGINX: &str =
     r#"ngx=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true)"#;
 
 /// A shell script that makes sure the host's proxy runs: installs nginx

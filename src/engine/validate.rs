@@ -132,7 +132,7 @@ enum Refusal {
     #[error("port {0} is in use by another program; stop it or choose another port")]
     PortTaken(u16),
     #[error("{0}")]
-    PortShared(String),
+    Proxy(String),
 }
 
 /// The runtime a method means on this host, or why it cannot run here.
@@ -281,13 +281,13 @@ fn shared(
 ) -> Result<String, Refusal> {
     let Some(host) = host else {
         let names: Vec<&str> = sharing.iter().map(|(s, _)| s.as_str()).collect();
-        return Err(Refusal::PortShared(format!(
+        return Err(Refusal::Proxy(format!(
             "port {public} is served by the proxy for {}; set [proxy] host to share it by name",
             names.join(", ")
         )));
     };
     if let Some((other, _)) = sharing.iter().find(|(_, h)| h.as_deref() == Some(host)) {
-        return Err(Refusal::PortShared(format!(
+        return Err(Refusal::Proxy(format!(
             "port {public} already serves {host} for service '{other}'"
         )));
     }
@@ -304,7 +304,12 @@ async fn port(site: &Site, plan: &Plan) -> Result<String, Refusal> {
         {
             return Ok(format!("port {} served by the proxy", proxy.public_port));
         }
-        let mut said = Vec::new();
+        let mut said = vec![
+            super::steps::proxy::available(site)
+                .await
+                .map_err(Refusal::Proxy)?
+                .to_string(),
+        ];
         for port in std::iter::once(proxy.public_port).chain(proxy.tls_port) {
             said.push(proxy_port(site, plan, proxy, port).await?);
         }

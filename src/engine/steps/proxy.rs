@@ -42,6 +42,27 @@ pub(in crate::engine) async fn ensure(site: &Site) -> Result<String, String> {
     Ok(said.trim().to_string())
 }
 
+/// Whether the host has the proxy, or can get it (root with apt-get);
+/// why not, when it cannot.
+pub(in crate::engine) async fn available(site: &Site) -> Result<&'static str, String> {
+    let script = format!(
+        "{}; if [ -n \"$ngx\" ]; then echo installed; \
+         elif [ \"$(id -u)\" = 0 ] && command -v apt-get >/dev/null 2>&1; then echo installable; \
+         else echo missing; fi",
+        proxy::FIND_NGINX
+    );
+    let said = run(site, &Cmd::new("sh").args(["-c", &script]), ADMIN_TIMEOUT).await?;
+    match said.trim() {
+        "installed" => Ok("nginx is installed"),
+        "installable" => Ok("nginx will be installed with apt"),
+        _ => Err(format!(
+            "the proxy needs nginx on {}, which is missing, and deployer can only install it \
+             as root with apt-get: install nginx there, or deploy without [proxy]",
+            site.host.name()
+        )),
+    }
+}
+
 /// A service's file in the proxy; `None` when it has none.
 pub(in crate::engine) async fn site_file(site: &Site, service: &str) -> Option<String> {
     let cmd = proxy::read_server(&dirs(site), service);
