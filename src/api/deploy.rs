@@ -223,6 +223,7 @@ async fn run(
     let sink = ApiSink { tx: tx.clone() };
     let job = engine.submit(plan, &accepted, &sink).await;
     state.metrics.job_finished(&job);
+    state.jobs.ended(&job);
     let _ = tx.send(StreamEvent::Done { job: Box::new(job) });
     state.events.lock().unwrap().remove(&accepted.deploy_job_id);
 }
@@ -237,13 +238,26 @@ async fn run(
 pub async fn read(
     State(state): State<Shared>,
     Path(job_id): Path<String>,
-) -> Result<Json<Job>, ApiError> {
-    state
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let json = |body: Bytes| {
+        let header = [(axum::http::header::CONTENT_TYPE, "application/json")];
+        (header, body).into_response()
+    };
+    if let Some(body) = state.jobs.get(&job_id) {
+        return Ok(json(body));
+    }
+    let job = state
         .store
         .job(&job_id)
         .await?
-        .map(Json)
-        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job '{job_id}'")))
+        .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job '{job_id}'")))?;
+    let body = Bytes::from(
+        serde_json::to_vec(&job)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
+    );
+    state.jobs.offer(&job, &body);
+    Ok(json(body))
 }
 
 /// A service's jobs, newest first.

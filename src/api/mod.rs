@@ -7,6 +7,7 @@
 //! `Host` and `Origin` that name this server. Request bodies are capped at
 //! 1 MiB.
 
+mod cache;
 mod deploy;
 pub mod guard;
 mod lifecycle;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Dependency probes, cached a few seconds.
     pub probes: service::Probes,
+    /// Finished jobs' JSON, for `GET /deploy/{id}`.
+    pub jobs: cache::JobCache,
 }
 
 pub type Shared = Arc<AppState>;
@@ -348,6 +351,7 @@ pub async fn serve(
         base_url,
         metrics: Default::default(),
         probes: Default::default(),
+        jobs: Default::default(),
     });
     if !interrupted.is_empty() {
         tokio::spawn(recover(state.clone(), interrupted.clone()));
