@@ -615,7 +615,7 @@ pub fn logs_show_and_follow(sb: &Sandbox, name: &str, global: &[&str]) {
 
     let mut follow = sb
         .cmd()
-        .args(args(&["logs", name, "-f", "-n", "1"]))
+        .args(args(&["logs", name, "-f", "-n", "5"]))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -630,9 +630,13 @@ pub fn logs_show_and_follow(sb: &Sandbox, name: &str, global: &[&str]) {
             let _ = tx.send(line);
         }
     });
-    let wait = Duration::from_secs(30);
-    let first = rx.recv_timeout(wait).expect("the last line first");
-    assert!(first.contains("listening on port"), "{first}");
+    // The last lines first (a journal may end with systemd's own line).
+    eventually(30, "the start line among the last lines", || {
+        rx.recv_timeout(Duration::from_secs(1))
+            .ok()
+            .filter(|l| l.contains("listening on port"))
+    });
+    while rx.recv_timeout(Duration::from_millis(500)).is_ok() {}
     // A restart writes the start line again: the follower prints it.
     run(&["restart", name]).assert_code(0);
     let next = eventually(30, "the new line, followed", || {
