@@ -27,32 +27,12 @@ pub async fn register(
     endpoint: &str,
     token: Option<&str>,
 ) -> Result<Registration, RegistryError> {
-    let url = format!("{registry_url}/register");
-    let mut req = client.post(&url).timeout(Duration::from_secs(10));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req
-        .json(&json!({
-            "droplet_id": droplet_id,
-            "service_name": service_name,
-            "endpoint": endpoint,
-        }))
-        .send()
-        .await
-        .map_err(|e| RegistryError::Unreachable {
-            url: url.clone(),
-            cause: root_cause(&e),
-        })?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        return Err(RegistryError::Refused {
-            url,
-            status,
-            body: body.chars().take(200).collect(),
-        });
-    }
+    let request = json!({
+        "droplet_id": droplet_id,
+        "service_name": service_name,
+        "endpoint": endpoint,
+    });
+    let body = post(client, &format!("{registry_url}/register"), &request, token).await?;
     Ok(Registration {
         droplet_id,
         service_name: service_name.to_string(),
@@ -70,29 +50,40 @@ pub async fn report_event(
     event: &serde_json::Value,
     token: Option<&str>,
 ) -> Result<(), RegistryError> {
-    let url = format!("{registry_url}/events");
-    let mut req = client.post(&url).timeout(Duration::from_secs(10));
+    post(client, &format!("{registry_url}/events"), event, token)
+        .await
+        .map(|_| ())
+}
+
+/// POSTs JSON to the registry; its answer's body, or why there is none.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: &serde_json::Value,
+    token: Option<&str>,
+) -> Result<String, RegistryError> {
+    let mut req = client.post(url).timeout(Duration::from_secs(10));
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
     let resp = req
-        .json(event)
+        .json(body)
         .send()
         .await
         .map_err(|e| RegistryError::Unreachable {
-            url: url.clone(),
+            url: url.to_string(),
             cause: root_cause(&e),
         })?;
     let status = resp.status();
+    let answer = resp.text().await.unwrap_or_default();
     if !status.is_success() {
-        let body = resp.text().await.unwrap_or_default();
         return Err(RegistryError::Refused {
-            url,
+            url: url.to_string(),
             status,
-            body: body.chars().take(200).collect(),
+            body: answer.chars().take(200).collect(),
         });
     }
-    Ok(())
+    Ok(answer)
 }
 
 fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {

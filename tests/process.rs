@@ -317,13 +317,7 @@ fn releases_older_than_keep_days_are_pruned_but_never_current_or_previous() {
             .json();
         ids.push(j["release"].as_str().unwrap().to_string());
     }
-    let dir = sb.state_dir().join("services").join(web).join("releases");
-    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().into_string().unwrap())
-        .collect();
-    on_disk.sort();
+    let on_disk = releases_on_disk(&sb, web);
     assert_eq!(
         on_disk,
         ids[1..].to_vec(),
@@ -360,13 +354,7 @@ fn keeps_only_n_releases_but_never_current_or_previous() {
         last.push(j["release"].as_str().unwrap().to_string());
         src.clear();
     }
-    let dir = sb.state_dir().join("services").join(web).join("releases");
-    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().into_string().unwrap())
-        .collect();
-    on_disk.sort();
+    let on_disk = releases_on_disk(&sb, web);
     assert_eq!(
         on_disk,
         last[2..].to_vec(),

@@ -9,13 +9,7 @@ use std::path::Path;
 
 /// The Build phase's `python dependencies` step of a job.
 fn deps_step(job: &serde_json::Value) -> serde_json::Value {
-    phase(job, "Build")["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == "python dependencies")
-        .unwrap_or_else(|| panic!("no python dependencies step: {job:#}"))
-        .clone()
+    step(job, "Build", "python dependencies").clone()
 }
 
 fn step_ms(step: &serde_json::Value) -> u64 {
@@ -192,8 +186,8 @@ fn a_fastapi_app_deploys_to_a_systemd_host_from_its_wheelhouse() {
     copy_dir(&wheelhouse(), &src.join("wheelhouse"));
     // Reached through the container's published port: bind every address.
     add_to_manifest(&src, "[python]\nbind = \"0.0.0.0\"\n");
-    let j1 = sb
-        .deploy(
+    let deploy = || {
+        sb.deploy(
             &src,
             name,
             port,
@@ -201,7 +195,9 @@ fn a_fastapi_app_deploys_to_a_systemd_host_from_its_wheelhouse() {
             &["--config", &cfg, "--skip-tests"],
         )
         .assert_code(0)
-        .json();
+        .json()
+    };
+    let j1 = deploy();
     assert_eq!(version_on(port).as_deref(), Some("\"v1\""));
     let deps = deps_step(&j1);
     assert!(
@@ -211,16 +207,7 @@ fn a_fastapi_app_deploys_to_a_systemd_host_from_its_wheelhouse() {
             .contains("installed from wheelhouse/"),
         "{deps}"
     );
-    let j2 = sb
-        .deploy(
-            &src,
-            name,
-            port,
-            "systemd",
-            &["--config", &cfg, "--skip-tests"],
-        )
-        .assert_code(0)
-        .json();
+    let j2 = deploy();
     let deps = deps_step(&j2);
     assert!(
         deps["details"].as_str().unwrap().contains("reused"),

@@ -74,15 +74,6 @@ command = "test -f service.toml && echo lint ok for $SERVICE_NAME"
     path.to_str().unwrap().to_string()
 }
 
-fn step<'a>(job: &'a Value, phase_name: &str, step: &str) -> &'a Value {
-    phase(job, phase_name)["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["step"] == step)
-        .unwrap_or_else(|| panic!("no step {step} in {job:#}"))
-}
-
 #[test]
 fn a_failing_verify_stops_before_transfer_and_a_passing_one_deploys_and_registers() {
     let sb = Sandbox::new();

@@ -36,26 +36,31 @@ impl Engine {
 
     /// Starts the current release if it is not running; says what it did.
     pub async fn start(&self, service: &str) -> Result<String, Failure> {
-        self.bring_up(service, false).await
+        self.host_by_host(service, OnHost::Start).await
     }
 
     /// Stops the current release and starts it again, health-checked.
     pub async fn restart(&self, service: &str) -> Result<String, Failure> {
-        self.bring_up(service, true).await
+        self.host_by_host(service, OnHost::Restart).await
     }
 
-    async fn bring_up(&self, service: &str, restart: bool) -> Result<String, Failure> {
+    /// Runs a day-2 action on each of the service's hosts under its lock,
+    /// one host after the other, like a rollout: a host that fails stops
+    /// the rest, so a bad release never goes down everywhere. Audited.
+    pub(super) async fn host_by_host(
+        &self,
+        service: &str,
+        action: OnHost<'_>,
+    ) -> Result<String, Failure> {
         self.known_releases(service).await?;
         let _lock = self.lock(service, &super::new_job_id()).await?;
         let sites = self.service_sites(service).await?;
         let started = std::time::Instant::now();
-        // One host after the other, like a rollout: a host that fails
-        // stops the rest, so a bad release never goes down everywhere.
         let mut done = Vec::new();
         let mut result = Ok(());
         for site in &sites {
             if result.is_ok() {
-                result = match self.bring_up_on(site, service, restart).await {
+                result = match self.act_on(site, service, &action).await {
                     Ok(d) => {
                         done.push(super::on_host(site, &sites, d));
                         Ok(())
@@ -73,13 +78,41 @@ impl Engine {
             Ok(d) => ("success", d.clone()),
             Err(f) => ("failed", f.message.clone()),
         };
-        let action = if restart { "restart" } else { "start" };
         let entry = AuditEntry {
             details,
-            ..super::records::audit_entry(&self.actor, action, service, None, outcome, started)
+            ..super::records::audit_entry(
+                &self.actor,
+                action.name(),
+                service,
+                None,
+                outcome,
+                started,
+            )
         };
         self.store().await?.audit(&entry).await?;
         result
+    }
+
+    async fn act_on(
+        &self,
+        site: &Site,
+        service: &str,
+        action: &OnHost<'_>,
+    ) -> Result<String, Failure> {
+        match action {
+            OnHost::Start => self.bring_up_on(site, service, false).await,
+            OnHost::Restart => self.bring_up_on(site, service, true).await,
+            OnHost::Pause(message) => {
+                let page = |s: &str, p: &crate::model::ProxySpec, _: u16| {
+                    crate::proxy::maintenance_config(s, p, message)
+                };
+                self.rewrite(site, service, &page).await
+            }
+            OnHost::Resume => {
+                self.rewrite(site, service, &crate::proxy::site_config)
+                    .await
+            }
+        }
     }
 
     async fn bring_up_on(
@@ -111,6 +144,27 @@ impl Engine {
             if restart { "restarted" } else { "started" },
             after.as_millis()
         ))
+    }
+}
+
+/// What a day-2 command does on each host of a service.
+pub(super) enum OnHost<'a> {
+    Start,
+    Restart,
+    /// Behind the proxy: the maintenance page, with this text.
+    Pause(&'a str),
+    Resume,
+}
+
+impl OnHost<'_> {
+    /// As the audit log says it.
+    fn name(&self) -> &'static str {
+        match self {
+            OnHost::Start => "start",
+            OnHost::Restart => "restart",
+            OnHost::Pause(_) => "pause",
+            OnHost::Resume => "resume",
+        }
     }
 }
 

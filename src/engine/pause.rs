@@ -3,9 +3,10 @@
 //! every host of the service; `resume` (or the next deploy) sends its
 //! public port to the current release again.
 
+use super::lifecycle::OnHost;
 use super::{Engine, steps};
 use crate::error::{Failure, FailureKind};
-use crate::model::{AuditEntry, ProxySpec};
+use crate::model::ProxySpec;
 use crate::site::Site;
 
 impl Engine {
@@ -13,53 +14,17 @@ impl Engine {
     pub async fn pause(&self, service: &str, message: Option<&str>) -> Result<String, Failure> {
         let message =
             message.unwrap_or("This service is down for maintenance; it will be back soon.");
-        self.proxy_action(service, "pause", |s, proxy, _| {
-            crate::proxy::maintenance_config(s, proxy, message)
-        })
-        .await
+        self.host_by_host(service, OnHost::Pause(message)).await
     }
 
     /// Sends the public port to the current release again.
     pub async fn resume(&self, service: &str) -> Result<String, Failure> {
-        self.proxy_action(service, "resume", crate::proxy::site_config)
-            .await
+        self.host_by_host(service, OnHost::Resume).await
     }
 
-    async fn proxy_action(
-        &self,
-        service: &str,
-        action: &str,
-        content: impl Fn(&str, &ProxySpec, u16) -> String,
-    ) -> Result<String, Failure> {
-        self.known_releases(service).await?;
-        let _lock = self.lock(service, &super::new_job_id()).await?;
-        let sites = self.service_sites(service).await?;
-        let started = std::time::Instant::now();
-        let mut done = Vec::new();
-        let mut result = Ok(());
-        for site in &sites {
-            if result.is_ok() {
-                match self.rewrite(site, service, &content).await {
-                    Ok(d) => done.push(super::on_host(site, &sites, d)),
-                    Err(f) => result = Err(f),
-                }
-            }
-            site.close().await;
-        }
-        let result = result.map(|()| done.join("; "));
-        let (outcome, details) = match &result {
-            Ok(d) => ("success", d.clone()),
-            Err(f) => ("failed", f.message.clone()),
-        };
-        let entry = AuditEntry {
-            details,
-            ..super::records::audit_entry(&self.actor, action, service, None, outcome, started)
-        };
-        self.store().await?.audit(&entry).await?;
-        result
-    }
-
-    async fn rewrite(
+    /// Writes a service's file in its host's proxy from the current
+    /// release: the maintenance page, or the release's upstream.
+    pub(super) async fn rewrite(
         &self,
         site: &Site,
         service: &str,

@@ -526,6 +526,28 @@ pub fn phase<'a>(job: &'a serde_json::Value, name: &str) -> &'a serde_json::Valu
         .unwrap_or_else(|| panic!("no phase {name} in {job:#}"))
 }
 
+/// The step named `step` of the phase named `phase_name` in a job's JSON.
+pub fn step<'a>(job: &'a serde_json::Value, phase_name: &str, step: &str) -> &'a serde_json::Value {
+    phase(job, phase_name)["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == step)
+        .unwrap_or_else(|| panic!("no step {step} in {job:#}"))
+}
+
+/// The names in a service's releases directory, sorted.
+pub fn releases_on_disk(sb: &Sandbox, name: &str) -> Vec<String> {
+    let dir = sb.state_dir().join("services").join(name).join("releases");
+    let mut on_disk: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().into_string().unwrap())
+        .collect();
+    on_disk.sort();
+    on_disk
+}
+
 /// A tiny real HTTP server on loopback that records request paths and
 /// bodies and answers each request as its handler says.
 pub struct FakeRegistry {
