@@ -268,8 +268,10 @@ pub mod monitor {
             l.service.clone(),
             c.host.clone(),
             l.port.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            match c.ms {
-                Some(ms) if c.healthy => format!("{ms} ms"),
+            match (c.ms, &c.replicas) {
+                (Some(ms), Some(r)) if c.healthy => format!("{ms} ms, {r} tasks"),
+                (Some(ms), None) if c.healthy => format!("{ms} ms"),
+                (_, Some(r)) => format!("{}, {r} tasks", c.details),
                 _ => c.details.clone(),
             },
             c.release.clone().unwrap_or_else(|| "-".into()),

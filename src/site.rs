@@ -9,7 +9,8 @@ use crate::host::Host;
 use crate::model::RuntimeKind;
 use crate::release::ServiceDirs;
 use crate::runtime::{
-    Runtime, RuntimeError, docker::DockerRuntime, process::ProcessRuntime, systemd::SystemdRuntime,
+    Runtime, RuntimeError, docker::DockerRuntime, process::ProcessRuntime, swarm::SwarmRuntime,
+    systemd::SystemdRuntime,
 };
 use crate::ssh::{SshSession, SshTarget};
 use std::path::PathBuf;
@@ -45,6 +46,7 @@ pub struct Site {
     process: Runtime,
     docker: Runtime,
     systemd: Runtime,
+    swarm: Runtime,
     root: PathBuf,
     /// Whether a Docker engine answered, asked once per command: Validation,
     /// Start Service and a rollback all want to know.
@@ -71,6 +73,7 @@ impl Site {
             process: Runtime::Process(ProcessRuntime::default()),
             docker: Runtime::Docker(DockerRuntime::new(host.clone())),
             systemd: Runtime::Systemd(SystemdRuntime::new(host.clone())),
+            swarm: Runtime::Swarm(SwarmRuntime::new(host.clone())),
             host,
             root,
             docker_engine: tokio::sync::OnceCell::new(),
@@ -89,6 +92,7 @@ impl Site {
             process: slot(),
             docker: slot(),
             systemd: slot(),
+            swarm: slot(),
             root: state_dir.join("services"),
             docker_engine: tokio::sync::OnceCell::new_with(Some(Err("not in unit tests".into()))),
         }
@@ -110,6 +114,14 @@ impl Site {
             RuntimeKind::Process => &self.process,
             RuntimeKind::Docker => &self.docker,
             RuntimeKind::Systemd => &self.systemd,
+            RuntimeKind::Swarm => &self.swarm,
+        }
+    }
+
+    pub fn swarm(&self) -> &SwarmRuntime {
+        match &self.swarm {
+            Runtime::Swarm(s) => s,
+            _ => unreachable!("the swarm slot holds the swarm runtime"),
         }
     }
 
@@ -127,7 +139,16 @@ impl Site {
         }
     }
 
-    /// The Docker engine's version, or why none answers (asked once).
+    /// Whether this host's Docker engine manages a swarm (asked with the
+    /// engine's version, once).
+    pub async fn swarm_manager(&self) -> bool {
+        self.docker_engine()
+            .await
+            .is_ok_and(|v| v.ends_with(" true"))
+    }
+
+    /// The Docker engine's version and swarm role, or why none answers
+    /// (asked once).
     pub async fn docker_engine(&self) -> Result<String, RuntimeError> {
         self.docker_engine
             .get_or_init(|| async {
@@ -156,6 +177,9 @@ impl Site {
         }
         if self.docker_engine().await.is_ok() {
             running.extend(self.docker.running(dirs, service).await);
+        }
+        if self.swarm_manager().await {
+            running.extend(self.swarm.running(dirs, service).await);
         }
         if !self.host.is_local() {
             running.extend(self.systemd.running(dirs, service).await);

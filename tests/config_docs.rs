@@ -40,7 +40,7 @@ fn every_documented_example_parses() {
     // [[notify]], [git]; top
     // level, [tests], [backup], [[smoke]], [health], [env], [docker],
     // [systemd], [rollout].
-    assert_eq!((deployer, service), (7, 12));
+    assert_eq!((deployer, service), (7, 13));
 }
 
 #[test]

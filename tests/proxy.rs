@@ -4,70 +4,9 @@
 //! failed request.
 
 mod common;
+use common::load::*;
 use common::*;
-use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-
-/// What one request through the proxy got: the status and body, or the
-/// connection error.
-type Answer = Result<(u16, String), String>;
-
-fn get(port: u16) -> Answer {
-    get_for(port, "localhost")
-}
-
-/// A request with its Host header naming `host`.
-fn get_for(port: u16, host: &str) -> Answer {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    let request = format!("GET /version HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).map_err(|e| e.to_string())?;
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("no status in {text:?}"))?;
-    let body = text
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or("")
-        .trim()
-        .to_string();
-    Ok((status, body))
-}
-
-/// A load generator: one request after another through the proxy, until
-/// stopped; every answer kept.
-struct Load {
-    stop: Arc<AtomicBool>,
-    thread: std::thread::JoinHandle<Vec<Answer>>,
-}
-
-impl Load {
-    fn start(port: u16) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut answers = Vec::new();
-            while !flag.load(Ordering::Relaxed) {
-                answers.push(get(port));
-                std::thread::sleep(std::time::Duration::from_millis(2));
-            }
-            answers
-        });
-        Load { stop, thread }
-    }
-
-    fn finish(self) -> Vec<Answer> {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().unwrap()
-    }
-}
 
 fn with_proxy(src: PathBuf, public: u16) -> PathBuf {
     add_to_manifest(&src, &format!("[proxy]\nport = {public}\ndrain_secs = 1\n"));
@@ -126,10 +65,7 @@ fn ten_redeploys_a_failed_one_and_a_rollback(
     assert_eq!(get(public).unwrap(), (200, "v10".to_string()));
     let answers = load.finish();
 
-    let failed: Vec<&Answer> = answers
-        .iter()
-        .filter(|a| !matches!(a, Ok((200, _))))
-        .collect();
+    let failed = failures(&answers);
     assert!(
         failed.is_empty(),
         "{} of {} requests failed: {:?}",

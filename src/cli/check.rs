@@ -27,12 +27,16 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
     let mut text = String::new();
     for l in &lines {
         let line = format!(
-            "{} {} on {}: {}{} (release {})",
+            "{} {} on {}: {}{}{} (release {})",
             if l.healthy { "✓" } else { "✗" },
             args.name,
             l.host,
             crate::output::printable(&l.details),
             l.ms.map(|ms| format!(" in {ms} ms")).unwrap_or_default(),
+            l.replicas
+                .as_ref()
+                .map(|r| format!(", {r} tasks running"))
+                .unwrap_or_default(),
             l.release.as_deref().unwrap_or("-")
         );
         if !ctx.json {

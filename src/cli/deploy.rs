@@ -16,8 +16,8 @@ pub struct Args {
     /// Port the service listens on (given to it as PORT).
     #[arg(long)]
     pub port: Option<u16>,
-    /// process (this machine), docker, systemd (servers), or auto (docker
-    /// when an engine answers).
+    /// process (this machine), docker, systemd (servers), swarm (a swarm
+    /// manager), or auto (docker when an engine answers).
     #[arg(long)]
     pub method: Option<String>,
     /// An environment variable for the service, KEY=VALUE (repeatable).
@@ -43,11 +43,14 @@ pub struct Args {
     /// Build command, run in the release directory in the Build phase.
     #[arg(long)]
     pub build: Option<String>,
-    /// Serve the service through deployer's reverse proxy (Caddy) on this
+    /// Serve the service through deployer's reverse proxy (nginx) on this
     /// public port: releases get private ports, and a redeploy switches
     /// the proxy only once the new one is healthy ([proxy] port).
     #[arg(long, value_name = "PORT")]
     pub proxy_port: Option<u16>,
+    /// For --method swarm: how many tasks run ([swarm] replicas).
+    #[arg(long, value_name = "N")]
+    pub replicas: Option<u32>,
     /// Health check path (default /health).
     #[arg(long)]
     pub health_path: Option<String>,
@@ -125,6 +128,7 @@ pub async fn run_with(
         secrets: args.secrets,
         skip_tests: args.skip_tests.then_some(true),
         proxy_port: args.proxy_port,
+        replicas: args.replicas,
     };
     if let Some(server) = &args.server {
         let mut req = req;

@@ -66,6 +66,35 @@ pub struct Manifest {
     /// `[[pipeline]]`: replaces deployer.toml's stages for this service.
     #[serde(default)]
     pub pipeline: Vec<crate::pipeline::Stage>,
+    /// `[swarm]`: how the swarm method runs the service.
+    #[serde(default)]
+    pub swarm: SwarmConfig,
+}
+
+/// `[swarm]` in a manifest.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwarmConfig {
+    /// Tasks to run (default 1; flag: --replicas).
+    pub replicas: Option<u32>,
+    /// A registry every node can pull from, "HOST:PORT" (default: none,
+    /// the manager's own images, for a single-node swarm).
+    pub registry: Option<String>,
+    /// The overlay network of the tasks (default "deployer"; created,
+    /// attachable, when missing).
+    pub network: Option<String>,
+    /// "proxy" (default: deployer's proxy in a container on the manager)
+    /// or "mesh" (Swarm's routing mesh; needs IPVS).
+    pub publish: Option<String>,
+    /// Placement constraints, as `docker service create --constraint`.
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    /// Tasks replaced at once (default 1).
+    pub update_parallelism: Option<u32>,
+    /// Seconds between batches (default 0).
+    pub update_delay_secs: Option<u64>,
+    /// Seconds each new task is watched before the next batch (default 5).
+    pub update_monitor_secs: Option<u64>,
 }
 
 /// `[proxy]` in a manifest.

@@ -94,6 +94,8 @@ pub enum Method {
     Docker,
     /// A systemd unit per release on a host where systemd is init.
     Systemd,
+    /// A Docker Swarm service, updated in rolling fashion by the manager.
+    Swarm,
     /// Docker when an engine answers, else a process.
     Auto,
 }
@@ -101,11 +103,7 @@ pub enum Method {
 /// A deployment method deployer does not have.
 #[derive(Debug, thiserror::Error)]
 pub enum MethodError {
-    #[error(
-        "deployment method '{0}' is not available in this build (use process, docker, systemd or auto)"
-    )]
-    NotBuilt(String),
-    #[error("unknown deployment method '{0}' (expected process, docker, systemd or auto)")]
+    #[error("unknown deployment method '{0}' (expected process, docker, systemd, swarm or auto)")]
     Unknown(String),
 }
 
@@ -115,6 +113,7 @@ impl Method {
             Method::Process => "process",
             Method::Docker => "docker",
             Method::Systemd => "systemd",
+            Method::Swarm => "swarm",
             Method::Auto => "auto",
         }
     }
@@ -125,7 +124,7 @@ impl Method {
             "docker" => Ok(Method::Docker),
             "auto" => Ok(Method::Auto),
             "systemd" => Ok(Method::Systemd),
-            "swarm" => Err(MethodError::NotBuilt(s.to_string())),
+            "swarm" => Ok(Method::Swarm),
             other => Err(MethodError::Unknown(other.to_string())),
         }
     }

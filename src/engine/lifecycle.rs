@@ -131,6 +131,13 @@ impl Engine {
         if running && !restart {
             return Ok(format!("release {current} is already running"));
         }
+        if running && ctx.spec.runtime == crate::model::RuntimeKind::Swarm {
+            // A rolling restart: Swarm replaces each task, start-first.
+            let done = site.swarm().restart(&ctx).await.map_err(|e| {
+                Failure::new(FailureKind::Start, format!("restarting {current}: {e}"))
+            })?;
+            return Ok(format!("release {current} restarted task by task: {done}"));
+        }
         if running {
             runtime.stop(&ctx).await.map_err(|e| {
                 Failure::new(FailureKind::Start, format!("stopping {current}: {e}"))
@@ -176,6 +183,9 @@ pub struct CheckLine {
     pub healthy: bool,
     pub ms: Option<u128>,
     pub details: String,
+    /// A swarm service's tasks: "running/desired".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<String>,
 }
 
 impl Engine {
@@ -206,7 +216,15 @@ impl Engine {
                 healthy: false,
                 ms: None,
                 details: "no current release".into(),
+                replicas: None,
             };
+        };
+        let replicas = match ctx.spec.runtime {
+            crate::model::RuntimeKind::Swarm => match site.swarm().progress(&ctx).await {
+                Ok(p) => Some(format!("{}/{}", p.ready(), p.replicas)),
+                Err(_) => Some("0/0".into()),
+            },
+            _ => None,
         };
         let budget = std::time::Duration::from_secs(3);
         match steps::look(site, &self.http, &ctx, budget).await {
@@ -216,6 +234,7 @@ impl Engine {
                 healthy: true,
                 ms: Some(after.as_millis()),
                 details: "healthy".into(),
+                replicas,
             },
             Err(e) => CheckLine {
                 host,
@@ -228,6 +247,7 @@ impl Engine {
                         s.lines().next().unwrap_or("").to_string()
                     }
                 },
+                replicas,
             },
         }
     }
@@ -280,6 +300,9 @@ impl Engine {
                     cmd = cmd.args(["--since", &t.to_rfc3339()]);
                 }
                 cmd.arg(crate::runtime::docker::container(&ctx))
+            }
+            RuntimeKind::Swarm => {
+                crate::runtime::swarm::logs_cmd(service, q.lines, q.since.map(|t| t.to_rfc3339()))
             }
             RuntimeKind::Systemd => {
                 let mut cmd = Cmd::new("journalctl")

@@ -134,6 +134,7 @@ impl Engine {
                             healthy: false,
                             ms: None,
                             details: "host unreachable".into(),
+                            replicas: None,
                         },
                     })
                     .collect();

@@ -113,6 +113,8 @@ enum Refusal {
     NoDockerEngine(RuntimeError),
     #[error(transparent)]
     NoSystemd(RuntimeError),
+    #[error("the swarm method needs a swarm manager: {0}")]
+    NoSwarm(RuntimeError),
     #[error("the {method} method needs a start command: set `start` in {manifest} or pass --start")]
     NoStartCommand {
         method: &'static str,
@@ -127,7 +129,7 @@ enum Refusal {
         method: &'static str,
         manifest: String,
     },
-    #[error("the docker method needs {0}, which is missing")]
+    #[error("the docker and swarm methods need {0}, which is missing")]
     NoDockerfile(String),
     #[error("port {0} is in use by another program; stop it or choose another port")]
     PortTaken(u16),
@@ -154,6 +156,10 @@ async fn runtime(site: &Site, method: Method) -> Result<RuntimeKind, Refusal> {
                 .await
                 .map_err(Refusal::NoSystemd)?;
             RuntimeKind::Systemd
+        }
+        Method::Swarm => {
+            site.swarm().manager().await.map_err(Refusal::NoSwarm)?;
+            RuntimeKind::Swarm
         }
         Method::Auto => match site.docker_engine().await {
             Ok(_) => RuntimeKind::Docker,
@@ -184,7 +190,7 @@ async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
                 });
             }
         }
-        RuntimeKind::Docker => {
+        RuntimeKind::Docker | RuntimeKind::Swarm => {
             let dockerfile = plan.source.join(&plan.spec.dockerfile);
             if !dockerfile.is_file() {
                 return Err(Refusal::NoDockerfile(dockerfile.display().to_string()));
@@ -198,6 +204,17 @@ async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
             format!(", Python service ({}; starts with `{start}`)", p.deps)
         }
         _ => String::new(),
+    };
+    let python = match &plan.spec.swarm {
+        Some(s) => format!(
+            "{python}, {} replica(s) on the swarm it manages (published by {})",
+            s.replicas,
+            match s.publish {
+                crate::model::SwarmPublish::Proxy => "deployer's proxy",
+                crate::model::SwarmPublish::Mesh => "the routing mesh",
+            }
+        ),
+        None => python,
     };
     Ok(format!(
         "Service files validated: method {} on {}, {port_note}{python}",

@@ -43,6 +43,44 @@ pub struct RunSpec {
     /// What the release may use (`[limits]`).
     #[serde(default, skip_serializing_if = "Limits::is_none")]
     pub limits: Limits,
+    /// Set for the swarm method: how the service runs on the swarm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swarm: Option<SwarmSpec>,
+}
+
+/// A service on a Docker Swarm (`[swarm]`, `--replicas`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwarmSpec {
+    pub replicas: u32,
+    /// Where the manager pushes images and the nodes pull them from
+    /// ("10.0.0.1:5000"); none: the manager's own image store (one node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry: Option<String>,
+    /// The overlay network the tasks (and the proxy) join.
+    pub network: String,
+    /// How `port` reaches the tasks.
+    pub publish: SwarmPublish,
+    /// Placement constraints ("node.role==worker").
+    #[serde(default)]
+    pub constraints: Vec<String>,
+    /// Tasks replaced at once in an update.
+    pub update_parallelism: u32,
+    /// Seconds between two batches of an update.
+    pub update_delay_secs: u64,
+    /// Seconds a new task is watched before the update counts it a success.
+    pub update_monitor_secs: u64,
+}
+
+/// How a swarm service's port is published.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SwarmPublish {
+    /// deployer's proxy (nginx) in a container on the manager, attached to
+    /// the overlay network, sends to the healthy tasks found by Swarm's
+    /// DNS; the tasks run in `dnsrr` endpoint mode. Works without IPVS.
+    Proxy,
+    /// Swarm's routing mesh (`--publish`, needs IPVS in the kernel).
+    Mesh,
 }
 
 /// A service behind deployer's reverse proxy.
@@ -173,6 +211,7 @@ impl RunSpec {
             python: None,
             proxy: None,
             limits: Limits::default(),
+            swarm: None,
         }
     }
 }
@@ -237,6 +276,7 @@ pub enum RuntimeKind {
     Process,
     Docker,
     Systemd,
+    Swarm,
 }
 
 impl RuntimeKind {
@@ -245,7 +285,13 @@ impl RuntimeKind {
             RuntimeKind::Process => "process",
             RuntimeKind::Docker => "docker",
             RuntimeKind::Systemd => "systemd",
+            RuntimeKind::Swarm => "swarm",
         }
+    }
+
+    /// Whether releases run straight on the host (not in a container).
+    pub fn on_host(self) -> bool {
+        matches!(self, RuntimeKind::Process | RuntimeKind::Systemd)
     }
 }
 

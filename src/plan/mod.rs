@@ -5,6 +5,7 @@
 
 mod checks;
 mod secrets;
+mod swarm;
 
 pub use checks::job_timeout;
 use checks::{
@@ -61,6 +62,9 @@ pub struct DeployRequest {
     /// redeploy switches the proxy without a gap.
     #[serde(default)]
     pub proxy_port: Option<u16>,
+    /// For the swarm method: how many tasks run (`[swarm] replicas`).
+    #[serde(default)]
+    pub replicas: Option<u32>,
 }
 
 /// How a deploy to several hosts rolls out: a canary wave first, then the
@@ -225,6 +229,12 @@ impl Plan {
         let (mut spec, secrets) = run_spec(req, &manifest, config, method, env)?;
         python_service(&source, &manifest, method, &mut spec)?;
         spec.proxy = proxy_spec(req, &manifest)?;
+        spec.swarm = swarm::swarm_spec(req.replicas, &manifest, method)?;
+        if spec.swarm.is_some() && spec.proxy.is_some() {
+            return Err(Failure::invalid(
+                "[proxy] is not for the swarm method: its tasks are published with [swarm] publish",
+            ));
+        }
         Ok(Plan {
             service_name,
             source,
@@ -317,6 +327,7 @@ fn run_spec(
         runtime: match method {
             Method::Docker => RuntimeKind::Docker,
             Method::Systemd => RuntimeKind::Systemd,
+            Method::Swarm => RuntimeKind::Swarm,
             _ => RuntimeKind::Process,
         },
         port,
@@ -344,6 +355,7 @@ fn run_spec(
         python: None,
         // Set by `proxy_spec`; `port` is then replaced in Validation.
         proxy: None,
+        swarm: None,
     };
     Ok((spec, secrets))
 }

@@ -37,8 +37,13 @@ pub fn container(ctx: &ReleaseCtx) -> String {
     format!("{}-{}", ctx.service, ctx.release)
 }
 
+/// The engine's version, and whether it is a swarm manager ("28.2.2 true").
 pub fn info_cmd() -> Cmd {
-    Cmd::new("docker").args(["info", "--format", "{{.ServerVersion}}"])
+    Cmd::new("docker").args([
+        "info",
+        "--format",
+        "{{.ServerVersion}} {{.Swarm.ControlAvailable}}",
+    ])
 }
 
 pub fn build_cmd(ctx: &ReleaseCtx) -> Cmd {
@@ -169,7 +174,8 @@ impl DockerRuntime {
         }
     }
 
-    /// Whether a Docker engine answers, and its version.
+    /// Whether a Docker engine answers: its version, and whether it is a
+    /// swarm manager.
     pub async fn engine_version(&self) -> Result<String, RuntimeError> {
         self.host
             .run_ok(&info_cmd(), Duration::from_secs(10))

@@ -8,6 +8,7 @@ pub mod docker;
 pub mod process;
 #[cfg(test)]
 pub mod scripted;
+pub mod swarm;
 pub mod systemd;
 
 use crate::health::Liveness;
@@ -47,7 +48,7 @@ impl ReleaseCtx {
     /// docker release that publishes another.
     pub fn inner_port(&self) -> u16 {
         match (self.spec.runtime, self.spec.container_port) {
-            (crate::model::RuntimeKind::Docker, Some(p)) => p,
+            (RuntimeKind::Docker | RuntimeKind::Swarm, Some(p)) => p,
             _ => self.spec.port,
         }
     }
@@ -77,7 +78,7 @@ impl ReleaseCtx {
 
     /// The release's venv, for a Python service not in a container.
     pub fn venv(&self) -> Option<PathBuf> {
-        (self.spec.python.is_some() && self.spec.runtime != RuntimeKind::Docker)
+        (self.spec.python.is_some() && self.spec.runtime.on_host())
             .then(|| self.dir().join(".venv"))
     }
 }
@@ -96,6 +97,8 @@ pub fn stop_shell(ctx: &ReleaseCtx) -> String {
             "systemctl disable --now {} >/dev/null 2>&1",
             crate::cmd::quote(&systemd::unit_name(ctx))
         ),
+        // Swarm replaces tasks itself; nothing drains behind a proxy.
+        RuntimeKind::Swarm => "true".into(),
         // SIGTERM to the process group, SIGKILL after the grace.
         _ => format!(
             "pid=$(cut -d' ' -f1 {pidfile} 2>/dev/null); [ -n \"$pid\" ] || exit 0; \
@@ -135,6 +138,7 @@ pub enum Runtime {
     Process(process::ProcessRuntime),
     Docker(docker::DockerRuntime),
     Systemd(systemd::SystemdRuntime),
+    Swarm(swarm::SwarmRuntime),
     /// Unit tests' stand-in (see `scripted.rs`).
     #[cfg(test)]
     Scripted(scripted::ScriptedRuntime),
@@ -146,6 +150,7 @@ impl Runtime {
             Runtime::Process(_) => RuntimeKind::Process,
             Runtime::Docker(_) => RuntimeKind::Docker,
             Runtime::Systemd(_) => RuntimeKind::Systemd,
+            Runtime::Swarm(_) => RuntimeKind::Swarm,
             #[cfg(test)]
             Runtime::Scripted(_) => RuntimeKind::Docker,
         }
@@ -158,6 +163,7 @@ impl Runtime {
             Runtime::Process(_) => Ok(None),
             Runtime::Docker(d) => d.build(ctx).await.map(Some),
             Runtime::Systemd(s) => s.build(ctx).await.map(Some),
+            Runtime::Swarm(s) => s.build(ctx).await.map(Some),
             #[cfg(test)]
             Runtime::Scripted(s) => s.build(ctx).await.map(Some),
         }
@@ -169,6 +175,7 @@ impl Runtime {
             Runtime::Process(_) => {}
             Runtime::Docker(d) => d.remove_image(ctx).await,
             Runtime::Systemd(s) => s.remove_build(ctx).await,
+            Runtime::Swarm(s) => s.remove_build(ctx).await,
             #[cfg(test)]
             Runtime::Scripted(s) => s.remove_build(ctx).await,
         }
@@ -179,6 +186,7 @@ impl Runtime {
             Runtime::Process(p) => p.start(ctx).await,
             Runtime::Docker(d) => d.start(ctx).await,
             Runtime::Systemd(s) => s.start(ctx).await,
+            Runtime::Swarm(s) => s.start(ctx).await,
             #[cfg(test)]
             Runtime::Scripted(s) => s.start(ctx).await,
         }
@@ -189,6 +197,7 @@ impl Runtime {
             Runtime::Process(p) => p.stop(ctx).await,
             Runtime::Docker(d) => d.stop(ctx).await,
             Runtime::Systemd(s) => s.stop(ctx).await,
+            Runtime::Swarm(s) => s.stop(ctx).await,
             #[cfg(test)]
             Runtime::Scripted(s) => s.stop(ctx).await,
         }
@@ -199,6 +208,7 @@ impl Runtime {
             Runtime::Process(p) => p.liveness(ctx).await,
             Runtime::Docker(d) => d.liveness(ctx).await,
             Runtime::Systemd(s) => s.liveness(ctx).await,
+            Runtime::Swarm(s) => s.liveness(ctx).await,
             #[cfg(test)]
             Runtime::Scripted(s) => s.liveness(ctx).await,
         }
@@ -210,6 +220,7 @@ impl Runtime {
             Runtime::Process(p) => p.running(dirs),
             Runtime::Docker(d) => d.running(service).await,
             Runtime::Systemd(s) => s.running(dirs, service).await,
+            Runtime::Swarm(s) => s.running(service).await,
             #[cfg(test)]
             Runtime::Scripted(s) => s.running(),
         }

@@ -4,9 +4,11 @@
 //! `deployer` binary against real processes and a real Docker engine.
 #![allow(dead_code)]
 
+pub mod load;
 pub mod postgres;
 pub mod server;
 pub mod sshd;
+pub mod swarm;
 pub mod testhost;
 
 use assert_cmd::cargo::CommandCargoExt;

@@ -112,6 +112,20 @@ impl Step for ImageBuild {
                 "a venv if requirements.txt, then unit {}",
                 crate::runtime::systemd::unit_name(&ctx)
             ),
+            RuntimeKind::Swarm => format!(
+                "on the manager: docker build (Dockerfile + deployer's health check), image {}{}",
+                crate::runtime::swarm::registry_image(&ctx),
+                if ctx
+                    .spec
+                    .swarm
+                    .as_ref()
+                    .is_some_and(|s| s.registry.is_some())
+                {
+                    ", pushed"
+                } else {
+                    ""
+                }
+            ),
             RuntimeKind::Process => String::new(),
         }
     }

@@ -48,7 +48,8 @@ impl Step for Migrate {
                 return Ok(Done::quiet("no migration"));
             };
             let ctx = cx.new_release();
-            let cmd = if ctx.spec.runtime == RuntimeKind::Docker {
+            // A swarm release's image is on the manager too, as NAME:RELEASE.
+            let cmd = if !ctx.spec.runtime.on_host() {
                 crate::runtime::docker::one_off_cmd(&ctx, command)
             } else {
                 let mut cmd = Cmd::new("/bin/sh").args(["-c", command]).cwd(ctx.dir());

@@ -17,6 +17,7 @@ mod python;
 mod register;
 mod smoke;
 mod start;
+mod swarm;
 mod tests;
 mod transfer;
 
@@ -47,6 +48,7 @@ pub(super) fn deploy_steps() -> Vec<Box<dyn Step>> {
         Box::new(migrate::Migrate),
         Box::new(start::StopOld),
         Box::new(start::StartNew),
+        Box::new(swarm::Converge),
         Box::new(health::VerifyHealth),
         Box::new(smoke::SmokeChecks),
         Box::new(proxy::SwitchProxy),

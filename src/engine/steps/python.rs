@@ -42,8 +42,8 @@ impl Step for PythonDeps {
             Some("existing release: already built".into())
         } else if cx.work.spec.python.is_none() {
             Some("not a Python service".into())
-        } else if cx.work.spec.runtime == RuntimeKind::Docker {
-            Some("docker: the Dockerfile installs them".into())
+        } else if !cx.work.spec.runtime.on_host() {
+            Some("in a container: the Dockerfile installs them".into())
         } else {
             None
         }

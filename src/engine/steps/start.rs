@@ -21,6 +21,9 @@ impl Step for StopOld {
     }
 
     fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
+        if cx.work.spec.runtime == RuntimeKind::Swarm {
+            return Some("swarm: the update replaces old tasks once new ones are healthy".into());
+        }
         cx.work
             .spec
             .proxy
@@ -84,6 +87,10 @@ impl Step for StartNew {
         let ctx = cx.new_release();
         match ctx.spec.runtime {
             RuntimeKind::Docker => crate::runtime::docker::run_cmd(&ctx).display(),
+            RuntimeKind::Swarm => format!(
+                "on the manager: docker service create, or update --image {} (start-first)",
+                crate::runtime::swarm::registry_image(&ctx)
+            ),
             RuntimeKind::Systemd => format!(
                 "systemctl enable --now {}",
                 crate::runtime::systemd::unit_name(&ctx)
@@ -113,6 +120,9 @@ impl Step for StartNew {
                     "release {} still runs on port {}",
                     ctx.release, ctx.spec.port
                 )));
+            }
+            if ctx.spec.runtime == RuntimeKind::Swarm {
+                return super::swarm::start(cx, ctx).await;
             }
             match cx.runtime(&ctx.spec).start(&ctx).await {
                 Ok(details) => Ok(Done::shown(details).with_undo(StopNew { ctx })),
