@@ -198,7 +198,7 @@ pub async fn capabilities(State(state): State<Shared>) -> Json<Capabilities> {
     Json(Capabilities {
         service: "deployer".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        deployment_methods: strings(&["process", "docker", "systemd", "auto"]),
+        deployment_methods: strings(&["process", "docker", "systemd", "swarm", "auto"]),
         deploys_to: match crate::site::targets(&state.config, &[]) {
             Ok(targets) => targets.iter().map(crate::site::TargetSpec::name).collect(),
             Err(e) => vec![format!("invalid target: {}", e.message)],
