@@ -128,7 +128,7 @@ pub async fn pipeline(
 
 /// Accepts a deploy (with a pipeline run's intent, for `/pipeline`): the
 /// job is stored before the 202, then runs in the background.
-async fn submit(
+pub(super) async fn submit(
     state: Shared,
     req: DeployRequest,
     pipeline: Option<Option<String>>,

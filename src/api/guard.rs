@@ -90,7 +90,7 @@ pub fn read_token_file(path: &Path) -> Result<Option<Secret>, Failure> {
 }
 
 /// 32 random bytes from the kernel, as 64 hex characters.
-fn random_token() -> Result<Secret, Failure> {
+pub(super) fn random_token() -> Result<Secret, Failure> {
     let mut bytes = [0u8; 32];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut bytes))
@@ -101,7 +101,7 @@ fn random_token() -> Result<Secret, Failure> {
 }
 
 /// Compares two byte strings in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }
@@ -137,7 +137,7 @@ fn host_of(authority: &str) -> &str {
 
 /// Whether `Host` names this server: an IP address of it (any, when it
 /// listens on all addresses), `localhost`, or a configured name.
-fn host_allowed(state: &AppState, host: &str) -> bool {
+pub(super) fn host_allowed(state: &AppState, host: &str) -> bool {
     let host = host_of(host).to_ascii_lowercase();
     let bound = state.options.addr.ip();
     if host == "localhost" || state.options.allowed_hosts.contains(&host) {
@@ -151,7 +151,7 @@ fn host_allowed(state: &AppState, host: &str) -> bool {
 }
 
 /// Whether an `Origin` is the server itself (same host and port as `Host`).
-fn same_origin(origin: &str, host: &str) -> bool {
+pub(super) fn same_origin(origin: &str, host: &str) -> bool {
     origin
         .strip_prefix("http://")
         .or_else(|| origin.strip_prefix("https://"))

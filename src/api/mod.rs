@@ -8,6 +8,7 @@
 //! 1 MiB.
 
 mod cache;
+mod dashboard;
 mod deploy;
 pub mod guard;
 mod lifecycle;
@@ -72,6 +73,8 @@ pub struct AppState {
     pub probes: service::Probes,
     /// Finished jobs' JSON, for `GET /deploy/{id}`.
     pub jobs: cache::JobCache,
+    /// The dashboard's logged-in browsers.
+    pub sessions: dashboard::Sessions,
 }
 
 pub type Shared = Arc<AppState>;
@@ -180,7 +183,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// The whole API.
+/// The whole API, and the dashboard beside it (with its own guard).
 pub fn router(state: Shared) -> Router {
     Router::new()
         .merge(deploy::routes())
@@ -193,6 +196,7 @@ pub fn router(state: Shared) -> Router {
             state.clone(),
             guard::guard,
         ))
+        .merge(dashboard::router(state.clone()))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
 }
@@ -352,6 +356,7 @@ pub async fn serve(
         metrics: Default::default(),
         probes: Default::default(),
         jobs: Default::default(),
+        sessions: Default::default(),
     });
     if !interrupted.is_empty() {
         tokio::spawn(recover(state.clone(), interrupted.clone()));
