@@ -114,6 +114,45 @@ async fn main() {
         .map(|s| s.success())
         .unwrap_or(false);
     let scp_time = t.elapsed();
+    // rsync -a over the same sshd: a full copy, then the same one-file
+    // change (rsync updates its copy in place).
+    let ssh = format!(
+        "ssh -p {port} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile={}",
+        d.join("client").display(),
+        d.join("kh3").display()
+    );
+    let rsync = |stats: bool| {
+        let t = Instant::now();
+        let out = Command::new("rsync")
+            .args(["-a", "--stats", "-e", &ssh])
+            .arg(format!("{}/", src.display()))
+            .arg(format!(
+                "root@127.0.0.1:{}/",
+                d.join("rsync-copy").display()
+            ))
+            .output()
+            .ok()
+            .filter(|o| o.status.success());
+        let elapsed = t.elapsed();
+        let sent = out.and_then(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned();
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("Total bytes sent:"))?
+                .to_string();
+            line.split(':')
+                .nth(1)?
+                .trim()
+                .replace(',', "")
+                .parse::<u64>()
+                .ok()
+        });
+        (elapsed, if stats { sent } else { sent.or(Some(0)) })
+    };
+    std::fs::write(src.join("assets/d7/f777.txt"), "changed\n").unwrap();
+    let (rsync_full, full_sent) = rsync(false);
+    std::fs::write(src.join("assets/d7/f777.txt"), "changed again\n").unwrap();
+    let (rsync_one, one_sent) = rsync(true);
     let _ = sshd.kill();
     let _ = sshd.wait();
 
@@ -142,4 +181,19 @@ async fn main() {
             mib(total, scp_time)
         );
     }
+    if let (Some(full_sent), Some(one_sent)) = (full_sent, one_sent) {
+        println!(
+            "  rsync -a          {:>7.2} s full ({full_sent} bytes sent), {:.2} s one file ({one_sent} bytes)",
+            rsync_full.as_secs_f64(),
+            rsync_one.as_secs_f64()
+        );
+        println!("BYTES rsync_one {one_sent}");
+        println!("RESULT rsync_full {:.4}", rsync_full.as_secs_f64());
+        println!("RESULT rsync_one {:.4}", rsync_one.as_secs_f64());
+    }
+    // For scripts/bench.
+    println!("RESULT deployer_full {:.4}", full.as_secs_f64());
+    println!("RESULT deployer_one {:.4}", incremental.as_secs_f64());
+    println!("RESULT scp_full {:.4}", scp_time.as_secs_f64());
+    println!("BYTES deployer_one {}", s2.uploaded_bytes);
 }

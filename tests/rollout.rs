@@ -147,6 +147,28 @@ fn a_canary_failure_stops_the_rollout_and_a_good_release_reaches_all_three() {
         .assert_code(0)
         .json();
     assert_eq!(f.versions(), [v("v3"), v("v3"), v("v3")]);
+    // Every host received and built v3 before the canary started it; no
+    // other host started it before the canary was healthy.
+    let at = |host: usize, name: &str, end: &str| -> String {
+        let phases = j3["hosts"][host]["phases"].as_array().unwrap();
+        let p = phases.iter().find(|p| p["phase"] == name).unwrap();
+        p[end]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name} {end}: {p}"))
+            .to_string()
+    };
+    let canary_starts = at(0, "Start Service", "started_at");
+    let canary_healthy = at(0, "Verify Health", "completed_at");
+    for host in 1..3 {
+        assert!(
+            at(host, "Build", "completed_at") <= canary_starts,
+            "host {host} built first"
+        );
+        assert!(
+            at(host, "Start Service", "started_at") >= canary_healthy,
+            "host {host} waited"
+        );
+    }
     for h in &f.hosts {
         assert_eq!(
             f.current(h),
@@ -200,15 +222,15 @@ fn a_canary_failure_stops_the_rollout_and_a_good_release_reaches_all_three() {
 }
 
 #[test]
-fn a_host_killed_mid_deploy_fails_clearly_and_its_wave_rolls_back() {
+fn a_host_killed_mid_build_stops_the_rollout_before_any_host_starts_it() {
     if !image_ready() {
         return;
     }
     let f = Fleet::new();
     f.deploy(&f.service("hello", "v1", ""), &[]).assert_code(0);
 
-    // v2 builds slowly (a build command that sleeps), so the second wave
-    // (hosts 2 and 3) is mid-Build when host 2 is killed.
+    // v2 builds slowly (a build command that sleeps); every host builds at
+    // once, and host 2 is killed mid-Build.
     let src = f.service("hello", "v2", "");
     let child =
         f.sb.cmd()
@@ -249,21 +271,27 @@ fn a_host_killed_mid_deploy_fails_clearly_and_its_wave_rolls_back() {
     let job: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a job");
     assert_ne!(code, Some(0));
     let hosts = job["hosts"].as_array().unwrap();
-    assert_eq!(
-        hosts[0]["status"], "completed",
-        "the canary keeps v2 (rollback_switched is off)"
-    );
     assert_eq!(hosts[1]["status"], "failed");
     let err = hosts[1]["error"].as_str().unwrap();
     assert!(
         err.contains(&victim.address()) && err.contains("connection closed"),
         "{err}"
     );
-    assert_eq!(hosts[2]["rollback"]["success"], true, "{:#}", hosts[2]);
+    // Nobody started v2: the others were prepared, then cleaned up.
+    for i in [0, 2] {
+        assert_eq!(hosts[i]["status"], "skipped", "{:#}", hosts[i]);
+        let releases = f.hosts[i].exec(&["ls", &format!("/srv/deployer/{}/releases", f.name)]);
+        assert_eq!(
+            releases.lines().count(),
+            1,
+            "v2 removed from {}",
+            f.hosts[i].name
+        );
+    }
     let versions = f.versions();
-    assert_eq!(versions[0], v("v2"));
+    assert_eq!(versions[0], v("v1"), "the canary never started v2");
     assert_eq!(versions[1], None, "the killed host answers nothing");
-    assert_eq!(versions[2], v("v1"), "its wave-mate was rolled back");
+    assert_eq!(versions[2], v("v1"));
     // No lock left behind, here or on the surviving hosts.
     let lock =
         f.sb.state_dir()

@@ -244,20 +244,27 @@ pub async fn read(
         let header = [(axum::http::header::CONTENT_TYPE, "application/json")];
         (header, body).into_response()
     };
-    if let Some(body) = state.jobs.get(&job_id) {
-        return Ok(json(body));
-    }
-    let job = state
-        .store
-        .job(&job_id)
+    let body = job_json(&state, &job_id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job '{job_id}'")))?;
+    Ok(json(body))
+}
+
+/// A job as JSON: from the cache of finished jobs, else read and offered
+/// to it.
+async fn job_json(state: &Shared, id: &str) -> Result<Option<Bytes>, ApiError> {
+    if let Some(body) = state.jobs.get(id) {
+        return Ok(Some(body));
+    }
+    let Some(job) = state.store.job(id).await? else {
+        return Ok(None);
+    };
     let body = Bytes::from(
         serde_json::to_vec(&job)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?,
     );
     state.jobs.offer(&job, &body);
-    Ok(json(body))
+    Ok(Some(body))
 }
 
 /// A service's jobs, newest first.
@@ -271,16 +278,31 @@ pub async fn read(
 pub async fn history(
     State(state): State<Shared>,
     Path(service): Path<String>,
-) -> Result<Json<Vec<Job>>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     crate::plan::validate_name(&service)?;
-    let jobs = state.store.history(&service, 100).await?;
-    if jobs.is_empty() {
+    // The ids from the database (another deployer may have added one),
+    // each job from the cache of finished jobs when it is there.
+    let ids = state.store.history_ids(&service, 100).await?;
+    if ids.is_empty() {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             format!("no deploys of service '{service}'"),
         ));
     }
-    Ok(Json(jobs))
+    let mut body = Vec::with_capacity(ids.len() * 4096);
+    body.push(b'[');
+    for id in &ids {
+        if let Some(job) = job_json(&state, id).await? {
+            if body.len() > 1 {
+                body.push(b',');
+            }
+            body.extend_from_slice(&job);
+        }
+    }
+    body.push(b']');
+    let header = [(axum::http::header::CONTENT_TYPE, "application/json")];
+    Ok((header, Bytes::from(body)).into_response())
 }
 
 /// Roll the job's service back to its previous release.

@@ -1,6 +1,7 @@
-//! A deploy to several hosts, in waves: the canary wave first, then the
-//! rest, `parallel` at a time (concurrently within a wave). Every host runs
-//! the same step list with the same release id. A failed wave stops the
+//! A deploy to several hosts: Transfer and Build on every host at once,
+//! then Start Service and Verify Health in waves, the canary wave first,
+//! then the rest, `parallel` at a time (concurrently within a wave). Every
+//! host runs the same step list with the same release id. A failed wave stops the
 //! rollout: its failed hosts have unwound themselves, its switched hosts are
 //! taken back here, later waves are skipped. Register runs once, at the end.
 
@@ -43,12 +44,64 @@ impl Engine {
                 reason: "registered once for all hosts, after the last wave".into(),
             },
         );
+        let ctx = WaveCtx {
+            sites,
+            book,
+            work: &work,
+            previous: &previous,
+            sink,
+        };
+        let mut failure = self.prepare_and_waves(&ctx, validation).await;
+        let register_phase = self
+            .register_once(&work, register, book, &mut failure)
+            .await;
+        sink.event(&Event::PhaseFinished(&register_phase.view()));
+        self.finish_rollout(book, &work, register_phase, failure, started)
+            .await
+    }
+
+    /// Transfer and Build on every host at once, then the rest in waves;
+    /// how the rollout failed, if it did.
+    async fn prepare_and_waves(
+        &self,
+        ctx: &WaveCtx<'_>,
+        validation: &Phase,
+    ) -> Option<RolloutFailure> {
+        let (sites, book, work, sink) = (ctx.sites, ctx.book, ctx.work, ctx.sink);
         let waves = work.rollout.waves(sites.len());
         let mut switched: Vec<usize> = Vec::new();
         let mut failure: Option<RolloutFailure> = None;
+        let sinks: Vec<HostSink> = sites
+            .iter()
+            .map(|s| HostSink {
+                inner: sink,
+                host: s.host.name(),
+            })
+            .collect();
+        let job_id = book.parent.lock().await.deploy_job_id.clone();
+        let steps = steps::deploy_steps();
+        let mut runs: Vec<JobRun> = (0..sites.len())
+            .map(|i| {
+                let mut run = JobRun::new(self, &sites[i], book, i, &sinks[i], work);
+                run.start(validation, ctx.previous[i].clone(), &job_id);
+                run
+            })
+            .collect();
+        // Transfer and Build start nothing: every host at once. Only Start
+        // Service and Verify Health go in waves, so the canary is still the
+        // first host to run the new release.
+        let note = format!("Transfer and Build on all {} hosts at once", sites.len());
+        sink.event(&Event::Note(&note));
+        let ready =
+            futures_util::future::join_all(runs.iter_mut().map(|r| r.prepare(&steps))).await;
+        if let Some(i) = ready.iter().position(|ok| !ok) {
+            failure = Some(host_failure(&sites[i], &runs[i].job));
+        }
         for (w, wave) in waves.iter().enumerate() {
             if failure.is_some() {
-                skip_hosts(book, wave).await;
+                for &i in wave.iter().filter(|&&i| ready[i]) {
+                    runs[i].abandon("not run: the rollout stopped").await;
+                }
                 continue;
             }
             let what = if w == 0 && work.rollout.canary > 0 {
@@ -59,20 +112,21 @@ impl Engine {
             let names: Vec<String> = wave.iter().map(|&i| sites[i].host.name()).collect();
             let note = format!("{what} {}: {}", w + 1, names.join(", "));
             sink.event(&Event::Note(&note));
-            let ctx = WaveCtx {
-                sites,
-                book,
-                work: &work,
-                validation,
-                previous: &previous,
-                sink,
-            };
-            let results = self.run_wave(&ctx, wave).await;
+            let in_wave = runs
+                .iter_mut()
+                .enumerate()
+                .filter(|(i, _)| wave.contains(i))
+                .map(|(i, run)| {
+                    let steps = &steps;
+                    async move {
+                        run.complete(steps).await;
+                        (i, run.job.clone())
+                    }
+                });
+            let results = futures_util::future::join_all(in_wave).await;
             match results.iter().find(|(_, j)| !j.succeeded()) {
                 Some((i, j)) => {
-                    let kind = j.state.failure().unwrap_or(FailureKind::Internal);
-                    let error = j.state.error().unwrap_or_default();
-                    failure = Some((kind, format!("{}: {error}", sites[*i].host.name())));
+                    failure = Some(host_failure(&sites[*i], j));
                     let mut back: Vec<usize> = results
                         .iter()
                         .filter(|(_, j)| j.succeeded())
@@ -81,36 +135,12 @@ impl Engine {
                     if work.rollout.rollback_switched {
                         back.extend(switched.iter().copied());
                     }
-                    self.revert_hosts(&ctx, &back).await;
+                    self.revert_hosts(ctx, &back).await;
                 }
                 None => switched.extend(wave.iter().copied()),
             }
         }
-        let register_phase = self
-            .register_once(&work, register, book, &mut failure)
-            .await;
-        sink.event(&Event::PhaseFinished(&register_phase.view()));
-        self.finish_rollout(book, &work, register_phase, failure, started)
-            .await
-    }
-
-    /// Runs one wave's hosts at once; each host's run and its final job.
-    async fn run_wave(&self, ctx: &WaveCtx<'_>, wave: &[usize]) -> Vec<(usize, Job)> {
-        let job_id = ctx.book.parent.lock().await.deploy_job_id.clone();
-        let runs = wave.iter().map(|&i| {
-            let job_id = job_id.clone();
-            async move {
-                let host_sink = HostSink {
-                    inner: ctx.sink,
-                    host: ctx.sites[i].host.name(),
-                };
-                let mut run = JobRun::new(self, &ctx.sites[i], ctx.book, i, &host_sink, ctx.work);
-                run.start(ctx.validation, ctx.previous[i].clone(), &job_id);
-                run.execute(&steps::deploy_steps()).await;
-                (i, run.job)
-            }
-        });
-        futures_util::future::join_all(runs).await
+        failure
     }
 
     async fn revert_hosts(&self, ctx: &WaveCtx<'_>, hosts: &[usize]) {
@@ -282,23 +312,14 @@ struct WaveCtx<'a> {
     sites: &'a [Site],
     book: &'a JobBook<'a>,
     work: &'a Work,
-    validation: &'a Phase,
     previous: &'a [Option<String>],
     sink: &'a dyn Sink,
 }
 
-/// Marks the hosts of a wave the stopped rollout never reached.
-async fn skip_hosts(book: &JobBook<'_>, wave: &[usize]) {
-    for &i in wave {
-        book.edit(|j| {
-            let host = &mut j.hosts[i];
-            host.state = JobState::Skipped;
-            for p in host.phases.iter_mut().skip(1) {
-                p.state = PhaseState::Skipped {
-                    reason: "not run: the rollout stopped".into(),
-                };
-            }
-        })
-        .await;
-    }
+/// How a host's failure stops the rollout: its kind, and its error named
+/// by the host.
+fn host_failure(site: &Site, job: &Job) -> RolloutFailure {
+    let kind = job.state.failure().unwrap_or(FailureKind::Internal);
+    let error = job.state.error().unwrap_or_default();
+    (kind, format!("{}: {error}", site.host.name()))
 }

@@ -193,6 +193,9 @@ impl Engine {
 
 /// One job in progress on one host: its phases, its undo stack, and where
 /// it reports.
+/// The phases a rollout runs on every host at once, before the waves.
+const PREPARED: [PhaseName; 2] = [PhaseName::Transfer, PhaseName::Build];
+
 pub(super) struct JobRun<'a> {
     cx: StepCx<'a>,
     book: &'a JobBook<'a>,
@@ -261,7 +264,43 @@ impl<'a> JobRun<'a> {
     /// Runs the steps, then records how the job ended and audits it.
     pub async fn execute(&mut self, steps: &[Box<dyn Step>]) {
         let started = Instant::now();
-        let outcome = self.run_steps(steps).await;
+        let outcome = self.run_steps(steps, &PhaseName::ALL[1..]).await;
+        self.finish(started, outcome).await;
+    }
+
+    /// Transfer and Build alone, which start nothing: a rollout prepares
+    /// every host at once. A failure finishes the run (unwound); true when
+    /// the host is ready for Start Service.
+    pub async fn prepare(&mut self, steps: &[Box<dyn Step>]) -> bool {
+        let started = Instant::now();
+        match self.run_steps(steps, &PREPARED).await {
+            Ok(()) => true,
+            Err(f) => {
+                self.finish(started, Err(f)).await;
+                false
+            }
+        }
+    }
+
+    /// The phases after [`JobRun::prepare`], then how the job ended.
+    pub async fn complete(&mut self, steps: &[Box<dyn Step>]) {
+        let started = Instant::now();
+        let outcome = self
+            .run_steps(steps, &PhaseName::ALL[1 + PREPARED.len()..])
+            .await;
+        self.finish(started, outcome).await;
+    }
+
+    /// A prepared host the stopped rollout never reached: what Transfer
+    /// and Build left is taken away, and the host is marked skipped.
+    pub async fn abandon(&mut self, reason: &str) {
+        let _ = self.unwind().await;
+        self.skip_rest(reason).await;
+        self.job.state = JobState::Skipped;
+        self.save().await;
+    }
+
+    async fn finish(&mut self, started: Instant, outcome: Result<(), RunFailure>) {
         let redactor = &self.cx.redactor;
         let completed_at = Utc::now();
         self.job.state = match outcome {
@@ -312,9 +351,13 @@ impl<'a> JobRun<'a> {
         }
     }
 
-    /// The phases after Validation, in order; on a failure, the unwind.
-    async fn run_steps(&mut self, steps: &[Box<dyn Step>]) -> Result<(), RunFailure> {
-        for name in &PhaseName::ALL[1..] {
+    /// Phases in order; on a failure, the unwind.
+    async fn run_steps(
+        &mut self,
+        steps: &[Box<dyn Step>],
+        phases: &[PhaseName],
+    ) -> Result<(), RunFailure> {
+        for name in phases {
             let phase: Vec<&dyn Step> = steps
                 .iter()
                 .filter(|s| s.phase() == *name)

@@ -115,6 +115,18 @@ impl Store {
         Ok(jobs)
     }
 
+    /// The ids of a service's jobs, newest first (as [`Store::history`]).
+    pub async fn history_ids(&self, service: &str, limit: i64) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE service_name = $1 ORDER BY started_at DESC, rowid DESC LIMIT $2",
+        )
+        .bind(service)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx(format!("reading history of {service}")))
+    }
+
     async fn job_from_row(&self, row: sqlx::sqlite::SqliteRow) -> Result<Job, StoreError> {
         let id: String = row.get("id");
         let phase_rows = sqlx::query("SELECT * FROM phases WHERE job_id = $1 ORDER BY idx")

@@ -174,12 +174,14 @@ impl Progress {
     }
 }
 
+/// The service's update status, then its tasks (a task Swarm drops
+/// between the two listings is left out, not an error).
 fn progress_cmd(service: &str) -> Cmd {
     let s = quote(service);
     let script = format!(
         "docker service inspect {s} --format '{{{{if .UpdateStatus}}}}{{{{.UpdateStatus.State}}}}|{{{{.UpdateStatus.Message}}}}{{{{else}}}}|{{{{end}}}}|{{{{.Spec.Mode.Replicated.Replicas}}}}' || exit 1\n\
          ids=$(docker service ps -q {s})\n\
-         [ -z \"$ids\" ] || docker inspect --format 'task {{{{.NodeID}}}} {{{{.Spec.ContainerSpec.Image}}}} {{{{.Status.State}}}} {{{{.DesiredState}}}} {{{{.Status.Err}}}}' $ids"
+         [ -z \"$ids\" ] || docker inspect --format 'task {{{{.NodeID}}}} {{{{.Spec.ContainerSpec.Image}}}} {{{{.Status.State}}}} {{{{.DesiredState}}}} {{{{.Status.Err}}}}' $ids 2>/dev/null || true"
     );
     Cmd::new("sh").args(["-c", &script])
 }
