@@ -40,6 +40,9 @@ impl TargetSpec {
     }
 }
 
+/// A service and its releases running, with their ports.
+type Seen = (String, Vec<(String, u16)>);
+
 /// A connected host and its runtimes.
 pub struct Site {
     pub host: Arc<Host>,
@@ -51,6 +54,8 @@ pub struct Site {
     /// Whether a Docker engine answered, asked once per command: Validation,
     /// Start Service and a rollback all want to know.
     docker_engine: tokio::sync::OnceCell<Result<String, String>>,
+    /// What Validation saw running, with its service.
+    running_seen: std::sync::Mutex<Option<Seen>>,
 }
 
 impl Site {
@@ -77,6 +82,7 @@ impl Site {
             host,
             root,
             docker_engine: tokio::sync::OnceCell::new(),
+            running_seen: Default::default(),
         })
     }
 
@@ -95,6 +101,7 @@ impl Site {
             swarm: slot(),
             root: state_dir.join("services"),
             docker_engine: tokio::sync::OnceCell::new_with(Some(Err("not in unit tests".into()))),
+            running_seen: Default::default(),
         }
     }
 
@@ -175,8 +182,12 @@ impl Site {
         if self.host.is_local() {
             running.extend(self.process.running(dirs, service).await);
         }
-        if self.docker_engine().await.is_ok() {
-            running.extend(self.docker.running(dirs, service).await);
+        // Asked at once: `docker ps` answers nothing useful without an
+        // engine, and waiting for `docker info` first costs its whole time.
+        let (engine, docker) =
+            tokio::join!(self.docker_engine(), self.docker.running(dirs, service));
+        if engine.is_ok() {
+            running.extend(docker);
         }
         if self.swarm_manager().await {
             running.extend(self.swarm.running(dirs, service).await);
@@ -185,6 +196,27 @@ impl Site {
             running.extend(self.systemd.running(dirs, service).await);
         }
         running
+    }
+
+    /// Validation keeps what it saw running for Start Service (`None`
+    /// forgets it).
+    pub fn remember_running(&self, seen: Option<(&str, &[(String, u16)])>) {
+        *self.running_seen.lock().unwrap() = seen.map(|(s, r)| (s.to_string(), r.to_vec()));
+    }
+
+    /// What Validation saw running, for the first step that stops it: no
+    /// step before Start Service starts or stops anything (the job holds
+    /// the service's lock). Asked again when Validation did not look.
+    pub async fn running_before_start(
+        &self,
+        dirs: &ServiceDirs,
+        service: &str,
+    ) -> Vec<(String, u16)> {
+        let seen = self.running_seen.lock().unwrap().take();
+        match seen {
+            Some((s, running)) if s == service => running,
+            _ => self.running_releases(dirs, service).await,
+        }
     }
 
     /// Whether something listens on `port` on the host.

@@ -171,6 +171,7 @@ async fn runtime(site: &Site, method: Method) -> Result<RuntimeKind, Refusal> {
 
 /// Validation on one host.
 async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
+    site.remember_running(None);
     let runtime = runtime(site, plan.method).await?;
     plan.spec.runtime = runtime;
     match runtime {
@@ -337,12 +338,9 @@ async fn port(site: &Site, plan: &Plan) -> Result<String, Refusal> {
         return Ok(format!("port {port} free"));
     }
     let dirs = site.dirs(&plan.service_name);
-    match site
-        .running_releases(&dirs, &plan.service_name)
-        .await
-        .iter()
-        .find(|(_, p)| *p == port)
-    {
+    let running = site.running_releases(&dirs, &plan.service_name).await;
+    site.remember_running(Some((&plan.service_name, &running)));
+    match running.iter().find(|(_, p)| *p == port) {
         Some((rel, _)) => Ok(format!("port {port} held by this service's release {rel}")),
         None => Err(Refusal::PortTaken(port)),
     }

@@ -24,6 +24,8 @@ const CMD_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub struct DockerRuntime {
     host: Arc<Host>,
+    /// Containers stopped for a new release, removed while it starts.
+    stopped: std::sync::Mutex<Vec<String>>,
     /// Liveness is asked between health polls; `docker inspect` costs tens of
     /// milliseconds, so its answer is reused for a short while.
     last_inspect: std::sync::Mutex<Option<(Instant, Liveness)>>,
@@ -46,13 +48,15 @@ pub fn info_cmd() -> Cmd {
     ])
 }
 
+/// The image is labelled with its service only: a per-release label would
+/// make every build commit a new image, where an unchanged one is a cache
+/// hit (0.06 s against 0.18 s here). Its containers carry the release.
 pub fn build_cmd(ctx: &ReleaseCtx) -> Cmd {
     let dir = ctx.dir();
     Cmd::new("docker")
         .args(["build", "--quiet", "--tag", &image(ctx)])
         .args(["--tag", &format!("{}:latest", ctx.service)])
         .args(["--label", &format!("{LABEL_SERVICE}={}", ctx.service)])
-        .args(["--label", &format!("{LABEL_RELEASE}={}", ctx.release)])
         .args(["--file", &dir.join(&ctx.spec.dockerfile).to_string_lossy()])
         .arg(dir.to_string_lossy())
 }
@@ -170,6 +174,7 @@ impl DockerRuntime {
     pub fn new(host: Arc<Host>) -> Self {
         DockerRuntime {
             host,
+            stopped: Default::default(),
             last_inspect: std::sync::Mutex::new(None),
         }
     }
@@ -190,7 +195,12 @@ impl DockerRuntime {
     }
 
     pub async fn remove_image(&self, ctx: &ReleaseCtx) {
-        let _ = self.host.run(&remove_image_cmd(ctx), CMD_TIMEOUT).await;
+        let out = self.host.run(&remove_image_cmd(ctx), CMD_TIMEOUT).await;
+        if out.is_ok_and(|o| o.stderr.contains("is using its referenced image")) {
+            // A stopped container of the release keeps its image.
+            let _ = self.host.run(&remove_container_cmd(ctx), CMD_TIMEOUT).await;
+            let _ = self.host.run(&remove_image_cmd(ctx), CMD_TIMEOUT).await;
+        }
     }
 
     pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, RuntimeError> {
@@ -205,12 +215,52 @@ impl DockerRuntime {
                 .run_ok(&network_create_cmd(net), CMD_TIMEOUT)
                 .await?;
         }
-        // A container left from an earlier run of the same release.
-        let _ = self.host.run(&remove_container_cmd(ctx), CMD_TIMEOUT).await;
         *self.last_inspect.lock().unwrap() = None;
-        self.host.run_ok(&run_cmd(ctx), CMD_TIMEOUT).await?;
-        self.host.run_ok(&tag_latest_cmd(ctx), CMD_TIMEOUT).await?;
+        // `latest` follows the running release (a rollback's too); tagged
+        // while the container starts.
+        let (run_it, tag_it) = (run_cmd(ctx), tag_latest_cmd(ctx));
+        // This release's own container, if it is among them, is left to
+        // the `run` below (a name in use is removed and run again).
+        let mut stopped = std::mem::take(&mut *self.stopped.lock().unwrap());
+        stopped.retain(|n| *n != container(ctx));
+        let remove = async {
+            for name in &stopped {
+                let rm = Cmd::new("docker").args(["rm", "--force", name]);
+                let _ = self.host.run(&rm, CMD_TIMEOUT).await;
+            }
+        };
+        let (run, tag, ()) = tokio::join!(
+            self.host.run(&run_it, CMD_TIMEOUT),
+            self.host.run_ok(&tag_it, CMD_TIMEOUT),
+            remove
+        );
+        let run = run?;
+        if !run.success() {
+            if !run.stderr.contains("is already in use") {
+                return Err(RuntimeError::Host(HostError::CommandFailed {
+                    command: run_cmd(ctx).display(),
+                    output: run.tail(8),
+                }));
+            }
+            // A container left from an earlier run of the same release.
+            let _ = self.host.run(&remove_container_cmd(ctx), CMD_TIMEOUT).await;
+            self.host.run_ok(&run_cmd(ctx), CMD_TIMEOUT).await?;
+        }
+        tag?;
         Ok(format!("Docker container {} started", container(ctx)))
+    }
+
+    /// Stops the container gracefully; it is removed while the next one
+    /// starts (or by `stop`, or before its image is removed).
+    pub async fn stop_for_new(&self, ctx: &ReleaseCtx) -> Result<(), RuntimeError> {
+        let grace = Duration::from_secs(ctx.spec.stop_grace_secs) + CMD_TIMEOUT;
+        let out = self.host.run(&stop_cmd(ctx), grace).await?;
+        if out.success() {
+            self.stopped.lock().unwrap().push(container(ctx));
+            Ok(())
+        } else {
+            self.stop(ctx).await
+        }
     }
 
     pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), RuntimeError> {
@@ -332,7 +382,7 @@ mod tests {
         assert_eq!(
             build_cmd(&ctx()).display(),
             "docker build --quiet --tag hello:20261125-120000000-abcdef12 --tag hello:latest \
-             --label deployer.service=hello --label deployer.release=20261125-120000000-abcdef12 \
+             --label deployer.service=hello \
              --file /srv/deployer/services/hello/releases/20261125-120000000-abcdef12/Dockerfile \
              /srv/deployer/services/hello/releases/20261125-120000000-abcdef12"
         );

@@ -203,6 +203,16 @@ impl Runtime {
         }
     }
 
+    /// Stops a release that a new one replaces next: as `stop`, but what
+    /// can wait (removing a stopped container) happens while the new one
+    /// starts.
+    pub async fn stop_for_new(&self, ctx: &ReleaseCtx) -> Result<(), RuntimeError> {
+        match self {
+            Runtime::Docker(d) => d.stop_for_new(ctx).await,
+            _ => self.stop(ctx).await,
+        }
+    }
+
     pub async fn liveness(&self, ctx: &ReleaseCtx) -> Liveness {
         match self {
             Runtime::Process(p) => p.liveness(ctx).await,

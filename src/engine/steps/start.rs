@@ -41,17 +41,23 @@ impl Step for StopOld {
     fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
         Box::pin(async move {
             let new = cx.release.clone().unwrap_or_default();
-            let running = cx.site.running_releases(&cx.dirs, &cx.work.service).await;
+            let running = cx
+                .site
+                .running_before_start(&cx.dirs, &cx.work.service)
+                .await;
             let mut stopped = Vec::new();
             for (rel, _) in running.iter().filter(|(r, _)| *r != new) {
                 let ctx = cx.earlier_release(rel).await;
                 cx.note(&format!("stopping release {rel}"));
-                cx.runtime(&ctx.spec).stop(&ctx).await.map_err(|e| {
-                    StepError::new(
-                        FailureKind::Start,
-                        format!("stopping the running release {rel}: {e}"),
-                    )
-                })?;
+                cx.runtime(&ctx.spec)
+                    .stop_for_new(&ctx)
+                    .await
+                    .map_err(|e| {
+                        StepError::new(
+                            FailureKind::Start,
+                            format!("stopping the running release {rel}: {e}"),
+                        )
+                    })?;
                 stopped.push(rel.clone());
             }
             let done = Done::quiet(if stopped.is_empty() {
