@@ -353,3 +353,59 @@ fn behind_each_hosts_proxy_a_rollout_drops_no_request() {
         assert!(ok > 20, "{}: {ok} requests", host.name);
     }
 }
+
+/// Not a test: the fleet benchmark `scripts/bench fleet` runs (ignored
+/// otherwise). One systemd deploy of the prebuilt example to 1, 3 and 8
+/// hosts (canary 1, parallel 4), a first deploy then three redeploys each;
+/// prints the redeploys' median as `RESULT fleet_N SECONDS`. Nothing is
+/// asserted about time.
+#[test]
+#[ignore]
+fn fleet_benchmark() {
+    if !image_ready() {
+        return;
+    }
+    let sb = Sandbox::new();
+    let port = free_port();
+    let key = client_key(sb.dir.path());
+    let hosts: Vec<TestHost> = (2..=9)
+        .map(|i| {
+            let name = sb.name(&format!("bench{i}"));
+            TestHost::start_on(&format!("127.0.0.{i}"), &name, &key, &[port])
+        })
+        .collect();
+    let config = sb.dir.path().join("deployer.toml");
+    std::fs::write(&config, format!("[target]\n{}", ssh_settings(&sb, &key))).unwrap();
+    // One service (one port), on more hosts each time.
+    let name = sb.name("fleet");
+    for n in [1usize, 3, 8] {
+        let mut times = Vec::new();
+        for round in 0..4 {
+            let src = sb.prebuilt("hello", &format!("n{n}r{round}"));
+            let mut args = vec!["--config".to_string(), config.to_str().unwrap().to_string()];
+            for h in &hosts[..n] {
+                args.extend(["--host".to_string(), h.address()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let started = std::time::Instant::now();
+            let job = sb
+                .deploy(&src, &name, port, "systemd", &args)
+                .assert_code(0)
+                .json();
+            if round > 0 {
+                times.push(started.elapsed().as_secs_f64());
+            }
+            if round == 3 {
+                let phases: Vec<String> = job["phases"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|p| format!("{} {}", p["phase"], p["duration_ms"]))
+                    .collect();
+                println!("PHASES fleet_{n} {}", phases.join(", "));
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        println!("RESULT fleet_{n} {:.3}", times[times.len() / 2]);
+    }
+}
