@@ -92,6 +92,14 @@ async fn text(c: &Client) -> String {
     }
 }
 
+/// Types a token into the login page and sends it.
+async fn log_in(c: &Client, token: &str) {
+    let field = c.find(Locator::Css("#token")).await.unwrap();
+    field.send_keys(token).await.unwrap();
+    let send = c.find(Locator::Css("button[type=submit]")).await.unwrap();
+    send.click().await.unwrap();
+}
+
 /// Waits until `css` matches, without reloading the page.
 async fn until(c: &Client, secs: u64, css: &str) {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -176,35 +184,13 @@ async fn dashboard_in_a_real_browser() {
     }
     shot(&c, "login").await;
     // A wrong token is refused.
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys("not-the-token-at-all")
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&c, "not-the-token-at-all").await;
     until(&c, 10, "p.error").await;
     assert!(text(&c).await.contains("That is not the server's token."));
     c.goto(&url("/")).await.unwrap();
     assert!(c.current_url().await.unwrap().as_str().ends_with("/login"));
     // The right one: the services page lists the service.
-    c.find(Locator::Css("#token"))
-        .await
-        .unwrap()
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
-    c.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    log_in(&c, TOKEN).await;
     until(&c, 10, &format!("a[href='/s/{name}']")).await;
     let services = text(&c).await;
     assert!(

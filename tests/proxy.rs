@@ -64,20 +64,7 @@ fn ten_redeploys_a_failed_one_and_a_rollback(
     sb.run(&rollback).assert_code(0);
     assert_eq!(get(public).unwrap(), (200, "v10".to_string()));
     let answers = load.finish();
-
-    let failed = failures(&answers);
-    assert!(
-        failed.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failed.len(),
-        answers.len(),
-        &failed[..failed.len().min(5)]
-    );
-    assert!(
-        answers.len() > 100,
-        "a steady stream: {} requests",
-        answers.len()
-    );
+    assert_none_failed(&answers, 100);
     let bodies: std::collections::BTreeSet<&str> = answers
         .iter()
         .filter_map(|a| a.as_ref().ok().map(|(_, b)| b.as_str()))

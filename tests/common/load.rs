@@ -71,3 +71,21 @@ pub fn failures(answers: &[Answer]) -> Vec<&Answer> {
         .filter(|a| !matches!(a, Ok((200, _))))
         .collect()
 }
+
+/// Every answer was a 200, and there were more than `at_least` of them.
+#[track_caller]
+pub fn assert_none_failed(answers: &[Answer], at_least: usize) {
+    let failed = failures(answers);
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        answers.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(
+        answers.len() > at_least,
+        "a steady stream: {} requests",
+        answers.len()
+    );
+}
