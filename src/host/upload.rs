@@ -1,7 +1,9 @@
 //! Putting a release on a host: a copy on this machine; over SSH an
 //! incremental upload. Each remote release carries a manifest of its files
 //! (path, mode, size, blake3 hash); files unchanged since the previous
-//! release are hard-linked on the server instead of uploaded.
+//! release are copied on the server instead of uploaded. The rest go as one
+//! tar stream over an exec channel when both ends have GNU tar, else file
+//! by file over SFTP.
 
 use super::{Host, HostError, MANIFEST, Progress, quote};
 use crate::cmd::Cmd;
@@ -266,6 +268,24 @@ impl Upload<'_> {
             .sum();
         self.host.check_space(&self.releases, to_send).await?;
         let dir = format!("{}/{}", self.releases, self.partial);
+        if self.tar_both_ends().await {
+            let sent = self.send_tar(unchanged, to_send, progress).await?;
+            for (k, e) in &self.manifest {
+                stats.files += 1;
+                if e.link.is_none() {
+                    stats.bytes += e.size;
+                }
+                if e.link.is_none() && !unchanged.contains(&k) {
+                    stats.uploaded_files += 1;
+                    stats.uploaded_bytes += e.size;
+                }
+            }
+            debug_assert_eq!(sent, stats.uploaded_files);
+            let json = serde_json::to_vec_pretty(&self.manifest).unwrap_or_default();
+            return sftp_put(sftp, &format!("{dir}/{MANIFEST}"), &json, 0o644, &|_| {})
+                .await
+                .map_err(HostError::io(uploading(MANIFEST)));
+        }
         for (k, e) in &self.manifest {
             let dest = format!("{dir}/{k}");
             stats.files += 1;
@@ -294,6 +314,125 @@ impl Upload<'_> {
         sftp_put(sftp, &format!("{dir}/{MANIFEST}"), &json, 0o644, &|_| {})
             .await
             .map_err(HostError::io(uploading(MANIFEST)))
+    }
+}
+
+impl Upload<'_> {
+    /// Whether GNU tar runs here and on the host: the files then go as one
+    /// tar stream over an exec channel, not one SFTP file at a time.
+    async fn tar_both_ends(&self) -> bool {
+        let here = tokio::process::Command::new("tar")
+            .arg("--version")
+            .output()
+            .await
+            .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"tar (GNU tar)"));
+        here && self
+            .host
+            .sh("tar --version | grep -q 'GNU tar'")
+            .await
+            .is_ok()
+    }
+
+    /// Sends what changed (and every symlink) as one tar stream, made here
+    /// by tar as it is sent and unpacked on the host into the partial
+    /// directory. Returns the files sent.
+    async fn send_tar(
+        &self,
+        unchanged: &[&String],
+        to_send: u64,
+        progress: &Progress<'_>,
+    ) -> Result<u64, HostError> {
+        let names: Vec<&String> = self
+            .manifest
+            .iter()
+            .filter(|(k, _)| !unchanged.contains(k))
+            .map(|(k, _)| k)
+            .collect();
+        let files = self
+            .manifest
+            .iter()
+            .filter(|(k, e)| e.link.is_none() && !unchanged.contains(k))
+            .count() as u64;
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let mut list = Vec::new();
+        for k in &names {
+            list.extend_from_slice(k.as_bytes());
+            list.push(0);
+        }
+        let mut tar = tokio::process::Command::new("tar")
+            .args(["-c", "-f", "-", "--null", "--no-recursion", "-C"])
+            .arg(self.src)
+            .args(["-T", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(HostError::io("starting tar"))?;
+        // The names go in while the archive comes out (a long list would
+        // fill both pipes otherwise).
+        let mut names_in = tar.stdin.take().expect("piped");
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt;
+            let _ = names_in.write_all(&list).await;
+        });
+        let out = tar.stdout.take().expect("piped");
+        let counted = Counted {
+            inner: out,
+            sent: 0,
+            total: to_send,
+            progress,
+        };
+        let script = format!(
+            "cd {r}/{p} && tar -x -f - --no-same-owner",
+            r = quote(&self.releases),
+            p = quote(&self.partial)
+        );
+        let line = crate::ssh::remote_line(&Cmd::new("sh").args(["-c", &script]));
+        let remote = self.ssh.run_line_from(&line, counted).await?;
+        let local = tar
+            .wait_with_output()
+            .await
+            .map_err(HostError::io("running tar"))?;
+        if !local.status.success() || !remote.success() {
+            return Err(HostError::Failed {
+                doing: format!("uploading the release to {} (tar)", self.host.name()),
+                output: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&local.stderr),
+                    remote.tail(3)
+                ),
+            });
+        }
+        Ok(files)
+    }
+}
+
+/// A reader that reports how much of it was read.
+struct Counted<'a, R> {
+    inner: R,
+    sent: u64,
+    total: u64,
+    progress: &'a Progress<'a>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<'_, R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            self.sent += read;
+            let (sent, total) = (self.sent.min(self.total), self.total);
+            (self.progress)(sent, total);
+        }
+        polled
     }
 }
 

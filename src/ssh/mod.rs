@@ -263,6 +263,15 @@ impl SshSession {
 
     /// Runs a command line; `stdin` is written to it first.
     pub async fn run_line(&self, line: &str, stdin: &[u8]) -> Result<CmdOutput, SshError> {
+        self.run_line_from(line, stdin).await
+    }
+
+    /// Runs a command line with its standard input streamed from `input`
+    /// (a tar archive being made, say), without holding it all in memory.
+    pub async fn run_line_from<R>(&self, line: &str, input: R) -> Result<CmdOutput, SshError>
+    where
+        R: tokio::io::AsyncRead + Unpin,
+    {
         let mut ch = self
             .handle
             .channel_open_session()
@@ -271,11 +280,9 @@ impl SshSession {
         ch.exec(true, line)
             .await
             .map_err(|e| self.session_err("starting a command", describe(&e)))?;
-        if !stdin.is_empty() {
-            ch.data(stdin)
-                .await
-                .map_err(|e| self.session_err("sending input", describe(&e)))?;
-        }
+        ch.data(input)
+            .await
+            .map_err(|e| self.session_err("sending input", describe(&e)))?;
         ch.eof()
             .await
             .map_err(|e| self.session_err("closing input", describe(&e)))?;
