@@ -376,3 +376,50 @@ async fn a_remote_command_that_runs_out_of_time_is_killed_on_the_host() {
     tokio::time::sleep(Duration::from_secs(4)).await;
     assert!(!mark.exists(), "the command ran on after its time");
 }
+
+#[tokio::test]
+async fn an_upload_keeps_modes_links_and_odd_names() {
+    use deployer::host::Host;
+    use deployer::release::ServiceDirs;
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let sshd = Sshd::start(&dir.path().join("sshd"));
+    let kh = dir.path().join("known_hosts");
+    let host = Host::Ssh(Box::new(
+        SshSession::connect(&target(&sshd, &kh, true))
+            .await
+            .unwrap(),
+    ));
+    let dirs = ServiceDirs {
+        root: dir.path().join("base/web"),
+    };
+    let src = dir.path().join("src");
+    std::fs::create_dir_all(src.join("deep/er dir")).unwrap();
+    let files = [
+        ("run.sh", 0o755, "#!/bin/sh\necho hi\n"),
+        ("secret.key", 0o600, "not for others"),
+        ("deep/er dir/näme with 'quotes'.txt", 0o644, "odd"),
+    ];
+    for (name, mode, body) in files {
+        std::fs::write(src.join(name), body).unwrap();
+        std::fs::set_permissions(src.join(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    std::os::unix::fs::symlink("run.sh", src.join("start")).unwrap();
+    let none = |_: u64, _: u64| {};
+    let stats = host
+        .put_release(&src, &dirs, "r1", None, &none)
+        .await
+        .unwrap();
+    assert_eq!(stats.uploaded_files, 3);
+    let release = dirs.release("r1");
+    for (name, mode, body) in files {
+        let path = release.join(name);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), body, "{name}");
+        let got = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got, mode, "{name}: {got:o}");
+    }
+    assert_eq!(
+        std::fs::read_link(release.join("start")).unwrap(),
+        std::path::Path::new("run.sh")
+    );
+}
