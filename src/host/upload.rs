@@ -379,11 +379,13 @@ impl Upload<'_> {
             let _ = names_in.write_all(&list).await;
         });
         let out = tar.stdout.take().expect("piped");
+        let last_read = std::sync::Mutex::new(std::time::Instant::now());
         let counted = Counted {
             inner: out,
             sent: 0,
             total: to_send,
             progress,
+            last_read: &last_read,
         };
         let script = format!(
             "cd {r}/{p} && tar -x -f - --no-same-owner",
@@ -391,7 +393,28 @@ impl Upload<'_> {
             p = quote(&self.partial)
         );
         let line = crate::ssh::remote_line(&Cmd::new("sh").args(["-c", &script]));
-        let remote = self.ssh.run_line_from(&line, counted).await?;
+        // A channel waiting for room to send is not woken when the
+        // connection dies: watch it, and give up on a dead connection or
+        // one that takes nothing for STALL.
+        let run = self.ssh.run_line_from(&line, counted);
+        tokio::pin!(run);
+        let remote = loop {
+            tokio::select! {
+                done = &mut run => break done?,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                    let idle = last_read.lock().unwrap().elapsed();
+                    if self.ssh.is_closed() || idle > STALL {
+                        return Err(HostError::Failed {
+                            doing: format!("uploading the release to {}", self.host.name()),
+                            output: format!(
+                                "the connection closed or took nothing for {} s",
+                                idle.as_secs()
+                            ),
+                        });
+                    }
+                }
+            }
+        };
         let local = tar
             .wait_with_output()
             .await
@@ -410,12 +433,17 @@ impl Upload<'_> {
     }
 }
 
-/// A reader that reports how much of it was read.
+/// How long an upload may take nothing before the connection counts as
+/// dead.
+const STALL: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A reader that reports how much of it was read, and when last.
 struct Counted<'a, R> {
     inner: R,
     sent: u64,
     total: u64,
     progress: &'a Progress<'a>,
+    last_read: &'a std::sync::Mutex<std::time::Instant>,
 }
 
 impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<'_, R> {
@@ -428,6 +456,7 @@ impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<'_, R> {
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         let read = (buf.filled().len() - before) as u64;
         if read > 0 {
+            *self.last_read.lock().unwrap() = std::time::Instant::now();
             self.sent += read;
             let (sent, total) = (self.sent.min(self.total), self.total);
             (self.progress)(sent, total);

@@ -312,6 +312,12 @@ impl SshSession {
         })
     }
 
+    /// Whether the connection is gone (its keepalives went unanswered, or
+    /// the server closed it).
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
     /// Opens an SFTP session on this connection.
     pub async fn sftp(&self) -> Result<russh_sftp::client::SftpSession, SshError> {
         let ch = self
