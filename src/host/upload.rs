@@ -361,16 +361,7 @@ impl Upload<'_> {
             list.extend_from_slice(k.as_bytes());
             list.push(0);
         }
-        let mut tar = tokio::process::Command::new("tar")
-            .args(["-c", "-f", "-", "--null", "--no-recursion", "-C"])
-            .arg(self.src)
-            .args(["-T", "-"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(HostError::io("starting tar"))?;
+        let mut tar = local_tar(self.src)?;
         // The names go in while the archive comes out (a long list would
         // fill both pipes otherwise).
         let mut names_in = tar.stdin.take().expect("piped");
@@ -393,28 +384,9 @@ impl Upload<'_> {
             p = quote(&self.partial)
         );
         let line = crate::ssh::remote_line(&Cmd::new("sh").args(["-c", &script]));
-        // A channel waiting for room to send is not woken when the
-        // connection dies: watch it, and give up on a dead connection or
-        // one that takes nothing for STALL.
-        let run = self.ssh.run_line_from(&line, counted);
-        tokio::pin!(run);
-        let remote = loop {
-            tokio::select! {
-                done = &mut run => break done?,
-                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
-                    let idle = last_read.lock().unwrap().elapsed();
-                    if self.ssh.is_closed() || idle > STALL {
-                        return Err(HostError::Failed {
-                            doing: format!("uploading the release to {}", self.host.name()),
-                            output: format!(
-                                "the connection closed or took nothing for {} s",
-                                idle.as_secs()
-                            ),
-                        });
-                    }
-                }
-            }
-        };
+        let remote = self
+            .watched(self.ssh.run_line_from(&line, counted), &last_read)
+            .await?;
         let local = tar
             .wait_with_output()
             .await
@@ -431,6 +403,48 @@ impl Upload<'_> {
         }
         Ok(files)
     }
+
+    /// Runs an upload's remote command, watching it: a channel waiting
+    /// for room to send is not woken when the connection dies, so give up
+    /// on a dead connection or one that took nothing for [`STALL`].
+    async fn watched(
+        &self,
+        run: impl std::future::Future<Output = Result<crate::cmd::CmdOutput, crate::ssh::SshError>>,
+        last_read: &std::sync::Mutex<std::time::Instant>,
+    ) -> Result<crate::cmd::CmdOutput, HostError> {
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                done = &mut run => return Ok(done?),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
+                    let idle = last_read.lock().unwrap().elapsed();
+                    if self.ssh.is_closed() || idle > STALL {
+                        return Err(HostError::Failed {
+                            doing: format!("uploading the release to {}", self.host.name()),
+                            output: format!(
+                                "the connection closed or took nothing for {} s",
+                                idle.as_secs()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// GNU tar writing an archive of `src`'s files, named on its stdin.
+fn local_tar(src: &Path) -> Result<tokio::process::Child, HostError> {
+    tokio::process::Command::new("tar")
+        .args(["-c", "-f", "-", "--null", "--no-recursion", "-C"])
+        .arg(src)
+        .args(["-T", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(HostError::io("starting tar"))
 }
 
 /// How long an upload may take nothing before the connection counts as
