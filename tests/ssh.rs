@@ -289,21 +289,35 @@ async fn a_stale_remote_lock_has_exactly_one_new_holder_and_the_old_one_cannot_u
     }
 }
 
-#[tokio::test]
-async fn an_incremental_upload_shares_no_file_with_the_previous_release() {
-    use deployer::host::Host;
-    use deployer::release::ServiceDirs;
+/// A real sshd on loopback, a host connected to it, and a service's
+/// directories under the sandbox (the sshd runs as this user, so the
+/// "server's" files are local paths the test can read).
+async fn upload_host() -> (
+    tempfile::TempDir,
+    Sshd,
+    deployer::host::Host,
+    deployer::release::ServiceDirs,
+) {
     let dir = tempfile::tempdir().unwrap();
     let sshd = Sshd::start(&dir.path().join("sshd"));
     let kh = dir.path().join("known_hosts");
-    let host = Host::Ssh(Box::new(
-        SshSession::connect(&target(&sshd, &kh, true))
-            .await
-            .unwrap(),
-    ));
-    let dirs = ServiceDirs {
+    let session = SshSession::connect(&target(&sshd, &kh, true))
+        .await
+        .unwrap();
+    let dirs = deployer::release::ServiceDirs {
         root: dir.path().join("base/web"),
     };
+    (
+        dir,
+        sshd,
+        deployer::host::Host::Ssh(Box::new(session)),
+        dirs,
+    )
+}
+
+#[tokio::test]
+async fn an_incremental_upload_shares_no_file_with_the_previous_release() {
+    let (dir, _sshd, host, dirs) = upload_host().await;
     let src = dir.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("app.log"), "v1 line\n").unwrap();
@@ -379,20 +393,8 @@ async fn a_remote_command_that_runs_out_of_time_is_killed_on_the_host() {
 
 #[tokio::test]
 async fn an_upload_keeps_modes_links_and_odd_names() {
-    use deployer::host::Host;
-    use deployer::release::ServiceDirs;
     use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let sshd = Sshd::start(&dir.path().join("sshd"));
-    let kh = dir.path().join("known_hosts");
-    let host = Host::Ssh(Box::new(
-        SshSession::connect(&target(&sshd, &kh, true))
-            .await
-            .unwrap(),
-    ));
-    let dirs = ServiceDirs {
-        root: dir.path().join("base/web"),
-    };
+    let (dir, _sshd, host, dirs) = upload_host().await;
     let src = dir.path().join("src");
     std::fs::create_dir_all(src.join("deep/er dir")).unwrap();
     let files = [
