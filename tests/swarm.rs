@@ -138,7 +138,21 @@ fn swarm_rolls_out_without_a_gap_rolls_back_and_keeps_the_secret() {
             c.env("API_KEY", SECRET);
         })
     };
-    with_secret(&["rollback", name]).assert_code(0);
+    let back = with_secret(&["rollback", name]);
+    if back.code != 0 {
+        // The engine here sometimes fails to mount a task's secrets
+        // ("unable to remount dir as readonly ... device or resource
+        // busy"); Swarm then rolls back, and the job must say so and leave
+        // v2 answering. Then once more.
+        assert!(
+            back.stdout.contains("Swarm rolled the service back"),
+            "{}",
+            back.stdout
+        );
+        assert_eq!(version_on(port).as_deref(), Some("v2"));
+        eprintln!("swarm: the manual rollback was rolled back by Swarm; again");
+        with_secret(&["rollback", name]).assert_code(0);
+    }
     assert_eq!(version_on(port).as_deref(), Some("v1"));
     assert_eq!(
         sb.current(name).as_ref(),

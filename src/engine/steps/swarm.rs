@@ -122,7 +122,8 @@ impl Undo for SwarmBack {
                 .is_some_and(|s| s.release == prev.release);
             let quiet = |_: &Progress| {};
             let result = if by_swarm {
-                follow(cx, prev, &quiet).await
+                let limit = SwarmRuntime::update_limit(prev);
+                swarm.follow_back(prev, limit).await
             } else {
                 cx.note(&format!(
                     "rollback: updating the service back to release {}",

@@ -212,6 +212,22 @@ impl SwarmRuntime {
         limit: Duration,
         seen: &(dyn Fn(&Progress) + Sync),
     ) -> Result<Progress, String> {
+        self.follow_until(ctx, limit, seen, false).await
+    }
+
+    /// Waits for Swarm's own rollback to this release to converge (its
+    /// rollback states are then the way there, not a failure).
+    pub async fn follow_back(&self, ctx: &ReleaseCtx, limit: Duration) -> Result<Progress, String> {
+        self.follow_until(ctx, limit, &|_| {}, true).await
+    }
+
+    async fn follow_until(
+        &self,
+        ctx: &ReleaseCtx,
+        limit: Duration,
+        seen: &(dyn Fn(&Progress) + Sync),
+        back: bool,
+    ) -> Result<Progress, String> {
         let deadline = Instant::now() + limit;
         let mut last: Option<Progress> = None;
         loop {
@@ -225,7 +241,7 @@ impl SwarmRuntime {
                 return Ok(p);
             }
             let ended = !matches!(p.update.as_deref(), Some("rollback_started"));
-            if p.failed() && ended {
+            if p.failed() && ended && !back {
                 return Err(p.update_said());
             }
             // A new service has no rollback: its tasks fail and are
