@@ -69,10 +69,14 @@ pub(super) fn error_page(e: ApiError) -> Response {
     (e.status, message_page("Error", &e.message)).into_response()
 }
 
-async fn snapshot(state: &Shared) -> Result<Snapshot, ApiError> {
-    let targets = crate::site::targets(&state.config, &[])?;
-    let engine = crate::api::engine(state, targets, std::time::Duration::from_secs(5));
-    Ok(engine.monitor().await?)
+/// The monitor's look at every service and host, or the error page.
+async fn snapshot(state: &Shared) -> Result<Snapshot, Response> {
+    let look = async {
+        let targets = crate::site::targets(&state.config, &[])?;
+        let engine = crate::api::engine(state, targets, std::time::Duration::from_secs(5));
+        Ok::<_, ApiError>(engine.monitor().await?)
+    };
+    look.await.map_err(error_page)
 }
 
 /// `/`: every deployed service with its current release, health on each
@@ -83,7 +87,7 @@ pub(super) async fn services(
 ) -> Response {
     let snap = match snapshot(&state).await {
         Ok(s) => s,
-        Err(e) => return error_page(e),
+        Err(page) => return page,
     };
     let mut names: Vec<&str> = snap.services.iter().map(|l| l.service.as_str()).collect();
     names.dedup();
@@ -318,7 +322,7 @@ pub(super) async fn hosts(
 ) -> Response {
     let snap = match snapshot(&state).await {
         Ok(s) => s,
-        Err(e) => return error_page(e),
+        Err(page) => return page,
     };
     let rows: Vec<Vec<String>> = snap
         .hosts
