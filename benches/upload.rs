@@ -1,16 +1,22 @@
-//! Transfer over SSH to a real sshd on loopback: a full upload of a release
-//! (one 200 MiB file and 2,000 small ones), then a redeploy after changing
-//! one small file, which should send only that file. OpenSSH's `scp -r` of
-//! the same directory is timed as a baseline.
-//! Run: `cargo bench --bench upload`. Figures go in docs/benchmarks.md.
+//! Transfer over SSH to a real sshd, deployer against `rsync -a` and `scp
+//! -r` over the same sshd: a full upload of a release (one 200 MiB file and
+//! 2,000 small ones), then a redeploy after changing one small file. Both
+//! on loopback and through a delay line on loopback (a proxy here that
+//! holds every chunk for half the added round trip each way, 20 ms by
+//! default, `UPLOAD_DELAY_MS`), which also counts the bytes each side sent.
+//! Sides alternate; `UPLOAD_RUNS` rounds (default 3); medians printed.
+//! Run: `cargo bench --bench upload` (scripts/bench upload).
 
 use deployer::host::Host;
 use deployer::release::ServiceDirs;
 use deployer::ssh::{SshAuth, SshSession, SshTarget};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-fn keygen(path: &std::path::Path) {
+fn keygen(path: &Path) {
     let _ = std::fs::remove_file(path);
     assert!(
         Command::new("ssh-keygen")
@@ -22,11 +28,7 @@ fn keygen(path: &std::path::Path) {
     );
 }
 
-#[tokio::main]
-async fn main() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+fn sshd(d: &Path) -> (std::process::Child, u16) {
     keygen(&d.join("host"));
     keygen(&d.join("client"));
     std::fs::copy(d.join("client.pub"), d.join("ak")).unwrap();
@@ -44,7 +46,7 @@ async fn main() {
         .local_addr()
         .unwrap()
         .port();
-    let mut sshd = Command::new("/usr/sbin/sshd")
+    let child = Command::new("/usr/sbin/sshd")
         .args(["-D", "-f"])
         .arg(d.join("cfg"))
         .args(["-p", &port.to_string()])
@@ -54,8 +56,78 @@ async fn main() {
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(20));
     }
+    (child, port)
+}
 
-    let src = d.join("src");
+/// A delay line in front of `to`: every chunk read is written on after
+/// `one_way`, in order, without waiting for the one before (a long link,
+/// not a slow one). Counts the bytes going to `to`. On its own thread, so
+/// it takes no time from the side being measured.
+fn delay_proxy(to: u16, one_way: Duration, sent: Arc<AtomicU64>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let server = tokio::net::TcpStream::connect(("127.0.0.1", to))
+                    .await
+                    .unwrap();
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (cr, cw) = client.into_split();
+                let (sr, sw) = server.into_split();
+                tokio::spawn(line(cr, sw, one_way, Some(sent.clone())));
+                tokio::spawn(line(sr, cw, one_way, None));
+            }
+        })
+    });
+    port
+}
+
+async fn line(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    count: Option<Arc<AtomicU64>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Up to 4,096 chunks in flight: the link holds what the senders'
+    // windows allow, as a fast long link does.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(tokio::time::Instant, Vec<u8>)>(4096);
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 << 10];
+        while let Ok(n) = from.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            if let Some(c) = &count {
+                c.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            let due = tokio::time::Instant::now() + delay;
+            if tx.send((due, buf[..n].to_vec())).await.is_err() {
+                break;
+            }
+        }
+    });
+    while let Some((due, data)) = rx.recv().await {
+        tokio::time::sleep_until(due).await;
+        if to.write_all(&data).await.is_err() {
+            return;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// The release: 2,000 small files in 20 directories and one 200 MiB file.
+fn release(src: &Path) {
     for i in 0..2000 {
         let sub = src.join(format!("assets/d{}", i / 100));
         std::fs::create_dir_all(&sub).unwrap();
@@ -69,131 +141,203 @@ async fn main() {
         .map(|i| (i.wrapping_mul(2654435761) >> 24) as u8)
         .collect();
     std::fs::write(src.join("big.bin"), &big).unwrap();
-    let total: u64 = 200 << 20;
+}
 
-    let target = SshTarget {
-        user: "root".into(),
-        host: "127.0.0.1".into(),
-        port,
-        auth: SshAuth::KeyFile(d.join("client")),
-        known_hosts: d.join("known_hosts"),
-        pinned_host_key: None,
-        accept_new: true,
-        connect_timeout: Duration::from_secs(10),
-    };
-    let host = Host::Ssh(Box::new(SshSession::connect(&target).await.unwrap()));
-    let dirs = ServiceDirs {
-        root: d.join("remote/bench"),
-    };
-    let none = |_: u64, _: u64| {};
+/// Writes back what earlier runs left dirty, so each run starts even.
+fn settle() {
+    let _ = Command::new("sync").status();
+}
 
-    let t = Instant::now();
-    let s1 = host
-        .put_release(&src, &dirs, "r1", None, &none)
-        .await
-        .unwrap();
-    let full = t.elapsed();
-    std::fs::write(src.join("assets/d7/f777.txt"), "changed\n").unwrap();
-    let t = Instant::now();
-    let s2 = host
-        .put_release(&src, &dirs, "r2", Some("r1"), &none)
-        .await
-        .unwrap();
-    let incremental = t.elapsed();
+struct Link {
+    port: u16,
+    sent: Arc<AtomicU64>,
+}
 
-    let t = Instant::now();
-    let scp = Command::new("scp")
-        .args(["-q", "-r", "-o", "StrictHostKeyChecking=no", "-o"])
-        .arg(format!("UserKnownHostsFile={}", d.join("kh2").display()))
-        .arg("-i")
-        .arg(d.join("client"))
-        .args(["-P", &port.to_string()])
-        .arg(&src)
-        .arg(format!("root@127.0.0.1:{}", d.join("scp-copy").display()))
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false);
-    let scp_time = t.elapsed();
-    // rsync -a over the same sshd: a full copy, then the same one-file
-    // change (rsync updates its copy in place).
-    let ssh = format!(
-        "ssh -p {port} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile={}",
-        d.join("client").display(),
-        d.join("kh3").display()
-    );
-    let rsync = |stats: bool| {
+struct Bench {
+    d: PathBuf,
+    src: PathBuf,
+    key: PathBuf,
+}
+
+impl Bench {
+    async fn deployer(&self, link: &Link, dest: &str) -> (f64, f64, u64) {
+        let target = SshTarget {
+            user: "root".into(),
+            host: "127.0.0.1".into(),
+            port: link.port,
+            auth: SshAuth::KeyFile(self.key.clone()),
+            known_hosts: self.d.join(format!("kh-{}", link.port)),
+            pinned_host_key: None,
+            accept_new: true,
+            connect_timeout: Duration::from_secs(10),
+        };
+        let dirs = ServiceDirs {
+            root: self.d.join(dest),
+        };
+        let none = |_: u64, _: u64| {};
+        // Each upload connects first, as rsync does (and a deploy).
+        let connect = || async { Host::Ssh(Box::new(SshSession::connect(&target).await.unwrap())) };
+        connect().await; // known_hosts learns the key outside the timing
+        self.touch("v1");
+        settle();
         let t = Instant::now();
-        let out = Command::new("rsync")
-            .args(["-a", "--stats", "-e", &ssh])
-            .arg(format!("{}/", src.display()))
+        connect()
+            .await
+            .put_release(&self.src, &dirs, "r1", None, &none)
+            .await
+            .unwrap();
+        let full = t.elapsed().as_secs_f64();
+        self.touch("v2");
+        settle();
+        let before = link.sent.load(Ordering::Relaxed);
+        let t = Instant::now();
+        let s = connect()
+            .await
+            .put_release(&self.src, &dirs, "r2", Some("r1"), &none)
+            .await
+            .unwrap();
+        let one = t.elapsed().as_secs_f64();
+        assert_eq!(s.uploaded_files, 1);
+        (full, one, link.sent.load(Ordering::Relaxed) - before)
+    }
+
+    fn ssh(&self, link: &Link) -> String {
+        format!(
+            "ssh -p {} -i {} -o StrictHostKeyChecking=no -o UserKnownHostsFile={}",
+            link.port,
+            self.key.display(),
+            self.d.join(format!("kh-o{}", link.port)).display()
+        )
+    }
+
+    /// rsync -a into `dest`: a full copy, then the same one-file change
+    /// (rsync updates its copy in place).
+    fn rsync(&self, link: &Link, dest: &str) -> (f64, f64, u64) {
+        let run = || {
+            let t = Instant::now();
+            let ok = Command::new("rsync")
+                .args(["-a", "-e", &self.ssh(link)])
+                .arg(format!("{}/", self.src.display()))
+                .arg(format!("root@127.0.0.1:{}/", self.d.join(dest).display()))
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "rsync failed");
+            t.elapsed().as_secs_f64()
+        };
+        self.touch("v1");
+        settle();
+        let full = run();
+        self.touch("v2");
+        settle();
+        let before = link.sent.load(Ordering::Relaxed);
+        let one = run();
+        (full, one, link.sent.load(Ordering::Relaxed) - before)
+    }
+
+    fn scp(&self, link: &Link, dest: &str) -> f64 {
+        settle();
+        let t = Instant::now();
+        let ok = Command::new("scp")
+            .args(["-q", "-r", "-o", "StrictHostKeyChecking=no", "-o"])
             .arg(format!(
-                "root@127.0.0.1:{}/",
-                d.join("rsync-copy").display()
+                "UserKnownHostsFile={}",
+                self.d.join(format!("kh-s{}", link.port)).display()
             ))
-            .output()
+            .arg("-i")
+            .arg(&self.key)
+            .args(["-P", &link.port.to_string()])
+            .arg(&self.src)
+            .arg(format!("root@127.0.0.1:{}", self.d.join(dest).display()))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "scp failed");
+        t.elapsed().as_secs_f64()
+    }
+
+    fn touch(&self, v: &str) {
+        std::fs::write(self.src.join("assets/d7/f777.txt"), format!("{v}\n")).unwrap();
+    }
+
+    fn clean(&self, dest: &str) {
+        let _ = std::fs::remove_dir_all(self.d.join(dest));
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let env = |k: &str, d: u64| {
+        std::env::var(k)
             .ok()
-            .filter(|o| o.status.success());
-        let elapsed = t.elapsed();
-        let sent = out.and_then(|o| {
-            let text = String::from_utf8_lossy(&o.stdout).into_owned();
-            let line = text
-                .lines()
-                .find(|l| l.starts_with("Total bytes sent:"))?
-                .to_string();
-            line.split(':')
-                .nth(1)?
-                .trim()
-                .replace(',', "")
-                .parse::<u64>()
-                .ok()
-        });
-        (elapsed, if stats { sent } else { sent.or(Some(0)) })
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
     };
-    std::fs::write(src.join("assets/d7/f777.txt"), "changed\n").unwrap();
-    let (rsync_full, full_sent) = rsync(false);
-    std::fs::write(src.join("assets/d7/f777.txt"), "changed again\n").unwrap();
-    let (rsync_one, one_sent) = rsync(true);
+    let runs = env("UPLOAD_RUNS", 3) as usize;
+    let delay_ms = env("UPLOAD_DELAY_MS", 20);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut sshd, port) = sshd(d);
+    let b = Bench {
+        d: d.to_path_buf(),
+        src: d.join("src"),
+        key: d.join("client"),
+    };
+    release(&b.src);
+    let direct = Link {
+        port,
+        sent: Arc::new(AtomicU64::new(0)),
+    };
+    let sent = Arc::new(AtomicU64::new(0));
+    let delayed = Link {
+        port: delay_proxy(port, Duration::from_millis(delay_ms / 2), sent.clone()),
+        sent,
+    };
+    for (name, link) in [("loopback", &direct), ("delay", &delayed)] {
+        let (mut ours, mut theirs, mut scp) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..runs {
+            if i % 2 == 0 {
+                ours.push(b.deployer(link, "dep").await);
+                theirs.push(b.rsync(link, "rs"));
+            } else {
+                theirs.push(b.rsync(link, "rs"));
+                ours.push(b.deployer(link, "dep").await);
+            }
+            scp.push(b.scp(link, "scp"));
+            for dest in ["dep", "rs", "scp"] {
+                b.clean(dest);
+            }
+        }
+        let col = |v: &[(f64, f64, u64)], f: fn(&(f64, f64, u64)) -> f64| {
+            median(v.iter().map(f).collect())
+        };
+        println!(
+            "{name}: deployer full {:.2} s, one file {:.2} s ({} bytes); rsync -a full {:.2} s, one file {:.2} s ({} bytes); scp -r {:.2} s",
+            col(&ours, |r| r.0),
+            col(&ours, |r| r.1),
+            ours[0].2,
+            col(&theirs, |r| r.0),
+            col(&theirs, |r| r.1),
+            theirs[0].2,
+            median(scp.clone())
+        );
+        // For scripts/bench.
+        println!("RESULT {name}_deployer_full {:.4}", col(&ours, |r| r.0));
+        println!("RESULT {name}_deployer_one {:.4}", col(&ours, |r| r.1));
+        println!("RESULT {name}_rsync_full {:.4}", col(&theirs, |r| r.0));
+        println!("RESULT {name}_rsync_one {:.4}", col(&theirs, |r| r.1));
+        println!("RESULT {name}_scp_full {:.4}", median(scp));
+        if name == "delay" {
+            println!("BYTES deployer_one {}", col(&ours, |r| r.2 as f64) as u64);
+            println!("BYTES rsync_one {}", col(&theirs, |r| r.2 as f64) as u64);
+        }
+    }
     let _ = sshd.kill();
     let _ = sshd.wait();
-
-    let mib = |b: u64, d: Duration| b as f64 / (1u64 << 20) as f64 / d.as_secs_f64();
-    println!(
-        "upload to sshd on loopback, {} files, {:.0} MiB:",
-        s1.files,
-        s1.bytes as f64 / (1u64 << 20) as f64
-    );
-    println!(
-        "  full upload       {:>7.2} s  {:>6.1} MiB/s  ({} files sent)",
-        full.as_secs_f64(),
-        mib(s1.uploaded_bytes, full),
-        s1.uploaded_files
-    );
-    println!(
-        "  one file changed  {:>7.2} s  ({} sent, {} copied on the server)",
-        incremental.as_secs_f64(),
-        s2.uploaded_files,
-        s2.linked_files
-    );
-    if scp {
-        println!(
-            "  OpenSSH scp -r    {:>7.2} s  {:>6.1} MiB/s  (baseline)",
-            scp_time.as_secs_f64(),
-            mib(total, scp_time)
-        );
-    }
-    if let (Some(full_sent), Some(one_sent)) = (full_sent, one_sent) {
-        println!(
-            "  rsync -a          {:>7.2} s full ({full_sent} bytes sent), {:.2} s one file ({one_sent} bytes)",
-            rsync_full.as_secs_f64(),
-            rsync_one.as_secs_f64()
-        );
-        println!("BYTES rsync_one {one_sent}");
-        println!("RESULT rsync_full {:.4}", rsync_full.as_secs_f64());
-        println!("RESULT rsync_one {:.4}", rsync_one.as_secs_f64());
-    }
-    // For scripts/bench.
-    println!("RESULT deployer_full {:.4}", full.as_secs_f64());
-    println!("RESULT deployer_one {:.4}", incremental.as_secs_f64());
-    println!("RESULT scp_full {:.4}", scp_time.as_secs_f64());
-    println!("BYTES deployer_one {}", s2.uploaded_bytes);
 }

@@ -298,8 +298,20 @@ async fn upload_host() -> (
     deployer::host::Host,
     deployer::release::ServiceDirs,
 ) {
+    upload_host_with(|_| String::new()).await
+}
+
+/// The same, with more sshd configuration made for the sandbox.
+async fn upload_host_with(
+    extra: impl FnOnce(&std::path::Path) -> String,
+) -> (
+    tempfile::TempDir,
+    Sshd,
+    deployer::host::Host,
+    deployer::release::ServiceDirs,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let sshd = Sshd::start(&dir.path().join("sshd"));
+    let sshd = Sshd::start_with(&dir.path().join("sshd"), &extra(dir.path()));
     let kh = dir.path().join("known_hosts");
     let session = SshSession::connect(&target(&sshd, &kh, true))
         .await
@@ -393,8 +405,48 @@ async fn a_remote_command_that_runs_out_of_time_is_killed_on_the_host() {
 
 #[tokio::test]
 async fn an_upload_keeps_modes_links_and_odd_names() {
-    use std::os::unix::fs::PermissionsExt;
+    // Both ends have GNU tar here: the files go as one tar stream.
     let (dir, _sshd, host, dirs) = upload_host().await;
+    odd_names_arrive(dir, host, dirs).await;
+}
+
+#[tokio::test]
+async fn a_host_without_gnu_tar_gets_the_files_over_sftp_as_they_were() {
+    // The host's sessions find a `tar` that is not GNU tar first.
+    let (dir, _sshd, host, dirs) = upload_host_with(|d| {
+        let bin = d.join("notar");
+        std::fs::create_dir_all(&bin).unwrap();
+        let tar = bin.join("tar");
+        std::fs::write(&tar, "#!/bin/sh\necho 'tar (busybox)'\nexit 1\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tar, std::fs::Permissions::from_mode(0o755)).unwrap();
+        format!(
+            "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin\n",
+            bin.display()
+        )
+    })
+    .await;
+    let out = host
+        .exec(
+            &Cmd::new("sh").args(["-c", "tar --version"]),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.stdout.trim(),
+        "tar (busybox)",
+        "the shim is what the host runs"
+    );
+    odd_names_arrive(dir, host, dirs).await;
+}
+
+async fn odd_names_arrive(
+    dir: tempfile::TempDir,
+    host: deployer::host::Host,
+    dirs: deployer::release::ServiceDirs,
+) {
+    use std::os::unix::fs::PermissionsExt;
     let src = dir.path().join("src");
     std::fs::create_dir_all(src.join("deep/er dir")).unwrap();
     let files = [

@@ -5,7 +5,7 @@
 //!
 //! Transfer to an SSH host is incremental: each release carries a manifest
 //! of its files (path, mode, size, blake3 hash); files unchanged since the
-//! current release are hard-linked on the server instead of uploaded.
+//! current release are copied on the server instead of uploaded.
 
 mod lock;
 mod upload;
@@ -141,8 +141,13 @@ impl Host {
     /// Refuses a transfer that cannot fit: the release, plus a margin for
     /// what else the filesystem needs.
     async fn check_space(&self, path: &str, need: u64) -> Result<(), HostError> {
+        self.enough_space(path, need, self.free_bytes(path).await)
+    }
+
+    /// Refuses `need` bytes where only `free` are (unknown: allowed).
+    fn enough_space(&self, path: &str, need: u64, free: Option<u64>) -> Result<(), HostError> {
         const MARGIN: u64 = 1 << 20;
-        match self.free_bytes(path).await {
+        match free {
             Some(free) if free < need + MARGIN => Err(HostError::NoSpace {
                 host: self.name(),
                 path: path.to_string(),

@@ -144,24 +144,22 @@ struct Upload<'a> {
 }
 
 impl Upload<'_> {
+    /// Two commands on the host, whatever the release: one prepares (a
+    /// clean partial directory with every subdirectory, the free space,
+    /// the host's tar) while SFTP reads the previous release's manifest;
+    /// the other copies the unchanged files from the previous release,
+    /// unpacks the changed ones streamed as tar, and publishes the release.
+    /// Every command costs a round trip and a login shell on the host.
     async fn run(
         &self,
         id: &str,
         previous: Option<&str>,
         progress: &Progress<'_>,
     ) -> Result<TransferStats, HostError> {
-        let sftp = self.ssh.sftp().await?;
-        let old: Manifest = match previous {
-            Some(p) => sftp
-                .read(format!("{}/{p}/{MANIFEST}", self.releases))
-                .await
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default(),
-            None => Manifest::new(),
-        };
-        self.make_dirs().await?;
-        let mut stats = TransferStats::default();
+        let (prepared, opened, tar_here) =
+            tokio::join!(self.prepare(), self.open(previous), local_gnu_tar());
+        let (free, tar_there) = prepared?;
+        let (sftp, old) = opened?;
         // Unchanged files come from the previous release on the server.
         // (`old` is empty without a previous release, so is `unchanged`.)
         let unchanged: Vec<&String> = self
@@ -170,27 +168,80 @@ impl Upload<'_> {
             .filter(|(k, e)| e.link.is_none() && old.get(*k) == Some(e))
             .map(|(k, _)| k)
             .collect();
-        if let (Some(prev), false) = (previous, unchanged.is_empty()) {
-            self.copy_unchanged(prev, &unchanged).await?;
-            stats.linked_files = unchanged.len() as u64;
+        let mut stats = TransferStats::default();
+        for (k, e) in &self.manifest {
+            stats.files += 1;
+            if e.link.is_none() {
+                stats.bytes += e.size;
+                if unchanged.contains(&k) {
+                    stats.linked_files += 1;
+                } else {
+                    stats.uploaded_files += 1;
+                    stats.uploaded_bytes += e.size;
+                }
+            }
         }
-        self.send(&sftp, &unchanged, &mut stats, progress).await?;
-        // On disk before the rename publishes the release.
         self.host
-            .sh(&format!(
-                "cd {r} && sync -f {p} && mv -T {p} {id} && sync -f .",
-                r = quote(&self.releases),
-                p = quote(&self.partial),
-                id = quote(id)
-            ))
-            .await?;
+            .enough_space(&self.releases, stats.uploaded_bytes, free)?;
+        let dir = format!("{}/{}", self.releases, self.partial);
+        let json = serde_json::to_vec_pretty(&self.manifest).unwrap_or_default();
+        sftp_put(&sftp, &format!("{dir}/{MANIFEST}"), &json, 0o644, &|_| {})
+            .await
+            .map_err(HostError::io(self.uploading(MANIFEST)))?;
+        let copy = match previous {
+            Some(prev) if !unchanged.is_empty() => {
+                let mut list = Vec::new();
+                for k in &unchanged {
+                    list.extend_from_slice(k.as_bytes());
+                    list.push(0);
+                }
+                sftp_put(&sftp, &self.list_path(), &list, 0o600, &|_| {})
+                    .await
+                    .map_err(HostError::io(self.uploading("the list of unchanged files")))?;
+                Some(prev)
+            }
+            _ => None,
+        };
+        let tar = tar_here && tar_there;
+        if !tar {
+            self.send_sftp(&sftp, &unchanged, stats.uploaded_bytes, progress)
+                .await?;
+        }
         let _ = sftp.close().await;
+        self.finish(
+            id,
+            copy,
+            tar.then_some(&unchanged[..]),
+            stats.uploaded_bytes,
+            progress,
+        )
+        .await?;
         Ok(stats)
     }
 
-    /// One round trip: a clean partial directory with every subdirectory.
-    /// Partial copies left by an upload that broke off go first.
-    async fn make_dirs(&self) -> Result<(), HostError> {
+    /// Opens SFTP and reads the previous release's manifest (empty when
+    /// there is none or it cannot be read: everything is sent then).
+    async fn open(
+        &self,
+        previous: Option<&str>,
+    ) -> Result<(russh_sftp::client::SftpSession, Manifest), HostError> {
+        let sftp = self.ssh.sftp().await?;
+        let old = match previous {
+            Some(p) => sftp
+                .read(format!("{}/{p}/{MANIFEST}", self.releases))
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default(),
+            None => Manifest::new(),
+        };
+        Ok((sftp, old))
+    }
+
+    /// One round trip: partial copies left by an upload that broke off go,
+    /// a clean partial directory with every subdirectory is made; then the
+    /// free space where releases live, and whether the host has GNU tar.
+    async fn prepare(&self) -> Result<(Option<u64>, bool), HostError> {
         let mut dirs_needed: Vec<String> = self
             .manifest
             .keys()
@@ -215,149 +266,146 @@ impl Upload<'_> {
                 script.push_str(&quote(d));
             }
         }
-        self.host.sh(&script).await.map(|_| ())
+        script.push_str(&format!(
+            " && df -Pk {} | tail -n 1 && {{ tar --version 2>/dev/null | head -n 1; true; }}",
+            quote(&self.releases)
+        ));
+        let out = self.host.sh(&script).await?;
+        let mut lines = out.stdout.lines();
+        let free = lines
+            .next()
+            .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+            .map(|kib| kib * 1024);
+        let gnu_tar = lines.next().is_some_and(|l| l.contains("GNU tar"));
+        Ok((free, gnu_tar))
     }
 
-    /// Unchanged source files copied from the previous release on the
-    /// server (one `cp` for all, copy-on-write where the filesystem can),
-    /// not uploaded. Copied, not hard-linked: a build or a service writing
-    /// to a file of the new release must never change the rollback
-    /// target's copy, and files the build or the service made in the
-    /// previous release are never carried over.
-    async fn copy_unchanged(&self, prev: &str, unchanged: &[&String]) -> Result<(), HostError> {
-        let mut list = Vec::new();
-        for k in unchanged {
-            list.extend_from_slice(k.as_bytes());
-            list.push(0);
-        }
-        let script = format!(
-            "cd {r}/{prev} && xargs -0 cp -p --reflink=auto --parents -t {r}/{p} --",
-            r = quote(&self.releases),
-            prev = quote(prev),
-            p = quote(&self.partial)
-        );
-        let cmd = Cmd::new("sh").args(["-c", &script]);
-        let out = self
-            .ssh
-            .run_line(&crate::ssh::remote_line(&cmd), &list)
-            .await?;
-        if out.success() {
-            Ok(())
-        } else {
-            Err(HostError::Failed {
-                doing: format!("copying unchanged files on {}", self.host.name()),
-                output: out.tail(3),
-            })
-        }
+    /// Where the names of the unchanged files wait for the copy (removed
+    /// with the partial directory when an upload breaks off).
+    fn list_path(&self) -> String {
+        format!(
+            "{}/{}.list.partial",
+            self.releases,
+            self.partial.trim_end_matches(".partial")
+        )
     }
 
-    /// Sends what changed (and every symlink), then the manifest.
-    async fn send(
+    fn uploading(&self, what: &str) -> String {
+        format!("uploading {what} to {}", self.host.name())
+    }
+
+    /// Sends what changed file by file over SFTP, for hosts without GNU
+    /// tar.
+    async fn send_sftp(
         &self,
         sftp: &russh_sftp::client::SftpSession,
         unchanged: &[&String],
-        stats: &mut TransferStats,
+        to_send: u64,
         progress: &Progress<'_>,
     ) -> Result<(), HostError> {
-        let uploading = |k: &str| format!("uploading {k} to {}", self.host.name());
-        let to_send: u64 = self
-            .manifest
-            .iter()
-            .filter(|(k, e)| e.link.is_none() && !unchanged.contains(k))
-            .map(|(_, e)| e.size)
-            .sum();
-        self.host.check_space(&self.releases, to_send).await?;
         let dir = format!("{}/{}", self.releases, self.partial);
-        if self.tar_both_ends().await {
-            let sent = self.send_tar(unchanged, to_send, progress).await?;
-            for (k, e) in &self.manifest {
-                stats.files += 1;
-                if e.link.is_none() {
-                    stats.bytes += e.size;
-                }
-                if e.link.is_none() && !unchanged.contains(&k) {
-                    stats.uploaded_files += 1;
-                    stats.uploaded_bytes += e.size;
-                }
-            }
-            debug_assert_eq!(sent, stats.uploaded_files);
-            let json = serde_json::to_vec_pretty(&self.manifest).unwrap_or_default();
-            return sftp_put(sftp, &format!("{dir}/{MANIFEST}"), &json, 0o644, &|_| {})
-                .await
-                .map_err(HostError::io(uploading(MANIFEST)));
-        }
+        let mut sent = 0;
         for (k, e) in &self.manifest {
             let dest = format!("{dir}/{k}");
-            stats.files += 1;
-            if let Some(target) = &e.link {
-                sftp.symlink(dest, target.clone())
-                    .await
-                    .map_err(|err| HostError::io(uploading(k))(std::io::Error::other(err)))?;
-                continue;
-            }
-            stats.bytes += e.size;
-            if unchanged.contains(&k) {
+            // Symlinks are made by `finish` (OpenSSH's SFTP server takes
+            // a symlink's two paths the other way round).
+            if e.link.is_some() || unchanged.contains(&k) {
                 continue;
             }
             let data =
                 std::fs::read(self.src.join(k)).map_err(HostError::io(format!("reading {k}")))?;
-            let sent_before = stats.uploaded_bytes;
+            let before = sent;
             sftp_put(sftp, &dest, &data, e.mode, &|n| {
-                progress(sent_before + n, to_send)
+                progress(before + n, to_send)
             })
             .await
-            .map_err(HostError::io(uploading(k)))?;
-            stats.uploaded_files += 1;
-            stats.uploaded_bytes += e.size;
+            .map_err(HostError::io(self.uploading(k)))?;
+            sent += e.size;
         }
-        let json = serde_json::to_vec_pretty(&self.manifest).unwrap_or_default();
-        sftp_put(sftp, &format!("{dir}/{MANIFEST}"), &json, 0o644, &|_| {})
-            .await
-            .map_err(HostError::io(uploading(MANIFEST)))
-    }
-}
-
-impl Upload<'_> {
-    /// Whether GNU tar runs here and on the host: the files then go as one
-    /// tar stream over an exec channel, not one SFTP file at a time.
-    async fn tar_both_ends(&self) -> bool {
-        let here = tokio::process::Command::new("tar")
-            .arg("--version")
-            .output()
-            .await
-            .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"tar (GNU tar)"));
-        here && self
-            .host
-            .sh("tar --version | grep -q 'GNU tar'")
-            .await
-            .is_ok()
+        Ok(())
     }
 
-    /// Sends what changed (and every symlink) as one tar stream, made here
-    /// by tar as it is sent and unpacked on the host into the partial
-    /// directory. Returns the files sent.
-    async fn send_tar(
+    /// The second command: unchanged files copied from the previous release
+    /// on the server (one `cp`, copy-on-write where the filesystem can),
+    /// then what changed unpacked from a tar stream made here as it is sent
+    /// (when `tar` names the unchanged files; else symlinks made here, the
+    /// files having gone over SFTP), then the partial directory
+    /// synced and renamed into place. Copied, not hard-linked: a build or
+    /// a service writing to a file of the new release must never change
+    /// the rollback target's copy, and files the build or the service made
+    /// in the previous release are never carried over.
+    async fn finish(
         &self,
-        unchanged: &[&String],
+        id: &str,
+        copy_from: Option<&str>,
+        tar: Option<&[&String]>,
         to_send: u64,
         progress: &Progress<'_>,
-    ) -> Result<u64, HostError> {
-        let names: Vec<&String> = self
-            .manifest
-            .iter()
-            .filter(|(k, _)| !unchanged.contains(k))
-            .map(|(k, _)| k)
-            .collect();
-        let files = self
-            .manifest
-            .iter()
-            .filter(|(k, e)| e.link.is_none() && !unchanged.contains(k))
-            .count() as u64;
-        if names.is_empty() {
-            return Ok(0);
+    ) -> Result<(), HostError> {
+        let (r, p) = (quote(&self.releases), quote(&self.partial));
+        let mut script = format!("cd {r}");
+        if let Some(prev) = copy_from {
+            let list = quote(&self.list_path());
+            script.push_str(&format!(
+                " && (cd {prev} && xargs -0 cp -p --reflink=auto --parents -t ../{p} -- < {list}) && rm -f {list}",
+                prev = quote(prev)
+            ));
         }
+        let names: Vec<&String> = match tar {
+            Some(unchanged) => self
+                .manifest
+                .keys()
+                .filter(|k| !unchanged.contains(k))
+                .collect(),
+            None => Vec::new(),
+        };
+        if !names.is_empty() {
+            script.push_str(&format!(" && (cd {p} && tar -x -f - --no-same-owner)"));
+        } else if tar.is_none() {
+            // Without tar, symlinks are made here.
+            for (k, e) in &self.manifest {
+                if let Some(target) = &e.link {
+                    script.push_str(&format!(" && ln -s -- {} {p}/{}", quote(target), quote(k)));
+                }
+            }
+        }
+        // On disk before the rename publishes the release.
+        script.push_str(&format!(
+            " && sync -f {p} && mv -T {p} {id} && sync -f .",
+            id = quote(id)
+        ));
+        let line = crate::ssh::remote_line(&Cmd::new("sh").args(["-c", &script]));
+        let (remote, local) = if names.is_empty() {
+            (self.ssh.run_line(&line, &[]).await?, None)
+        } else {
+            self.send_tar(&line, &names, to_send, progress).await?
+        };
+        if remote.success() && local.as_ref().is_none_or(|l| l.status.success()) {
+            return Ok(());
+        }
+        Err(HostError::Failed {
+            doing: format!("putting the release in place on {}", self.host.name()),
+            output: format!(
+                "{}{}",
+                local
+                    .map(|l| String::from_utf8_lossy(&l.stderr).into_owned())
+                    .unwrap_or_default(),
+                remote.tail(3)
+            ),
+        })
+    }
+
+    /// Runs `line` on the host with `names` streamed to it as one tar
+    /// archive, made here by tar as it is sent (never whole in memory).
+    async fn send_tar(
+        &self,
+        line: &str,
+        names: &[&String],
+        to_send: u64,
+        progress: &Progress<'_>,
+    ) -> Result<(crate::cmd::CmdOutput, Option<std::process::Output>), HostError> {
         let mut list = Vec::new();
-        for k in &names {
+        for k in names {
             list.extend_from_slice(k.as_bytes());
             list.push(0);
         }
@@ -378,30 +426,14 @@ impl Upload<'_> {
             progress,
             last_read: &last_read,
         };
-        let script = format!(
-            "cd {r}/{p} && tar -x -f - --no-same-owner",
-            r = quote(&self.releases),
-            p = quote(&self.partial)
-        );
-        let line = crate::ssh::remote_line(&Cmd::new("sh").args(["-c", &script]));
         let remote = self
-            .watched(self.ssh.run_line_from(&line, counted), &last_read)
+            .watched(self.ssh.run_line_from(line, counted), &last_read)
             .await?;
         let local = tar
             .wait_with_output()
             .await
             .map_err(HostError::io("running tar"))?;
-        if !local.status.success() || !remote.success() {
-            return Err(HostError::Failed {
-                doing: format!("uploading the release to {} (tar)", self.host.name()),
-                output: format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&local.stderr),
-                    remote.tail(3)
-                ),
-            });
-        }
-        Ok(files)
+        Ok((remote, Some(local)))
     }
 
     /// Runs an upload's remote command, watching it: a channel waiting
@@ -431,6 +463,15 @@ impl Upload<'_> {
             }
         }
     }
+}
+
+/// Whether GNU tar runs on this machine.
+async fn local_gnu_tar() -> bool {
+    tokio::process::Command::new("tar")
+        .arg("--version")
+        .output()
+        .await
+        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"tar (GNU tar)"))
 }
 
 /// GNU tar writing an archive of `src`'s files, named on its stdin.

@@ -26,6 +26,11 @@ fn keygen(path: &Path) {
 impl Sshd {
     /// Starts sshd in `dir` (keys and config are made there).
     pub fn start(dir: &Path) -> Sshd {
+        Sshd::start_with(dir, "")
+    }
+
+    /// Starts sshd with more lines of configuration.
+    pub fn start_with(dir: &Path, extra: &str) -> Sshd {
         assert!(
             Path::new("/usr/sbin/sshd").exists(),
             "these tests need /usr/sbin/sshd (apt-get install openssh-server); scripts/test installs it"
@@ -42,7 +47,7 @@ impl Sshd {
                  AuthorizedKeysFile {d}/authorized_keys\nStrictModes no\nUsePAM no\n\
                  PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
                  PubkeyAuthentication yes\nPermitRootLogin prohibit-password\n\
-                 Subsystem sftp internal-sftp\nMaxSessions 100\nMaxStartups 100\n",
+                 Subsystem sftp internal-sftp\nMaxSessions 100\nMaxStartups 100\n{extra}",
                 d = dir.display()
             ),
         )
