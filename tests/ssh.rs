@@ -477,3 +477,87 @@ async fn odd_names_arrive(
         std::path::Path::new("run.sh")
     );
 }
+
+/// Three releases: one file changed, then one file gone and one new. Each
+/// release holds exactly the source's files and a manifest that says so.
+async fn three_releases(
+    dir: &std::path::Path,
+    host: &deployer::host::Host,
+    dirs: &deployer::release::ServiceDirs,
+) {
+    let src = dir.join("src");
+    for i in 0..50 {
+        std::fs::create_dir_all(src.join(format!("d{}", i % 5))).unwrap();
+        std::fs::write(src.join(format!("d{}/f{i}", i % 5)), format!("file {i}\n")).unwrap();
+    }
+    let none = |_: u64, _: u64| {};
+    let manifest = |r: &str| {
+        let text = std::fs::read(dirs.release(r).join(".deployer-manifest.json")).unwrap();
+        deployer::host::decode_manifest(&text).unwrap()
+    };
+    host.put_release(&src, dirs, "r1", None, &none)
+        .await
+        .unwrap();
+    std::fs::write(dirs.release("r1").join("made-by-r1"), "build output").unwrap();
+    std::fs::write(src.join("d3/f8"), "changed\n").unwrap();
+    let s = host
+        .put_release(&src, dirs, "r2", Some("r1"), &none)
+        .await
+        .unwrap();
+    assert_eq!((s.uploaded_files, s.linked_files), (1, 49), "{s:?}");
+    assert_eq!(manifest("r2"), deployer::host::manifest_of(&src).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(dirs.release("r2").join("d3/f8")).unwrap(),
+        "changed\n"
+    );
+    assert!(
+        !dirs.release("r2").join("made-by-r1").exists(),
+        "r1's build output was carried over"
+    );
+
+    std::fs::remove_file(src.join("d0/f5")).unwrap();
+    std::fs::write(src.join("d0/new"), "new\n").unwrap();
+    let s = host
+        .put_release(&src, dirs, "r3", Some("r2"), &none)
+        .await
+        .unwrap();
+    assert_eq!((s.uploaded_files, s.linked_files), (1, 49), "{s:?}");
+    assert_eq!(manifest("r3"), deployer::host::manifest_of(&src).unwrap());
+    assert!(
+        !dirs.release("r3").join("d0/f5").exists(),
+        "a removed file came back"
+    );
+    for r in ["r1", "r2", "r3"] {
+        let leftovers: Vec<_> = std::fs::read_dir(dirs.releases())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("partial"))
+            .collect();
+        assert!(leftovers.is_empty(), "{r}: {leftovers:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_upload_after_a_change_makes_the_manifest_on_the_host_from_the_last_one() {
+    let (dir, _sshd, host, dirs) = upload_host().await;
+    three_releases(dir.path(), &host, &dirs).await;
+}
+
+#[tokio::test]
+async fn a_manifest_the_host_cannot_check_is_put_whole() {
+    // The host's sha256sum fails: the manifest made there is not trusted.
+    let (dir, _sshd, host, dirs) = upload_host_with(|d| {
+        let bin = d.join("nosum");
+        std::fs::create_dir_all(&bin).unwrap();
+        let sum = bin.join("sha256sum");
+        std::fs::write(&sum, "#!/bin/sh\nexit 1\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&sum, std::fs::Permissions::from_mode(0o755)).unwrap();
+        format!(
+            "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin\n",
+            bin.display()
+        )
+    })
+    .await;
+    three_releases(dir.path(), &host, &dirs).await;
+}

@@ -8,10 +8,11 @@
 //! current release are copied on the server instead of uploaded.
 
 mod lock;
+mod manifest;
 mod upload;
 
 pub use lock::{REMOTE_LOCK_STALE_SECS, RemoteLockError};
-pub use upload::{FileEntry, Manifest, manifest_of};
+pub use manifest::{FileEntry, Manifest, decode as decode_manifest, manifest_of};
 
 use crate::cmd::{Cmd, CmdOutput, ExecError, LocalTransport, Transport, quote};
 use crate::release::ServiceDirs;

@@ -223,6 +223,18 @@ impl SshSession {
             window_size: 16 * 1024 * 1024,
             maximum_packet_size: 65535,
             nodelay: true,
+            // AES-GCM first (chacha20-poly1305 is russh's first): with
+            // AES-NI it took a 200 MiB upload from 1.30 to 1.16 s here.
+            preferred: russh::Preferred {
+                cipher: std::borrow::Cow::Borrowed(&[
+                    russh::cipher::AES_256_GCM,
+                    russh::cipher::CHACHA20_POLY1305,
+                    russh::cipher::AES_256_CTR,
+                    russh::cipher::AES_192_CTR,
+                    russh::cipher::AES_128_CTR,
+                ]),
+                ..Default::default()
+            },
             ..Default::default()
         });
         let verdict = Arc::new(Mutex::new(None));

@@ -5,64 +5,17 @@
 //! tar stream over an exec channel when both ends have GNU tar, else file
 //! by file over SFTP.
 
+use super::manifest::{self, Manifest, manifest_of};
 use super::{Host, HostError, MANIFEST, Progress, quote};
 use crate::cmd::Cmd;
 use crate::model::TransferStats;
 use crate::release::{self, ServiceDirs};
 use crate::ssh::SshSession;
-use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
+use std::collections::BTreeSet;
+
+mod stream;
 use std::path::Path;
-
-/// One file of a release, as the manifest records it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FileEntry {
-    pub mode: u32,
-    pub size: u64,
-    pub hash: String,
-    /// For a symlink: where it points (and no content).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub link: Option<String>,
-}
-
-/// A release's files by relative path.
-pub type Manifest = BTreeMap<String, FileEntry>;
-
-/// Reads a service directory into a manifest (hashing every file).
-pub fn manifest_of(src: &Path) -> std::io::Result<Manifest> {
-    let mut m = Manifest::new();
-    for rel in release::release_files(src)? {
-        let path = src.join(&rel);
-        let meta = std::fs::symlink_metadata(&path)?;
-        let key = rel.to_string_lossy().into_owned();
-        if meta.file_type().is_symlink() {
-            let target = std::fs::read_link(&path)?.to_string_lossy().into_owned();
-            m.insert(
-                key,
-                FileEntry {
-                    mode: 0o777,
-                    size: 0,
-                    hash: String::new(),
-                    link: Some(target),
-                },
-            );
-        } else {
-            let mut h = blake3::Hasher::new();
-            h.update_reader(std::fs::File::open(&path)?)?;
-            m.insert(
-                key,
-                FileEntry {
-                    mode: meta.permissions().mode() & 0o7777,
-                    size: meta.len(),
-                    hash: h.finalize().to_hex().to_string(),
-                    link: None,
-                },
-            );
-        }
-    }
-    Ok(m)
-}
+use stream::local_gnu_tar;
 
 impl Host {
     /// Puts a service directory in place as release `id`. Locally a copy;
@@ -143,6 +96,33 @@ struct Upload<'a> {
     manifest: Manifest,
 }
 
+/// How the unchanged files and the manifest get into the new release.
+enum Carry<'m> {
+    /// Nothing to copy: a first release, or nothing unchanged.
+    Nothing,
+    /// The unchanged files' names were put beside the partial directory
+    /// (and the whole manifest in it).
+    Listed(&'m str),
+    /// Every file of the previous release (its [`FILES`] list) is copied
+    /// and those that changed are removed; the manifest is made from the
+    /// previous one by a `sed` script and checked against its sha256. What
+    /// crosses the network follows the change, not the release.
+    Edited {
+        prev: &'m str,
+        changed: Vec<&'m String>,
+        script: String,
+        sha: String,
+    },
+}
+
+/// The names of a release's files, NUL-separated, written on the host when
+/// it is published (for the next upload's [`Carry::Edited`]).
+const FILES: &str = ".deployer-files";
+
+/// The most a `sed` script and the changed names may take in the
+/// command line (one argument may hold 128 KiB on Linux).
+const INLINE_MAX: usize = 64 << 10;
+
 impl Upload<'_> {
     /// Two commands on the host, whatever the release: one prepares (a
     /// clean partial directory with every subdirectory, the free space,
@@ -159,21 +139,62 @@ impl Upload<'_> {
         let (prepared, opened, tar_here) =
             tokio::join!(self.prepare(), self.open(previous), local_gnu_tar());
         let (free, tar_there) = prepared?;
-        let (sftp, old) = opened?;
+        let (sftp, old_raw, has_files) = opened?;
+        let old = manifest::decode(&old_raw).unwrap_or_default();
         // Unchanged files come from the previous release on the server.
         // (`old` is empty without a previous release, so is `unchanged`.)
-        let unchanged: Vec<&String> = self
+        let unchanged: BTreeSet<&String> = self
             .manifest
             .iter()
             .filter(|(k, e)| e.link.is_none() && old.get(*k) == Some(e))
             .map(|(k, _)| k)
             .collect();
+        let stats = self.stats(&unchanged);
+        self.host
+            .enough_space(&self.releases, stats.uploaded_bytes, free)?;
+        let tar = tar_here && tar_there;
+        let carry = match previous {
+            Some(prev) if tar && has_files => self.edit(prev, &old_raw, &old, &unchanged),
+            _ => None,
+        };
+        let carry = match carry {
+            Some(c) => c,
+            None => self.put_lists(&sftp, previous, &unchanged).await?,
+        };
+        if !tar {
+            self.send_sftp(&sftp, &unchanged, stats.uploaded_bytes, progress)
+                .await?;
+        }
+        let sent = (tar, &unchanged, stats.uploaded_bytes);
+        let done = self.finish(id, &carry, sent, progress).await;
+        let done = match (done, &carry) {
+            // The manifest made on the host is not the one expected: put
+            // it whole, then publish.
+            (Err(HostError::Failed { output, .. }), Carry::Edited { .. })
+                if output.contains(EDIT_FAILED) =>
+            {
+                self.put_manifest(&sftp).await?;
+                let script = format!("cd {}{}", quote(&self.releases), self.publish(id, tar));
+                let line = crate::ssh::remote_line(&Cmd::new("sh").args(["-c", &script]));
+                let out = self.ssh.run_line(&line, &[]).await?;
+                match out.success() {
+                    true => Ok(()),
+                    false => Err(self.not_in_place(out.tail(3))),
+                }
+            }
+            (done, _) => done,
+        };
+        let _ = sftp.close().await;
+        done.map(|_| stats)
+    }
+
+    fn stats(&self, unchanged: &BTreeSet<&String>) -> TransferStats {
         let mut stats = TransferStats::default();
         for (k, e) in &self.manifest {
             stats.files += 1;
             if e.link.is_none() {
                 stats.bytes += e.size;
-                if unchanged.contains(&k) {
+                if unchanged.contains(k) {
                     stats.linked_files += 1;
                 } else {
                     stats.uploaded_files += 1;
@@ -181,61 +202,85 @@ impl Upload<'_> {
                 }
             }
         }
-        self.host
-            .enough_space(&self.releases, stats.uploaded_bytes, free)?;
-        let dir = format!("{}/{}", self.releases, self.partial);
-        let json = serde_json::to_vec_pretty(&self.manifest).unwrap_or_default();
-        sftp_put(&sftp, &format!("{dir}/{MANIFEST}"), &json, 0o644, &|_| {})
-            .await
-            .map_err(HostError::io(self.uploading(MANIFEST)))?;
-        let copy = match previous {
-            Some(prev) if !unchanged.is_empty() => {
-                let mut list = Vec::new();
-                for k in &unchanged {
-                    list.extend_from_slice(k.as_bytes());
-                    list.push(0);
-                }
-                sftp_put(&sftp, &self.list_path(), &list, 0o600, &|_| {})
-                    .await
-                    .map_err(HostError::io(self.uploading("the list of unchanged files")))?;
-                Some(prev)
-            }
-            _ => None,
-        };
-        let tar = tar_here && tar_there;
-        if !tar {
-            self.send_sftp(&sftp, &unchanged, stats.uploaded_bytes, progress)
-                .await?;
-        }
-        let _ = sftp.close().await;
-        self.finish(
-            id,
-            copy,
-            tar.then_some(&unchanged[..]),
-            stats.uploaded_bytes,
-            progress,
-        )
-        .await?;
-        Ok(stats)
+        stats
     }
 
-    /// Opens SFTP and reads the previous release's manifest (empty when
-    /// there is none or it cannot be read: everything is sent then).
+    /// [`Carry::Edited`], when the previous release's manifest is in lines,
+    /// no file went away (a file may have become a directory) and the
+    /// script and the changed names fit in the command line.
+    fn edit<'m>(
+        &'m self,
+        prev: &'m str,
+        old_raw: &[u8],
+        old: &Manifest,
+        unchanged: &BTreeSet<&String>,
+    ) -> Option<Carry<'m>> {
+        if old.keys().any(|k| !self.manifest.contains_key(k)) {
+            return None;
+        }
+        let script = manifest::sed_edit(old_raw, &self.manifest)?;
+        let changed: Vec<&String> = self
+            .manifest
+            .keys()
+            .filter(|k| old.contains_key(*k) && !unchanged.contains(k))
+            .collect();
+        let names: usize = changed.iter().map(|k| k.len() + 3).sum();
+        (script.len() + names < INLINE_MAX).then(|| Carry::Edited {
+            prev,
+            changed,
+            sha: manifest::sha256_hex(manifest::encode(&self.manifest).as_bytes()),
+            script,
+        })
+    }
+
+    /// [`Carry::Listed`] (or nothing to copy): the manifest and the
+    /// unchanged files' names put over SFTP.
+    async fn put_lists<'m>(
+        &'m self,
+        sftp: &russh_sftp::client::SftpSession,
+        previous: Option<&'m str>,
+        unchanged: &BTreeSet<&String>,
+    ) -> Result<Carry<'m>, HostError> {
+        self.put_manifest(sftp).await?;
+        let Some(prev) = previous.filter(|_| !unchanged.is_empty()) else {
+            return Ok(Carry::Nothing);
+        };
+        let mut list = Vec::new();
+        for k in unchanged {
+            list.extend_from_slice(k.as_bytes());
+            list.push(0);
+        }
+        sftp_put(sftp, &self.list_path(), &list, 0o600, &|_| {})
+            .await
+            .map_err(HostError::io(self.uploading("the list of unchanged files")))?;
+        Ok(Carry::Listed(prev))
+    }
+
+    async fn put_manifest(&self, sftp: &russh_sftp::client::SftpSession) -> Result<(), HostError> {
+        let dest = format!("{}/{}/{MANIFEST}", self.releases, self.partial);
+        let text = manifest::encode(&self.manifest);
+        sftp_put(sftp, &dest, text.as_bytes(), 0o644, &|_| {})
+            .await
+            .map_err(HostError::io(self.uploading(MANIFEST)))
+    }
+
+    /// Opens SFTP and reads the previous release's manifest as stored
+    /// (empty when there is none or it cannot be read: everything is sent
+    /// then), and whether it has the list of its files.
     async fn open(
         &self,
         previous: Option<&str>,
-    ) -> Result<(russh_sftp::client::SftpSession, Manifest), HostError> {
+    ) -> Result<(russh_sftp::client::SftpSession, Vec<u8>, bool), HostError> {
         let sftp = self.ssh.sftp().await?;
-        let old = match previous {
-            Some(p) => sftp
-                .read(format!("{}/{p}/{MANIFEST}", self.releases))
-                .await
-                .ok()
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default(),
-            None => Manifest::new(),
+        let Some(p) = previous else {
+            return Ok((sftp, Vec::new(), false));
         };
-        Ok((sftp, old))
+        let dir = format!("{}/{p}", self.releases);
+        let (old, files) = tokio::join!(
+            sftp.read(format!("{dir}/{MANIFEST}")),
+            sftp.metadata(format!("{dir}/{FILES}"))
+        );
+        Ok((sftp, old.unwrap_or_default(), files.is_ok()))
     }
 
     /// One round trip: partial copies left by an upload that broke off go,
@@ -299,7 +344,7 @@ impl Upload<'_> {
     async fn send_sftp(
         &self,
         sftp: &russh_sftp::client::SftpSession,
-        unchanged: &[&String],
+        unchanged: &BTreeSet<&String>,
         to_send: u64,
         progress: &Progress<'_>,
     ) -> Result<(), HostError> {
@@ -309,7 +354,7 @@ impl Upload<'_> {
             let dest = format!("{dir}/{k}");
             // Symlinks are made by `finish` (OpenSSH's SFTP server takes
             // a symlink's two paths the other way round).
-            if e.link.is_some() || unchanged.contains(&k) {
+            if e.link.is_some() || unchanged.contains(k) {
                 continue;
             }
             let data =
@@ -328,52 +373,28 @@ impl Upload<'_> {
     /// The second command: unchanged files copied from the previous release
     /// on the server (one `cp`, copy-on-write where the filesystem can),
     /// then what changed unpacked from a tar stream made here as it is sent
-    /// (when `tar` names the unchanged files; else symlinks made here, the
-    /// files having gone over SFTP), then the partial directory
-    /// synced and renamed into place. Copied, not hard-linked: a build or
-    /// a service writing to a file of the new release must never change
-    /// the rollback target's copy, and files the build or the service made
-    /// in the previous release are never carried over.
+    /// (with `tar`; else symlinks made here, the files having gone over
+    /// SFTP), then the partial directory synced and renamed into place.
+    /// Copied, not hard-linked: a build or a service writing to a file of
+    /// the new release must never change the rollback target's copy, and
+    /// files the build or the service made in the previous release are
+    /// never carried over.
     async fn finish(
         &self,
         id: &str,
-        copy_from: Option<&str>,
-        tar: Option<&[&String]>,
-        to_send: u64,
+        carry: &Carry<'_>,
+        (tar, unchanged, to_send): (bool, &BTreeSet<&String>, u64),
         progress: &Progress<'_>,
     ) -> Result<(), HostError> {
-        let (r, p) = (quote(&self.releases), quote(&self.partial));
-        let mut script = format!("cd {r}");
-        if let Some(prev) = copy_from {
-            let list = quote(&self.list_path());
-            script.push_str(&format!(
-                " && (cd {prev} && xargs -0 cp -p --reflink=auto --parents -t ../{p} -- < {list}) && rm -f {list}",
-                prev = quote(prev)
-            ));
-        }
         let names: Vec<&String> = match tar {
-            Some(unchanged) => self
+            true => self
                 .manifest
                 .keys()
                 .filter(|k| !unchanged.contains(k))
                 .collect(),
-            None => Vec::new(),
+            false => Vec::new(),
         };
-        if !names.is_empty() {
-            script.push_str(&format!(" && (cd {p} && tar -x -f - --no-same-owner)"));
-        } else if tar.is_none() {
-            // Without tar, symlinks are made here.
-            for (k, e) in &self.manifest {
-                if let Some(target) = &e.link {
-                    script.push_str(&format!(" && ln -s -- {} {p}/{}", quote(target), quote(k)));
-                }
-            }
-        }
-        // On disk before the rename publishes the release.
-        script.push_str(&format!(
-            " && sync -f {p} && mv -T {p} {id} && sync -f .",
-            id = quote(id)
-        ));
+        let script = self.finish_script(id, carry, tar, !names.is_empty());
         let line = crate::ssh::remote_line(&Cmd::new("sh").args(["-c", &script]));
         let (remote, local) = if names.is_empty() {
             (self.ssh.run_line(&line, &[]).await?, None)
@@ -383,142 +404,101 @@ impl Upload<'_> {
         if remote.success() && local.as_ref().is_none_or(|l| l.status.success()) {
             return Ok(());
         }
-        Err(HostError::Failed {
-            doing: format!("putting the release in place on {}", self.host.name()),
-            output: format!(
-                "{}{}",
-                local
-                    .map(|l| String::from_utf8_lossy(&l.stderr).into_owned())
-                    .unwrap_or_default(),
-                remote.tail(3)
-            ),
-        })
+        Err(self.not_in_place(format!(
+            "{}{}",
+            local
+                .map(|l| String::from_utf8_lossy(&l.stderr).into_owned())
+                .unwrap_or_default(),
+            remote.tail(3)
+        )))
     }
 
-    /// Runs `line` on the host with `names` streamed to it as one tar
-    /// archive, made here by tar as it is sent (never whole in memory).
-    async fn send_tar(
-        &self,
-        line: &str,
-        names: &[&String],
-        to_send: u64,
-        progress: &Progress<'_>,
-    ) -> Result<(crate::cmd::CmdOutput, Option<std::process::Output>), HostError> {
-        let mut list = Vec::new();
-        for k in names {
-            list.extend_from_slice(k.as_bytes());
-            list.push(0);
-        }
-        let mut tar = local_tar(self.src)?;
-        // The names go in while the archive comes out (a long list would
-        // fill both pipes otherwise).
-        let mut names_in = tar.stdin.take().expect("piped");
-        tokio::spawn(async move {
-            use tokio::io::AsyncWriteExt;
-            let _ = names_in.write_all(&list).await;
-        });
-        let out = tar.stdout.take().expect("piped");
-        let last_read = std::sync::Mutex::new(std::time::Instant::now());
-        let counted = Counted {
-            inner: out,
-            sent: 0,
-            total: to_send,
-            progress,
-            last_read: &last_read,
+    fn finish_script(&self, id: &str, carry: &Carry<'_>, tar: bool, untar: bool) -> String {
+        let (r, p) = (quote(&self.releases), quote(&self.partial));
+        let copy = |list: &str, prev: &str| {
+            format!(
+                " && (cd {prev} && xargs -0 cp -p --reflink=auto --parents -t ../{p} -- < {list})",
+                prev = quote(prev)
+            )
         };
-        let remote = self
-            .watched(self.ssh.run_line_from(line, counted), &last_read)
-            .await?;
-        let local = tar
-            .wait_with_output()
-            .await
-            .map_err(HostError::io("running tar"))?;
-        Ok((remote, Some(local)))
-    }
-
-    /// Runs an upload's remote command, watching it: a channel waiting
-    /// for room to send is not woken when the connection dies, so give up
-    /// on a dead connection or one that took nothing for [`STALL`].
-    async fn watched(
-        &self,
-        run: impl std::future::Future<Output = Result<crate::cmd::CmdOutput, crate::ssh::SshError>>,
-        last_read: &std::sync::Mutex<std::time::Instant>,
-    ) -> Result<crate::cmd::CmdOutput, HostError> {
-        tokio::pin!(run);
-        loop {
-            tokio::select! {
-                done = &mut run => return Ok(done?),
-                _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {
-                    let idle = last_read.lock().unwrap().elapsed();
-                    if self.ssh.is_closed() || idle > STALL {
-                        return Err(HostError::Failed {
-                            doing: format!("uploading the release to {}", self.host.name()),
-                            output: format!(
-                                "the connection closed or took nothing for {} s",
-                                idle.as_secs()
-                            ),
-                        });
+        let mut script = format!("cd {r}");
+        match carry {
+            Carry::Nothing => {}
+            Carry::Listed(prev) => {
+                let list = quote(&self.list_path());
+                script.push_str(&copy(&list, prev));
+                script.push_str(&format!(" && rm -f {list}"));
+            }
+            Carry::Edited { prev, changed, .. } => {
+                script.push_str(&copy(FILES, prev));
+                if !changed.is_empty() {
+                    script.push_str(&format!(" && (cd {p} && rm -f --"));
+                    for k in changed {
+                        script.push(' ');
+                        script.push_str(&quote(k));
                     }
+                    script.push(')');
                 }
             }
         }
-    }
-}
-
-/// Whether GNU tar runs on this machine.
-async fn local_gnu_tar() -> bool {
-    tokio::process::Command::new("tar")
-        .arg("--version")
-        .output()
-        .await
-        .is_ok_and(|o| o.status.success() && o.stdout.starts_with(b"tar (GNU tar)"))
-}
-
-/// GNU tar writing an archive of `src`'s files, named on its stdin.
-fn local_tar(src: &Path) -> Result<tokio::process::Child, HostError> {
-    tokio::process::Command::new("tar")
-        .args(["-c", "-f", "-", "--null", "--no-recursion", "-C"])
-        .arg(src)
-        .args(["-T", "-"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(HostError::io("starting tar"))
-}
-
-/// How long an upload may take nothing before the connection counts as
-/// dead.
-const STALL: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// A reader that reports how much of it was read, and when last.
-struct Counted<'a, R> {
-    inner: R,
-    sent: u64,
-    total: u64,
-    progress: &'a Progress<'a>,
-    last_read: &'a std::sync::Mutex<std::time::Instant>,
-}
-
-impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<'_, R> {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        let read = (buf.filled().len() - before) as u64;
-        if read > 0 {
-            *self.last_read.lock().unwrap() = std::time::Instant::now();
-            self.sent += read;
-            let (sent, total) = (self.sent.min(self.total), self.total);
-            (self.progress)(sent, total);
+        if untar {
+            script.push_str(&format!(" && (cd {p} && tar -x -f - --no-same-owner)"));
+        } else if !tar {
+            // Without tar, symlinks are made here.
+            for (k, e) in &self.manifest {
+                if let Some(target) = &e.link {
+                    script.push_str(&format!(" && ln -s -- {} {p}/{}", quote(target), quote(k)));
+                }
+            }
         }
-        polled
+        if let Carry::Edited {
+            prev,
+            script: sed,
+            sha,
+            ..
+        } = carry
+        {
+            script.push_str(&format!(
+                " && sed -e {sed} {prev}/{MANIFEST} > {p}/{MANIFEST} && (cd {p} && echo {check} | sha256sum -c --status || {{ echo {EDIT_FAILED} >&2; exit 3; }})",
+                sed = quote(sed),
+                prev = quote(prev),
+                check = quote(&format!("{sha}  {MANIFEST}")),
+            ));
+        }
+        script.push_str(&self.publish(id, tar));
+        script
+    }
+
+    /// The end of the second command: the list of the release's files
+    /// (with tar), then the partial directory synced and renamed.
+    fn publish(&self, id: &str, tar: bool) -> String {
+        let p = quote(&self.partial);
+        let mut script = String::new();
+        if tar {
+            // The next upload copies what this list names (GNU find; a
+            // host without it gets the names listed).
+            script.push_str(&format!(
+                " && (cd {p} && find . -type f ! -name {MANIFEST} ! -name {FILES} -printf '%P\\0' > {FILES} || rm -f {FILES})"
+            ));
+        }
+        // On disk before the rename publishes the release.
+        script.push_str(&format!(
+            " && sync -f {p} && mv -T {p} {id} && sync -f .",
+            id = quote(id)
+        ));
+        script
+    }
+
+    fn not_in_place(&self, output: String) -> HostError {
+        HostError::Failed {
+            doing: format!("putting the release in place on {}", self.host.name()),
+            output,
+        }
     }
 }
+
+/// What the host says when the manifest it made is not the one expected.
+const EDIT_FAILED: &str = "the manifest made from the previous one differs";
 
 /// Creates (or truncates) a file over SFTP with its content and mode. The
 /// mode is set when the file is created, so a secret file is never readable
