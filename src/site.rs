@@ -183,18 +183,26 @@ impl Site {
             running.extend(self.process.running(dirs, service).await);
         }
         // Asked at once: `docker ps` answers nothing useful without an
-        // engine, and waiting for `docker info` first costs its whole time.
-        let (engine, docker) =
-            tokio::join!(self.docker_engine(), self.docker.running(dirs, service));
+        // engine, and waiting for `docker info` first costs its whole time;
+        // a server's systemd units meanwhile.
+        let systemd = async {
+            match self.host.is_local() {
+                true => Vec::new(),
+                false => self.systemd.running(dirs, service).await,
+            }
+        };
+        let (engine, docker, systemd) = tokio::join!(
+            self.docker_engine(),
+            self.docker.running(dirs, service),
+            systemd
+        );
         if engine.is_ok() {
             running.extend(docker);
         }
         if self.swarm_manager().await {
             running.extend(self.swarm.running(dirs, service).await);
         }
-        if !self.host.is_local() {
-            running.extend(self.systemd.running(dirs, service).await);
-        }
+        running.extend(systemd);
         running
     }
 

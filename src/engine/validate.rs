@@ -172,7 +172,18 @@ async fn runtime(site: &Site, method: Method) -> Result<RuntimeKind, Refusal> {
 /// Validation on one host.
 async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
     site.remember_running(None);
-    let runtime = runtime(site, plan.method).await?;
+    // What holds the port is asked while the runtime is checked (`docker
+    // ps` need not wait for `docker info`).
+    let dirs = site.dirs(&plan.service_name);
+    let holders = async {
+        let port = plan.spec.port;
+        match plan.spec.proxy.is_none() && site.port_in_use(port).await {
+            true => Some(site.running_releases(&dirs, &plan.service_name).await),
+            false => None,
+        }
+    };
+    let (runtime, holders) = tokio::join!(runtime(site, plan.method), holders);
+    let runtime = runtime?;
     plan.spec.runtime = runtime;
     match runtime {
         RuntimeKind::Process | RuntimeKind::Systemd => {
@@ -198,7 +209,7 @@ async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
             }
         }
     }
-    let port_note = port(site, plan).await?;
+    let port_note = port(site, plan, holders).await?;
     let python = match (&plan.spec.python, runtime) {
         (Some(p), RuntimeKind::Process | RuntimeKind::Systemd) => {
             let start = plan.spec.start.as_deref().unwrap_or("");
@@ -314,7 +325,12 @@ fn shared(
     ))
 }
 
-async fn port(site: &Site, plan: &Plan) -> Result<String, Refusal> {
+/// `holders`: the service's running releases, when the port is in use.
+async fn port(
+    site: &Site,
+    plan: &Plan,
+    holders: Option<Vec<(String, u16)>>,
+) -> Result<String, Refusal> {
     if let Some(proxy) = &plan.spec.proxy {
         if super::steps::proxy::site_file(site, &plan.service_name)
             .await
@@ -334,11 +350,9 @@ async fn port(site: &Site, plan: &Plan) -> Result<String, Refusal> {
         return Ok(said.join(", "));
     }
     let port = plan.spec.port;
-    if !site.port_in_use(port).await {
+    let Some(running) = holders else {
         return Ok(format!("port {port} free"));
-    }
-    let dirs = site.dirs(&plan.service_name);
-    let running = site.running_releases(&dirs, &plan.service_name).await;
+    };
     site.remember_running(Some((&plan.service_name, &running)));
     match running.iter().find(|(_, p)| *p == port) {
         Some((rel, _)) => Ok(format!("port {port} held by this service's release {rel}")),

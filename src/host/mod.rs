@@ -180,15 +180,14 @@ impl Host {
         match self {
             Host::Local(_) => dirs.current(),
             Host::Ssh(_) => {
+                // One command: where the link points, if that is there.
                 let link = quote(&dirs.current_link().to_string_lossy());
-                let out = self.sh(&format!("readlink {link} || true")).await.ok()?;
-                let id = Path::new(out.stdout.trim())
-                    .file_name()?
-                    .to_str()?
-                    .to_string();
-                let dir = quote(&dirs.release(&id).to_string_lossy());
-                self.sh(&format!("test -d {dir}")).await.ok()?;
-                Some(id)
+                let releases = quote(&dirs.releases().to_string_lossy());
+                let script = format!(
+                    "id=$(basename \"$(readlink {link})\") && test -n \"$id\" && test -d {releases}/\"$id\" && printf '%s\\n' \"$id\" || true"
+                );
+                let out = self.sh(&script).await.ok()?;
+                Some(out.stdout.trim().to_string()).filter(|id| !id.is_empty())
             }
         }
     }
@@ -255,16 +254,22 @@ impl Host {
                 write().map_err(HostError::io(format!("writing {path}")))
             }
             Host::Ssh(s) => {
-                self.sh(&format!("mkdir -p {}", quote(&parent))).await?;
-                let sftp = s.sftp().await?;
-                upload::sftp_put(&sftp, &tmp, data, mode, &|_| {})
-                    .await
-                    .map_err(HostError::io(format!("writing {path} on {}", self.name())))?;
-                let _ = sftp.close().await;
-                // SFTP's rename will not replace an existing file; mv will.
-                self.sh(&format!("mv -f {} {}", quote(&tmp), quote(path)))
-                    .await
-                    .map(|_| ())
+                // One command, the content on its stdin (never in argv):
+                // made private, given its mode, then renamed into place.
+                let (tmp, path) = (quote(&tmp), quote(path));
+                let script = format!(
+                    "mkdir -p {} && (umask 077 && cat > {tmp}) && chmod {mode:o} {tmp} && mv -f {tmp} {path}",
+                    quote(&parent)
+                );
+                let cmd = Cmd::new("sh").args(["-c", &script]);
+                let out = s.run_line(&crate::ssh::remote_line(&cmd), data).await?;
+                if out.success() {
+                    return Ok(());
+                }
+                Err(HostError::Failed {
+                    doing: format!("writing {path} on {}", self.name()),
+                    output: out.tail(3),
+                })
             }
         }
     }

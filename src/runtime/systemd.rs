@@ -22,6 +22,9 @@ const UNIT_DIR: &str = "/etc/systemd/system";
 
 pub struct SystemdRuntime {
     host: Arc<Host>,
+    /// The units (and a hash of their files) this runtime wrote and
+    /// reloaded: a site lives for one command or job.
+    written: std::sync::Mutex<std::collections::HashSet<(String, blake3::Hash)>>,
 }
 
 /// The unit of one release.
@@ -140,7 +143,10 @@ pub fn systemctl(args: &[&str]) -> Cmd {
 
 impl SystemdRuntime {
     pub fn new(host: Arc<Host>) -> Self {
-        SystemdRuntime { host }
+        SystemdRuntime {
+            host,
+            written: Default::default(),
+        }
     }
 
     /// Whether systemd runs as the host's init.
@@ -170,53 +176,61 @@ impl SystemdRuntime {
         Ok(format!("unit {} written", unit_name(ctx)))
     }
 
+    /// Writes the unit and its environment file (at once), then reloads
+    /// systemd. Remembers what it wrote, so that starting the release just
+    /// built does not write and reload again.
     async fn write_unit(&self, ctx: &ReleaseCtx) -> Result<(), RuntimeError> {
-        self.host
-            .write_file(
-                &format!("{UNIT_DIR}/{}", unit_name(ctx)),
-                unit_file(ctx).as_bytes(),
-                0o644,
-            )
-            .await?;
-        self.host
-            .write_file(&env_file(ctx), env_contents(ctx).as_bytes(), 0o600)
-            .await?;
+        let (unit, env) = (unit_file(ctx), env_contents(ctx));
+        let written = (
+            unit_name(ctx),
+            blake3::hash(format!("{unit}\0{env}").as_bytes()),
+        );
+        if self.written.lock().unwrap().contains(&written) {
+            return Ok(());
+        }
+        let (unit_path, env_path) = (format!("{UNIT_DIR}/{}", written.0), env_file(ctx));
+        let (a, b) = tokio::join!(
+            self.host.write_file(&unit_path, unit.as_bytes(), 0o644),
+            self.host.write_file(&env_path, env.as_bytes(), 0o600)
+        );
+        a?;
+        b?;
         self.host
             .run_ok(&systemctl(&["daemon-reload"]), CMD_TIMEOUT)
             .await?;
+        self.written.lock().unwrap().insert(written);
         Ok(())
     }
 
+    /// One command: the unit stopped and disabled, its files removed,
+    /// systemd reloaded once.
     pub async fn remove_build(&self, ctx: &ReleaseCtx) {
         let unit = unit_name(ctx);
+        self.written.lock().unwrap().retain(|(u, _)| *u != unit);
+        let q = crate::cmd::quote;
+        let script = format!(
+            "systemctl disable --now --no-reload {}; rm -f {} {}; systemctl daemon-reload",
+            q(&unit),
+            q(&format!("{UNIT_DIR}/{unit}")),
+            q(&env_file(ctx))
+        );
         let _ = self
             .host
-            .run(&systemctl(&["disable", "--now", &unit]), CMD_TIMEOUT)
-            .await;
-        let _ = self
-            .host
-            .run(
-                &Cmd::new("rm").args(["-f", &format!("{UNIT_DIR}/{unit}"), &env_file(ctx)]),
-                CMD_TIMEOUT,
-            )
-            .await;
-        let _ = self
-            .host
-            .run(&systemctl(&["daemon-reload"]), CMD_TIMEOUT)
+            .run(&Cmd::new("sh").args(["-c", &script]), CMD_TIMEOUT)
             .await;
     }
 
     pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, RuntimeError> {
         // The env file holds secrets, so it is written again from this run's
         // values (a rollback re-reads them), never kept from an old deploy.
+        // (Unless this runtime wrote these very files for this release.)
         self.write_unit(ctx).await?;
         let unit = unit_name(ctx);
+        // One command: a unit that failed before starts afresh.
+        let q = crate::cmd::quote(&unit);
+        let script = format!("systemctl reset-failed {q} 2>/dev/null; systemctl enable --now {q}");
         self.host
-            .run_ok(&systemctl(&["reset-failed", &unit]), CMD_TIMEOUT)
-            .await
-            .ok();
-        self.host
-            .run_ok(&systemctl(&["enable", "--now", &unit]), CMD_TIMEOUT)
+            .run_ok(&Cmd::new("sh").args(["-c", &script]), CMD_TIMEOUT)
             .await?;
         Ok(format!("systemd unit {unit} enabled and started"))
     }

@@ -91,8 +91,12 @@ async fn prune(cx: &StepCx<'_>, current: &str) {
             _ => continue,
         }
         let ctx = cx.ctx(&r.id, &r.spec, &[]);
-        cx.runtime(&r.spec).remove_build(&ctx).await;
-        if cx.site.host.remove_release(&cx.dirs, &r.id).await.is_ok() {
+        // An old release runs nothing: its build and its files go at once.
+        let (_, removed) = tokio::join!(
+            cx.runtime(&r.spec).remove_build(&ctx),
+            cx.site.host.remove_release(&cx.dirs, &r.id)
+        );
+        if removed.is_ok() {
             cx.local_dirs().remove_env_values(&r.id);
             let _ = cx
                 .store
