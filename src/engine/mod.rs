@@ -114,11 +114,19 @@ impl Engine {
         lock_wait: Duration,
         targets: Vec<TargetSpec>,
     ) -> Self {
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .expect("HTTP client");
+        // One client for the process: building one reads and parses the
+        // system's CA certificates, a few milliseconds the server's `POST
+        // /deploy` paid on every request.
+        static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+        let http = HTTP
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .connect_timeout(Duration::from_secs(5))
+                    .build()
+                    .expect("HTTP client")
+            })
+            .clone();
         Engine {
             config,
             state_dir,
