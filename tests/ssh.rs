@@ -561,3 +561,32 @@ async fn a_manifest_the_host_cannot_check_is_put_whole() {
     .await;
     three_releases(dir.path(), &host, &dirs).await;
 }
+
+#[tokio::test]
+async fn a_release_whose_manifest_is_too_long_for_a_command_line_still_arrives_whole() {
+    // 1,500 files: the manifest (over 64 KiB) goes over SFTP, not inline.
+    let (dir, _sshd, host, dirs) = upload_host().await;
+    let src = dir.path().join("src");
+    for i in 0..1500 {
+        let sub = src.join(format!("static/d{}", i % 30));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join(format!("asset-{i:05}.css")), format!("a{i}")).unwrap();
+    }
+    let none = |_: u64, _: u64| {};
+    let manifest = |r: &str| {
+        let text = std::fs::read(dirs.release(r).join(".deployer-manifest.json")).unwrap();
+        assert!(text.len() > 64 << 10, "{} bytes", text.len());
+        deployer::host::decode_manifest(&text).unwrap()
+    };
+    host.put_release(&src, &dirs, "r1", None, &none)
+        .await
+        .unwrap();
+    assert_eq!(manifest("r1"), deployer::host::manifest_of(&src).unwrap());
+    std::fs::write(src.join("static/d3/asset-00003.css"), "changed").unwrap();
+    let s = host
+        .put_release(&src, &dirs, "r2", Some("r1"), &none)
+        .await
+        .unwrap();
+    assert_eq!((s.uploaded_files, s.linked_files), (1, 1499), "{s:?}");
+    assert_eq!(manifest("r2"), deployer::host::manifest_of(&src).unwrap());
+}

@@ -13,7 +13,9 @@ use crate::release::{self, ServiceDirs};
 use crate::ssh::SshSession;
 use std::collections::BTreeSet;
 
+mod sftp;
 mod stream;
+use sftp::sftp_put;
 use std::path::Path;
 use stream::local_gnu_tar;
 
@@ -98,8 +100,12 @@ struct Upload<'a> {
 
 /// How the unchanged files and the manifest get into the new release.
 enum Carry<'m> {
-    /// Nothing to copy: a first release, or nothing unchanged.
+    /// Nothing to copy: a first release, or nothing unchanged. The
+    /// manifest went over SFTP.
     Nothing,
+    /// Nothing to copy, and the manifest goes in the second command when
+    /// it fits in its command line (else over SFTP).
+    Fresh(Option<String>),
     /// The unchanged files' names were put beside the partial directory
     /// (and the whole manifest in it).
     Listed(&'m str),
@@ -113,6 +119,17 @@ enum Carry<'m> {
         script: String,
         sha: String,
     },
+}
+
+/// What the first command found on the host.
+struct Found {
+    free: Option<u64>,
+    gnu_tar: bool,
+    /// The previous release has its [`FILES`].
+    has_files: bool,
+    /// The previous release's manifest as stored (empty when there is
+    /// none); `None` when it did not fit in the command's output.
+    old: Option<Vec<u8>>,
 }
 
 /// The names of a release's files, NUL-separated, written on the host when
@@ -136,10 +153,19 @@ impl Upload<'_> {
         previous: Option<&str>,
         progress: &Progress<'_>,
     ) -> Result<TransferStats, HostError> {
-        let (prepared, opened, tar_here) =
-            tokio::join!(self.prepare(), self.open(previous), local_gnu_tar());
-        let (free, tar_there) = prepared?;
-        let (sftp, old_raw, has_files) = opened?;
+        let (prepared, tar_here) = tokio::join!(self.prepare(previous), local_gnu_tar());
+        let found = prepared?;
+        // SFTP only when needed: a manifest too long for the first
+        // command's output, lists to put, no tar.
+        let mut sftp = None;
+        let old_raw = match (previous, found.old) {
+            (Some(prev), None) => {
+                let path = format!("{}/{prev}/{MANIFEST}", self.releases);
+                let s = self.sftp(&mut sftp).await?;
+                s.read(path).await.unwrap_or_default()
+            }
+            (_, old) => old.unwrap_or_default(),
+        };
         let old = manifest::decode(&old_raw).unwrap_or_default();
         // Unchanged files come from the previous release on the server.
         // (`old` is empty without a previous release, so is `unchanged`.)
@@ -151,41 +177,70 @@ impl Upload<'_> {
             .collect();
         let stats = self.stats(&unchanged);
         self.host
-            .enough_space(&self.releases, stats.uploaded_bytes, free)?;
-        let tar = tar_here && tar_there;
+            .enough_space(&self.releases, stats.uploaded_bytes, found.free)?;
+        let tar = tar_here && found.gnu_tar;
         let carry = match previous {
-            Some(prev) if tar && has_files => self.edit(prev, &old_raw, &old, &unchanged),
+            Some(prev) if tar && found.has_files => self.edit(prev, &old_raw, &old, &unchanged),
             _ => None,
         };
         let carry = match carry {
             Some(c) => c,
-            None => self.put_lists(&sftp, previous, &unchanged).await?,
+            None if tar && (previous.is_none() || unchanged.is_empty()) => self.fresh(),
+            None => {
+                let s = self.sftp(&mut sftp).await?;
+                self.put_lists(s, previous, &unchanged).await?
+            }
         };
+        if let Carry::Fresh(None) = carry {
+            self.put_manifest(self.sftp(&mut sftp).await?).await?;
+        }
         if !tar {
-            self.send_sftp(&sftp, &unchanged, stats.uploaded_bytes, progress)
+            let s = self.sftp(&mut sftp).await?;
+            self.send_sftp(s, &unchanged, stats.uploaded_bytes, progress)
                 .await?;
         }
         let sent = (tar, &unchanged, stats.uploaded_bytes);
-        let done = self.finish(id, &carry, sent, progress).await;
-        let done = match (done, &carry) {
+        let done = match self.finish(id, &carry, sent, progress).await {
             // The manifest made on the host is not the one expected: put
             // it whole, then publish.
-            (Err(HostError::Failed { output, .. }), Carry::Edited { .. })
-                if output.contains(EDIT_FAILED) =>
-            {
-                self.put_manifest(&sftp).await?;
-                let script = format!("cd {}{}", quote(&self.releases), self.publish(id, tar));
-                let line = crate::ssh::remote_line(&Cmd::new("sh").args(["-c", &script]));
-                let out = self.ssh.run_line(&line, &[]).await?;
-                match out.success() {
-                    true => Ok(()),
-                    false => Err(self.not_in_place(out.tail(3))),
-                }
+            Err(HostError::Failed { output, .. }) if output.contains(EDIT_FAILED) => {
+                self.republish(id, tar, self.sftp(&mut sftp).await?).await
             }
-            (done, _) => done,
+            done => done,
         };
-        let _ = sftp.close().await;
+        if let Some(s) = sftp {
+            let _ = s.close().await;
+        }
         done.map(|_| stats)
+    }
+
+    /// The SFTP session of this upload, opened the first time it is asked
+    /// for.
+    async fn sftp<'s>(
+        &self,
+        slot: &'s mut Option<russh_sftp::client::SftpSession>,
+    ) -> Result<&'s russh_sftp::client::SftpSession, HostError> {
+        if slot.is_none() {
+            *slot = Some(self.ssh.sftp().await?);
+        }
+        Ok(slot.as_ref().expect("just opened"))
+    }
+
+    /// The whole manifest put over SFTP, then the release published.
+    async fn republish(
+        &self,
+        id: &str,
+        tar: bool,
+        sftp: &russh_sftp::client::SftpSession,
+    ) -> Result<(), HostError> {
+        self.put_manifest(sftp).await?;
+        let script = format!("cd {}{}", quote(&self.releases), self.publish(id, tar));
+        let line = crate::ssh::remote_line(&Cmd::new("sh").args(["-c", &script]));
+        let out = self.ssh.run_line(&line, &[]).await?;
+        match out.success() {
+            true => Ok(()),
+            false => Err(self.not_in_place(out.tail(3))),
+        }
     }
 
     fn stats(&self, unchanged: &BTreeSet<&String>) -> TransferStats {
@@ -233,6 +288,13 @@ impl Upload<'_> {
         })
     }
 
+    /// [`Carry::Fresh`]: the manifest written by the second command when
+    /// it fits in its command line.
+    fn fresh<'m>(&self) -> Carry<'m> {
+        let text = manifest::encode(&self.manifest);
+        Carry::Fresh((text.len() < INLINE_MAX).then_some(text))
+    }
+
     /// [`Carry::Listed`] (or nothing to copy): the manifest and the
     /// unchanged files' names put over SFTP.
     async fn put_lists<'m>(
@@ -264,29 +326,11 @@ impl Upload<'_> {
             .map_err(HostError::io(self.uploading(MANIFEST)))
     }
 
-    /// Opens SFTP and reads the previous release's manifest as stored
-    /// (empty when there is none or it cannot be read: everything is sent
-    /// then), and whether it has the list of its files.
-    async fn open(
-        &self,
-        previous: Option<&str>,
-    ) -> Result<(russh_sftp::client::SftpSession, Vec<u8>, bool), HostError> {
-        let sftp = self.ssh.sftp().await?;
-        let Some(p) = previous else {
-            return Ok((sftp, Vec::new(), false));
-        };
-        let dir = format!("{}/{p}", self.releases);
-        let (old, files) = tokio::join!(
-            sftp.read(format!("{dir}/{MANIFEST}")),
-            sftp.metadata(format!("{dir}/{FILES}"))
-        );
-        Ok((sftp, old.unwrap_or_default(), files.is_ok()))
-    }
-
     /// One round trip: partial copies left by an upload that broke off go,
     /// a clean partial directory with every subdirectory is made; then the
-    /// free space where releases live, and whether the host has GNU tar.
-    async fn prepare(&self) -> Result<(Option<u64>, bool), HostError> {
+    /// free space where releases live, whether the host has GNU tar, and
+    /// the previous release's manifest and list of files.
+    async fn prepare(&self, previous: Option<&str>) -> Result<Found, HostError> {
         let mut dirs_needed: Vec<String> = self
             .manifest
             .keys()
@@ -299,9 +343,9 @@ impl Upload<'_> {
             .collect();
         dirs_needed.sort();
         dirs_needed.dedup();
+        let r = quote(&self.releases);
         let mut script = format!(
             "mkdir -p {r} && cd {r} && find . -maxdepth 1 -name '.*.partial' -exec rm -rf {{}} + && mkdir {p} && cd {p}",
-            r = quote(&self.releases),
             p = quote(&self.partial)
         );
         for chunk in dirs_needed.chunks(200) {
@@ -312,17 +356,35 @@ impl Upload<'_> {
             }
         }
         script.push_str(&format!(
-            " && df -Pk {} | tail -n 1 && {{ tar --version 2>/dev/null | head -n 1; true; }}",
-            quote(&self.releases)
+            " && df -Pk {r} | tail -n 1 && echo \"tar $(tar --version 2>/dev/null | head -n 1)\""
         ));
+        if let Some(prev) = previous {
+            let prev = quote(&format!("{}/{prev}", self.releases));
+            script.push_str(&format!(
+                " && {{ test -f {prev}/{FILES} && echo files || echo nofiles; }} && {{ cat {prev}/{MANIFEST} 2>/dev/null; true; }}"
+            ));
+        }
         let out = self.host.sh(&script).await?;
-        let mut lines = out.stdout.lines();
-        let free = lines
+        let mut parts = out.stdout.splitn(4, '\n');
+        let free = parts
             .next()
             .and_then(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
             .map(|kib| kib * 1024);
-        let gnu_tar = lines.next().is_some_and(|l| l.contains("GNU tar"));
-        Ok((free, gnu_tar))
+        let gnu_tar = parts.next().is_some_and(|l| l.contains("GNU tar"));
+        let has_files = parts.next() == Some("files");
+        // Output beyond the cap lost its start: read the manifest again.
+        let whole = out.stdout.len() < crate::cmd::OUTPUT_CAP;
+        let old = match (previous, whole) {
+            (None, _) => Some(Vec::new()),
+            (Some(_), true) => Some(parts.next().unwrap_or("").as_bytes().to_vec()),
+            (Some(_), false) => None,
+        };
+        Ok(Found {
+            free,
+            gnu_tar,
+            has_files,
+            old,
+        })
     }
 
     /// Where the names of the unchanged files wait for the copy (removed
@@ -337,37 +399,6 @@ impl Upload<'_> {
 
     fn uploading(&self, what: &str) -> String {
         format!("uploading {what} to {}", self.host.name())
-    }
-
-    /// Sends what changed file by file over SFTP, for hosts without GNU
-    /// tar.
-    async fn send_sftp(
-        &self,
-        sftp: &russh_sftp::client::SftpSession,
-        unchanged: &BTreeSet<&String>,
-        to_send: u64,
-        progress: &Progress<'_>,
-    ) -> Result<(), HostError> {
-        let dir = format!("{}/{}", self.releases, self.partial);
-        let mut sent = 0;
-        for (k, e) in &self.manifest {
-            let dest = format!("{dir}/{k}");
-            // Symlinks are made by `finish` (OpenSSH's SFTP server takes
-            // a symlink's two paths the other way round).
-            if e.link.is_some() || unchanged.contains(k) {
-                continue;
-            }
-            let data =
-                std::fs::read(self.src.join(k)).map_err(HostError::io(format!("reading {k}")))?;
-            let before = sent;
-            sftp_put(sftp, &dest, &data, e.mode, &|n| {
-                progress(before + n, to_send)
-            })
-            .await
-            .map_err(HostError::io(self.uploading(k)))?;
-            sent += e.size;
-        }
-        Ok(())
     }
 
     /// The second command: unchanged files copied from the previous release
@@ -423,7 +454,7 @@ impl Upload<'_> {
         };
         let mut script = format!("cd {r}");
         match carry {
-            Carry::Nothing => {}
+            Carry::Nothing | Carry::Fresh(_) => {}
             Carry::Listed(prev) => {
                 let list = quote(&self.list_path());
                 script.push_str(&copy(&list, prev));
@@ -465,6 +496,9 @@ impl Upload<'_> {
                 check = quote(&format!("{sha}  {MANIFEST}")),
             ));
         }
+        if let Carry::Fresh(Some(text)) = carry {
+            script.push_str(&format!(" && printf '%s' {} > {p}/{MANIFEST}", quote(text)));
+        }
         script.push_str(&self.publish(id, tar));
         script
     }
@@ -478,7 +512,7 @@ impl Upload<'_> {
             // The next upload copies what this list names (GNU find; a
             // host without it gets the names listed).
             script.push_str(&format!(
-                " && (cd {p} && find . -type f ! -name {MANIFEST} ! -name {FILES} -printf '%P\\0' > {FILES} || rm -f {FILES})"
+                " && (cd {p} && find . -type f ! -path ./{MANIFEST} ! -path ./{FILES} -printf '%P\\0' > {FILES} || rm -f {FILES})"
             ));
         }
         // On disk before the rename publishes the release.
@@ -499,41 +533,3 @@ impl Upload<'_> {
 
 /// What the host says when the manifest it made is not the one expected.
 const EDIT_FAILED: &str = "the manifest made from the previous one differs";
-
-/// Creates (or truncates) a file over SFTP with its content and mode. The
-/// mode is set when the file is created, so a secret file is never readable
-/// by others, not even for a moment.
-pub(super) async fn sftp_put(
-    sftp: &russh_sftp::client::SftpSession,
-    dest: &str,
-    data: &[u8],
-    mode: u32,
-    sent: &(dyn Fn(u64) + Sync),
-) -> std::io::Result<()> {
-    use russh_sftp::protocol::{FileAttributes, OpenFlags};
-    use tokio::io::AsyncWriteExt;
-    let attrs = FileAttributes {
-        permissions: Some(mode),
-        ..Default::default()
-    };
-    let mut file = sftp
-        .open_with_flags_and_attributes(
-            dest,
-            OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::WRITE,
-            attrs.clone(),
-        )
-        .await
-        .map_err(std::io::Error::other)?;
-    // In chunks, so a progress bar moves during a large file.
-    let mut done = 0u64;
-    for chunk in data.chunks(1 << 20) {
-        file.write_all(chunk).await?;
-        done += chunk.len() as u64;
-        sent(done);
-    }
-    file.shutdown().await?;
-    // The umask may have narrowed the mode at creation; set it exactly.
-    sftp.set_metadata(dest, attrs)
-        .await
-        .map_err(std::io::Error::other)
-}
