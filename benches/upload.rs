@@ -28,15 +28,20 @@ fn keygen(path: &Path) {
     );
 }
 
-fn sshd(d: &Path) -> (std::process::Child, u16) {
-    keygen(&d.join("host"));
-    keygen(&d.join("client"));
-    std::fs::copy(d.join("client.pub"), d.join("ak")).unwrap();
+/// An sshd for the client key in `d` (made once), configured by `tag`'s
+/// files; `extra` adds configuration.
+fn sshd(d: &Path, tag: &str, extra: &str) -> (std::process::Child, u16) {
+    if !d.join("client").exists() {
+        keygen(&d.join("client"));
+        std::fs::copy(d.join("client.pub"), d.join("ak")).unwrap();
+    }
+    keygen(&d.join(format!("host-{tag}")));
     std::fs::create_dir_all("/run/sshd").ok();
+    let cfg = d.join(format!("cfg-{tag}"));
     std::fs::write(
-        d.join("cfg"),
+        &cfg,
         format!(
-            "ListenAddress 127.0.0.1\nHostKey {0}/host\nPidFile {0}/pid\nAuthorizedKeysFile {0}/ak\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nSubsystem sftp internal-sftp\n",
+            "ListenAddress 127.0.0.1\nHostKey {0}/host-{tag}\nPidFile {0}/pid-{tag}\nAuthorizedKeysFile {0}/ak\nStrictModes no\nUsePAM no\nPasswordAuthentication no\nSubsystem sftp internal-sftp\n{extra}",
             d.display()
         ),
     )
@@ -48,7 +53,7 @@ fn sshd(d: &Path) -> (std::process::Child, u16) {
         .port();
     let child = Command::new("/usr/sbin/sshd")
         .args(["-D", "-f"])
-        .arg(d.join("cfg"))
+        .arg(&cfg)
         .args(["-p", &port.to_string()])
         .stderr(Stdio::null())
         .spawn()
@@ -57,6 +62,21 @@ fn sshd(d: &Path) -> (std::process::Child, u16) {
         std::thread::sleep(Duration::from_millis(20));
     }
     (child, port)
+}
+
+/// An sshd whose sessions find a `tar` that is not GNU tar first: deployer
+/// sends the files over SFTP there.
+fn sshd_without_gnu_tar(d: &Path) -> (std::process::Child, u16) {
+    let bin = d.join("notar");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::write(bin.join("tar"), "#!/bin/sh\nexit 1\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("tar"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin\n",
+        bin.display()
+    );
+    sshd(d, "sftp", &path)
 }
 
 /// A delay line in front of `to`: every chunk read is written on after
@@ -291,7 +311,8 @@ async fn main() {
     let delay_ms = env("UPLOAD_DELAY_MS", 20);
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let (mut sshd, port) = sshd(d);
+    let (mut sshd, port) = sshd(d, "main", "");
+    let (mut sshd_sftp, port_sftp) = sshd_without_gnu_tar(d);
     let mut b = Bench {
         d: d.to_path_buf(),
         server: d.to_path_buf(),
@@ -311,13 +332,21 @@ async fn main() {
     // The same on loopback with the server's copies on XFS, where a copy
     // is a reflink (as root, with mkfs.xfs and a loop device).
     let xfs = xfs_mount(d);
-    let mut links = vec![("loopback", &direct), ("delay", &delayed)];
+    let mut links = vec![("loopback", &direct)];
     if xfs.is_some() {
         links.push(("xfs", &direct));
     }
+    links.push(("delay", &delayed));
+    let sftp = Link {
+        port: port_sftp,
+        sent: Arc::new(AtomicU64::new(0)),
+    };
+    links.push(("sftp", &sftp));
     for (name, link) in links {
-        if name == "xfs" {
-            b.server = xfs.clone().unwrap();
+        // Through the delay line onto XFS when there is one: the link,
+        // not the server's disk, is what that row measures.
+        if name != "loopback" {
+            b.server = xfs.clone().unwrap_or_else(|| d.to_path_buf());
         }
         let (mut ours, mut theirs, mut scp) = (Vec::new(), Vec::new(), Vec::new());
         for i in 0..runs {
@@ -365,8 +394,10 @@ async fn main() {
     if let Some(m) = xfs {
         let _ = Command::new("umount").arg(&m).status();
     }
-    let _ = sshd.kill();
-    let _ = sshd.wait();
+    for child in [&mut sshd, &mut sshd_sftp] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
 }
 
 /// A 2 GiB XFS filesystem (reflinks on) in a file, mounted under `d`.

@@ -301,6 +301,31 @@ async fn upload_host() -> (
     upload_host_with(|_| String::new()).await
 }
 
+/// The same, with the host's sessions finding `script` first as `program`.
+async fn upload_host_shadowing(
+    program: &str,
+    script: &str,
+) -> (
+    tempfile::TempDir,
+    Sshd,
+    deployer::host::Host,
+    deployer::release::ServiceDirs,
+) {
+    upload_host_with(|d| {
+        let bin = d.join("shadow");
+        std::fs::create_dir_all(&bin).unwrap();
+        let path = bin.join(program);
+        std::fs::write(&path, script).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        format!(
+            "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin\n",
+            bin.display()
+        )
+    })
+    .await
+}
+
 /// The same, with more sshd configuration made for the sandbox.
 async fn upload_host_with(
     extra: impl FnOnce(&std::path::Path) -> String,
@@ -413,19 +438,8 @@ async fn an_upload_keeps_modes_links_and_odd_names() {
 #[tokio::test]
 async fn a_host_without_gnu_tar_gets_the_files_over_sftp_as_they_were() {
     // The host's sessions find a `tar` that is not GNU tar first.
-    let (dir, _sshd, host, dirs) = upload_host_with(|d| {
-        let bin = d.join("notar");
-        std::fs::create_dir_all(&bin).unwrap();
-        let tar = bin.join("tar");
-        std::fs::write(&tar, "#!/bin/sh\necho 'tar (busybox)'\nexit 1\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tar, std::fs::Permissions::from_mode(0o755)).unwrap();
-        format!(
-            "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin\n",
-            bin.display()
-        )
-    })
-    .await;
+    let (dir, _sshd, host, dirs) =
+        upload_host_shadowing("tar", "#!/bin/sh\necho 'tar (busybox)'\nexit 1\n").await;
     let out = host
         .exec(
             &Cmd::new("sh").args(["-c", "tar --version"]),
@@ -546,19 +560,7 @@ async fn an_upload_after_a_change_makes_the_manifest_on_the_host_from_the_last_o
 #[tokio::test]
 async fn a_manifest_the_host_cannot_check_is_put_whole() {
     // The host's sha256sum fails: the manifest made there is not trusted.
-    let (dir, _sshd, host, dirs) = upload_host_with(|d| {
-        let bin = d.join("nosum");
-        std::fs::create_dir_all(&bin).unwrap();
-        let sum = bin.join("sha256sum");
-        std::fs::write(&sum, "#!/bin/sh\nexit 1\n").unwrap();
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&sum, std::fs::Permissions::from_mode(0o755)).unwrap();
-        format!(
-            "SetEnv PATH={}:/usr/local/bin:/usr/bin:/bin\n",
-            bin.display()
-        )
-    })
-    .await;
+    let (dir, _sshd, host, dirs) = upload_host_shadowing("sha256sum", "#!/bin/sh\nexit 1\n").await;
     three_releases(dir.path(), &host, &dirs).await;
 }
 
