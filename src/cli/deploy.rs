@@ -167,6 +167,7 @@ async fn dry_run(
 ) -> Result<i32, Failure> {
     let mut plan = Plan::build(req, &ctx.config, &|k| std::env::var(k).ok())?;
     plan.git = git;
+    plan.address = crate::plan::address_for(&ctx.config, ctx.target_hosts(&plan.hosts));
     let engine = ctx.engine(0, &plan.hosts)?;
     let sink = ctx.sink();
     let planned = engine.dry_run(plan, sink.as_ref()).await;
@@ -204,6 +205,7 @@ async fn deploy_plan(
     let env = |k: &str| std::env::var(k).ok();
     let mut plan = Plan::build(req, &ctx.config, &env)?;
     plan.git = git;
+    plan.address = crate::plan::address_for(&ctx.config, ctx.target_hosts(&plan.hosts));
     if let Some(intent) = pipeline {
         plan = plan.with_pipeline(intent, &ctx.config, &env)?;
     }

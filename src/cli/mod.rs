@@ -231,6 +231,16 @@ impl Context {
         Ok(crate::store::Store::open(&self.state_dir).await?)
     }
 
+    /// The hosts from `--host`, else `manifest_hosts` (empty: the config's
+    /// target).
+    pub fn target_hosts<'a>(&'a self, manifest_hosts: &'a [String]) -> &'a [String] {
+        if self.hosts.is_empty() {
+            manifest_hosts
+        } else {
+            &self.hosts
+        }
+    }
+
     /// An engine acting on the hosts from `--host`, else `manifest_hosts`,
     /// else the config's `target.host` (SERVER_HOST), else this machine.
     pub fn engine(
@@ -238,16 +248,11 @@ impl Context {
         lock_wait_secs: u64,
         manifest_hosts: &[String],
     ) -> Result<crate::engine::Engine, Failure> {
-        let hosts: Vec<String> = if self.hosts.is_empty() {
-            manifest_hosts.to_vec()
-        } else {
-            self.hosts.clone()
-        };
         let engine = crate::engine::Engine::new(
             self.config.clone(),
             self.state_dir.clone(),
             std::time::Duration::from_secs(lock_wait_secs),
-            crate::site::targets(&self.config, &hosts)?,
+            crate::site::targets(&self.config, self.target_hosts(manifest_hosts))?,
         );
         // `--host` names where a day-2 command acts; without it, it acts on
         // the hosts the service was deployed to.

@@ -3,10 +3,12 @@
 //! data that the engine runs. Everything that can be checked without touching
 //! the target is checked here, so bad input fails before anything is written.
 
+mod address;
 mod checks;
 mod secrets;
 mod swarm;
 
+pub use address::{address_for, is_local_host, service_address};
 pub use checks::job_timeout;
 use checks::{
     backup_spec, limits, proxy_spec, python_service, service_name, service_port, smoke_checks,
@@ -245,7 +247,7 @@ impl Plan {
             keep_releases,
             keep_days: manifest.keep_days.or(config.defaults.keep_days),
             register: register_plan(req.auto_register, config, droplet_id)?,
-            address: service_address(config),
+            address: address_for(config, &manifest.hosts),
             hosts: manifest.hosts.clone(),
             rollout: RolloutSpec {
                 canary: manifest.rollout.canary.unwrap_or(1),
@@ -452,25 +454,6 @@ fn register_plan(
             droplet_id: id,
         },
     })
-}
-
-/// The address in service URLs: `target.address`, else the remote host's
-/// own address, else 127.0.0.1.
-pub fn service_address(config: &DeployerConfig) -> String {
-    if let Some(a) = &config.target.address {
-        return a.clone();
-    }
-    match config.target.host.as_deref() {
-        Some(h) if !is_local_host(h) => crate::ssh::SshTarget::parse_address(h)
-            .map(|(_, host, _)| host)
-            .unwrap_or_else(|_| h.to_string()),
-        _ => "127.0.0.1".to_string(),
-    }
-}
-
-/// Whether a target host names this machine (deployed without SSH).
-pub fn is_local_host(h: &str) -> bool {
-    matches!(h, "local" | "localhost")
 }
 
 /// Service names become directory names, image names and container names,

@@ -11,13 +11,13 @@ use crate::cmd::Cmd;
 use crate::model::TransferStats;
 use crate::release::{self, ServiceDirs};
 use crate::ssh::SshSession;
+use sftp::sftp_put;
 use std::collections::BTreeSet;
+use std::path::Path;
+use stream::local_gnu_tar;
 
 mod sftp;
 mod stream;
-use sftp::sftp_put;
-use std::path::Path;
-use stream::local_gnu_tar;
 
 impl Host {
     /// Puts a service directory in place as release `id`. Locally a copy;
