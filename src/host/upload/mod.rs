@@ -279,8 +279,8 @@ impl Upload<'_> {
             .keys()
             .filter(|k| old.contains_key(*k) && !unchanged.contains(k))
             .collect();
-        let names: usize = changed.iter().map(|k| k.len() + 3).sum();
-        (script.len() + names < INLINE_MAX).then(|| Carry::Edited {
+        let names: usize = changed.iter().map(|k| inline_len(k)).sum();
+        (inline_len(&script) + names < INLINE_MAX).then(|| Carry::Edited {
             prev,
             changed,
             sha: manifest::sha256_hex(manifest::encode(&self.manifest).as_bytes()),
@@ -292,7 +292,7 @@ impl Upload<'_> {
     /// it fits in its command line.
     fn fresh<'m>(&self) -> Carry<'m> {
         let text = manifest::encode(&self.manifest);
-        Carry::Fresh((text.len() < INLINE_MAX).then_some(text))
+        Carry::Fresh((inline_len(&text) < INLINE_MAX).then_some(text))
     }
 
     /// [`Carry::Listed`] (or nothing to copy): the manifest and the
@@ -529,6 +529,12 @@ impl Upload<'_> {
             output,
         }
     }
+}
+
+/// How long `s` is in the command line: quoted in the script, which is
+/// quoted again as the command (each `'` grows at each quoting).
+fn inline_len(s: &str) -> usize {
+    quote(&quote(s)).len()
 }
 
 /// What the host says when the manifest it made is not the one expected.
