@@ -235,43 +235,74 @@ impl Host {
     /// Writes a file on the host with a mode (parent directories made as
     /// needed). Written beside the target and renamed into place.
     pub async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), HostError> {
-        let parent = Path::new(path)
-            .parent()
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "/".into());
-        let tmp = format!("{path}.deployer-tmp");
-        match self {
-            Host::Local(_) => {
+        self.write_files(&[(path, data, mode)], None).await
+    }
+
+    /// Writes files as [`Host::write_file`] does, then runs `then` (a shell
+    /// line) if given: over SSH all in one command, the contents on its
+    /// stdin one after the other (never in argv).
+    pub async fn write_files(
+        &self,
+        files: &[(&str, &[u8], u32)],
+        then: Option<&str>,
+    ) -> Result<(), HostError> {
+        let parent = |path: &str| {
+            Path::new(path)
+                .parent()
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "/".into())
+        };
+        let tmp = |path: &str| format!("{path}.deployer-tmp");
+        let Host::Ssh(s) = self else {
+            for (path, data, mode) in files {
+                let (tmp, parent) = (tmp(path), parent(path));
                 let write = || -> std::io::Result<()> {
                     std::fs::create_dir_all(&parent)?;
                     let mut opts = std::fs::OpenOptions::new();
                     use std::os::unix::fs::OpenOptionsExt;
-                    opts.write(true).create(true).truncate(true).mode(mode);
+                    opts.write(true).create(true).truncate(true).mode(*mode);
                     std::io::Write::write_all(&mut opts.open(&tmp)?, data)?;
-                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
+                    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(*mode))?;
                     std::fs::rename(&tmp, path)
                 };
-                write().map_err(HostError::io(format!("writing {path}")))
+                write().map_err(HostError::io(format!("writing {path}")))?;
             }
-            Host::Ssh(s) => {
-                // One command, the content on its stdin (never in argv):
-                // made private, given its mode, then renamed into place.
-                let (tmp, path) = (quote(&tmp), quote(path));
-                let script = format!(
-                    "mkdir -p {} && (umask 077 && cat > {tmp}) && chmod {mode:o} {tmp} && mv -f {tmp} {path}",
-                    quote(&parent)
-                );
-                let cmd = Cmd::new("sh").args(["-c", &script]);
-                let out = s.run_line(&crate::ssh::remote_line(&cmd), data).await?;
-                if out.success() {
-                    return Ok(());
-                }
-                Err(HostError::Failed {
-                    doing: format!("writing {path} on {}", self.name()),
-                    output: out.tail(3),
-                })
-            }
+            return match then {
+                Some(line) => self.sh(line).await.map(|_| ()),
+                None => Ok(()),
+            };
+        };
+        // Each made private, given its mode, then renamed into place; all
+        // but the last read to their exact length (`dd bs=1`: a pipe gives
+        // no more than is asked).
+        let mut script = String::from("umask 077");
+        let mut input = Vec::new();
+        for (i, (path, data, mode)) in files.iter().enumerate() {
+            let (t, p) = (quote(&tmp(path)), quote(path));
+            let read = match i + 1 == files.len() {
+                true => format!("cat > {t}"),
+                false => format!("dd bs=1 count={} of={t} 2>/dev/null", data.len()),
+            };
+            script.push_str(&format!(
+                " && mkdir -p {} && {read} && chmod {mode:o} {t} && mv -f {t} {p}",
+                quote(&parent(path))
+            ));
+            input.extend_from_slice(data);
         }
+        if let Some(line) = then {
+            script.push_str(&format!(" && {line}"));
+        }
+        let cmd = Cmd::new("sh").args(["-c", &script]);
+        let out = s.run_line(&crate::ssh::remote_line(&cmd), &input).await?;
+        if out.success() {
+            return Ok(());
+        }
+        let names: Vec<&str> = files.iter().map(|(p, _, _)| *p).collect();
+        let then = then.map(|l| format!(", then `{l}`")).unwrap_or_default();
+        Err(HostError::Failed {
+            doing: format!("writing {} on {}{then}", names.join(", "), self.name()),
+            output: out.tail(3),
+        })
     }
 
     /// Whether release `id`'s directory is there.

@@ -176,8 +176,8 @@ impl SystemdRuntime {
         Ok(format!("unit {} written", unit_name(ctx)))
     }
 
-    /// Writes the unit and its environment file (at once), then reloads
-    /// systemd. Remembers what it wrote, so that starting the release just
+    /// Writes the unit and its environment file, then reloads systemd:
+    /// one command on a server. Remembers what it wrote, so that starting the release just
     /// built does not write and reload again.
     async fn write_unit(&self, ctx: &ReleaseCtx) -> Result<(), RuntimeError> {
         let (unit, env) = (unit_file(ctx), env_contents(ctx));
@@ -189,14 +189,12 @@ impl SystemdRuntime {
             return Ok(());
         }
         let (unit_path, env_path) = (format!("{UNIT_DIR}/{}", written.0), env_file(ctx));
-        let (a, b) = tokio::join!(
-            self.host.write_file(&unit_path, unit.as_bytes(), 0o644),
-            self.host.write_file(&env_path, env.as_bytes(), 0o600)
-        );
-        a?;
-        b?;
+        let files = [
+            (unit_path.as_str(), unit.as_bytes(), 0o644),
+            (env_path.as_str(), env.as_bytes(), 0o600),
+        ];
         self.host
-            .run_ok(&systemctl(&["daemon-reload"]), CMD_TIMEOUT)
+            .write_files(&files, Some("systemctl daemon-reload"))
             .await?;
         self.written.lock().unwrap().insert(written);
         Ok(())
