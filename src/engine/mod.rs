@@ -433,16 +433,10 @@ impl Engine {
         };
         let validation =
             validate::passed(format!("release {} exists; rolling back to it", target.id));
-        let hosts: Vec<String> = self
-            .targets
-            .iter()
-            .filter_map(|t| match t {
-                TargetSpec::Ssh { ssh, .. } => Some(ssh.host.clone()),
-                TargetSpec::Local => None,
-            })
-            .collect();
-        let address = match (&hosts[..], self.targets.len()) {
-            ([one], 1) => crate::plan::address_for(&self.config, std::slice::from_ref(one)),
+        let address = match &self.targets[..] {
+            [TargetSpec::Ssh { ssh, .. }] => {
+                crate::plan::address_for(&self.config, std::slice::from_ref(&ssh.host))
+            }
             _ => crate::plan::service_address(&self.config),
         };
         let work = Work {

@@ -142,18 +142,16 @@ pub fn sed_edit(old: &[u8], new: &Manifest) -> Option<String> {
             }
         }
     }
-    // Lines after the last old one go with it.
+    // Every line waiting went with the old line it came before; those
+    // after the last old line go with it.
+    debug_assert!(pending.is_empty());
     if j < new.len() {
         let last = old.len() - 1;
-        let mut lines = at[last].take().unwrap_or_else(|| {
-            let mut keep = std::mem::take(&mut pending);
-            keep.push(old[last].to_string());
-            keep
-        });
+        let mut lines = at[last]
+            .take()
+            .unwrap_or_else(|| vec![old[last].to_string()]);
         lines.extend(new[j..].iter().map(|(_, l)| l.clone()));
         at[last] = Some(lines);
-    } else if !pending.is_empty() {
-        return None; // cannot happen: every pending line goes with an old one
     }
     let mut script = String::new();
     for (n, lines) in at.iter().enumerate() {

@@ -71,6 +71,7 @@ impl Host {
                     src,
                     releases: dirs.releases().to_string_lossy().into_owned(),
                     partial: format!(".{id}.partial"),
+                    encoded: manifest::encode(&manifest),
                     manifest,
                 };
                 let result = upload.run(id, previous, progress).await;
@@ -96,6 +97,8 @@ struct Upload<'a> {
     releases: String,
     partial: String,
     manifest: Manifest,
+    /// The manifest as the host stores it.
+    encoded: String,
 }
 
 /// How the unchanged files and the manifest get into the new release.
@@ -103,9 +106,9 @@ enum Carry<'m> {
     /// Nothing to copy: a first release, or nothing unchanged. The
     /// manifest went over SFTP.
     Nothing,
-    /// Nothing to copy, and the manifest goes in the second command when
-    /// it fits in its command line (else over SFTP).
-    Fresh(Option<String>),
+    /// Nothing to copy, and the manifest goes in the second command (it
+    /// fits in its command line).
+    Fresh,
     /// The unchanged files' names were put beside the partial directory
     /// (and the whole manifest in it).
     Listed(&'m str),
@@ -142,10 +145,11 @@ const INLINE_MAX: usize = 64 << 10;
 
 impl Upload<'_> {
     /// Two commands on the host, whatever the release: one prepares (a
-    /// clean partial directory with every subdirectory, the free space,
-    /// the host's tar) while SFTP reads the previous release's manifest;
-    /// the other copies the unchanged files from the previous release,
-    /// unpacks the changed ones streamed as tar, and publishes the release.
+    /// clean partial directory with every subdirectory) and prints the
+    /// free space, the host's tar and the previous release's manifest; the
+    /// other copies the unchanged files from the previous release, unpacks
+    /// the changed ones streamed as tar, and publishes the release. SFTP
+    /// only for what does not fit in a command line, or without tar.
     /// Every command costs a round trip and a login shell on the host.
     async fn run(
         &self,
@@ -183,17 +187,17 @@ impl Upload<'_> {
             Some(prev) if tar && found.has_files => self.edit(prev, &old_raw, &old, &unchanged),
             _ => None,
         };
+        let nothing_to_copy = previous.is_none() || unchanged.is_empty();
         let carry = match carry {
             Some(c) => c,
-            None if tar && (previous.is_none() || unchanged.is_empty()) => self.fresh(),
+            None if tar && nothing_to_copy && inline_len(&self.encoded) < INLINE_MAX => {
+                Carry::Fresh
+            }
             None => {
                 let s = self.sftp(&mut sftp).await?;
                 self.put_lists(s, previous, &unchanged).await?
             }
         };
-        if let Carry::Fresh(None) = carry {
-            self.put_manifest(self.sftp(&mut sftp).await?).await?;
-        }
         if !tar {
             let s = self.sftp(&mut sftp).await?;
             self.send_sftp(s, &unchanged, stats.uploaded_bytes, progress)
@@ -283,16 +287,9 @@ impl Upload<'_> {
         (inline_len(&script) + names < INLINE_MAX).then(|| Carry::Edited {
             prev,
             changed,
-            sha: manifest::sha256_hex(manifest::encode(&self.manifest).as_bytes()),
+            sha: manifest::sha256_hex(self.encoded.as_bytes()),
             script,
         })
-    }
-
-    /// [`Carry::Fresh`]: the manifest written by the second command when
-    /// it fits in its command line.
-    fn fresh<'m>(&self) -> Carry<'m> {
-        let text = manifest::encode(&self.manifest);
-        Carry::Fresh((inline_len(&text) < INLINE_MAX).then_some(text))
     }
 
     /// [`Carry::Listed`] (or nothing to copy): the manifest and the
@@ -307,11 +304,7 @@ impl Upload<'_> {
         let Some(prev) = previous.filter(|_| !unchanged.is_empty()) else {
             return Ok(Carry::Nothing);
         };
-        let mut list = Vec::new();
-        for k in unchanged {
-            list.extend_from_slice(k.as_bytes());
-            list.push(0);
-        }
+        let list = nul_separated(unchanged.iter().copied());
         sftp_put(sftp, &self.list_path(), &list, 0o600, &|_| {})
             .await
             .map_err(HostError::io(self.uploading("the list of unchanged files")))?;
@@ -320,8 +313,7 @@ impl Upload<'_> {
 
     async fn put_manifest(&self, sftp: &russh_sftp::client::SftpSession) -> Result<(), HostError> {
         let dest = format!("{}/{}/{MANIFEST}", self.releases, self.partial);
-        let text = manifest::encode(&self.manifest);
-        sftp_put(sftp, &dest, text.as_bytes(), 0o644, &|_| {})
+        sftp_put(sftp, &dest, self.encoded.as_bytes(), 0o644, &|_| {})
             .await
             .map_err(HostError::io(self.uploading(MANIFEST)))
     }
@@ -454,7 +446,7 @@ impl Upload<'_> {
         };
         let mut script = format!("cd {r}");
         match carry {
-            Carry::Nothing | Carry::Fresh(_) => {}
+            Carry::Nothing | Carry::Fresh => {}
             Carry::Listed(prev) => {
                 let list = quote(&self.list_path());
                 script.push_str(&copy(&list, prev));
@@ -496,8 +488,9 @@ impl Upload<'_> {
                 check = quote(&format!("{sha}  {MANIFEST}")),
             ));
         }
-        if let Carry::Fresh(Some(text)) = carry {
-            script.push_str(&format!(" && printf '%s' {} > {p}/{MANIFEST}", quote(text)));
+        if let Carry::Fresh = carry {
+            let text = quote(&self.encoded);
+            script.push_str(&format!(" && printf '%s' {text} > {p}/{MANIFEST}"));
         }
         script.push_str(&self.publish(id, tar));
         script
@@ -529,6 +522,16 @@ impl Upload<'_> {
             output,
         }
     }
+}
+
+/// Names as `xargs -0` and `tar --null -T -` read them.
+fn nul_separated<'a>(names: impl IntoIterator<Item = &'a String>) -> Vec<u8> {
+    let mut list = Vec::new();
+    for k in names {
+        list.extend_from_slice(k.as_bytes());
+        list.push(0);
+    }
+    list
 }
 
 /// How long `s` is in the command line: quoted in the script, which is

@@ -16,11 +16,7 @@ impl Upload<'_> {
         to_send: u64,
         progress: &Progress<'_>,
     ) -> Result<(crate::cmd::CmdOutput, Option<std::process::Output>), HostError> {
-        let mut list = Vec::new();
-        for k in names {
-            list.extend_from_slice(k.as_bytes());
-            list.push(0);
-        }
+        let list = super::nul_separated(names.iter().copied());
         let mut tar = local_tar(self.src)?;
         // The names go in while the archive comes out (a long list would
         // fill both pipes otherwise).
