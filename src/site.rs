@@ -227,6 +227,22 @@ impl Site {
         }
     }
 
+    /// Who listens on `port` on the host (nobody: empty).
+    pub async fn listeners(&self, port: u16) -> Vec<crate::runtime::ports::Listener> {
+        use crate::runtime::ports;
+        if self.host.is_local() {
+            return ports::local(port);
+        }
+        match self
+            .host
+            .exec(&ports::remote_cmd(port), Duration::from_secs(30))
+            .await
+        {
+            Ok(out) => ports::parse_remote(&out.stdout),
+            Err(_) => Vec::new(),
+        }
+    }
+
     /// Whether something listens on `port` on the host.
     pub async fn port_in_use(&self, port: u16) -> bool {
         if self.host.is_local() {

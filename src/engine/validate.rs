@@ -131,8 +131,8 @@ enum Refusal {
     },
     #[error("the docker and swarm methods need {0}, which is missing")]
     NoDockerfile(String),
-    #[error("port {0} is in use by another program; stop it or choose another port")]
-    PortTaken(u16),
+    #[error("port {0} is in use by another program, {1}; stop it or choose another port")]
+    PortTaken(u16, String),
     #[error("{0}")]
     Proxy(String),
 }
@@ -297,8 +297,14 @@ async fn proxy_port(
     let running = site.running_releases(&dirs, &plan.service_name).await;
     match running.iter().find(|(_, p)| *p == port) {
         Some((rel, _)) => Ok(format!("port {port} held by this service's release {rel}")),
-        None => Err(Refusal::PortTaken(port)),
+        None => Err(taken(site, port).await),
     }
+}
+
+/// A port in use by something that is not the service's.
+async fn taken(site: &Site, port: u16) -> Refusal {
+    let listeners = site.listeners(port).await;
+    Refusal::PortTaken(port, crate::runtime::ports::describe(&listeners))
 }
 
 /// Whether a service may share the proxy's `public` port with those
@@ -356,7 +362,7 @@ async fn port(
     site.remember_running(Some((&plan.service_name, &running)));
     match running.iter().find(|(_, p)| *p == port) {
         Some((rel, _)) => Ok(format!("port {port} held by this service's release {rel}")),
-        None => Err(Refusal::PortTaken(port)),
+        None => Err(taken(site, port).await),
     }
 }
 

@@ -321,6 +321,41 @@ impl DockerRuntime {
         }
     }
 
+    /// Whether the release's container runs and publishes its port, and
+    /// nothing but Docker's own proxy listens there.
+    pub async fn serves(
+        &self,
+        ctx: &ReleaseCtx,
+        listeners: &[super::ports::Listener],
+    ) -> Result<(), String> {
+        let format = "{{.State.Running}}|{{range $p, $c := .NetworkSettings.Ports}}\
+                      {{range $c}}{{.HostPort}} {{end}}{{end}}";
+        let cmd = Cmd::new("docker").args(["inspect", "--format", format, &container(ctx)]);
+        let out = self
+            .host
+            .run(&cmd, CMD_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (running, ports) = out.stdout.trim().split_once('|').unwrap_or(("false", ""));
+        let port = ctx.spec.port.to_string();
+        if running != "true" || !ports.split_whitespace().any(|p| p == port) {
+            return Err(format!(
+                "container {} of release {} does not run with port {port} published",
+                container(ctx),
+                ctx.release
+            ));
+        }
+        let others: Vec<_> = listeners
+            .iter()
+            .filter(|l| l.pid != 0 && !l.command.contains("docker-proxy"))
+            .cloned()
+            .collect();
+        match others.is_empty() {
+            true => Ok(()),
+            false => Err(super::not_ours(ctx, &others)),
+        }
+    }
+
     pub async fn running(&self, service: &str) -> Vec<(String, u16)> {
         let Ok(out) = self.host.run(&running_cmd(service), CMD_TIMEOUT).await else {
             return Vec::new();

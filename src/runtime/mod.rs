@@ -5,6 +5,7 @@
 //! systemd commands are built as data (`Cmd`) and run by the host.
 
 pub mod docker;
+pub mod ports;
 pub mod process;
 #[cfg(test)]
 pub mod scripted;
@@ -107,6 +108,23 @@ pub fn stop_shell(ctx: &ReleaseCtx) -> String {
              kill -KILL -\"$pid\" 2>/dev/null; true",
             pidfile = crate::cmd::quote(&ctx.dirs.pid_file(&ctx.release).to_string_lossy()),
             ticks = grace * 10,
+        ),
+    }
+}
+
+/// Says that a port answers for something other than the release.
+pub fn not_ours(ctx: &ReleaseCtx, listeners: &[ports::Listener]) -> String {
+    match listeners {
+        [] => format!(
+            "port {} answered, but nothing listens there for release {}",
+            ctx.spec.port, ctx.release
+        ),
+        _ => format!(
+            "port {} is answered by {}, not by release {}: a process deployer did not start \
+             for this release holds the port",
+            ctx.spec.port,
+            ports::describe(listeners),
+            ctx.release
         ),
     }
 }
@@ -221,6 +239,32 @@ impl Runtime {
             Runtime::Swarm(s) => s.liveness(ctx).await,
             #[cfg(test)]
             Runtime::Scripted(s) => s.liveness(ctx).await,
+        }
+    }
+
+    /// Whether this release is what holds its port (`listeners`: who
+    /// listens there now); why not, when it is not.
+    pub async fn serves(
+        &self,
+        ctx: &ReleaseCtx,
+        listeners: &[ports::Listener],
+    ) -> Result<(), String> {
+        let ours = match self {
+            Runtime::Process(p) => p.serves(ctx, listeners),
+            Runtime::Docker(d) => return d.serves(ctx, listeners).await,
+            Runtime::Systemd(_) => {
+                let unit = format!("/{}", systemd::unit_name(ctx));
+                listeners.iter().any(|l| l.cgroup.ends_with(&unit))
+            }
+            // Following the update to convergence proved that the tasks
+            // that answer run the new spec.
+            Runtime::Swarm(_) => true,
+            #[cfg(test)]
+            Runtime::Scripted(_) => true,
+        };
+        match ours {
+            true => Ok(()),
+            false => Err(not_ours(ctx, listeners)),
         }
     }
 

@@ -72,7 +72,7 @@ impl ProcessRuntime {
         )))?;
         let scope = limits_scope(&ctx.spec.limits);
         let mut cmd = service_command(ctx, start, scope.as_deref(), log, log_err);
-        let child = cmd.spawn().map_err(RuntimeError::io(format!(
+        let mut child = cmd.spawn().map_err(RuntimeError::io(format!(
             "starting `{start}` in {}",
             ctx.dir().display()
         )))?;
@@ -81,12 +81,21 @@ impl ProcessRuntime {
             pid,
             start_time: proc_start_time(pid).unwrap_or(0),
         };
-        private_file(&pid_path)
-            .and_then(|mut f| {
-                use std::io::Write;
-                writeln!(f, "{} {}", record.pid, record.start_time)
-            })
-            .map_err(RuntimeError::io(format!("writing {}", pid_path.display())))?;
+        // The child waits on its stdin until its pid file is on disk: a
+        // deployer killed before that closes the pipe and the child exits,
+        // so no process of a release runs without its record.
+        let gate = child.stdin.take();
+        if let Err(e) = write_pid_file(&pid_path, record) {
+            drop(gate);
+            let _ = child.wait();
+            return Err(RuntimeError::io(format!("writing {}", pid_path.display()))(
+                e,
+            ));
+        }
+        if let Some(mut gate) = gate {
+            use std::io::Write;
+            let _ = gate.write_all(b"go\n");
+        }
         self.children
             .lock()
             .unwrap()
@@ -164,6 +173,18 @@ impl ProcessRuntime {
         Ok(())
     }
 
+    /// Whether the release's process group (or session) holds the port.
+    pub fn serves(&self, ctx: &ReleaseCtx, listeners: &[super::ports::Listener]) -> bool {
+        let Some(record) = read_pid_file(&ctx.dirs.pid_file(&ctx.release)) else {
+            return false;
+        };
+        let leader = record.pid as u32;
+        is_running(record)
+            && listeners
+                .iter()
+                .any(|l| l.session == leader || l.pgrp == leader)
+    }
+
     fn is_alive(&self, dirs: &ServiceDirs, release: &str) -> bool {
         read_pid_file(&dirs.pid_file(release)).is_some_and(is_running)
     }
@@ -239,19 +260,25 @@ fn signal_group(pid: i32, sig: i32) {
     }
 }
 
-/// A file only its owner can read, created or truncated.
-fn private_file(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+/// Writes a pid file whole or not at all (a temporary file, synced, then
+/// renamed over it), readable by its owner only.
+fn write_pid_file(path: &std::path::Path, record: PidRecord) -> std::io::Result<()> {
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
+    let tmp = path.with_extension("pid.tmp");
+    let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(path)
+        .open(&tmp)?;
+    writeln!(f, "{} {}", record.pid, record.start_time)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// A service's log, appended to; only its owner can read it.
-/// The command that starts a release: `sh -c 'exec START'` in the release
+/// The command that starts a release: `sh -c '…; exec START'` in the release
 /// directory (in a systemd scope when `scope` is given), with a clean
 /// environment, its output to `out` and `err`, in a session of its own.
 fn service_command(
@@ -269,11 +296,15 @@ fn service_command(
         }
         None => Command::new("/bin/sh"),
     };
+    // It reads `go` from deployer before it becomes the service (see
+    // `start`), and gives the service no input.
     cmd.arg("-c")
-        .arg(format!("exec {start}"))
+        .arg(format!(
+            "IFS= read -r go && [ \"$go\" = go ] || exit 111; exec </dev/null; exec {start}"
+        ))
         .current_dir(ctx.dir())
         .env_clear()
-        .stdin(Stdio::null())
+        .stdin(Stdio::piped())
         .stdout(out)
         .stderr(err);
     for key in PASSED_ENV {

@@ -1,6 +1,7 @@
 //! Jobs with their phases (and each phase's steps): inserted once, saved as
 //! they change, read back, and marked interrupted when their deployer died.
 
+use super::owner::Owner;
 use super::{Store, StoreError, ctx, from_json, json, parse_ts, ts};
 use crate::model::{Job, JobView, PhaseView};
 use chrono::Utc;
@@ -30,14 +31,14 @@ impl Store {
         let sql = if insert {
             "INSERT INTO jobs (id, kind, service_name, service_path, status, droplet_id, service_port,
                 service_url, method, release_id, previous_release, registration, rollback, transfer,
-                started_at, completed_at, success, error, failure, actor, hosts, notifications, git)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23)"
+                started_at, completed_at, success, error, failure, actor, hosts, notifications, git, owner)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)"
         } else {
             "UPDATE jobs SET kind = $2, service_name = $3, service_path = $4, status = $5,
                 droplet_id = $6, service_port = $7, service_url = $8, method = $9, release_id = $10,
                 previous_release = $11, registration = $12, rollback = $13, transfer = $14,
                 started_at = $15, completed_at = $16, success = $17, error = $18, failure = $19,
-                actor = $20, hosts = $21, notifications = $22, git = $23
+                actor = $20, hosts = $21, notifications = $22, git = $23, owner = $24
              WHERE id = $1"
         };
         let done = sqlx::query(sql)
@@ -72,6 +73,8 @@ impl Store {
                     .flatten(),
             )
             .bind(json(&v.commit))
+            // Whoever writes a job runs it: a reader tells a dead one by this.
+            .bind(Owner::me().encode())
             .execute(&mut *tx)
             .await
             .map_err(ctx(format!("saving job {id}")))?;
@@ -93,9 +96,82 @@ impl Store {
             .await
             .map_err(ctx(format!("reading job {id}")))?;
         match row {
-            Some(row) => Ok(Some(self.job_from_row(row).await?)),
+            Some(row) => Ok(Some(self.job_from_row(self.settle(row).await?).await?)),
             None => Ok(None),
         }
+    }
+
+    /// A row as it stands: a job pending or running whose deployer died is
+    /// marked interrupted first, so no reader ever says `running` for it.
+    async fn settle(
+        &self,
+        row: sqlx::sqlite::SqliteRow,
+    ) -> Result<sqlx::sqlite::SqliteRow, StoreError> {
+        let status: String = row.get("status");
+        let owner: Option<String> = row.get("owner");
+        let dead = owner
+            .as_deref()
+            .and_then(Owner::decode)
+            .filter(|o| !o.alive());
+        let (Some(owner), "running" | "pending") = (dead, status.as_str()) else {
+            return Ok(row);
+        };
+        let id: String = row.get("id");
+        self.interrupt(&id, &interruption(&status, &owner)).await?;
+        sqlx::query("SELECT * FROM jobs WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(ctx(format!("reading job {id}")))
+    }
+
+    /// Marks one job (pending or running) failed as interrupted, its phases
+    /// that were running failed and the rest not run, and the release it
+    /// was bringing up failed.
+    async fn interrupt(&self, id: &str, reason: &str) -> Result<bool, StoreError> {
+        let now = ts(&Utc::now());
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(ctx("beginning transaction"))?;
+        let done = sqlx::query(
+            "UPDATE jobs SET status = 'failed', failure = 'interrupted', completed_at = $1,
+                success = 0, error = $2
+             WHERE id = $3 AND status IN ('running', 'pending')",
+        )
+        .bind(&now)
+        .bind(reason)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx(format!("marking job {id} interrupted")))?;
+        sqlx::query(
+            "UPDATE phases SET status = 'failed', completed_at = $1, error = 'interrupted'
+             WHERE job_id = $2 AND status = 'running'",
+        )
+        .bind(&now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx(format!("marking phases of job {id} interrupted")))?;
+        sqlx::query(
+            "UPDATE phases SET status = 'skipped', details = 'not run: interrupted'
+             WHERE job_id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx(format!("marking phases of job {id} not run")))?;
+        sqlx::query(
+            "UPDATE releases SET status = 'failed' WHERE job_id = $1 AND status = 'pending'",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await
+        .map_err(ctx(format!("marking releases of job {id} failed")))?;
+        tx.commit().await.map_err(ctx("committing job"))?;
+        Ok(done.rows_affected() > 0)
     }
 
     /// A service's jobs, newest first.
@@ -110,7 +186,7 @@ impl Store {
         .map_err(ctx(format!("reading history of {service}")))?;
         let mut jobs = Vec::with_capacity(rows.len());
         for row in rows {
-            jobs.push(self.job_from_row(row).await?);
+            jobs.push(self.job_from_row(self.settle(row).await?).await?);
         }
         Ok(jobs)
     }
@@ -195,71 +271,52 @@ impl Store {
         }))
     }
 
-    /// Marks a service's jobs that are still `running` as failed because
-    /// the deployer running them died (only called under the service's lock,
-    /// so none of them can really be running), and their pending releases
-    /// as failed. Returns the ids of the jobs so marked.
+    /// Marks a service's jobs that are pending or running and whose
+    /// deployer died as interrupted (the caller holds the service's lock:
+    /// a running job with no recorded owner, from before owners were
+    /// recorded, cannot be running either). Returns the ids so marked.
     pub async fn mark_interrupted(&self, service: &str) -> Result<Vec<String>, StoreError> {
-        let now = ts(&Utc::now());
-        let ids: Vec<String> =
-            sqlx::query("SELECT id FROM jobs WHERE service_name = $1 AND status = 'running'")
-                .bind(service)
-                .fetch_all(&self.pool)
-                .await
-                .map_err(ctx("finding interrupted jobs"))?
-                .into_iter()
-                .map(|r| r.get("id"))
-                .collect();
-        for id in &ids {
-            sqlx::query(
-                "UPDATE jobs SET status = 'failed', failure = 'interrupted', completed_at = $1,
-                    error = 'interrupted: the deployer running this job stopped before it finished'
-                 WHERE id = $2",
-            )
-            .bind(&now)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(ctx(format!("marking job {id} interrupted")))?;
-            sqlx::query(
-                "UPDATE phases SET status = 'failed', completed_at = $1, error = 'interrupted'
-                 WHERE job_id = $2 AND status = 'running'",
-            )
-            .bind(&now)
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(ctx(format!("marking phases of job {id} interrupted")))?;
-            sqlx::query(
-                "UPDATE releases SET status = 'failed' WHERE job_id = $1 AND status = 'pending'",
-            )
-            .bind(id)
-            .execute(&self.pool)
-            .await
-            .map_err(ctx(format!("marking releases of job {id} failed")))?;
-        }
-        Ok(ids)
+        self.interrupt_dead(Some(service)).await
     }
 
-    /// Marks every job still pending or running as interrupted: called when
-    /// `deployer serve` starts, since none of them can be running then.
+    /// Marks every job pending or running whose deployer died as
+    /// interrupted: `serve` at start, and on its timer.
     pub async fn interrupt_all(&self) -> Result<Vec<String>, StoreError> {
-        let services: Vec<String> = sqlx::query(
-            "SELECT DISTINCT service_name FROM jobs WHERE status IN ('running', 'pending')",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(ctx("finding unfinished jobs"))?
-        .into_iter()
-        .map(|r| r.get("service_name"))
-        .collect();
-        sqlx::query("UPDATE jobs SET status = 'running' WHERE status = 'pending'")
-            .execute(&self.pool)
+        self.interrupt_dead(None).await
+    }
+
+    async fn interrupt_dead(&self, service: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let query = match service {
+            Some(s) => sqlx::query(
+                "SELECT id, status, owner FROM jobs
+                 WHERE service_name = $1 AND status IN ('running', 'pending')",
+            )
+            .bind(s),
+            None => sqlx::query(
+                "SELECT id, status, owner FROM jobs WHERE status IN ('running', 'pending')",
+            ),
+        };
+        let rows = query
+            .fetch_all(&self.pool)
             .await
-            .map_err(ctx("finding unfinished jobs"))?;
+            .map_err(ctx("finding interrupted jobs"))?;
         let mut ids = Vec::new();
-        for s in services {
-            ids.extend(self.mark_interrupted(&s).await?);
+        for row in rows {
+            let (id, status): (String, String) = (row.get("id"), row.get("status"));
+            let owner = row.get::<Option<String>, _>("owner");
+            let reason = match owner.as_deref().map(Owner::decode) {
+                Some(Some(o)) if o.alive() => continue,
+                Some(Some(o)) => interruption(&status, &o),
+                // Written before owners were: only a running one is left
+                // behind (under the lock), as before.
+                _ if status == "running" => {
+                    "interrupted: the deployer running this job stopped before it finished".into()
+                }
+                _ => continue,
+            };
+            if self.interrupt(&id, &reason).await? {
+                ids.push(id);
+            }
         }
         Ok(ids)
     }
@@ -274,6 +331,21 @@ impl Store {
             .into_iter()
             .map(|r| (r.get::<String, _>("status"), r.get::<i64, _>("n")))
             .collect())
+    }
+}
+
+/// Why a job whose deployer died ended, in its record.
+fn interruption(status: &str, owner: &Owner) -> String {
+    match status {
+        "pending" => format!(
+            "interrupted: the server that accepted this job (pid {}) stopped before it ran; \
+             deploy again",
+            owner.pid
+        ),
+        _ => format!(
+            "interrupted: the deployer running this job (pid {}) stopped before it finished",
+            owner.pid
+        ),
     }
 }
 

@@ -4,6 +4,7 @@
 //! (`$1` placeholders) for a PostgreSQL store later.
 
 mod jobs;
+pub mod owner;
 mod registry;
 
 pub use registry::RegistryEntry;
@@ -59,7 +60,8 @@ const SCHEMA: &[&str] = &[
         actor TEXT NOT NULL,
         hosts TEXT,
         notifications TEXT,
-        git TEXT
+        git TEXT,
+        owner TEXT
     )",
     "CREATE INDEX IF NOT EXISTS jobs_service ON jobs (service_name, started_at)",
     "CREATE TABLE IF NOT EXISTS phases (
@@ -207,6 +209,7 @@ impl Store {
                 "ALTER TABLE jobs ADD COLUMN notifications TEXT",
             ),
             ("jobs", "git", "ALTER TABLE jobs ADD COLUMN git TEXT"),
+            ("jobs", "owner", "ALTER TABLE jobs ADD COLUMN owner TEXT"),
             (
                 "releases",
                 "git",

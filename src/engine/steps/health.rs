@@ -43,12 +43,21 @@ impl Step for VerifyHealth {
                 })
                 .await;
             match result {
-                Ok(h) => Ok(Done::shown(format!(
-                    "Service is healthy: {} answered 2xx after {} ms ({} checks)",
-                    check.url,
-                    h.after.as_millis(),
-                    h.checks
-                ))),
+                Ok(h) => {
+                    let listeners = cx.site.listeners(ctx.spec.port).await;
+                    runtime
+                        .serves(&ctx, &listeners)
+                        .await
+                        .map_err(|e| StepError::new(FailureKind::Health, e))?;
+                    Ok(Done::shown(format!(
+                        "Service is healthy: {} answered 2xx after {} ms ({} checks), \
+                         from release {}",
+                        check.url,
+                        h.after.as_millis(),
+                        h.checks,
+                        ctx.release
+                    )))
+                }
                 // A service that dies at once failed to start, whatever phase saw it.
                 Err(Unhealthy::Exited(e)) => Err(StepError::new(FailureKind::Start, e)),
                 Err(Unhealthy::Failed(e)) => Err(StepError::new(FailureKind::Health, e)),
@@ -64,6 +73,8 @@ pub(in crate::engine) enum RestartError {
     Start(#[from] RuntimeError),
     #[error(transparent)]
     Unhealthy(#[from] Unhealthy),
+    #[error("{0}")]
+    NotOurs(String),
 }
 
 /// One quick look at a running release's health (`deployer check`): up to
@@ -104,6 +115,11 @@ pub(in crate::engine) async fn restart_and_verify(
     let healthy = health_check(&ctx.spec, &site.health_host())
         .wait(probe(http, site, &ctx.spec), || runtime.liveness(ctx))
         .await?;
+    let listeners = site.listeners(ctx.spec.port).await;
+    runtime
+        .serves(ctx, &listeners)
+        .await
+        .map_err(RestartError::NotOurs)?;
     Ok(healthy.after)
 }
 

@@ -130,6 +130,22 @@ impl Step for StartNew {
             if ctx.spec.runtime == RuntimeKind::Swarm {
                 return super::swarm::start(cx, ctx).await;
             }
+            // What was running of the service has stopped: anything still
+            // on the port is not deployer's to stop, and the new release
+            // could not bind it.
+            let listeners = cx.site.listeners(ctx.spec.port).await;
+            if !listeners.is_empty() {
+                return Err(StepError::new(
+                    FailureKind::Invalid,
+                    format!(
+                        "port {} is in use by {}, which is not a release of '{}' that \
+                         deployer runs; stop it or choose another port",
+                        ctx.spec.port,
+                        crate::runtime::ports::describe(&listeners),
+                        ctx.service
+                    ),
+                ));
+            }
             match cx.runtime(&ctx.spec).start(&ctx).await {
                 Ok(details) => Ok(Done::shown(details).with_undo(StopNew { ctx })),
                 // A half-started container or process is cleaned up too.

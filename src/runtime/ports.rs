@@ -1,0 +1,219 @@
+//! Who listens on a port: the processes holding its listening socket, with
+//! their session, process group, cgroup and command line. Verify Health
+//! asks it to prove that the release it started is what answers (not a
+//! process an earlier, killed deployer left behind), and Start Service
+//! names the holder of a port that is not free.
+//!
+//! On this machine it is read from `/proc/net/tcp{,6}` (the socket's inode)
+//! and `/proc/PID/fd`; on a server, from `ss -ltnp` and `/proc/PID`.
+
+use crate::cmd::{Cmd, quote};
+
+/// A process holding a listening socket.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Listener {
+    pub pid: u32,
+    pub session: u32,
+    pub pgrp: u32,
+    /// Its cgroup path (`/system.slice/x.service`), empty when unknown.
+    pub cgroup: String,
+    pub command: String,
+}
+
+impl std::fmt::Display for Listener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let command = if self.command.is_empty() {
+            "?"
+        } else {
+            &self.command
+        };
+        write!(f, "pid {} (`{command}`)", self.pid)
+    }
+}
+
+/// Says who holds a port, for an error: "pid 42 (`python3 -m x`)".
+pub fn describe(listeners: &[Listener]) -> String {
+    match listeners {
+        [] => "a process deployer cannot see".into(),
+        _ => listeners
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+    }
+}
+
+/// The listeners of `port` on this machine. A socket whose holder cannot
+/// be read (another user's process, deployer not root) is a listener with
+/// pid 0.
+pub fn local(port: u16) -> Vec<Listener> {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return Vec::new();
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let mut found = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else {
+            continue;
+        };
+        let holds = fds.flatten().any(|fd| {
+            std::fs::read_link(fd.path())
+                .is_ok_and(|l| wanted.iter().any(|w| l.as_os_str() == w.as_str()))
+        });
+        if holds && let Some(l) = local_process(pid) {
+            found.push(l);
+        }
+    }
+    if found.is_empty() {
+        found.push(Listener {
+            pid: 0,
+            session: 0,
+            pgrp: 0,
+            cgroup: String::new(),
+            command: String::new(),
+        });
+    }
+    found
+}
+
+fn local_process(pid: u32) -> Option<Listener> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (pgrp, session) = pgrp_session(&stat)?;
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let command = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    Some(Listener {
+        pid,
+        session,
+        pgrp,
+        cgroup: last_cgroup(&cgroup),
+        command: cmdline(&command),
+    })
+}
+
+/// Process group and session from `/proc/PID/stat`.
+fn pgrp_session(stat: &str) -> Option<(u32, u32)> {
+    let after = &stat[stat.rfind(')')? + 2..];
+    let mut f = after.split_whitespace().skip(2);
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+}
+
+fn last_cgroup(text: &str) -> String {
+    text.lines()
+        .last()
+        .and_then(|l| l.splitn(3, ':').nth(2))
+        .unwrap_or("")
+        .to_string()
+}
+
+fn cmdline(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw).replace('\0', " ");
+    let s = s.trim();
+    match s.char_indices().nth(120) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_string(),
+    }
+}
+
+/// The inodes of sockets listening on `port` (any address).
+fn listening_inodes(port: u16) -> Vec<u64> {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let Ok(text) = std::fs::read_to_string(table) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (f.get(1), f.get(3), f.get(9)) else {
+                continue;
+            };
+            let p = local
+                .rsplit(':')
+                .next()
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if *state == "0A"
+                && p == Some(port)
+                && let Ok(i) = inode.parse()
+            {
+                inodes.push(i);
+            }
+        }
+    }
+    inodes
+}
+
+/// The command that asks a server who listens on `port`: a line per
+/// process, `PID PGRP SESSION CGROUP COMMAND...`; `- 0 0 - -` for a
+/// listening socket whose process `ss` does not show.
+pub fn remote_cmd(port: u16) -> Cmd {
+    let filter = quote(&format!("sport = :{port}"));
+    let script = format!(
+        "out=$(ss -Hltnp {filter} 2>/dev/null) || exit 0; [ -n \"$out\" ] || exit 0; \
+         pids=$(printf '%s\\n' \"$out\" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); \
+         [ -n \"$pids\" ] || {{ echo '- 0 0 - -'; exit 0; }}; \
+         for p in $pids; do \
+           s=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f3,4); \
+           c=$(tail -n1 /proc/$p/cgroup 2>/dev/null | cut -d: -f3-); \
+           a=$(tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null | cut -c1-120); \
+           echo \"$p ${{s:-0 0}} ${{c:--}} ${{a:--}}\"; \
+         done"
+    );
+    Cmd::new("sh").args(["-c", &script])
+}
+
+/// Reads what [`remote_cmd`] printed.
+pub fn parse_remote(out: &str) -> Vec<Listener> {
+    out.lines()
+        .filter_map(|line| {
+            let mut w = line.splitn(5, ' ');
+            let pid = w.next()?;
+            let pgrp = w.next()?.parse().ok()?;
+            let session = w.next()?.parse().ok()?;
+            let cgroup = w.next()?;
+            let command = w.next().unwrap_or("-").trim();
+            Some(Listener {
+                pid: pid.parse().unwrap_or(0),
+                session,
+                pgrp,
+                cgroup: if cgroup == "-" { "" } else { cgroup }.to_string(),
+                command: if command == "-" { "" } else { command }.to_string(),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_socket_of_this_process_is_found_with_its_command() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let found = local(port);
+        let me = std::process::id();
+        assert!(found.iter().any(|x| x.pid == me), "{found:?}");
+        assert!(describe(&found).contains(&format!("pid {me}")));
+        drop(l);
+        assert!(local(port).iter().all(|x| x.pid != me));
+    }
+
+    #[test]
+    fn the_servers_answer_is_read_line_by_line() {
+        let out = "812 812 812 /system.slice/deployer-web-r1.service python3 -m http.server 9000\n\
+                   - 0 0 - -\n";
+        let got = parse_remote(out);
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].pid, 812);
+        assert_eq!(got[0].cgroup, "/system.slice/deployer-web-r1.service");
+        assert_eq!(got[0].command, "python3 -m http.server 9000");
+        assert_eq!(got[1].pid, 0);
+        assert_eq!(describe(&got[1..]), "pid 0 (`?`)");
+    }
+}
