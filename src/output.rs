@@ -42,6 +42,17 @@ impl Human {
     }
 }
 
+/// Prints only notes, on stderr: what recovery did before a command.
+pub struct Notes;
+
+impl Sink for Notes {
+    fn event(&self, e: &Event) {
+        if let Event::Note(n) = e {
+            eprintln!("  {}", printable(n));
+        }
+    }
+}
+
 /// Prints nothing as a job runs (`--json` prints the finished job).
 pub struct Quiet;
 

@@ -332,15 +332,36 @@ done"#
 
 /// A shell script that stops a release after `drain_secs` (its in-flight
 /// requests finish), in the background, unless it became current again
-/// meanwhile (a rollback switched back to it).
+/// meanwhile (a rollback switched back to it). Its deadline is written to
+/// `run/RELEASE.drain` first, so when this drainer dies (the host
+/// rebooted, someone killed it) the next deployer command stops the
+/// release instead; the drainer removes it when done.
 pub fn drain_script(service_root: &Path, release: &str, drain_secs: u64, stop: &str) -> String {
     let current = quote(&service_root.join("current").to_string_lossy());
     let target = quote(&format!("releases/{release}"));
-    let inner =
-        format!("sleep {drain_secs}; [ \"$(readlink {current})\" = {target} ] || {{ {stop}; }}");
+    let record = quote(
+        &service_root
+            .join("run")
+            .join(format!("{release}.drain"))
+            .to_string_lossy(),
+    );
+    let inner = format!(
+        "sleep {drain_secs}; [ \"$(readlink {current})\" = {target} ] || {{ {stop}; }}; rm -f {record}"
+    );
     format!(
-        "setsid nohup sh -c {} >/dev/null 2>&1 </dev/null &",
+        "mkdir -p \"$(dirname {record})\" && echo $(( $(date +%s) + {drain_secs} )) > {record}.tmp \
+         && mv {record}.tmp {record} && \
+         setsid nohup sh -c {} >/dev/null 2>&1 </dev/null &",
         quote(&inner)
+    )
+}
+
+/// Lists a service's drains on a host: `RELEASE UNTIL` per line.
+pub fn drains_script(service_root: &Path) -> String {
+    let run = quote(&service_root.join("run").to_string_lossy());
+    format!(
+        "cd {run} 2>/dev/null || exit 0; for f in *.drain; do [ -f \"$f\" ] || continue; \
+         echo \"${{f%.drain}} $(cat \"$f\")\"; done"
     )
 }
 

@@ -96,6 +96,63 @@ impl ServiceDirs {
         self.root.join("deploy.lock")
     }
 
+    /// On a host: the time (Unix seconds) a draining release stops by.
+    pub fn drain_file(&self, id: &str) -> PathBuf {
+        self.root.join("run").join(format!("{id}.drain"))
+    }
+
+    /// In deployer's own state: the latest time a drain of this service
+    /// (on any of its hosts) ends, so a later command, or `serve`'s timer,
+    /// knows to look whether it did.
+    fn drain_marker(&self) -> PathBuf {
+        self.root.join("draining")
+    }
+
+    fn drain_until(&self) -> Option<i64> {
+        std::fs::read_to_string(self.drain_marker())
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Remembers that a drain ends by `until`.
+    pub fn note_drain(&self, until: i64) -> io::Result<()> {
+        let until = self.drain_until().map_or(until, |u| u.max(until));
+        let tmp = self.root.join(".draining.tmp");
+        std::fs::write(&tmp, until.to_string())?;
+        std::fs::rename(tmp, self.drain_marker())
+    }
+
+    /// Whether a drain should have ended (a few seconds' slack for the
+    /// drainer on the host itself).
+    pub fn drain_overdue(&self) -> bool {
+        self.drain_until()
+            .is_some_and(|u| u + 5 < chrono::Utc::now().timestamp())
+    }
+
+    /// After a sweep: forgets drains that have ended by now.
+    pub fn forget_drains(&self) {
+        if self
+            .drain_until()
+            .is_some_and(|u| u <= chrono::Utc::now().timestamp())
+        {
+            let _ = std::fs::remove_file(self.drain_marker());
+        }
+    }
+
+    /// Services (under a state directory) with an overdue drain.
+    pub fn services_draining_overdue(state_dir: &Path) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(state_dir.join("services")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|s| ServiceDirs::new(state_dir, s).drain_overdue())
+            .collect()
+    }
+
     /// The release `current` points at, if any.
     pub fn current(&self) -> Option<String> {
         let target = std::fs::read_link(self.current_link()).ok()?;

@@ -201,22 +201,30 @@ pub fn router(state: Shared) -> Router {
         .with_state(state)
 }
 
+/// How often `serve` looks for jobs whose deployer died and drains past
+/// their end.
+const RECOVERY_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Brings back the services whose jobs a previous server left unfinished
-/// (each under its lock; what it does goes to the audit log).
-async fn recover(state: Shared, interrupted: Vec<String>) {
-    let mut jobs = Vec::new();
-    for id in &interrupted {
+/// (`first`), then keeps sweeping: a job of a CLI deployer that died, a
+/// drain whose drainer died (each under its service's lock; what it does
+/// goes to the audit log).
+async fn recover(state: Shared, first: Vec<String>) {
+    let mut also = Vec::new();
+    for id in &first {
         if let Ok(Some(job)) = state.store.job(id).await {
-            jobs.push(job);
+            also.push(job.service_name);
         }
     }
-    let Ok(targets) = crate::site::targets(&state.config, &[]) else {
-        return;
-    };
-    let engine = engine(&state, targets, std::time::Duration::from_secs(600));
-    let _ = engine
-        .recover_interrupted(jobs, &crate::output::Quiet)
-        .await;
+    loop {
+        if let Ok(targets) = crate::site::targets(&state.config, &[]) {
+            let engine = engine(&state, targets, std::time::Duration::ZERO);
+            engine
+                .recover_all(&std::mem::take(&mut also), &crate::output::Quiet)
+                .await;
+        }
+        tokio::time::sleep(RECOVERY_EVERY).await;
+    }
 }
 
 /// A job's place in the server's bounded queue, given back when dropped.
@@ -358,9 +366,7 @@ pub async fn serve(
         jobs: Default::default(),
         sessions: Default::default(),
     });
-    if !interrupted.is_empty() {
-        tokio::spawn(recover(state.clone(), interrupted.clone()));
-    }
+    tokio::spawn(recover(state.clone(), interrupted.clone()));
     if let Some(at) = state.config.api.snapshot_at.clone() {
         let (h, m) = parse_daily(&at)?;
         tokio::spawn(daily_snapshots(state.clone(), h, m));

@@ -182,6 +182,7 @@ impl Cli {
             json: self.json,
             hosts: self.hosts.clone(),
         };
+        ctx.recover_first(&self.command).await;
         match self.command {
             Command::Deploy(a) => deploy::run(ctx, *a).await,
             Command::Rollback(a) => rollback::run(ctx, a).await,
@@ -218,7 +219,68 @@ impl Cli {
     }
 }
 
+impl Command {
+    /// The service a command acts on or reads about, by name.
+    fn service(&self) -> Option<&str> {
+        Some(match self {
+            Command::Rollback(a) => &a.name,
+            Command::History(a) => &a.name,
+            Command::Releases(a) => &a.name,
+            Command::Stop(a) => &a.name,
+            Command::Start(a) | Command::Restart(a) | Command::Resume(a) => &a.name,
+            Command::Pause(a) => &a.name,
+            Command::Check(a) => &a.name,
+            Command::Logs(a) => &a.name,
+            Command::Backup(a) | Command::Backups(a) => &a.name,
+            Command::Restore(a) => &a.name,
+            _ => return None,
+        })
+    }
+}
+
 impl Context {
+    /// Before a command on a service (or a job of one, or every service
+    /// for `monitor`): when a job of it was interrupted or a drain outlived
+    /// its deployer, and no job holds its lock, the service is swept
+    /// (what recovery does is said on stderr). Deploys sweep under their
+    /// own lock.
+    async fn recover_first(&self, command: &Command) {
+        if !self.state_dir.join("deployer.db").exists() {
+            return;
+        }
+        let service = match command {
+            Command::Status(a) => match self.store().await {
+                Ok(store) => store
+                    .job(&a.job)
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|j| j.service_name),
+                Err(_) => None,
+            },
+            other => other.service().map(str::to_string),
+        };
+        let monitor = matches!(command, Command::Monitor(_));
+        if service.is_none() && !monitor {
+            return;
+        }
+        let Ok(engine) = self.engine(0, &[]) else {
+            return;
+        };
+        let sink = crate::output::Notes;
+        match service {
+            Some(service) => {
+                if let Err(f) = engine.recover_service(&service, &sink).await {
+                    eprintln!("warning: recovering {service}: {}", f.message);
+                }
+            }
+            None => {
+                engine.recover_all(&[], &sink).await;
+            }
+        }
+        engine.close().await;
+    }
+
     /// Opens the store for reading; a state directory that was never used is
     /// "not found", not silently created.
     pub async fn store(&self) -> Result<crate::store::Store, Failure> {

@@ -27,8 +27,17 @@ impl Engine {
 
     /// Takes a service's deploy lock for a job, or says who holds it.
     pub(super) async fn lock(&self, service: &str, job_id: &str) -> Result<Lock, Failure> {
+        self.lock_within(service, job_id, self.lock_wait).await
+    }
+
+    /// Takes a service's lock when no one holds it, without waiting.
+    pub(super) async fn try_lock(&self, service: &str) -> Result<Lock, Failure> {
+        self.lock_within(service, "recovery", Duration::ZERO).await
+    }
+
+    async fn lock_within(&self, service: &str, job_id: &str, wait: Duration) -> Result<Lock, Failure> {
         let dirs = ServiceDirs::new(&self.state_dir, service);
-        Lock::acquire(&dirs.lock_file(), &self.holder(job_id), self.lock_wait)
+        Lock::acquire(&dirs.lock_file(), &self.holder(job_id), wait)
             .await
             .map_err(|e| match e {
                 LockError::Busy(who) => Failure::new(

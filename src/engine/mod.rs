@@ -299,6 +299,8 @@ impl Engine {
         let result = async {
             // Under the lock, so `current` cannot change while the target is chosen.
             let lock = self.lock(service, &job_id).await?;
+            self.sweep(&sites, service, recover::BringUp::Current, sink)
+                .await?;
             let _place = self.enter_gate().await;
             let (work, validation) = self.rollback_work(&sites, service, to).await?;
             sink.event(&Event::PhaseFinished(&validation.view()));
@@ -324,6 +326,8 @@ impl Engine {
         let _lock = self.lock(service, &job_id).await?;
         let sites = self.service_sites(service).await?;
         let started = std::time::Instant::now();
+        self.sweep(&sites, service, recover::BringUp::No, &crate::output::Quiet)
+            .await?;
         let mut stopped = Vec::new();
         let mut failed = None;
         for site in &sites {
@@ -485,6 +489,16 @@ impl Engine {
             } else {
                 Some(self.lock(&plan.service_name, &job_id).await?)
             };
+            // What a crash left (a release never switched to, a drain past
+            // its end, `current` down) is swept before Validation looks at
+            // what holds the port.
+            let sweep_lock = match early {
+                Some(_) => None,
+                None => Some(self.lock(&plan.service_name, &job_id).await?),
+            };
+            self.sweep(&sites, &plan.service_name, recover::BringUp::Current, sink)
+                .await?;
+            drop(sweep_lock);
             let mut place = None;
             if early.is_some() {
                 place = self.enter_gate().await;

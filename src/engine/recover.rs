@@ -1,21 +1,39 @@
-//! After a crash the service is up. A deployer that dies between stopping
-//! the old release and the new one passing its health check leaves the
-//! service down or running a release that never became current. The next
-//! deployer to hold the service's lock (a deploy, or `serve` at startup)
-//! takes the interrupted releases down, removes what they left (unit,
-//! environment file, image or venv, files), and brings `current` back up.
+//! After a crash the service is up, and nothing of it runs that no record
+//! names. A deployer that dies mid-job leaves the service down, or a
+//! release running that never became current; a drain whose deployer died
+//! may outlive its deadline. The next deployer command on the service
+//! (under its lock) sweeps: it takes down what interrupted jobs brought up
+//! and removes what they left (unit, environment file, image or venv,
+//! files), stops every running release that is neither current nor still
+//! within its drain, and brings `current` back up when a job was
+//! interrupted. `serve` does the same at start and on a timer.
 
 use super::{Engine, Event, Sink, steps};
 use crate::error::Failure;
-use crate::model::Job;
+use crate::model::{Job, RuntimeKind};
 use crate::release::ServiceDirs;
 use crate::runtime::ReleaseCtx;
 use crate::site::Site;
 
+/// What a sweep may do beyond stopping strays.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum BringUp {
+    /// Start `current` when it is not running (a job was interrupted).
+    Current,
+    /// Leave `current` as it is (`deployer stop` is about to stop it).
+    No,
+}
+
 impl Engine {
-    /// Cleans up after interrupted jobs of a service on one host and makes
-    /// sure `current` runs. The caller holds the service's lock.
-    pub(super) async fn recover(&self, site: &Site, service: &str, jobs: &[Job], sink: &dyn Sink) {
+    /// Sweeps a service on one host. The caller holds the service's lock.
+    pub(super) async fn recover(
+        &self,
+        site: &Site,
+        service: &str,
+        jobs: &[Job],
+        bring_up: BringUp,
+        sink: &dyn Sink,
+    ) {
         let dirs = site.dirs(service);
         let current = site.host.current(&dirs).await;
         for job in jobs {
@@ -39,7 +57,13 @@ impl Engine {
             );
             self.recovered(service, &note, sink).await;
         }
+        self.stop_strays(site, service, current.as_deref(), sink)
+            .await;
+        site.remember_running(None);
         let Some(current) = current else { return };
+        if bring_up == BringUp::No || jobs.is_empty() {
+            return;
+        }
         let running = site.running_releases(&dirs, service).await;
         if running.iter().any(|(r, _)| *r == current) {
             return;
@@ -55,6 +79,42 @@ impl Engine {
             Err(e) => format!("recovery: restarting release {current} FAILED: {e}"),
         };
         self.recovered(service, &note, sink).await;
+    }
+
+    /// Stops each running release that is not `current` and not within
+    /// its drain: started by a job that died before switching to it, or
+    /// drained by a deployer that died before the drain ended.
+    async fn stop_strays(&self, site: &Site, service: &str, current: Option<&str>, sink: &dyn Sink) {
+        let dirs = site.dirs(service);
+        let running = site.running_releases(&dirs, service).await;
+        if running.iter().all(|(r, _)| Some(r.as_str()) == current) {
+            return;
+        }
+        let drains = steps::proxy::drains(site, &dirs).await;
+        let now = chrono::Utc::now().timestamp();
+        for (rel, _) in running {
+            if Some(rel.as_str()) == current {
+                continue;
+            }
+            let why = match drains.get(&rel) {
+                Some(until) if *until > now => continue,
+                Some(_) => "its drain is over",
+                None => "it is not current and no job runs",
+            };
+            let Some(ctx) = self.release_ctx(&dirs, service, &rel).await else {
+                continue;
+            };
+            // Swarm replaces its own tasks.
+            if ctx.spec.runtime == RuntimeKind::Swarm {
+                continue;
+            }
+            let note = match site.runtime(ctx.spec.runtime).stop(&ctx).await {
+                Ok(()) => format!("recovered: stopped release {rel} ({why})"),
+                Err(e) => format!("recovery: stopping release {rel} FAILED: {e}"),
+            };
+            steps::proxy::forget_drain(site, &dirs, &rel).await;
+            self.recovered(service, &note, sink).await;
+        }
     }
 
     /// Says what recovery did, to the front end and in the audit log.
@@ -96,29 +156,83 @@ impl Engine {
         })
     }
 
-    /// `serve` at startup: for each service whose jobs a previous server
-    /// left unfinished (now marked interrupted), take its lock and recover
-    /// it on the configured target.
-    pub async fn recover_interrupted(
+    /// Marks the service's jobs whose deployer died interrupted, and
+    /// sweeps the service on each of `sites` (the caller holds the lock).
+    pub(super) async fn sweep(
         &self,
-        jobs: Vec<Job>,
+        sites: &[Site],
+        service: &str,
+        bring_up: BringUp,
         sink: &dyn Sink,
     ) -> Result<(), Failure> {
-        let mut services: Vec<String> = jobs.iter().map(|j| j.service_name.clone()).collect();
+        let store = self.store().await?;
+        store.mark_interrupted(service).await?;
+        let interrupted = store.unrecovered(service).await?;
+        let mut jobs = Vec::new();
+        for id in &interrupted {
+            jobs.extend(store.job(id).await?);
+        }
+        if !interrupted.is_empty() {
+            let msg = format!(
+                "earlier job {} was interrupted; marked failed, recovering",
+                interrupted.join(", ")
+            );
+            sink.event(&Event::Note(&msg));
+        }
+        for site in sites {
+            self.recover(site, service, &jobs, bring_up, sink).await;
+        }
+        store.set_recovered(&interrupted).await?;
+        ServiceDirs::new(&self.state_dir, service).forget_drains();
+        Ok(())
+    }
+
+    /// What any command on a service does first: when a job of it was
+    /// interrupted or a drain is overdue, and no other job holds its lock,
+    /// sweep it on its hosts. Quiet when there is nothing to do.
+    pub async fn recover_service(&self, service: &str, sink: &dyn Sink) -> Result<(), Failure> {
+        if crate::plan::validate_name(service).is_err() || !self.state_dir.join("deployer.db").exists() {
+            return Ok(());
+        }
+        let store = self.store().await?;
+        let dead = store.has_dead_jobs(service).await?;
+        let overdue = ServiceDirs::new(&self.state_dir, service).drain_overdue();
+        if !dead && !overdue {
+            return Ok(());
+        }
+        self.sweep_service(service, sink).await
+    }
+
+    /// Sweeps a service on its hosts when no other job holds its lock (a
+    /// live holder is running a job of it, and sweeps itself).
+    pub async fn sweep_service(&self, service: &str, sink: &dyn Sink) -> Result<(), Failure> {
+        let Ok(_lock) = self.try_lock(service).await else {
+            return Ok(());
+        };
+        let sites = self.service_sites(service).await?;
+        let result = self.sweep(&sites, service, BringUp::Current, sink).await;
+        for site in &sites {
+            site.close().await;
+        }
+        result
+    }
+
+    /// `serve`, at start and on its timer: `also`, and every service with
+    /// a job whose deployer died or with an overdue drain, swept. A
+    /// service that cannot be swept now (a host down) is tried next time.
+    pub async fn recover_all(&self, also: &[String], sink: &dyn Sink) -> Vec<String> {
+        let mut services = also.to_vec();
+        if let Ok(store) = self.store().await {
+            services.extend(store.services_with_dead_jobs().await.unwrap_or_default());
+        }
+        services.extend(ServiceDirs::services_draining_overdue(&self.state_dir));
         services.sort();
         services.dedup();
-        for service in services {
-            let mine: Vec<Job> = jobs
-                .iter()
-                .filter(|j| j.service_name == service)
-                .cloned()
-                .collect();
-            let _lock = self.lock(&service, &super::new_job_id()).await?;
-            for site in self.service_sites(&service).await? {
-                self.recover(&site, &service, &mine, sink).await;
-                site.close().await;
+        for service in &services {
+            if let Err(f) = self.sweep_service(service, sink).await {
+                sink.event(&Event::Note(&format!("recovery of {service}: {}", f.message)));
             }
         }
-        Ok(())
+        services
     }
 }

@@ -61,22 +61,11 @@ impl Engine {
         sink: &dyn Sink,
     ) -> Result<Job, Failure> {
         let store = self.store().await?;
-        // Holding the lock, no other job of this service can be running: any
-        // marked running had its deployer die mid-way.
-        let interrupted = store.mark_interrupted(&work.service).await?;
-        if !interrupted.is_empty() {
-            let msg = format!(
-                "earlier job {} was interrupted; marked failed",
-                interrupted.join(", ")
-            );
-            sink.event(&Event::Note(&msg));
-            let mut jobs = Vec::new();
-            for id in &interrupted {
-                jobs.extend(store.job(id).await?);
-            }
-            for site in sites {
-                self.recover(site, &work.service, &jobs, sink).await;
-            }
+        // Holding the lock, no other job of this service can be running: a
+        // job marked running had its deployer die mid-way.
+        if store.has_dead_jobs(&work.service).await? {
+            self.sweep(sites, &work.service, super::recover::BringUp::Current, sink)
+                .await?;
         }
         self.opening_audit(store, &work, ticket).await?;
         let mut previous = Vec::with_capacity(sites.len());

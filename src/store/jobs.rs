@@ -137,7 +137,7 @@ impl Store {
             .map_err(ctx("beginning transaction"))?;
         let done = sqlx::query(
             "UPDATE jobs SET status = 'failed', failure = 'interrupted', completed_at = $1,
-                success = 0, error = $2
+                success = 0, error = $2, recovered = 0
              WHERE id = $3 AND status IN ('running', 'pending')",
         )
         .bind(&now)
@@ -286,39 +286,102 @@ impl Store {
     }
 
     async fn interrupt_dead(&self, service: Option<&str>) -> Result<Vec<String>, StoreError> {
+        let mut ids = Vec::new();
+        for (id, _, reason) in self.dead_jobs(service, true).await? {
+            if self.interrupt(&id, &reason).await? {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Whether a job of the service is pending or running with its
+    /// deployer dead, or was interrupted and not yet recovered from.
+    pub async fn has_dead_jobs(&self, service: &str) -> Result<bool, StoreError> {
+        Ok(!self.dead_jobs(Some(service), false).await?.is_empty()
+            || !self.unrecovered(service).await?.is_empty())
+    }
+
+    /// The services with a job pending or running whose deployer died, or
+    /// interrupted and not yet recovered from.
+    pub async fn services_with_dead_jobs(&self) -> Result<Vec<String>, StoreError> {
+        let mut services: Vec<String> = self
+            .dead_jobs(None, false)
+            .await?
+            .into_iter()
+            .map(|(_, s, _)| s)
+            .collect();
+        let unrecovered: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT service_name FROM jobs WHERE recovered = 0",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(ctx("finding interrupted jobs"))?;
+        services.extend(unrecovered);
+        services.sort();
+        services.dedup();
+        Ok(services)
+    }
+
+    /// A service's interrupted jobs that no sweep has recovered from yet.
+    pub async fn unrecovered(&self, service: &str) -> Result<Vec<String>, StoreError> {
+        sqlx::query_scalar("SELECT id FROM jobs WHERE service_name = $1 AND recovered = 0")
+            .bind(service)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(ctx("finding interrupted jobs"))
+    }
+
+    /// Records that a sweep recovered from these jobs.
+    pub async fn set_recovered(&self, ids: &[String]) -> Result<(), StoreError> {
+        for id in ids {
+            sqlx::query("UPDATE jobs SET recovered = 1 WHERE id = $1")
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(ctx(format!("marking job {id} recovered")))?;
+        }
+        Ok(())
+    }
+
+    /// Jobs pending or running whose deployer died: id, service and why
+    /// they end. `unowned`: also a running job recorded before owners were
+    /// (only under the service's lock can it be known dead).
+    async fn dead_jobs(
+        &self,
+        service: Option<&str>,
+        unowned: bool,
+    ) -> Result<Vec<(String, String, String)>, StoreError> {
         let query = match service {
             Some(s) => sqlx::query(
-                "SELECT id, status, owner FROM jobs
+                "SELECT id, service_name, status, owner FROM jobs
                  WHERE service_name = $1 AND status IN ('running', 'pending')",
             )
             .bind(s),
             None => sqlx::query(
-                "SELECT id, status, owner FROM jobs WHERE status IN ('running', 'pending')",
+                "SELECT id, service_name, status, owner FROM jobs
+                 WHERE status IN ('running', 'pending') ORDER BY service_name",
             ),
         };
         let rows = query
             .fetch_all(&self.pool)
             .await
             .map_err(ctx("finding interrupted jobs"))?;
-        let mut ids = Vec::new();
+        let mut dead = Vec::new();
         for row in rows {
             let (id, status): (String, String) = (row.get("id"), row.get("status"));
             let owner = row.get::<Option<String>, _>("owner");
             let reason = match owner.as_deref().map(Owner::decode) {
                 Some(Some(o)) if o.alive() => continue,
                 Some(Some(o)) => interruption(&status, &o),
-                // Written before owners were: only a running one is left
-                // behind (under the lock), as before.
-                _ if status == "running" => {
+                _ if unowned && status == "running" => {
                     "interrupted: the deployer running this job stopped before it finished".into()
                 }
                 _ => continue,
             };
-            if self.interrupt(&id, &reason).await? {
-                ids.push(id);
-            }
+            dead.push((id, row.get("service_name"), reason));
         }
-        Ok(ids)
+        Ok(dead)
     }
 
     /// How many jobs are in each status.

@@ -61,7 +61,8 @@ const SCHEMA: &[&str] = &[
         hosts TEXT,
         notifications TEXT,
         git TEXT,
-        owner TEXT
+        owner TEXT,
+        recovered INTEGER
     )",
     "CREATE INDEX IF NOT EXISTS jobs_service ON jobs (service_name, started_at)",
     "CREATE TABLE IF NOT EXISTS phases (
@@ -210,6 +211,11 @@ impl Store {
             ),
             ("jobs", "git", "ALTER TABLE jobs ADD COLUMN git TEXT"),
             ("jobs", "owner", "ALTER TABLE jobs ADD COLUMN owner TEXT"),
+            (
+                "jobs",
+                "recovered",
+                "ALTER TABLE jobs ADD COLUMN recovered INTEGER",
+            ),
             (
                 "releases",
                 "git",

@@ -187,6 +187,34 @@ async fn stop_unproxied(cx: &StepCx<'_>) {
     }
 }
 
+/// The drains recorded on a host: release → the time it stops by.
+pub(in crate::engine) async fn drains(
+    site: &Site,
+    dirs: &crate::release::ServiceDirs,
+) -> std::collections::HashMap<String, i64> {
+    let script = proxy::drains_script(&dirs.root);
+    let out = run(site, &Cmd::new("sh").args(["-c", &script]), ADMIN_TIMEOUT)
+        .await
+        .unwrap_or_default();
+    out.lines()
+        .filter_map(|l| {
+            let (rel, until) = l.split_once(' ')?;
+            Some((rel.to_string(), until.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Removes a release's drain record on a host (it has stopped).
+pub(in crate::engine) async fn forget_drain(
+    site: &Site,
+    dirs: &crate::release::ServiceDirs,
+    release: &str,
+) {
+    let file = dirs.drain_file(release);
+    let cmd = Cmd::new("rm").args(["-f", &file.to_string_lossy()]);
+    let _ = run(site, &cmd, ADMIN_TIMEOUT).await;
+}
+
 /// The certificate a service's HTTPS needs, from the internal CA.
 pub(in crate::engine) async fn ensure_tls(site: &Site, spec: &ProxySpec) -> Result<(), String> {
     match proxy::tls_script(&dirs(site), spec) {
@@ -258,6 +286,11 @@ impl Step for DrainOld {
                 return Ok(Done::quiet("no proxy"));
             };
             let new = cx.release.clone().unwrap_or_default();
+            let until = chrono::Utc::now().timestamp() + spec.drain_secs as i64;
+            let local = crate::release::ServiceDirs::new(&cx.engine.state_dir, &cx.work.service);
+            if let Err(e) = local.note_drain(until) {
+                cx.note(&format!("warning: recording the drain: {e}"));
+            }
             let mut draining = Vec::new();
             for (rel, _) in cx.site.running_releases(&cx.dirs, &cx.work.service).await {
                 if rel == new {
