@@ -35,7 +35,12 @@ impl Engine {
         self.lock_within(service, "recovery", Duration::ZERO).await
     }
 
-    async fn lock_within(&self, service: &str, job_id: &str, wait: Duration) -> Result<Lock, Failure> {
+    async fn lock_within(
+        &self,
+        service: &str,
+        job_id: &str,
+        wait: Duration,
+    ) -> Result<Lock, Failure> {
         let dirs = ServiceDirs::new(&self.state_dir, service);
         Lock::acquire(&dirs.lock_file(), &self.holder(job_id), wait)
             .await

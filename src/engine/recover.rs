@@ -26,6 +26,10 @@ pub(super) enum BringUp {
 
 impl Engine {
     /// Sweeps a service on one host. The caller holds the service's lock.
+    /// Behind the proxy `current` comes back first (on its own port) and
+    /// the proxy is pointed at it again, so the public port never goes to
+    /// a release that is being taken down; without it, what holds the
+    /// port goes first.
     pub(super) async fn recover(
         &self,
         site: &Site,
@@ -36,6 +40,25 @@ impl Engine {
     ) {
         let dirs = site.dirs(service);
         let current = site.host.current(&dirs).await;
+        let current_ctx = match &current {
+            Some(c) => self.release_ctx(&dirs, service, c).await,
+            None => None,
+        };
+        let bring_up = match current_ctx {
+            Some(ctx) if bring_up == BringUp::Current && !jobs.is_empty() => Some(ctx),
+            _ => None,
+        };
+        let proxied = bring_up.as_ref().filter(|c| c.spec.proxy.is_some());
+        if let Some(ctx) = proxied {
+            self.bring_up(site, ctx, sink).await;
+            if let Err(e) = steps::proxy::point_at_current(site, ctx).await {
+                let note = format!(
+                    "recovery: pointing the proxy at release {}: {e}",
+                    ctx.release
+                );
+                self.recovered(service, &note, sink).await;
+            }
+        }
         for job in jobs {
             let Some(release) = job.release.as_deref() else {
                 continue;
@@ -60,31 +83,38 @@ impl Engine {
         self.stop_strays(site, service, current.as_deref(), sink)
             .await;
         site.remember_running(None);
-        let Some(current) = current else { return };
-        if bring_up == BringUp::No || jobs.is_empty() {
+        if let Some(ctx) = bring_up.as_ref().filter(|c| c.spec.proxy.is_none()) {
+            self.bring_up(site, ctx, sink).await;
+        }
+    }
+
+    /// Starts `current` again when it is not running, health-checked.
+    async fn bring_up(&self, site: &Site, ctx: &ReleaseCtx, sink: &dyn Sink) {
+        let running = site.running_releases(&ctx.dirs, &ctx.service).await;
+        if running.iter().any(|(r, _)| *r == ctx.release) {
             return;
         }
-        let running = site.running_releases(&dirs, service).await;
-        if running.iter().any(|(r, _)| *r == current) {
-            return;
-        }
-        let Some(ctx) = self.release_ctx(&dirs, service, &current).await else {
-            return;
-        };
-        let note = match steps::restart_and_verify(site, &self.http, &ctx).await {
+        let current = &ctx.release;
+        let note = match steps::restart_and_verify(site, &self.http, ctx).await {
             Ok(after) => format!(
                 "recovered: restarted release {current} (healthy after {} ms)",
                 after.as_millis()
             ),
             Err(e) => format!("recovery: restarting release {current} FAILED: {e}"),
         };
-        self.recovered(service, &note, sink).await;
+        self.recovered(&ctx.service, &note, sink).await;
     }
 
     /// Stops each running release that is not `current` and not within
     /// its drain: started by a job that died before switching to it, or
     /// drained by a deployer that died before the drain ended.
-    async fn stop_strays(&self, site: &Site, service: &str, current: Option<&str>, sink: &dyn Sink) {
+    async fn stop_strays(
+        &self,
+        site: &Site,
+        service: &str,
+        current: Option<&str>,
+        sink: &dyn Sink,
+    ) {
         let dirs = site.dirs(service);
         let running = site.running_releases(&dirs, service).await;
         if running.iter().all(|(r, _)| Some(r.as_str()) == current) {
@@ -191,7 +221,9 @@ impl Engine {
     /// interrupted or a drain is overdue, and no other job holds its lock,
     /// sweep it on its hosts. Quiet when there is nothing to do.
     pub async fn recover_service(&self, service: &str, sink: &dyn Sink) -> Result<(), Failure> {
-        if crate::plan::validate_name(service).is_err() || !self.state_dir.join("deployer.db").exists() {
+        if crate::plan::validate_name(service).is_err()
+            || !self.state_dir.join("deployer.db").exists()
+        {
             return Ok(());
         }
         let store = self.store().await?;
@@ -230,7 +262,10 @@ impl Engine {
         services.dedup();
         for service in &services {
             if let Err(f) = self.sweep_service(service, sink).await {
-                sink.event(&Event::Note(&format!("recovery of {service}: {}", f.message)));
+                sink.event(&Event::Note(&format!(
+                    "recovery of {service}: {}",
+                    f.message
+                )));
             }
         }
         services

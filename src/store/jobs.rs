@@ -311,12 +311,11 @@ impl Store {
             .into_iter()
             .map(|(_, s, _)| s)
             .collect();
-        let unrecovered: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT service_name FROM jobs WHERE recovered = 0",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .map_err(ctx("finding interrupted jobs"))?;
+        let unrecovered: Vec<String> =
+            sqlx::query_scalar("SELECT DISTINCT service_name FROM jobs WHERE recovered = 0")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(ctx("finding interrupted jobs"))?;
         services.extend(unrecovered);
         services.sort();
         services.dedup();

@@ -69,6 +69,20 @@ async fn prune(cx: &StepCx<'_>, current: &str) {
         return;
     };
     let mut kept = 0usize;
+    // Asked when the first release would go: a release still running (a
+    // drain behind the proxy) keeps its files and its record until it
+    // stops; a later prune takes it.
+    let running = tokio::sync::OnceCell::new();
+    let is_running = |id: String| {
+        let running = &running;
+        async move {
+            running
+                .get_or_init(|| cx.site.running_releases(&cx.dirs, service))
+                .await
+                .iter()
+                .any(|(r, _)| *r == id)
+        }
+    };
     let oldest = cx
         .work
         .keep_days
@@ -85,13 +99,18 @@ async fn prune(cx: &StepCx<'_>, current: &str) {
             }
             ReleaseStatus::Failed if !keep_always => {
                 // Failed releases never count; their files went at rollback.
-                let _ = cx.site.host.remove_release(&cx.dirs, &r.id).await;
+                if !is_running(r.id.clone()).await {
+                    let _ = cx.site.host.remove_release(&cx.dirs, &r.id).await;
+                }
                 continue;
             }
             _ => continue,
         }
+        if is_running(r.id.clone()).await {
+            continue;
+        }
         let ctx = cx.ctx(&r.id, &r.spec, &[]);
-        // An old release runs nothing: its build and its files go at once.
+        // It runs nothing: its build and its files go at once.
         let (_, removed) = tokio::join!(
             cx.runtime(&r.spec).remove_build(&ctx),
             cx.site.host.remove_release(&cx.dirs, &r.id)

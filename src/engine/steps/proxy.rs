@@ -225,6 +225,23 @@ pub(in crate::engine) async fn ensure_tls(site: &Site, spec: &ProxySpec) -> Resu
     }
 }
 
+/// Points the proxy at a release (recovery: at `current`), unless it
+/// does already.
+pub(in crate::engine) async fn point_at_current(
+    site: &Site,
+    ctx: &crate::runtime::ReleaseCtx,
+) -> Result<(), String> {
+    let Some(spec) = &ctx.spec.proxy else {
+        return Ok(());
+    };
+    let now = upstream(site, &ctx.service).await;
+    if now.is_none() || now == Some(ctx.spec.port) {
+        // No file (paused, or never switched) or already there.
+        return Ok(());
+    }
+    switch(site, &ctx.service, spec, ctx.spec.port).await
+}
+
 /// Points a service's public port at `upstream`, gracefully.
 async fn switch(site: &Site, service: &str, spec: &ProxySpec, upstream: u16) -> Result<(), String> {
     ensure_tls(site, spec).await?;
