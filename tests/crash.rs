@@ -55,6 +55,9 @@ fn rounds() -> usize {
         .unwrap_or(20)
 }
 
+/// What of a service still runs, by name.
+type Remains<'a> = dyn Fn(&str) -> Vec<String> + 'a;
+
 /// One method under test: how to deploy, where the public port is, and
 /// what of the service still runs.
 struct Target<'a> {
@@ -68,7 +71,7 @@ struct Target<'a> {
     /// Deploy flags beyond name, port, method and env.
     method: Vec<String>,
     /// What of the service runs (processes, containers, units).
-    remains: Box<dyn Fn(&str) -> Vec<String> + 'a>,
+    remains: Box<Remains<'a>>,
 }
 
 impl Target<'_> {

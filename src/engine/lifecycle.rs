@@ -56,6 +56,11 @@ impl Engine {
         let _lock = self.lock(service, &super::new_job_id()).await?;
         let sites = self.service_sites(service).await?;
         let started = std::time::Instant::now();
+        if self.store().await?.has_dead_jobs(service).await? {
+            let bring_up = super::recover::BringUp::Current;
+            self.sweep(&sites, service, bring_up, &crate::output::Quiet)
+                .await?;
+        }
         let mut done = Vec::new();
         let mut result = Ok(());
         for site in &sites {
