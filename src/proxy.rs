@@ -348,20 +348,23 @@ pub fn drain_script(service_root: &Path, release: &str, drain_secs: u64, stop: &
     let inner = format!(
         "sleep {drain_secs}; [ \"$(readlink {current})\" = {target} ] || {{ {stop}; }}; rm -f {record}"
     );
+    // The record in the foreground (a failure fails the step), only the
+    // drainer in the background.
     format!(
-        "mkdir -p \"$(dirname {record})\" && echo $(( $(date +%s) + {drain_secs} )) > {record}.tmp \
-         && mv {record}.tmp {record} && \
+        "mkdir -p \"$(dirname {record})\" || exit 1\n\
+         echo $(( $(date +%s) + {drain_secs} )) > {record}.tmp && mv {record}.tmp {record} || exit 1\n\
          setsid nohup sh -c {} >/dev/null 2>&1 </dev/null &",
         quote(&inner)
     )
 }
 
-/// Lists a service's drains on a host: `RELEASE UNTIL` per line.
+/// Lists a service's drains on a host: the host's time first (`now
+/// SECONDS`), then `RELEASE UNTIL` per line.
 pub fn drains_script(service_root: &Path) -> String {
     let run = quote(&service_root.join("run").to_string_lossy());
     format!(
-        "cd {run} 2>/dev/null || exit 0; for f in *.drain; do [ -f \"$f\" ] || continue; \
-         echo \"${{f%.drain}} $(cat \"$f\")\"; done"
+        "echo now $(date +%s); cd {run} 2>/dev/null || exit 0; for f in *.drain; do \
+         [ -f \"$f\" ] || continue; echo \"${{f%.drain}} $(cat \"$f\")\"; done"
     )
 }
 
@@ -415,7 +418,11 @@ mod tests {
         assert!(s.contains("server 127.0.0.1:20002;"), "{s}");
         assert!(s.contains("kill -HUP"), "{s}");
         let drain = drain_script(Path::new("/srv/deployer/web"), "r1", 10, "kill 1");
-        assert!(drain.starts_with("setsid nohup sh -c "), "{drain}");
+        assert!(drain.contains("\nsetsid nohup sh -c "), "{drain}");
+        assert!(
+            drain.trim_end().ends_with('&'),
+            "only the drainer runs in the background"
+        );
         assert!(drain.contains("sleep 10"), "{drain}");
         let p = private_port("r1", (20000, 20009), &[], |_| true).unwrap();
         assert!((20000..=20009).contains(&p));

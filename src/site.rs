@@ -231,7 +231,10 @@ impl Site {
     pub async fn listeners(&self, port: u16) -> Vec<crate::runtime::ports::Listener> {
         use crate::runtime::ports;
         if self.host.is_local() {
-            return ports::local(port);
+            // A walk of /proc: off the async workers.
+            return tokio::task::spawn_blocking(move || ports::local(port))
+                .await
+                .unwrap_or_default();
         }
         match self
             .host

@@ -216,12 +216,18 @@ async fn recover(state: Shared, first: Vec<String>) {
             also.push(job.service_name);
         }
     }
+    // A service whose sweep failed (a host down) rests a minute.
+    let mut resting: Vec<(String, std::time::Instant)> = Vec::new();
     loop {
+        resting.retain(|(_, until)| *until > std::time::Instant::now());
         if let Ok(targets) = crate::site::targets(&state.config, &[]) {
             let engine = engine(&state, targets, std::time::Duration::ZERO);
-            engine
-                .recover_all(&std::mem::take(&mut also), &crate::output::Quiet)
+            let skip: Vec<String> = resting.iter().map(|(s, _)| s.clone()).collect();
+            let failed = engine
+                .recover_all(&std::mem::take(&mut also), &skip, &crate::output::Quiet)
                 .await;
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            resting.extend(failed.into_iter().map(|s| (s, until)));
         }
         tokio::time::sleep(RECOVERY_EVERY).await;
     }

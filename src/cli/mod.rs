@@ -226,7 +226,6 @@ impl Command {
             Command::Rollback(a) => &a.name,
             Command::History(a) => &a.name,
             Command::Releases(a) => &a.name,
-            Command::Stop(a) => &a.name,
             Command::Start(a) | Command::Restart(a) | Command::Resume(a) => &a.name,
             Command::Pause(a) => &a.name,
             Command::Check(a) => &a.name,
@@ -243,7 +242,8 @@ impl Context {
     /// for `monitor`): when a job of it was interrupted or a drain outlived
     /// its deployer, and no job holds its lock, the service is swept
     /// (what recovery does is said on stderr). Deploys sweep under their
-    /// own lock.
+    /// own lock, and `stop` sweeps without starting what it is about to
+    /// stop.
     async fn recover_first(&self, command: &Command) {
         if !self.state_dir.join("deployer.db").exists() {
             return;
@@ -275,7 +275,7 @@ impl Context {
                 }
             }
             None => {
-                engine.recover_all(&[], &sink).await;
+                engine.recover_all(&[], &[], &sink).await;
             }
         }
         engine.close().await;

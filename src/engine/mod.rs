@@ -492,13 +492,18 @@ impl Engine {
             // What a crash left (a release never switched to, a drain past
             // its end, `current` down) is swept before Validation looks at
             // what holds the port.
-            let sweep_lock = match early {
-                Some(_) => None,
-                None => Some(self.lock(&plan.service_name, &job_id).await?),
-            };
-            self.sweep(&sites, &plan.service_name, recover::BringUp::Current, sink)
-                .await?;
-            drop(sweep_lock);
+            if self.needs_sweep(&plan.service_name).await? {
+                let sweep_lock = match early {
+                    Some(_) => None,
+                    None => Some(self.lock(&plan.service_name, &job_id).await?),
+                };
+                if let Some(dead) = sweep_lock.as_ref().and_then(|l| l.took_over.as_ref()) {
+                    self.audit_took_over(&plan.service_name, &job_id, dead)
+                        .await?;
+                }
+                self.sweep(&sites, &plan.service_name, recover::BringUp::Current, sink)
+                    .await?;
+            }
             let mut place = None;
             if early.is_some() {
                 place = self.enter_gate().await;

@@ -29,7 +29,9 @@ impl Engine {
     /// Behind the proxy `current` comes back first (on its own port) and
     /// the proxy is pointed at it again, so the public port never goes to
     /// a release that is being taken down; without it, what holds the
-    /// port goes first.
+    /// port goes first. False when something could not be done (the
+    /// interrupted jobs stay to recover from, and the next command tries
+    /// again).
     pub(super) async fn recover(
         &self,
         site: &Site,
@@ -37,7 +39,7 @@ impl Engine {
         jobs: &[Job],
         bring_up: BringUp,
         sink: &dyn Sink,
-    ) {
+    ) -> bool {
         let dirs = site.dirs(service);
         let current = site.host.current(&dirs).await;
         let current_ctx = match &current {
@@ -48,61 +50,113 @@ impl Engine {
             Some(ctx) if bring_up == BringUp::Current && !jobs.is_empty() => Some(ctx),
             _ => None,
         };
+        let mut ok = true;
         let proxied = bring_up.as_ref().filter(|c| c.spec.proxy.is_some());
         if let Some(ctx) = proxied {
-            self.bring_up(site, ctx, sink).await;
+            ok &= self.bring_up(site, ctx, sink).await;
             if let Err(e) = steps::proxy::point_at_current(site, ctx).await {
                 let note = format!(
                     "recovery: pointing the proxy at release {}: {e}",
                     ctx.release
                 );
                 self.recovered(service, &note, sink).await;
+                ok = false;
             }
         }
-        for job in jobs {
-            let Some(release) = job.release.as_deref() else {
-                continue;
-            };
-            if Some(release) == current.as_deref() {
-                continue;
-            }
-            let Some(ctx) = self.release_ctx(&dirs, service, release).await else {
-                continue;
-            };
-            let runtime = site.runtime(ctx.spec.runtime);
-            let _ = runtime.stop(&ctx).await;
-            runtime.remove_build(&ctx).await;
-            let _ = site.host.remove_release(&dirs, release).await;
-            ServiceDirs::new(&self.state_dir, service).remove_env_values(release);
-            let note = format!(
-                "recovered: took down release {release}, left by interrupted job {}",
-                job.deploy_job_id
-            );
-            self.recovered(service, &note, sink).await;
-        }
-        self.stop_strays(site, service, current.as_deref(), sink)
+        ok &= self
+            .take_down(site, service, jobs, current.as_deref(), sink)
+            .await;
+        ok &= self
+            .stop_strays(site, service, current.as_deref(), sink)
             .await;
         site.remember_running(None);
         if let Some(ctx) = bring_up.as_ref().filter(|c| c.spec.proxy.is_none()) {
-            self.bring_up(site, ctx, sink).await;
+            ok &= self.bring_up(site, ctx, sink).await;
         }
+        ok
+    }
+
+    /// Takes down and removes the releases the interrupted jobs made (by
+    /// the releases' own records: a rollout sets its job's release only at
+    /// the end, and a rollback's target was made by an earlier job and is
+    /// only stopped, as a stray).
+    async fn take_down(
+        &self,
+        site: &Site,
+        service: &str,
+        jobs: &[Job],
+        current: Option<&str>,
+        sink: &dyn Sink,
+    ) -> bool {
+        if jobs.is_empty() {
+            return true;
+        }
+        let dirs = site.dirs(service);
+        let releases = match self.store().await {
+            Ok(store) => store.releases(service).await.unwrap_or_default(),
+            Err(_) => return false,
+        };
+        let mut ok = true;
+        for job in jobs {
+            let made = releases
+                .iter()
+                .filter(|r| r.job_id == job.deploy_job_id && Some(r.id.as_str()) != current);
+            for release in made {
+                let Some(ctx) = self.release_ctx(&dirs, service, &release.id).await else {
+                    continue;
+                };
+                // Swarm rolls its own update back; its service is not a
+                // release's to stop.
+                if ctx.spec.runtime == RuntimeKind::Swarm {
+                    continue;
+                }
+                let runtime = site.runtime(ctx.spec.runtime);
+                let stopped = runtime.stop(&ctx).await;
+                runtime.remove_build(&ctx).await;
+                let removed = site.host.remove_release(&dirs, &release.id).await;
+                ServiceDirs::new(&self.state_dir, service).remove_env_values(&release.id);
+                let note = match (stopped, removed) {
+                    (Ok(()), Ok(())) => format!(
+                        "recovered: took down release {}, left by interrupted job {}",
+                        release.id, job.deploy_job_id
+                    ),
+                    (Err(e), _) => {
+                        ok = false;
+                        format!("recovery: stopping release {} FAILED: {e}", release.id)
+                    }
+                    (_, Err(e)) => {
+                        ok = false;
+                        format!("recovery: removing release {} FAILED: {e}", release.id)
+                    }
+                };
+                self.recovered(service, &note, sink).await;
+            }
+        }
+        ok
     }
 
     /// Starts `current` again when it is not running, health-checked.
-    async fn bring_up(&self, site: &Site, ctx: &ReleaseCtx, sink: &dyn Sink) {
+    async fn bring_up(&self, site: &Site, ctx: &ReleaseCtx, sink: &dyn Sink) -> bool {
         let running = site.running_releases(&ctx.dirs, &ctx.service).await;
         if running.iter().any(|(r, _)| *r == ctx.release) {
-            return;
+            return true;
         }
         let current = &ctx.release;
-        let note = match steps::restart_and_verify(site, &self.http, ctx).await {
-            Ok(after) => format!(
-                "recovered: restarted release {current} (healthy after {} ms)",
-                after.as_millis()
+        let (ok, note) = match steps::restart_and_verify(site, &self.http, ctx).await {
+            Ok(after) => (
+                true,
+                format!(
+                    "recovered: restarted release {current} (healthy after {} ms)",
+                    after.as_millis()
+                ),
             ),
-            Err(e) => format!("recovery: restarting release {current} FAILED: {e}"),
+            Err(e) => (
+                false,
+                format!("recovery: restarting release {current} FAILED: {e}"),
+            ),
         };
         self.recovered(&ctx.service, &note, sink).await;
+        ok
     }
 
     /// Stops each running release that is not `current` and not within
@@ -114,14 +168,15 @@ impl Engine {
         service: &str,
         current: Option<&str>,
         sink: &dyn Sink,
-    ) {
+    ) -> bool {
         let dirs = site.dirs(service);
         let running = site.running_releases(&dirs, service).await;
         if running.iter().all(|(r, _)| Some(r.as_str()) == current) {
-            return;
+            return true;
         }
-        let drains = steps::proxy::drains(site, &dirs).await;
-        let now = chrono::Utc::now().timestamp();
+        // Deadlines and the time, both by the host's clock.
+        let (now, drains) = steps::proxy::drains(site, &dirs).await;
+        let mut ok = true;
         for (rel, _) in running {
             if Some(rel.as_str()) == current {
                 continue;
@@ -139,12 +194,18 @@ impl Engine {
                 continue;
             }
             let note = match site.runtime(ctx.spec.runtime).stop(&ctx).await {
-                Ok(()) => format!("recovered: stopped release {rel} ({why})"),
-                Err(e) => format!("recovery: stopping release {rel} FAILED: {e}"),
+                Ok(()) => {
+                    steps::proxy::forget_drain(site, &dirs, &rel).await;
+                    format!("recovered: stopped release {rel} ({why})")
+                }
+                Err(e) => {
+                    ok = false;
+                    format!("recovery: stopping release {rel} FAILED: {e}")
+                }
             };
-            steps::proxy::forget_drain(site, &dirs, &rel).await;
             self.recovered(service, &note, sink).await;
         }
+        ok
     }
 
     /// Says what recovery did, to the front end and in the audit log.
@@ -188,13 +249,15 @@ impl Engine {
 
     /// Marks the service's jobs whose deployer died interrupted, and
     /// sweeps the service on each of `sites` (the caller holds the lock).
+    /// False when something could not be done: the next command tries
+    /// again.
     pub(super) async fn sweep(
         &self,
         sites: &[Site],
         service: &str,
         bring_up: BringUp,
         sink: &dyn Sink,
-    ) -> Result<(), Failure> {
+    ) -> Result<bool, Failure> {
         let store = self.store().await?;
         store.mark_interrupted(service).await?;
         let interrupted = store.unrecovered(service).await?;
@@ -209,12 +272,15 @@ impl Engine {
             );
             sink.event(&Event::Note(&msg));
         }
+        let mut ok = true;
         for site in sites {
-            self.recover(site, service, &jobs, bring_up, sink).await;
+            ok &= self.recover(site, service, &jobs, bring_up, sink).await;
         }
-        store.set_recovered(&interrupted).await?;
-        ServiceDirs::new(&self.state_dir, service).forget_drains();
-        Ok(())
+        if ok {
+            store.set_recovered(&interrupted).await?;
+            ServiceDirs::new(&self.state_dir, service).forget_drains();
+        }
+        Ok(ok)
     }
 
     /// What any command on a service does first: when a job of it was
@@ -223,26 +289,37 @@ impl Engine {
     pub async fn recover_service(&self, service: &str, sink: &dyn Sink) -> Result<(), Failure> {
         if crate::plan::validate_name(service).is_err()
             || !self.state_dir.join("deployer.db").exists()
+            || !self.needs_sweep(service).await?
         {
-            return Ok(());
-        }
-        let store = self.store().await?;
-        let dead = store.has_dead_jobs(service).await?;
-        let overdue = ServiceDirs::new(&self.state_dir, service).drain_overdue();
-        if !dead && !overdue {
             return Ok(());
         }
         self.sweep_service(service, sink).await
     }
 
+    /// Whether a crash left something to sweep: a job of the service whose
+    /// deployer died (or that no sweep recovered from yet), or a drain past
+    /// its end.
+    pub(super) async fn needs_sweep(&self, service: &str) -> Result<bool, Failure> {
+        Ok(self.store().await?.has_dead_jobs(service).await?
+            || ServiceDirs::new(&self.state_dir, service).drain_overdue())
+    }
+
     /// Sweeps a service on its hosts when no other job holds its lock (a
     /// live holder is running a job of it, and sweeps itself).
     pub async fn sweep_service(&self, service: &str, sink: &dyn Sink) -> Result<(), Failure> {
-        let Ok(_lock) = self.try_lock(service).await else {
-            return Ok(());
-        };
+        // Connected first: the lock is not held while a host is slow to
+        // answer.
         let sites = self.service_sites(service).await?;
-        let result = self.sweep(&sites, service, BringUp::Current, sink).await;
+        let result = match self.try_lock(service).await {
+            Ok(_lock) => match self.sweep(&sites, service, BringUp::Current, sink).await {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(Failure::internal(format!(
+                    "recovering '{service}' was not complete (see `deployer audit --service {service}`)"
+                ))),
+                Err(f) => Err(f),
+            },
+            Err(_) => Ok(()),
+        };
         for site in &sites {
             site.close().await;
         }
@@ -250,9 +327,15 @@ impl Engine {
     }
 
     /// `serve`, at start and on its timer: `also`, and every service with
-    /// a job whose deployer died or with an overdue drain, swept. A
-    /// service that cannot be swept now (a host down) is tried next time.
-    pub async fn recover_all(&self, also: &[String], sink: &dyn Sink) -> Vec<String> {
+    /// a job whose deployer died or with an overdue drain, swept, except
+    /// those in `resting`. Returns the services whose sweep failed (a host
+    /// down): the caller waits a while before it tries them again.
+    pub async fn recover_all(
+        &self,
+        also: &[String],
+        resting: &[String],
+        sink: &dyn Sink,
+    ) -> Vec<String> {
         let mut services = also.to_vec();
         if let Ok(store) = self.store().await {
             services.extend(store.services_with_dead_jobs().await.unwrap_or_default());
@@ -260,14 +343,17 @@ impl Engine {
         services.extend(ServiceDirs::services_draining_overdue(&self.state_dir));
         services.sort();
         services.dedup();
-        for service in &services {
-            if let Err(f) = self.sweep_service(service, sink).await {
+        services.retain(|s| !resting.contains(s));
+        let mut failed = Vec::new();
+        for service in services {
+            if let Err(f) = self.sweep_service(&service, sink).await {
                 sink.event(&Event::Note(&format!(
                     "recovery of {service}: {}",
                     f.message
                 )));
+                failed.push(service);
             }
         }
-        services
+        failed
     }
 }

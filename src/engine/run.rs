@@ -135,20 +135,32 @@ impl Engine {
             store.audit(&entry).await?;
         }
         if let Some(dead) = &ticket.lock.took_over {
-            let entry = AuditEntry {
-                details: format!("the lock's holder, {dead}, had died"),
-                duration_ms: None,
-                ..records::audit_entry(
-                    &self.actor,
-                    "lock",
-                    &work.service,
-                    Some(&ticket.job_id),
-                    "taken over",
-                    Instant::now(),
-                )
-            };
-            store.audit(&entry).await?;
+            self.audit_took_over(&work.service, &ticket.job_id, dead)
+                .await?;
         }
+        Ok(())
+    }
+
+    /// The audit line for a lock whose holder had died.
+    pub(super) async fn audit_took_over(
+        &self,
+        service: &str,
+        job_id: &str,
+        dead: &crate::lock::Holder,
+    ) -> Result<(), Failure> {
+        let entry = AuditEntry {
+            details: format!("the lock's holder, {dead}, had died"),
+            duration_ms: None,
+            ..records::audit_entry(
+                &self.actor,
+                "lock",
+                service,
+                Some(job_id),
+                "taken over",
+                Instant::now(),
+            )
+        };
+        self.store().await?.audit(&entry).await?;
         Ok(())
     }
 

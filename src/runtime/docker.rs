@@ -328,26 +328,64 @@ impl DockerRuntime {
         ctx: &ReleaseCtx,
         listeners: &[super::ports::Listener],
     ) -> Result<(), String> {
-        let format = "{{.State.Running}}|{{range $p, $c := .NetworkSettings.Ports}}\
-                      {{range $c}}{{.HostPort}} {{end}}{{end}}";
+        let format = "{{.State.Running}}|{{.HostConfig.NetworkMode}}|{{.Id}}|\
+                      {{range $p, $c := .NetworkSettings.Ports}}{{range $c}}{{.HostPort}} {{end}}{{end}}";
         let cmd = Cmd::new("docker").args(["inspect", "--format", format, &container(ctx)]);
         let out = self
             .host
             .run(&cmd, CMD_TIMEOUT)
             .await
             .map_err(|e| e.to_string())?;
-        let (running, ports) = out.stdout.trim().split_once('|').unwrap_or(("false", ""));
+        let text = out.stdout.trim();
+        let mut fields = text.splitn(4, '|');
+        let (running, mode, id, ports) = (
+            fields.next().unwrap_or("false"),
+            fields.next().unwrap_or(""),
+            fields.next().unwrap_or(""),
+            fields.next().unwrap_or(""),
+        );
         let port = ctx.spec.port.to_string();
-        if running != "true" || !ports.split_whitespace().any(|p| p == port) {
+        if running != "true" {
             return Err(format!(
-                "container {} of release {} does not run with port {port} published",
+                "container {} of release {} is not running",
                 container(ctx),
                 ctx.release
             ));
         }
+        // In the host's network the service itself listens, in the
+        // container's cgroup; else Docker publishes the port.
+        let in_container = |l: &super::ports::Listener| !id.is_empty() && l.cgroup.contains(id);
+        if mode == "host" {
+            return match listeners.iter().any(in_container) {
+                true => Ok(()),
+                false => Err(super::not_ours(ctx, listeners)),
+            };
+        }
+        if !ports.split_whitespace().any(|p| p == port) {
+            return Err(format!(
+                "container {} of release {} does not publish port {port}",
+                container(ctx),
+                ctx.release
+            ));
+        }
+        // Docker's own forwarders (docker-proxy, rootless Docker's) may
+        // hold the port; any other process is not the release.
+        let docker_owned = |l: &super::ports::Listener| {
+            l.is_unknown()
+                || in_container(l)
+                || [
+                    "docker-proxy",
+                    "rootlesskit",
+                    "vpnkit",
+                    "slirp4netns",
+                    "pasta",
+                ]
+                .iter()
+                .any(|d| l.command.contains(d))
+        };
         let others: Vec<_> = listeners
             .iter()
-            .filter(|l| l.pid != 0 && !l.command.contains("docker-proxy"))
+            .filter(|l| !docker_owned(l))
             .cloned()
             .collect();
         match others.is_empty() {

@@ -249,6 +249,9 @@ impl Runtime {
         ctx: &ReleaseCtx,
         listeners: &[ports::Listener],
     ) -> Result<(), String> {
+        if ports::cannot_tell(listeners) {
+            return Ok(());
+        }
         let ours = match self {
             Runtime::Process(p) => p.serves(ctx, listeners),
             Runtime::Docker(d) => return d.serves(ctx, listeners).await,
@@ -265,6 +268,26 @@ impl Runtime {
         match ours {
             true => Ok(()),
             false => Err(not_ours(ctx, listeners)),
+        }
+    }
+
+    /// Whether a release may start on its port now that the service's own
+    /// releases have stopped (`listeners`: who listens there); why not.
+    pub fn port_free(&self, ctx: &ReleaseCtx, listeners: &[ports::Listener]) -> Result<(), String> {
+        match self {
+            // Swarm publishes through its own proxy or the routing mesh.
+            Runtime::Swarm(_) => Ok(()),
+            // The unit tests' stand-in answers from the test process.
+            #[cfg(test)]
+            Runtime::Scripted(_) => Ok(()),
+            _ if listeners.is_empty() || ports::cannot_tell(listeners) => Ok(()),
+            _ => Err(format!(
+                "port {} is in use by {}, which is not a release of '{}' that deployer runs; \
+                 stop it or choose another port",
+                ctx.spec.port,
+                ports::describe(listeners),
+                ctx.service
+            )),
         }
     }
 

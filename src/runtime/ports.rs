@@ -45,7 +45,7 @@ pub fn describe(listeners: &[Listener]) -> String {
 
 /// The listeners of `port` on this machine. A socket whose holder cannot
 /// be read (another user's process, deployer not root) is a listener with
-/// pid 0.
+/// pid 0: [`unknown`].
 pub fn local(port: u16) -> Vec<Listener> {
     let inodes = listening_inodes(port);
     if inodes.is_empty() {
@@ -72,15 +72,33 @@ pub fn local(port: u16) -> Vec<Listener> {
         }
     }
     if found.is_empty() {
-        found.push(Listener {
+        found.push(Listener::unknown());
+    }
+    found
+}
+
+impl Listener {
+    /// A listening socket whose process deployer cannot see.
+    pub fn unknown() -> Listener {
+        Listener {
             pid: 0,
             session: 0,
             pgrp: 0,
             cgroup: String::new(),
             command: String::new(),
-        });
+        }
     }
-    found
+
+    pub fn is_unknown(&self) -> bool {
+        self.pid == 0
+    }
+}
+
+/// Whether deployer cannot tell who holds the port (only sockets whose
+/// process it cannot see): the ownership check then does not fail a
+/// release that answers.
+pub fn cannot_tell(listeners: &[Listener]) -> bool {
+    !listeners.is_empty() && listeners.iter().all(Listener::is_unknown)
 }
 
 fn local_process(pid: u32) -> Option<Listener> {
@@ -150,11 +168,13 @@ fn listening_inodes(port: u16) -> Vec<u64> {
 
 /// The command that asks a server who listens on `port`: a line per
 /// process, `PID PGRP SESSION CGROUP COMMAND...`; `- 0 0 - -` for a
-/// listening socket whose process `ss` does not show.
+/// listening socket whose process `ss` does not show, or when `ss` cannot
+/// answer.
 pub fn remote_cmd(port: u16) -> Cmd {
     let filter = quote(&format!("sport = :{port}"));
     let script = format!(
-        "out=$(ss -Hltnp {filter} 2>/dev/null) || exit 0; [ -n \"$out\" ] || exit 0; \
+        "out=$(ss -Hltnp {filter} 2>/dev/null) || {{ echo '- 0 0 - -'; exit 0; }}; \
+         [ -n \"$out\" ] || exit 0; \
          pids=$(printf '%s\\n' \"$out\" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); \
          [ -n \"$pids\" ] || {{ echo '- 0 0 - -'; exit 0; }}; \
          for p in $pids; do \

@@ -145,17 +145,26 @@ impl ProcessRuntime {
         let Some(record) = read_pid_file(&pid_path) else {
             return Ok(());
         };
+        let mut child = child;
         if is_running(record) {
+            // Until the whole group has gone: a worker that outlives its
+            // leader may still hold the port.
+            let mut alive = || {
+                if let Some(c) = child.as_mut() {
+                    let _ = c.try_wait();
+                }
+                is_running(record) || group_alive(record.pid)
+            };
             let grace = Duration::from_secs(ctx.spec.stop_grace_secs);
             signal_group(record.pid, libc::SIGTERM);
             let deadline = Instant::now() + grace;
-            while is_running(record) && Instant::now() < deadline {
+            while alive() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            if is_running(record) {
+            if alive() {
                 signal_group(record.pid, libc::SIGKILL);
                 let deadline = Instant::now() + Duration::from_secs(5);
-                while is_running(record) && Instant::now() < deadline {
+                while alive() && Instant::now() < deadline {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             }
@@ -247,6 +256,27 @@ fn proc_env(pid: i32, key: &str) -> Option<String> {
     env.split(|b| *b == 0).find_map(|kv| {
         let kv = std::str::from_utf8(kv).ok()?;
         kv.strip_prefix(key)?.strip_prefix('=').map(str::to_string)
+    })
+}
+
+/// Whether a process group still has a live (not zombie) member.
+fn group_alive(pgid: i32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks; no memory is touched.
+    if unsafe { libc::kill(-pgid, 0) } != 0 {
+        return false;
+    }
+    // Members may be zombies nobody reaps: look at each.
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|p| {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            return false;
+        };
+        proc_stat_fields(pid).is_some_and(|f| {
+            f.first().is_some_and(|s| s != "Z" && s != "X")
+                && f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid)
+        })
     })
 }
 

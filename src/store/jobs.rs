@@ -376,6 +376,11 @@ impl Store {
                 _ if unowned && status == "running" => {
                     "interrupted: the deployer running this job stopped before it finished".into()
                 }
+                _ if unowned => {
+                    "interrupted: the server that accepted this job stopped before it ran; \
+                     deploy again"
+                        .into()
+                }
                 _ => continue,
             };
             dead.push((id, row.get("service_name"), reason));
@@ -384,7 +389,11 @@ impl Store {
     }
 
     /// How many jobs are in each status.
+    /// (A job whose deployer died counts as failed, as every read says.)
     pub async fn job_counts(&self) -> Result<std::collections::BTreeMap<String, i64>, StoreError> {
+        for (id, _, reason) in self.dead_jobs(None, false).await? {
+            self.interrupt(&id, &reason).await?;
+        }
         let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status")
             .fetch_all(&self.pool)
             .await

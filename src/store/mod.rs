@@ -224,6 +224,17 @@ impl Store {
         ] {
             add_column(&pool, table, column, alter).await?;
         }
+        // What a reader settles and a sweep looks for, found without a
+        // scan of every job.
+        for index in [
+            "CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status)",
+            "CREATE INDEX IF NOT EXISTS jobs_recovered ON jobs (recovered)",
+        ] {
+            sqlx::query(index)
+                .execute(&pool)
+                .await
+                .map_err(ctx("creating indexes"))?;
+        }
         Ok(Store { pool })
     }
 

@@ -99,8 +99,14 @@ async fn prune(cx: &StepCx<'_>, current: &str) {
             }
             ReleaseStatus::Failed if !keep_always => {
                 // Failed releases never count; their files went at rollback.
-                if !is_running(r.id.clone()).await {
-                    let _ = cx.site.host.remove_release(&cx.dirs, &r.id).await;
+                if !is_running(r.id.clone()).await
+                    && cx.site.host.remove_release(&cx.dirs, &r.id).await.is_ok()
+                {
+                    // Not looked at again.
+                    let _ = cx
+                        .store
+                        .set_release_status(service, &r.id, ReleaseStatus::Removed)
+                        .await;
                 }
                 continue;
             }

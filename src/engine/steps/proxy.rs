@@ -187,21 +187,33 @@ async fn stop_unproxied(cx: &StepCx<'_>) {
     }
 }
 
-/// The drains recorded on a host: release → the time it stops by.
+/// The host's time and the drains recorded there: release → the time it
+/// stops by (both by the host's clock).
 pub(in crate::engine) async fn drains(
     site: &Site,
     dirs: &crate::release::ServiceDirs,
-) -> std::collections::HashMap<String, i64> {
+) -> (i64, std::collections::HashMap<String, i64>) {
     let script = proxy::drains_script(&dirs.root);
     let out = run(site, &Cmd::new("sh").args(["-c", &script]), ADMIN_TIMEOUT)
         .await
         .unwrap_or_default();
-    out.lines()
-        .filter_map(|l| {
-            let (rel, until) = l.split_once(' ')?;
-            Some((rel.to_string(), until.trim().parse().ok()?))
-        })
-        .collect()
+    let mut now = chrono::Utc::now().timestamp();
+    let mut drains = std::collections::HashMap::new();
+    for line in out.lines() {
+        let Some((name, value)) = line.split_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse() else {
+            continue;
+        };
+        match name {
+            "now" => now = value,
+            release => {
+                drains.insert(release.to_string(), value);
+            }
+        }
+    }
+    (now, drains)
 }
 
 /// Removes a release's drain record on a host (it has stopped).

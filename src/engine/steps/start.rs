@@ -134,18 +134,9 @@ impl Step for StartNew {
             // on the port is not deployer's to stop, and the new release
             // could not bind it.
             let listeners = cx.site.listeners(ctx.spec.port).await;
-            if !listeners.is_empty() {
-                return Err(StepError::new(
-                    FailureKind::Invalid,
-                    format!(
-                        "port {} is in use by {}, which is not a release of '{}' that \
-                         deployer runs; stop it or choose another port",
-                        ctx.spec.port,
-                        crate::runtime::ports::describe(&listeners),
-                        ctx.service
-                    ),
-                ));
-            }
+            cx.runtime(&ctx.spec)
+                .port_free(&ctx, &listeners)
+                .map_err(|e| StepError::new(FailureKind::Invalid, e))?;
             match cx.runtime(&ctx.spec).start(&ctx).await {
                 Ok(details) => Ok(Done::shown(details).with_undo(StopNew { ctx })),
                 // A half-started container or process is cleaned up too.
