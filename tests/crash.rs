@@ -57,6 +57,8 @@ fn rounds() -> usize {
 
 /// What of a service still runs, by name.
 type Remains<'a> = dyn Fn(&str) -> Vec<String> + 'a;
+/// The release a service's `current` names, by name.
+type Current<'a> = dyn Fn(&str) -> Option<String> + 'a;
 
 /// One method under test: how to deploy, where the public port is, and
 /// what of the service still runs.
@@ -72,6 +74,8 @@ struct Target<'a> {
     method: Vec<String>,
     /// What of the service runs (processes, containers, units).
     remains: Box<Remains<'a>>,
+    /// The release `current` names on the host.
+    current: Box<Current<'a>>,
 }
 
 impl Target<'_> {
@@ -104,7 +108,12 @@ impl Target<'_> {
 
     /// What the public port says its round is.
     fn answers(&self) -> Option<String> {
-        http_get(self.public, "/env/ROUND")
+        self.says("/env/ROUND")
+    }
+
+    /// What the public port answers at `path` (200 only).
+    fn says(&self, path: &str) -> Option<String> {
+        http_get(self.public, path)
             .filter(|(code, _)| *code == 200)
             .map(|(_, b)| b.trim().to_string())
     }
@@ -147,6 +156,15 @@ fn crash_rounds(t: &Target<'_>, what: &str) {
         assert!(
             answer.as_ref().is_some_and(|a| deployed.contains(a)),
             "{context}: the public port answers {answer:?}, not a deployed version\n{}{}",
+            said.stdout,
+            said.stderr
+        );
+        // And it is the release `current` names, not a stray.
+        let current = (t.current)(&t.name);
+        assert_eq!(
+            t.says("/env/RELEASE"),
+            current,
+            "{context}: the public port answers another release than current\n{}{}",
             said.stdout,
             said.stderr
         );
@@ -208,6 +226,7 @@ fn process_target<'a>(sb: &'a Sandbox, extra: &[&str]) -> Target<'a> {
                 .map(|p| format!("pid {p}"))
                 .collect()
         }),
+        current: Box::new(|name| sb.current(name)),
     }
 }
 
@@ -256,6 +275,7 @@ fn docker_redeploys_killed_at_random_moments() {
             .map(str::to_string)
             .collect()
         }),
+        current: Box::new(|name| sb.current(name)),
     };
     crash_rounds(&t, "docker");
 }
@@ -294,8 +314,102 @@ fn systemd_over_ssh_redeploys_killed_at_random_moments() {
                 .map(str::to_string)
                 .collect()
         }),
+        current: Box::new(move |name| {
+            let link = host_ref.exec(&["readlink", &format!("/srv/deployer/{name}/current")]);
+            link.trim().strip_prefix("releases/").map(str::to_string)
+        }),
     };
     crash_rounds(&t, "systemd over SSH");
+}
+
+/// A release whose start command leaves its process group (a daemon that
+/// double-forks) answers health checks from a process deployer did not
+/// start for it: Verify Health says so, naming the process, instead of
+/// calling the deploy healthy.
+#[test]
+fn a_port_answered_by_a_process_outside_the_release_fails_verify_health() {
+    let sb = Sandbox::new();
+    let port = free_port();
+    let name = sb.tracked("escapes");
+    let src = sb.prebuilt("hello", "v1");
+    let run = sb.deploy(
+        &src,
+        &name,
+        port,
+        "process",
+        &["--start", "setsid ./hello & sleep 600"],
+    );
+    run.assert_code(4);
+    let job = run.json();
+    let health = phase(&job, "Verify Health");
+    let error = health["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&format!("port {port} is answered by pid")) && error.contains("hello"),
+        "{health:#}"
+    );
+    assert!(
+        error.contains(job["release"].as_str().unwrap()),
+        "the error names the release: {error}"
+    );
+    // The escaped daemon is the test's to end (deployer could not see it).
+    for pid in service_pids(&name) {
+        // SAFETY: kill(2) has no memory-safety preconditions.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+}
+
+/// A drain whose drainer died (the host rebooted, someone killed it) ends
+/// anyway: the next command on the service, once the deadline is past,
+/// stops the drained release.
+#[test]
+fn a_drain_whose_drainer_died_is_ended_by_the_next_command() {
+    let sb = Sandbox::new();
+    let (port, public) = (free_port(), free_port());
+    let name = sb.tracked("drained");
+    let public_flag = public.to_string();
+    let flags = ["--proxy-port", public_flag.as_str()];
+    let v1 = sb.prebuilt("hello", "v1");
+    add_to_manifest(&v1, "[proxy]\ndrain_secs = 2\n");
+    sb.deploy(&v1, &name, port, "process", &flags)
+        .assert_code(0);
+    let before = service_pids(&name);
+    assert!(!before.is_empty());
+    let v2 = sb.prebuilt("hello", "v2");
+    add_to_manifest(&v2, "[proxy]\ndrain_secs = 2\n");
+    let first = sb
+        .deploy(&v2, &name, port, "process", &flags)
+        .assert_code(0)
+        .json();
+    let r1 = sb
+        .run(&["--json", "history", &name])
+        .json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|j| (j["deploy_job_id"] != first["deploy_job_id"]).then(|| j["release"].clone()))
+        .unwrap();
+    let r1 = r1.as_str().unwrap();
+    // The drainer of r1 dies.
+    let killed = Command::new("pkill")
+        .args(["-KILL", "-f", &format!("sleep 2; .*releases/{r1}")])
+        .status()
+        .unwrap();
+    assert!(killed.success(), "the drainer of {r1} was running");
+    // Past its deadline (and the few seconds' slack) r1 still runs…
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(
+        before.iter().any(|p| service_pids(&name).contains(p)),
+        "r1 runs on with no drainer"
+    );
+    // …until the next command on the service.
+    sb.run(&["history", &name]).assert_code(0);
+    let left: Vec<i32> = before
+        .iter()
+        .filter(|p| service_pids(&name).contains(p))
+        .copied()
+        .collect();
+    assert!(left.is_empty(), "r1's processes {left:?} still run");
+    assert_eq!(version_on(public).as_deref(), Some("v2"));
 }
 
 /// `serve` killed with one job running and five queued: after a restart

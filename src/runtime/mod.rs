@@ -271,6 +271,21 @@ impl Runtime {
         }
     }
 
+    /// A quick proof that the release holds its port, with no look at who
+    /// else listens (a process release's own process tree); false when
+    /// there is none, and [`Runtime::serves`] decides.
+    pub async fn holds_port(&self, ctx: &ReleaseCtx) -> bool {
+        match self {
+            Runtime::Process(_) => {
+                let ctx = ctx.clone();
+                tokio::task::spawn_blocking(move || process::holds_port(&ctx))
+                    .await
+                    .unwrap_or(false)
+            }
+            _ => false,
+        }
+    }
+
     /// Whether a release may start on its port now that the service's own
     /// releases have stopped (`listeners`: who listens there); why not.
     pub fn port_free(&self, ctx: &ReleaseCtx, listeners: &[ports::Listener]) -> Result<(), String> {

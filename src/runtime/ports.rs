@@ -101,6 +101,47 @@ pub fn cannot_tell(listeners: &[Listener]) -> bool {
     !listeners.is_empty() && listeners.iter().all(Listener::is_unknown)
 }
 
+/// Whether `root` or a process below it holds a listening socket on
+/// `port`: the quick proof for a release whose processes deployer
+/// started (no walk of every process on the machine).
+pub fn held_below(root: u32, port: u16) -> bool {
+    let inodes = listening_inodes(port);
+    if inodes.is_empty() {
+        return false;
+    }
+    let wanted: Vec<String> = inodes.iter().map(|i| format!("socket:[{i}]")).collect();
+    let mut queue = vec![root];
+    let mut seen = 0;
+    while let Some(pid) = queue.pop() {
+        seen += 1;
+        if seen > 256 {
+            return false;
+        }
+        let holds = std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|l| wanted.iter().any(|w| l.as_os_str() == w.as_str()))
+            })
+        });
+        if holds {
+            return true;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            queue.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    false
+}
+
 fn local_process(pid: u32) -> Option<Listener> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let (pgrp, session) = pgrp_session(&stat)?;
@@ -220,8 +261,11 @@ mod tests {
         let me = std::process::id();
         assert!(found.iter().any(|x| x.pid == me), "{found:?}");
         assert!(describe(&found).contains(&format!("pid {me}")));
+        assert!(held_below(me, port), "this process holds it");
+        assert!(!held_below(1, port) || me == 1, "init's tree does not");
         drop(l);
         assert!(local(port).iter().all(|x| x.pid != me));
+        assert!(!held_below(me, port));
     }
 
     #[test]

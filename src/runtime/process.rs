@@ -218,6 +218,13 @@ impl ProcessRuntime {
     }
 }
 
+/// The quick proof: the release's own process tree holds its port.
+pub fn holds_port(ctx: &ReleaseCtx) -> bool {
+    read_pid_file(&ctx.dirs.pid_file(&ctx.release))
+        .filter(|r| is_running(*r))
+        .is_some_and(|r| super::ports::held_below(r.pid as u32, ctx.spec.port))
+}
+
 fn read_pid_file(path: &std::path::Path) -> Option<PidRecord> {
     let text = std::fs::read_to_string(path).ok()?;
     let mut parts = text.split_whitespace();

@@ -44,9 +44,7 @@ impl Step for VerifyHealth {
                 .await;
             match result {
                 Ok(h) => {
-                    let listeners = cx.site.listeners(ctx.spec.port).await;
-                    runtime
-                        .serves(&ctx, &listeners)
+                    answered_by(cx.site, &ctx)
                         .await
                         .map_err(|e| StepError::new(FailureKind::Health, e))?;
                     Ok(Done::shown(format!(
@@ -115,12 +113,21 @@ pub(in crate::engine) async fn restart_and_verify(
     let healthy = health_check(&ctx.spec, &site.health_host())
         .wait(probe(http, site, &ctx.spec), || runtime.liveness(ctx))
         .await?;
-    let listeners = site.listeners(ctx.spec.port).await;
-    runtime
-        .serves(ctx, &listeners)
+    answered_by(site, ctx)
         .await
         .map_err(RestartError::NotOurs)?;
     Ok(healthy.after)
+}
+
+/// That the release itself holds its port (what answered the health
+/// check is not a process an earlier, killed deployer left behind).
+async fn answered_by(site: &Site, ctx: &ReleaseCtx) -> Result<(), String> {
+    let runtime = site.runtime(ctx.spec.runtime);
+    if runtime.holds_port(ctx).await {
+        return Ok(());
+    }
+    let listeners = site.listeners(ctx.spec.port).await;
+    runtime.serves(ctx, &listeners).await
 }
 
 /// How a release's health is reached: over HTTP from here, or with curl on
