@@ -262,7 +262,10 @@ mod tests {
         assert!(found.iter().any(|x| x.pid == me), "{found:?}");
         assert!(describe(&found).contains(&format!("pid {me}")));
         assert!(held_below(me, port), "this process holds it");
-        assert!(!held_below(1, port) || me == 1, "init's tree does not");
+        let mut other = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+        assert!(!held_below(other.id(), port), "another process's tree does not");
+        let _ = other.kill();
+        let _ = other.wait();
         drop(l);
         assert!(local(port).iter().all(|x| x.pid != me));
         assert!(!held_below(me, port));
