@@ -369,13 +369,13 @@ fn a_drain_whose_drainer_died_is_ended_by_the_next_command() {
     let public_flag = public.to_string();
     let flags = ["--proxy-port", public_flag.as_str()];
     let v1 = sb.prebuilt("hello", "v1");
-    add_to_manifest(&v1, "[proxy]\ndrain_secs = 2\n");
+    add_to_manifest(&v1, "[proxy]\ndrain_secs = 5\n");
     sb.deploy(&v1, &name, port, "process", &flags)
         .assert_code(0);
     let before = service_pids(&name);
     assert!(!before.is_empty());
     let v2 = sb.prebuilt("hello", "v2");
-    add_to_manifest(&v2, "[proxy]\ndrain_secs = 2\n");
+    add_to_manifest(&v2, "[proxy]\ndrain_secs = 5\n");
     let first = sb
         .deploy(&v2, &name, port, "process", &flags)
         .assert_code(0)
@@ -391,12 +391,12 @@ fn a_drain_whose_drainer_died_is_ended_by_the_next_command() {
     let r1 = r1.as_str().unwrap();
     // The drainer of r1 dies.
     let killed = Command::new("pkill")
-        .args(["-KILL", "-f", &format!("sleep 2; .*releases/{r1}")])
+        .args(["-KILL", "-f", &format!("sleep 5; .*releases/{r1}")])
         .status()
         .unwrap();
     assert!(killed.success(), "the drainer of {r1} was running");
     // Past its deadline (and the few seconds' slack) r1 still runs…
-    std::thread::sleep(Duration::from_secs(8));
+    std::thread::sleep(Duration::from_secs(11));
     assert!(
         before.iter().any(|p| service_pids(&name).contains(p)),
         "r1 runs on with no drainer"
@@ -464,9 +464,11 @@ fn serve_killed_with_a_running_and_five_queued_jobs() {
         );
     }
     let server = server::Server::start(&sb, sb.dir.path(), &[]);
-    // The service answers (recovery at start brings current back).
-    eventually(30, "the service answering after the restart", || {
-        http_get(port, "/env/ROUND").filter(|(c, _)| *c == 200)
+    // The service answers (recovery at start brings current back), and
+    // what answers is the release `current` names.
+    eventually(30, "current answering after the restart", || {
+        let answer = http_get(port, "/env/RELEASE").filter(|(c, _)| *c == 200)?;
+        (Some(answer.1.trim().to_string()) == sb.current(&name)).then_some(())
     });
     let (_, history) = server.get(&format!("/deploy/history/{name}"));
     let jobs = history["jobs"]

@@ -299,8 +299,10 @@ impl Engine {
         let result = async {
             // Under the lock, so `current` cannot change while the target is chosen.
             let lock = self.lock(service, &job_id).await?;
-            self.sweep(&sites, service, recover::BringUp::Current, sink)
-                .await?;
+            if self.needs_sweep(service).await? {
+                self.sweep(&sites, service, recover::BringUp::Current, sink)
+                    .await?;
+            }
             let _place = self.enter_gate().await;
             let (work, validation) = self.rollback_work(&sites, service, to).await?;
             sink.event(&Event::PhaseFinished(&validation.view()));
@@ -326,8 +328,10 @@ impl Engine {
         let _lock = self.lock(service, &job_id).await?;
         let sites = self.service_sites(service).await?;
         let started = std::time::Instant::now();
-        self.sweep(&sites, service, recover::BringUp::No, &crate::output::Quiet)
-            .await?;
+        if self.needs_sweep(service).await? {
+            self.sweep(&sites, service, recover::BringUp::No, &crate::output::Quiet)
+                .await?;
+        }
         let mut stopped = Vec::new();
         let mut failed = None;
         for site in &sites {

@@ -10,7 +10,7 @@
 
 use super::{Engine, Event, Sink, steps};
 use crate::error::Failure;
-use crate::model::{Job, RuntimeKind};
+use crate::model::{Job, PhaseName, PhaseStatus, ReleaseStatus, RuntimeKind};
 use crate::release::ServiceDirs;
 use crate::runtime::ReleaseCtx;
 use crate::site::Site;
@@ -46,14 +46,22 @@ impl Engine {
             Some(c) => self.release_ctx(&dirs, service, c).await,
             None => None,
         };
+        // Only a job that reached Start Service may have stopped `current`:
+        // a service stopped on purpose stays stopped after a job that died
+        // in Transfer or Build, or a queued job of a server that died.
         let bring_up = match current_ctx {
-            Some(ctx) if bring_up == BringUp::Current && !jobs.is_empty() => Some(ctx),
+            Some(ctx) if bring_up == BringUp::Current && jobs.iter().any(reached_start) => {
+                Some(ctx)
+            }
             _ => None,
         };
         let mut ok = true;
         let proxied = bring_up.as_ref().filter(|c| c.spec.proxy.is_some());
+        // A `current` that does not come back is said (audit) but does not
+        // keep the jobs unrecovered: trying again on every command would
+        // only wait out its health check each time.
         if let Some(ctx) = proxied {
-            ok &= self.bring_up(site, ctx, sink).await;
+            self.bring_up(site, ctx, sink).await;
             if let Err(e) = steps::proxy::point_at_current(site, ctx).await {
                 let note = format!(
                     "recovery: pointing the proxy at release {}: {e}",
@@ -71,7 +79,7 @@ impl Engine {
             .await;
         site.remember_running(None);
         if let Some(ctx) = bring_up.as_ref().filter(|c| c.spec.proxy.is_none()) {
-            ok &= self.bring_up(site, ctx, sink).await;
+            self.bring_up(site, ctx, sink).await;
         }
         ok
     }
@@ -98,9 +106,13 @@ impl Engine {
         };
         let mut ok = true;
         for job in jobs {
-            let made = releases
-                .iter()
-                .filter(|r| r.job_id == job.deploy_job_id && Some(r.id.as_str()) != current);
+            // Only what never became current or previous: a release the job
+            // committed stays, whatever happened after.
+            let made = releases.iter().filter(|r| {
+                r.job_id == job.deploy_job_id
+                    && Some(r.id.as_str()) != current
+                    && matches!(r.status, ReleaseStatus::Pending | ReleaseStatus::Failed)
+            });
             for release in made {
                 let Some(ctx) = self.release_ctx(&dirs, service, &release.id).await else {
                     continue;
@@ -174,8 +186,11 @@ impl Engine {
         if running.iter().all(|(r, _)| Some(r.as_str()) == current) {
             return true;
         }
-        // Deadlines and the time, both by the host's clock.
-        let (now, drains) = steps::proxy::drains(site, &dirs).await;
+        // Deadlines and the time, both by the host's clock; when the host
+        // cannot say, nothing is stopped (it may be draining).
+        let Some((now, drains)) = steps::proxy::drains(site, &dirs).await else {
+            return false;
+        };
         let mut ok = true;
         for (rel, _) in running {
             if Some(rel.as_str()) == current {
@@ -356,4 +371,12 @@ impl Engine {
         }
         failed
     }
+}
+
+/// Whether a job got as far as Start Service (where `current` may stop).
+fn reached_start(job: &Job) -> bool {
+    job.phases.iter().any(|p| {
+        p.name == PhaseName::StartService
+            && !matches!(p.status(), PhaseStatus::Pending | PhaseStatus::Skipped)
+    })
 }

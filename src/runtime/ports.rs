@@ -101,9 +101,11 @@ pub fn cannot_tell(listeners: &[Listener]) -> bool {
     !listeners.is_empty() && listeners.iter().all(Listener::is_unknown)
 }
 
-/// Whether `root` or a process below it holds a listening socket on
-/// `port`: the quick proof for a release whose processes deployer
-/// started (no walk of every process on the machine).
+/// Whether `root` or a process below it that stayed in its process group
+/// or session holds a listening socket on `port`: the quick proof for a
+/// release whose processes deployer started (no walk of every process on
+/// the machine). A daemon that left the group (`setsid`) does not count:
+/// `stop` would not reach it.
 pub fn held_below(root: u32, port: u16) -> bool {
     let inodes = listening_inodes(port);
     if inodes.is_empty() {
@@ -123,7 +125,13 @@ pub fn held_below(root: u32, port: u16) -> bool {
                     .is_ok_and(|l| wanted.iter().any(|w| l.as_os_str() == w.as_str()))
             })
         });
-        if holds {
+        let in_group = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| pgrp_session(&stat))
+                .is_some_and(|(g, s)| g == root || s == root)
+        };
+        if holds && in_group() {
             return true;
         }
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -221,8 +229,8 @@ pub fn remote_cmd(port: u16) -> Cmd {
          for p in $pids; do \
            s=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f3,4); \
            c=$(tail -n1 /proc/$p/cgroup 2>/dev/null | cut -d: -f3-); \
-           a=$(tr '\\0' ' ' </proc/$p/cmdline 2>/dev/null | cut -c1-120); \
-           echo \"$p ${{s:-0 0}} ${{c:--}} ${{a:--}}\"; \
+           a=$(tr '\\0' ' ' 2>/dev/null </proc/$p/cmdline | cut -c1-120); \
+           printf '%s %s %s %s\\n' \"$p\" \"${{s:-0 0}}\" \"${{c:--}}\" \"${{a:--}}\"; \
          done"
     );
     Cmd::new("sh").args(["-c", &script])
@@ -261,14 +269,70 @@ mod tests {
         let me = std::process::id();
         assert!(found.iter().any(|x| x.pid == me), "{found:?}");
         assert!(describe(&found).contains(&format!("pid {me}")));
-        assert!(held_below(me, port), "this process holds it");
-        let mut other = std::process::Command::new("sleep").arg("5").spawn().unwrap();
-        assert!(!held_below(other.id(), port), "another process's tree does not");
+        let mut other = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(
+            !held_below(other.id(), port),
+            "another process's tree does not"
+        );
         let _ = other.kill();
         let _ = other.wait();
         drop(l);
         assert!(local(port).iter().all(|x| x.pid != me));
-        assert!(!held_below(me, port));
+    }
+
+    #[test]
+    fn a_group_leader_holding_the_port_below_itself_is_the_quick_proof() {
+        use std::os::unix::process::CommandExt;
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        // sh leads its group; python below it holds the port.
+        let mut leader = std::process::Command::new("sh")
+            .args([
+                "-c",
+                &format!("python3 -m http.server {port} --bind 127.0.0.1 >/dev/null 2>&1; :"),
+            ])
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while listening_inodes(port).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let held = held_below(leader.id(), port);
+        // SAFETY: kill(2) on the group the test made.
+        unsafe { libc::kill(-(leader.id() as i32), libc::SIGKILL) };
+        let _ = leader.wait();
+        assert!(held, "the leader's child holds the port");
+    }
+
+    #[tokio::test]
+    async fn the_servers_command_finds_a_listener_here_as_on_a_server() {
+        if !std::path::Path::new("/usr/bin/ss").exists()
+            && !std::path::Path::new("/bin/ss").exists()
+        {
+            return;
+        }
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        use crate::cmd::Transport;
+        let out = crate::cmd::LocalTransport
+            .exec(&remote_cmd(port), std::time::Duration::from_secs(10))
+            .await
+            .unwrap();
+        let found = parse_remote(&out.stdout);
+        let me = std::process::id();
+        assert!(
+            found
+                .iter()
+                .any(|x| x.pid == me && x.pgrp > 0 && !x.command.is_empty()),
+            "{found:?} from {}",
+            out.stdout
+        );
     }
 
     #[test]

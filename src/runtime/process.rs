@@ -146,7 +146,9 @@ impl ProcessRuntime {
             return Ok(());
         };
         let mut child = child;
-        if is_running(record) {
+        // A leader gone with workers left in its group: they are stopped
+        // too (they may hold the port).
+        if is_running(record) || group_alive(record.pid) {
             // Until the whole group has gone: a worker that outlives its
             // leader may still hold the port.
             let mut alive = || {

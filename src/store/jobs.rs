@@ -38,7 +38,8 @@ impl Store {
                 droplet_id = $6, service_port = $7, service_url = $8, method = $9, release_id = $10,
                 previous_release = $11, registration = $12, rollback = $13, transfer = $14,
                 started_at = $15, completed_at = $16, success = $17, error = $18, failure = $19,
-                actor = $20, hosts = $21, notifications = $22, git = $23, owner = $24
+                actor = $20, hosts = $21, notifications = $22, git = $23, owner = $24,
+                recovered = NULL
              WHERE id = $1"
         };
         let done = sqlx::query(sql)

@@ -76,8 +76,10 @@ async fn prune(cx: &StepCx<'_>, current: &str) {
     let is_running = |id: String| {
         let running = &running;
         async move {
+            // Of this job's method only: an old release of another one
+            // would have been stopped by Start Service or the sweep.
             running
-                .get_or_init(|| cx.site.running_releases(&cx.dirs, service))
+                .get_or_init(|| cx.runtime(&cx.work.spec).running(&cx.dirs, service))
                 .await
                 .iter()
                 .any(|(r, _)| *r == id)

@@ -189,15 +189,16 @@ async fn stop_unproxied(cx: &StepCx<'_>) {
 
 /// The host's time and the drains recorded there: release → the time it
 /// stops by (both by the host's clock).
+/// `None` when the host cannot say.
 pub(in crate::engine) async fn drains(
     site: &Site,
     dirs: &crate::release::ServiceDirs,
-) -> (i64, std::collections::HashMap<String, i64>) {
+) -> Option<(i64, std::collections::HashMap<String, i64>)> {
     let script = proxy::drains_script(&dirs.root);
     let out = run(site, &Cmd::new("sh").args(["-c", &script]), ADMIN_TIMEOUT)
         .await
-        .unwrap_or_default();
-    let mut now = chrono::Utc::now().timestamp();
+        .ok()?;
+    let mut now = None;
     let mut drains = std::collections::HashMap::new();
     for line in out.lines() {
         let Some((name, value)) = line.split_once(' ') else {
@@ -207,13 +208,13 @@ pub(in crate::engine) async fn drains(
             continue;
         };
         match name {
-            "now" => now = value,
+            "now" => now = Some(value),
             release => {
                 drains.insert(release.to_string(), value);
             }
         }
     }
-    (now, drains)
+    Some((now?, drains))
 }
 
 /// Removes a release's drain record on a host (it has stopped).
