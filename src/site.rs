@@ -368,6 +368,13 @@ fn expand_home(p: &std::path::Path) -> PathBuf {
 /// Read from the kernel's socket tables rather than probed with a bind: two
 /// deployers validating at once would otherwise see each other's probe.
 pub fn port_is_free(port: u16) -> bool {
+    if let Some(found) = [libc::AF_INET, libc::AF_INET6]
+        .into_iter()
+        .map(|f| crate::runtime::ports::diag_listening(f as u8, port))
+        .collect::<Option<Vec<Vec<u64>>>>()
+    {
+        return found.iter().all(Vec::is_empty);
+    }
     let mut read_any = false;
     for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
         let Ok(text) = std::fs::read_to_string(table) else {
