@@ -432,3 +432,85 @@ fn private_log(path: &std::path::Path) -> std::io::Result<std::fs::File> {
         .mode(0o600)
         .open(path)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{RunSpec, RuntimeKind};
+
+    fn ctx(dir: &std::path::Path, start: &str) -> ReleaseCtx {
+        let dirs = ServiceDirs::new(dir, "gate");
+        std::fs::create_dir_all(dirs.release("r1")).unwrap();
+        ReleaseCtx {
+            service: "gate".into(),
+            release: "r1".into(),
+            dirs,
+            spec: RunSpec {
+                start: Some(start.into()),
+                secret_names: Vec::new(),
+                ..RunSpec::example(RuntimeKind::Process)
+            },
+            secrets: Vec::new(),
+        }
+    }
+
+    /// A deployer that dies between spawning a release and writing its pid
+    /// file closes the gate's pipe: the child ends without ever running
+    /// the release's command, so nothing runs that no record names.
+    #[test]
+    fn a_release_whose_deployer_died_before_its_pid_file_never_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let ctx = ctx(dir.path(), &format!("touch {}", marker.display()));
+        let cmd_start = ctx.spec.start.clone().unwrap();
+        let mut child = service_command(&ctx, &cmd_start, None, Stdio::null(), Stdio::null())
+            .spawn()
+            .unwrap();
+        // The deployer "dies": its end of the pipe closes, no `go` sent.
+        drop(child.stdin.take());
+        let status = child.wait().unwrap();
+        assert_eq!(status.code(), Some(111));
+        assert!(
+            !marker.exists(),
+            "the release's command ran without its record"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_started_release_runs_once_its_pid_file_is_written_and_stops_with_its_group() {
+        let dir = tempfile::tempdir().unwrap();
+        // A leader whose worker ignores SIGTERM: stop waits for the group.
+        let ctx = ctx(
+            dir.path(),
+            "sh -c 'trap \"\" TERM; touch worker; sleep 30' & sleep 30",
+        );
+        let ctx = ReleaseCtx {
+            spec: RunSpec {
+                stop_grace_secs: 1,
+                ..ctx.spec.clone()
+            },
+            ..ctx
+        };
+        let runtime = ProcessRuntime::default();
+        runtime.start(&ctx).await.unwrap();
+        let record = read_pid_file(&ctx.dirs.pid_file("r1")).expect("a pid file");
+        assert!(is_running(record));
+        let worker = ctx.dir().join("worker");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !worker.exists() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(worker.exists(), "the worker started");
+        let stopping = Instant::now();
+        runtime.stop(&ctx).await.unwrap();
+        assert!(
+            stopping.elapsed() >= Duration::from_secs(1),
+            "the worker ignoring SIGTERM was waited for, then killed"
+        );
+        assert!(
+            !group_alive(record.pid),
+            "a worker of the release outlived stop"
+        );
+        assert!(read_pid_file(&ctx.dirs.pid_file("r1")).is_none());
+    }
+}
