@@ -278,3 +278,80 @@ fn the_lock_on_the_host_refuses_a_second_deployer_and_a_stale_one_is_taken_over(
         "{audit}"
     );
 }
+
+/// A sweep after a crash takes the host's lock too: while a deployer on
+/// another machine holds it (its release may be running and not current
+/// yet), nothing of the service is stopped; once the lock is free, the
+/// release that is neither current nor draining is.
+#[test]
+fn a_sweep_leaves_a_host_alone_while_another_deployer_holds_its_lock() {
+    if !require_docker() {
+        return;
+    }
+    let r = Remote::new();
+    let name = &r.sb.name("rsweep");
+    let (port, other_port) = (free_port(), free_port());
+    let j1 = r
+        .deploy(&r.service("hello", "v1"), name, port)
+        .assert_code(0)
+        .json();
+    r.deploy(&r.service("hello", "v2"), name, port)
+        .assert_code(0);
+    // v1 runs again beside current v2, on another port: in flight for a
+    // deployer elsewhere.
+    let r1 = j1["release"].as_str().unwrap();
+    let container = format!("{name}-{r1}");
+    let _ = docker(&["rm", "-f", &container]);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &container,
+        "--label",
+        &format!("deployer.service={name}"),
+        "--label",
+        &format!("deployer.release={r1}"),
+        "--label",
+        &format!("deployer.port={other_port}"),
+        "-e",
+        &format!("PORT={other_port}"),
+        "-p",
+        &format!("{other_port}:{other_port}"),
+        &format!("{name}:{r1}"),
+    ]);
+    let running = || {
+        let names = docker(&[
+            "ps",
+            "--filter",
+            &format!("name=^{container}$"),
+            "--format",
+            "{{.Names}}",
+        ]);
+        names.trim() == container
+    };
+    assert!(running());
+    // A drain of the service is overdue: the next command sweeps.
+    let marker =
+        r.sb.state_dir()
+            .join("services")
+            .join(name)
+            .join("draining");
+    std::fs::write(&marker, "1000").unwrap();
+    let lock_dir = r.base.join(name).join("deploy.lock.d");
+    std::fs::create_dir_all(&lock_dir).unwrap();
+    let holder = r#"{"job_id":"deploy-elsewhere","pid":4242,"actor":"ops@laptop","since":"2026-11-25T10:00:00Z"}"#;
+    std::fs::write(lock_dir.join("holder.json"), holder).unwrap();
+    let config = r.config.to_str().unwrap();
+    let said = r.sb.run(&["--config", config, "history", name]);
+    said.assert_code(0);
+    assert!(said.stderr.contains("not recovered yet"), "{}", said.stderr);
+    assert!(
+        running(),
+        "the sweep stopped a release while another deployer held the host"
+    );
+    std::fs::remove_dir_all(&lock_dir).unwrap();
+    let said = r.sb.run(&["--config", config, "history", name]);
+    said.assert_code(0);
+    assert!(!running(), "the stray release still runs: {}", said.stderr);
+    assert_eq!(version_on(port).as_deref(), Some("v2"));
+}

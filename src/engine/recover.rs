@@ -273,6 +273,33 @@ impl Engine {
         bring_up: BringUp,
         sink: &dyn Sink,
     ) -> Result<bool, Failure> {
+        // On servers, under their locks too: a deployer on another machine
+        // may be running a job there whose release is not current yet.
+        let host_locks = match sites.iter().any(|s| !s.host.is_local()) {
+            false => None,
+            true => match self.lock_hosts(sites, service, "recovery").await {
+                Ok((locks, _)) => Some(locks),
+                Err(f) if f.kind == crate::error::FailureKind::Locked => {
+                    sink.event(&Event::Note(&format!("not recovered yet: {}", f.message)));
+                    return Ok(false);
+                }
+                Err(f) => return Err(f),
+            },
+        };
+        let result = self.sweep_locked(sites, service, bring_up, sink).await;
+        if let Some(locks) = host_locks {
+            locks.release().await;
+        }
+        result
+    }
+
+    async fn sweep_locked(
+        &self,
+        sites: &[Site],
+        service: &str,
+        bring_up: BringUp,
+        sink: &dyn Sink,
+    ) -> Result<bool, Failure> {
         let store = self.store().await?;
         store.mark_interrupted(service).await?;
         let interrupted = store.unrecovered(service).await?;
