@@ -3,146 +3,87 @@
 //! 2 build failed, 3 start (deploy) failed, 4 health check failed after
 //! rollback. deployer adds codes for its own failure kinds.
 
-/// What went wrong, at the granularity a caller (script or CI) acts on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FailureKind {
-    /// `[tests] local` or `server` failed (seed exit code 1); nothing
-    /// started.
-    Tests,
-    /// The Build phase failed; the previous release still runs.
-    Build,
-    /// The Start Service phase failed; the previous release was restored.
-    Start,
-    /// Verify Health failed; the previous release was restored.
-    Health,
-    /// Copying the service into a new release failed.
-    Transfer,
-    /// The service runs but registering it failed.
-    Register,
-    /// Rolling back failed too: the service may be down.
-    RollbackFailed,
-    /// The deployer running the job stopped before it finished (killed,
-    /// crashed, the server restarted).
-    Interrupted,
-    /// The migration failed; the old release kept running.
-    Migrate,
-    /// A git step failed (uncommitted changes, an unknown ref, a push).
-    Git,
-    /// The backup before the deploy failed or did not verify; nothing
-    /// stopped.
-    Backup,
-    /// A stage of `deployer pipeline run` (a verifier, an auto-fixer, a
-    /// command) failed; nothing was transferred.
-    Pipeline,
-    /// Bad input: config, manifest, flags, path, name, port.
-    Invalid,
-    /// The target host cannot be reached: connection, authentication, or a
-    /// host key that is unknown or changed.
-    Unreachable,
-    /// Another deploy of the same service holds the lock.
-    Locked,
-    /// Something the user asked about does not exist (job, service, release).
-    NotFound,
-    /// The request cannot apply to the current state (no previous release
-    /// to roll back to; the release is already current).
-    Conflict,
-    /// An unexpected internal or environment error.
-    Internal,
+/// Declares [`FailureKind`] once: each kind with its doc, its exit code
+/// and its name in JSON, the store and the API; the enum, `ALL`,
+/// `exit_code`, `as_str` and `parse` all come from this one list.
+macro_rules! failure_kinds {
+    ($($(#[doc = $doc:literal])* $kind:ident = $code:literal, $name:literal;)+) => {
+        /// What went wrong, at the granularity a caller (script or CI) acts on.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum FailureKind {
+            $($(#[doc = $doc])* $kind,)+
+        }
+
+        impl FailureKind {
+            /// Every kind, for documentation checks.
+            pub const ALL: &'static [FailureKind] = &[$(FailureKind::$kind,)+];
+
+            /// The process exit code for this failure. Documented in the README.
+            pub fn exit_code(self) -> i32 {
+                match self {
+                    $(FailureKind::$kind => $code,)+
+                }
+            }
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(FailureKind::$kind => $name,)+
+                }
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                match s {
+                    $($name => Some(FailureKind::$kind),)+
+                    _ => None,
+                }
+            }
+        }
+    };
 }
 
-impl FailureKind {
-    /// Every kind, for documentation checks.
-    pub const ALL: [FailureKind; 18] = [
-        FailureKind::Tests,
-        FailureKind::Build,
-        FailureKind::Start,
-        FailureKind::Health,
-        FailureKind::Transfer,
-        FailureKind::Register,
-        FailureKind::RollbackFailed,
-        FailureKind::Interrupted,
-        FailureKind::Migrate,
-        FailureKind::Git,
-        FailureKind::Backup,
-        FailureKind::Pipeline,
-        FailureKind::Unreachable,
-        FailureKind::Invalid,
-        FailureKind::Locked,
-        FailureKind::NotFound,
-        FailureKind::Conflict,
-        FailureKind::Internal,
-    ];
-
-    /// The process exit code for this failure. Documented in the README.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            FailureKind::Tests => 1,
-            FailureKind::Build => 2,
-            FailureKind::Start => 3,
-            FailureKind::Health => 4,
-            FailureKind::Transfer => 5,
-            FailureKind::Register => 6,
-            FailureKind::RollbackFailed => 7,
-            FailureKind::Interrupted => 9,
-            FailureKind::Migrate => 15,
-            FailureKind::Git => 14,
-            FailureKind::Backup => 16,
-            FailureKind::Pipeline => 17,
-            FailureKind::Unreachable => 8,
-            FailureKind::Invalid => 10,
-            FailureKind::Locked => 11,
-            FailureKind::NotFound => 12,
-            FailureKind::Conflict => 13,
-            FailureKind::Internal => 70,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            FailureKind::Tests => "tests",
-            FailureKind::Build => "build",
-            FailureKind::Start => "start",
-            FailureKind::Health => "health",
-            FailureKind::Transfer => "transfer",
-            FailureKind::Register => "register",
-            FailureKind::RollbackFailed => "rollback_failed",
-            FailureKind::Interrupted => "interrupted",
-            FailureKind::Migrate => "migrate",
-            FailureKind::Git => "git",
-            FailureKind::Backup => "backup",
-            FailureKind::Pipeline => "pipeline",
-            FailureKind::Unreachable => "unreachable",
-            FailureKind::Invalid => "invalid",
-            FailureKind::Locked => "locked",
-            FailureKind::NotFound => "not_found",
-            FailureKind::Conflict => "conflict",
-            FailureKind::Internal => "internal",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "tests" => FailureKind::Tests,
-            "build" => FailureKind::Build,
-            "start" => FailureKind::Start,
-            "health" => FailureKind::Health,
-            "transfer" => FailureKind::Transfer,
-            "register" => FailureKind::Register,
-            "rollback_failed" => FailureKind::RollbackFailed,
-            "interrupted" => FailureKind::Interrupted,
-            "migrate" => FailureKind::Migrate,
-            "git" => FailureKind::Git,
-            "backup" => FailureKind::Backup,
-            "pipeline" => FailureKind::Pipeline,
-            "unreachable" => FailureKind::Unreachable,
-            "invalid" => FailureKind::Invalid,
-            "locked" => FailureKind::Locked,
-            "not_found" => FailureKind::NotFound,
-            "conflict" => FailureKind::Conflict,
-            "internal" => FailureKind::Internal,
-            _ => return None,
-        })
-    }
+failure_kinds! {
+    /// `[tests] local` or `server` failed (seed exit code 1); nothing
+    /// started.
+    Tests = 1, "tests";
+    /// The Build phase failed; the previous release still runs.
+    Build = 2, "build";
+    /// The Start Service phase failed; the previous release was restored.
+    Start = 3, "start";
+    /// Verify Health failed; the previous release was restored.
+    Health = 4, "health";
+    /// Copying the service into a new release failed.
+    Transfer = 5, "transfer";
+    /// The service runs but registering it failed.
+    Register = 6, "register";
+    /// Rolling back failed too: the service may be down.
+    RollbackFailed = 7, "rollback_failed";
+    /// The deployer running the job stopped before it finished (killed,
+    /// crashed, the server restarted).
+    Interrupted = 9, "interrupted";
+    /// The migration failed; the old release kept running.
+    Migrate = 15, "migrate";
+    /// A git step failed (uncommitted changes, an unknown ref, a push).
+    Git = 14, "git";
+    /// The backup before the deploy failed or did not verify; nothing
+    /// stopped.
+    Backup = 16, "backup";
+    /// A stage of `deployer pipeline run` (a verifier, an auto-fixer, a
+    /// command) failed; nothing was transferred.
+    Pipeline = 17, "pipeline";
+    /// The target host cannot be reached: connection, authentication, or a
+    /// host key that is unknown or changed.
+    Unreachable = 8, "unreachable";
+    /// Bad input: config, manifest, flags, path, name, port.
+    Invalid = 10, "invalid";
+    /// Another deploy of the same service holds the lock.
+    Locked = 11, "locked";
+    /// Something the user asked about does not exist (job, service, release).
+    NotFound = 12, "not_found";
+    /// The request cannot apply to the current state (no previous release
+    /// to roll back to; the release is already current).
+    Conflict = 13, "conflict";
+    /// An unexpected internal or environment error.
+    Internal = 70, "internal";
 }
 
 /// An error that ends a command: a message for the user and its kind.
@@ -196,7 +137,7 @@ mod tests {
         codes.sort();
         codes.dedup();
         assert_eq!(codes.len(), FailureKind::ALL.len());
-        for k in FailureKind::ALL {
+        for &k in FailureKind::ALL {
             assert_eq!(FailureKind::parse(k.as_str()), Some(k));
         }
     }

@@ -38,10 +38,15 @@ impl Engine {
             )));
         };
         let text = content(service, proxy, ctx.spec.port);
-        steps::proxy::ensure(site)
+        // One after the other: a proxy that will not start gets no
+        // certificate and no file.
+        let written = async {
+            steps::proxy::ensure(site).await?;
+            steps::proxy::ensure_tls(site, proxy).await?;
+            steps::proxy::write_site(site, service, &text).await
+        };
+        written
             .await
-            .and(steps::proxy::ensure_tls(site, proxy).await)
-            .and(steps::proxy::write_site(site, service, &text).await)
             .map_err(|e| Failure::new(FailureKind::Start, format!("proxy: {e}")))?;
         Ok(if crate::proxy::is_paused(&text) {
             format!("port {} answers 503 (maintenance)", proxy.public_port)
