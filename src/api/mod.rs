@@ -287,36 +287,15 @@ fn engine(
     .with_gate(state.workers.clone())
 }
 
-/// `HH:MM` (UTC) of `[api] snapshot_at`.
-fn parse_daily(at: &str) -> Result<(u32, u32), Failure> {
-    let bad = || Failure::invalid(format!("[api] snapshot_at {at:?}: expected HH:MM (UTC)"));
-    let (h, m) = at.split_once(':').ok_or_else(bad)?;
-    let (h, m): (u32, u32) = (h.parse().map_err(|_| bad())?, m.parse().map_err(|_| bad())?);
-    if h > 23 || m > 59 {
-        return Err(bad());
-    }
-    Ok((h, m))
-}
-
-/// Backs up every service each day at `h:m` UTC (results in the audit log).
-async fn daily_snapshots(state: Shared, h: u32, m: u32) {
-    loop {
-        let now = chrono::Utc::now();
-        let today = now
-            .date_naive()
-            .and_hms_opt(h, m, 0)
-            .map(|t| t.and_utc())
-            .unwrap_or(now);
-        let next = if today > now {
-            today
-        } else {
-            today + chrono::Duration::days(1)
-        };
-        let wait = (next - now).to_std().unwrap_or_default();
+/// Backs up every service each day at `[api] snapshot_at` (each run's
+/// results in the audit log, a run that could not start too).
+async fn daily_snapshots(state: Shared, daily: crate::engine::Daily) {
+    while let Some(next) = daily.next_after(chrono::Utc::now()) {
+        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
         tokio::time::sleep(wait).await;
         if let Ok(targets) = crate::site::targets(&state.config, &[]) {
             let engine = engine(&state, targets, std::time::Duration::from_secs(600));
-            let _ = engine.snapshot().await;
+            engine.scheduled_snapshot().await;
         }
     }
 }
@@ -373,9 +352,9 @@ pub async fn serve(
         sessions: Default::default(),
     });
     tokio::spawn(recover(state.clone(), interrupted.clone()));
-    if let Some(at) = state.config.api.snapshot_at.clone() {
-        let (h, m) = parse_daily(&at)?;
-        tokio::spawn(daily_snapshots(state.clone(), h, m));
+    if let Some(at) = &state.config.api.snapshot_at {
+        let daily = crate::engine::Daily::parse(at)?;
+        tokio::spawn(daily_snapshots(state.clone(), daily));
     }
     started(&Started {
         addr,
@@ -387,16 +366,4 @@ pub async fn serve(
     })
     .await;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn a_daily_time_is_hh_mm() {
-        assert_eq!(super::parse_daily("03:00").unwrap(), (3, 0));
-        assert_eq!(super::parse_daily("23:59").unwrap(), (23, 59));
-        for bad in ["3", "24:00", "12:60", "noon", "-1:00"] {
-            assert!(super::parse_daily(bad).is_err(), "{bad}");
-        }
-    }
 }

@@ -29,6 +29,8 @@ mod records;
 mod recover;
 mod rollout;
 mod run;
+mod schedule;
+pub use schedule::Daily;
 mod stages;
 mod steps;
 mod validate;
