@@ -287,38 +287,14 @@ impl Engine {
     }
 
     async fn logs_on(&self, site: &Site, service: &str, q: LogQuery) -> Result<String, Failure> {
-        use crate::cmd::Cmd;
-        use crate::model::RuntimeKind;
         let (dirs, current, ctx) = self.current_release(site, service).await?;
-        let n = q.lines.to_string();
-        let cmd = match ctx.spec.runtime {
-            // The process method runs on this machine only.
-            RuntimeKind::Process => {
-                let text = tokio::fs::read_to_string(dirs.log_file(&current))
-                    .await
-                    .unwrap_or_default();
-                return Ok(process_log_tail(&text, q));
-            }
-            RuntimeKind::Docker => {
-                let mut cmd = Cmd::new("docker").args(["logs", "--timestamps", "--tail", &n]);
-                if let Some(t) = q.since {
-                    cmd = cmd.args(["--since", &t.to_rfc3339()]);
-                }
-                cmd.arg(crate::runtime::docker::container(&ctx))
-            }
-            RuntimeKind::Swarm => {
-                crate::runtime::swarm::logs_cmd(service, q.lines, q.since.map(|t| t.to_rfc3339()))
-            }
-            RuntimeKind::Systemd => {
-                let mut cmd = Cmd::new("journalctl")
-                    .args(["-u", &crate::runtime::systemd::unit_name(&ctx)])
-                    .args(["-n", &n, "--no-pager", "-o", "short-iso"]);
-                if let Some(t) = q.since {
-                    let at = t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
-                    cmd = cmd.args(["--since", &at]);
-                }
-                cmd
-            }
+        let runtime = site.runtime(ctx.spec.runtime);
+        let Some(cmd) = runtime.log_cmd(&ctx, q.lines, q.since) else {
+            // A process release's log is a file on this machine.
+            let text = tokio::fs::read_to_string(dirs.log_file(&current))
+                .await
+                .unwrap_or_default();
+            return Ok(process_log_tail(&text, q));
         };
         let out = site
             .host

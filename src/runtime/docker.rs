@@ -152,6 +152,19 @@ pub fn logs_cmd(ctx: &ReleaseCtx) -> Cmd {
     Cmd::new("docker").args(["logs", "--tail", "5", &container(ctx)])
 }
 
+/// A release's last `lines` log lines (from `since` on), each with its time.
+pub fn log_cmd(
+    ctx: &ReleaseCtx,
+    lines: usize,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> Cmd {
+    let mut cmd = Cmd::new("docker").args(["logs", "--timestamps", "--tail", &lines.to_string()]);
+    if let Some(t) = since {
+        cmd = cmd.args(["--since", &t.to_rfc3339()]);
+    }
+    cmd.arg(container(ctx))
+}
+
 pub fn running_cmd(service: &str) -> Cmd {
     Cmd::new("docker").args([
         "ps",

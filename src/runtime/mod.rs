@@ -286,6 +286,29 @@ impl Runtime {
         }
     }
 
+    /// What shows a release's last `lines` log lines (from `since` on),
+    /// each with its time; `None` for a process release, whose log is a
+    /// file on this machine.
+    pub fn log_cmd(
+        &self,
+        ctx: &ReleaseCtx,
+        lines: usize,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Option<crate::cmd::Cmd> {
+        match self {
+            Runtime::Process(_) => None,
+            Runtime::Docker(_) => Some(docker::log_cmd(ctx, lines, since)),
+            Runtime::Systemd(_) => Some(systemd::journal_cmd(ctx, lines, since)),
+            Runtime::Swarm(_) => Some(swarm::logs_cmd(
+                &ctx.service,
+                lines,
+                since.map(|t| t.to_rfc3339()),
+            )),
+            #[cfg(test)]
+            Runtime::Scripted(_) => None,
+        }
+    }
+
     /// Whether a release may start on its port now that the service's own
     /// releases have stopped (`listeners`: who listens there); why not.
     pub fn port_free(&self, ctx: &ReleaseCtx, listeners: &[ports::Listener]) -> Result<(), String> {

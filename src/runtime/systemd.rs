@@ -32,6 +32,27 @@ pub fn unit_name(ctx: &ReleaseCtx) -> String {
     format!("deployer-{}-{}.service", ctx.service, ctx.release)
 }
 
+/// A release's last `lines` journal lines (from `since` on), each with
+/// its time.
+pub fn journal_cmd(
+    ctx: &ReleaseCtx,
+    lines: usize,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+) -> Cmd {
+    let mut cmd = Cmd::new("journalctl").args(["-u", &unit_name(ctx)]).args([
+        "-n",
+        &lines.to_string(),
+        "--no-pager",
+        "-o",
+        "short-iso",
+    ]);
+    if let Some(t) = since {
+        let at = t.format("%Y-%m-%d %H:%M:%S UTC").to_string();
+        cmd = cmd.args(["--since", &at]);
+    }
+    cmd
+}
+
 fn env_file(ctx: &ReleaseCtx) -> String {
     ctx.dirs
         .root
