@@ -54,11 +54,7 @@ impl Sink for Notes {
 }
 
 /// Prints nothing as a job runs (`--json` prints the finished job).
-pub struct Quiet;
-
-impl Sink for Quiet {
-    fn event(&self, _: &Event) {}
-}
+pub use crate::engine::Quiet;
 
 impl Sink for Human {
     fn event(&self, e: &Event) {

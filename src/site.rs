@@ -368,37 +368,10 @@ fn expand_home(p: &std::path::Path) -> PathBuf {
 /// Read from the kernel's socket tables rather than probed with a bind: two
 /// deployers validating at once would otherwise see each other's probe.
 pub fn port_is_free(port: u16) -> bool {
-    if let Some(found) = [libc::AF_INET, libc::AF_INET6]
-        .into_iter()
-        .map(|f| crate::runtime::ports::diag_listening(f as u8, port))
-        .collect::<Option<Vec<Vec<u64>>>>()
-    {
-        return found.iter().all(Vec::is_empty);
+    match crate::runtime::ports::listening_inodes_known(port) {
+        Some(inodes) => inodes.is_empty(),
+        None => std::net::TcpListener::bind(("0.0.0.0", port)).is_ok(),
     }
-    let mut read_any = false;
-    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(table) else {
-            continue;
-        };
-        read_any = true;
-        if listening_ports(&text).any(|p| p == port) {
-            return false;
-        }
-    }
-    read_any || std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
-}
-
-/// Ports in state LISTEN (0A) in a /proc/net/tcp table.
-fn listening_ports(table: &str) -> impl Iterator<Item = u16> + '_ {
-    table.lines().skip(1).filter_map(|line| {
-        let mut fields = line.split_whitespace();
-        let local = fields.nth(1)?;
-        let state = fields.nth(1)?;
-        if state != "0A" {
-            return None;
-        }
-        u16::from_str_radix(local.rsplit(':').next()?, 16).ok()
-    })
 }
 
 #[cfg(test)]

@@ -29,6 +29,13 @@ pub trait Sink: Send + Sync {
     fn event(&self, e: &Event);
 }
 
+/// Hears nothing: for work no one watches (a sweep before `stop`, `--json`).
+pub struct Quiet;
+
+impl Sink for Quiet {
+    fn event(&self, _: &Event) {}
+}
+
 /// An event as the live stream carries it: one JSON object per event, with
 /// `event` = phase_started | phase | note | progress | done.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

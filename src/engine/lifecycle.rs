@@ -58,8 +58,7 @@ impl Engine {
         let started = std::time::Instant::now();
         if self.store().await?.has_dead_jobs(service).await? {
             let bring_up = super::recover::BringUp::Current;
-            self.sweep(&sites, service, bring_up, &crate::output::Quiet)
-                .await?;
+            self.sweep(&sites, service, bring_up, &super::Quiet).await?;
         }
         let mut done = Vec::new();
         let mut result = Ok(());

@@ -36,7 +36,7 @@ mod steps;
 mod validate;
 
 pub use dry_run::PlannedStep;
-pub use events::{Event, Sink, StreamEvent};
+pub use events::{Event, Quiet, Sink, StreamEvent};
 pub use ids::{actor, new_job_id};
 pub use lifecycle::{CheckLine, LogQuery};
 pub use monitor::{HostLine, RegistryLine, ServiceLine, Snapshot};
@@ -331,7 +331,7 @@ impl Engine {
         let sites = self.service_sites(service).await?;
         let started = std::time::Instant::now();
         if self.needs_sweep(service).await? {
-            self.sweep(&sites, service, recover::BringUp::No, &crate::output::Quiet)
+            self.sweep(&sites, service, recover::BringUp::No, &Quiet)
                 .await?;
         }
         let mut stopped = Vec::new();

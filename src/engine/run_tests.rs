@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::engine::records::JobBook;
-use crate::engine::{Engine, Source, Work};
+use crate::engine::{Engine, Quiet, Source, Work};
 use crate::plan::RegisterPlan;
 use crate::runtime::scripted::ScriptedRuntime;
 use crate::site::{Site, TargetSpec};
@@ -13,11 +13,6 @@ use crate::store::Store;
 use std::path::Path;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-struct Quiet;
-impl Sink for Quiet {
-    fn event(&self, _: &Event) {}
-}
 
 /// A health endpoint that answers as the scripted runtime's running
 /// release would: 200, 500 when sick, nothing when it died or none runs.
