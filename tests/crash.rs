@@ -206,10 +206,13 @@ fn warm_up() -> Vec<String> {
     vec!["--env".into(), "WARMUP_SECS=1".into()]
 }
 
-fn process_target<'a>(sb: &'a Sandbox, extra: &[&str]) -> Target<'a> {
+/// The prebuilt example deployed with `method` (and `extra` flags) on a
+/// free port of this machine; what remains is its processes, `current` is
+/// read from the sandbox's state (a test on a server replaces both).
+fn target<'a>(sb: &'a Sandbox, method: &str, extra: &[&str]) -> Target<'a> {
     let port = free_port();
     let src = sb.prebuilt("hello", "v1");
-    let mut method = vec!["--method".to_string(), "process".to_string()];
+    let mut method = vec!["--method".to_string(), method.to_string()];
     method.extend(warm_up());
     method.extend(extra.iter().map(|s| s.to_string()));
     Target {
@@ -233,7 +236,7 @@ fn process_target<'a>(sb: &'a Sandbox, extra: &[&str]) -> Target<'a> {
 #[test]
 fn process_redeploys_killed_at_random_moments() {
     let sb = Sandbox::new();
-    let t = process_target(&sb, &[]);
+    let t = target(&sb, "process", &[]);
     crash_rounds(&t, "process");
 }
 
@@ -241,7 +244,7 @@ fn process_redeploys_killed_at_random_moments() {
 fn process_behind_the_proxy_redeploys_killed_at_random_moments() {
     let sb = Sandbox::new();
     let public = free_port();
-    let mut t = process_target(&sb, &["--proxy-port", &public.to_string()]);
+    let mut t = target(&sb, "process", &["--proxy-port", &public.to_string()]);
     t.public = public;
     crash_rounds(&t, "process behind the proxy");
     // The proxy itself is deployer's, shared by services: it stays.
@@ -253,30 +256,19 @@ fn docker_redeploys_killed_at_random_moments() {
         return;
     }
     let sb = Sandbox::new();
-    let port = free_port();
-    let src = sb.prebuilt("hello", "v1");
-    let t = Target {
-        sb: &sb,
-        name: sb.name("crash"),
-        src,
-        port,
-        public: port,
-        global: Vec::new(),
-        method: [vec!["--method".into(), "docker".into()], warm_up()].concat(),
-        remains: Box::new(|name| {
-            docker(&[
-                "ps",
-                "--filter",
-                &format!("label=deployer.service={name}"),
-                "--format",
-                "{{.Names}}",
-            ])
-            .lines()
-            .map(str::to_string)
-            .collect()
-        }),
-        current: Box::new(|name| sb.current(name)),
-    };
+    let mut t = target(&sb, "docker", &[]);
+    t.remains = Box::new(|name| {
+        docker(&[
+            "ps",
+            "--filter",
+            &format!("label=deployer.service={name}"),
+            "--format",
+            "{{.Names}}",
+        ])
+        .lines()
+        .map(str::to_string)
+        .collect()
+    });
     crash_rounds(&t, "docker");
 }
 
@@ -288,37 +280,29 @@ fn systemd_over_ssh_redeploys_killed_at_random_moments() {
     let sb = Sandbox::new();
     let port = free_port();
     let host = TestHost::start(&sb.name("crash"), &client_key(sb.dir.path()), &[port]);
-    let cfg = config_for(&sb, &host);
-    let src = sb.prebuilt("hello", "v1");
+    let mut t = target(&sb, "systemd", &[]);
+    (t.port, t.public) = (port, port);
+    t.global = vec!["--config".into(), config_for(&sb, &host)];
     let host_ref = &host;
-    let t = Target {
-        sb: &sb,
-        name: sb.name("crash"),
-        src,
-        port,
-        public: port,
-        global: vec!["--config".into(), cfg],
-        method: [vec!["--method".into(), "systemd".into()], warm_up()].concat(),
-        remains: Box::new(move |name| {
-            host_ref
-                .exec(&[
-                    "sh",
-                    "-c",
-                    &format!(
-                        "systemctl list-units --plain --no-legend --state=active \
-                         'deployer-{name}-*' | cut -d' ' -f1"
-                    ),
-                ])
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(str::to_string)
-                .collect()
-        }),
-        current: Box::new(move |name| {
-            let link = host_ref.exec(&["readlink", &format!("/srv/deployer/{name}/current")]);
-            link.trim().strip_prefix("releases/").map(str::to_string)
-        }),
-    };
+    t.remains = Box::new(move |name| {
+        host_ref
+            .exec(&[
+                "sh",
+                "-c",
+                &format!(
+                    "systemctl list-units --plain --no-legend --state=active \
+                     'deployer-{name}-*' | cut -d' ' -f1"
+                ),
+            ])
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
+    });
+    t.current = Box::new(move |name| {
+        let link = host_ref.exec(&["readlink", &format!("/srv/deployer/{name}/current")]);
+        link.trim().strip_prefix("releases/").map(str::to_string)
+    });
     crash_rounds(&t, "systemd over SSH");
 }
 
