@@ -80,22 +80,48 @@ fn request(
             };
             Ok((url, body))
         }
-        NotifyKind::Telegram => {
-            let name = target.token_secret.as_deref().ok_or("no token_secret")?;
-            let chat = target.chat_id.clone().ok_or("no chat_id")?;
-            let token = crate::plan::resolve_secrets(&[name.to_string()], config, &|k| {
-                std::env::var(k).ok()
-            })
-            .map_err(|f| f.message)?;
-            let base = target
-                .url
-                .as_deref()
-                .unwrap_or("https://api.telegram.org")
-                .trim_end_matches('/');
-            let url = format!("{base}/bot{}/sendMessage", token[0].1.expose());
-            Ok((url, serde_json::json!({ "chat_id": chat, "text": text })))
-        }
+        NotifyKind::Telegram => telegram(target, config, &text),
     }
+}
+
+/// A Telegram `sendMessage` request: the Bot API's URL (it holds the bot's
+/// token) and the body that writes `text` to the target's chat.
+pub fn telegram(
+    target: &NotifyConfig,
+    config: &DeployerConfig,
+    text: &str,
+) -> Result<(String, serde_json::Value), String> {
+    let name = target.token_secret.as_deref().ok_or("no token_secret")?;
+    let chat = target.chat_id.clone().ok_or("no chat_id")?;
+    let token =
+        crate::plan::resolve_secrets(&[name.to_string()], config, &|k| std::env::var(k).ok())
+            .map_err(|f| f.message)?;
+    let base = target
+        .url
+        .as_deref()
+        .unwrap_or("https://api.telegram.org")
+        .trim_end_matches('/');
+    let url = format!("{base}/bot{}/sendMessage", token[0].1.expose());
+    Ok((url, serde_json::json!({ "chat_id": chat, "text": text })))
+}
+
+/// Sends one request as a notification: three tries, and an error that
+/// names neither the bot's token nor a secret.
+pub async fn send(
+    http: &reqwest::Client,
+    request: Result<(String, serde_json::Value), String>,
+    redactor: &Redactor,
+    record: &mut Notification,
+) {
+    match request {
+        Ok((url, body)) => deliver(http, &url, &body, record).await,
+        Err(e) => record.error = Some(e),
+    }
+    // A bot token is part of a Telegram URL: never in the record.
+    record.error = record
+        .error
+        .take()
+        .map(|e| redactor.redact(&scrub_urls(&e)));
 }
 
 /// Announces a finished job to every configured target that wants its
@@ -125,12 +151,13 @@ pub async fn announce(
             attempts: 0,
             error: None,
         };
-        match request(target, job, event, config) {
-            Ok((url, body)) => deliver(http, &url, &body, &mut record).await,
-            Err(e) => record.error = Some(e),
-        }
-        // A bot token is part of a Telegram URL: never in the record.
-        record.error = record.error.map(|e| redactor.redact(&scrub_urls(&e)));
+        send(
+            http,
+            request(target, job, event, config),
+            redactor,
+            &mut record,
+        )
+        .await;
         sent.push(record);
     }
     sent

@@ -198,6 +198,10 @@ pub struct NotifyConfig {
     /// rollback_failed (default: all).
     #[serde(default)]
     pub on: Vec<String>,
+    /// Telegram: also post the job's whole report, phase by phase, once it
+    /// is done (after Register).
+    #[serde(default)]
+    pub report: bool,
 }
 
 /// How a notification is sent.

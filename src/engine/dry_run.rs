@@ -2,9 +2,10 @@
 //! says what it would do on each host — the exact commands, secrets and
 //! environment values masked — and nothing is changed.
 
-use super::steps::{self, StepCx};
+use super::steps::{self, JobCx, StepCx};
 use super::{Engine, Sink, Source, Work, validate};
 use crate::error::Failure;
+use crate::model::Job;
 use crate::plan::Plan;
 use crate::store::Store;
 
@@ -41,6 +42,7 @@ impl Engine {
                 Store::in_memory().await?
             };
             let work = Work::from_plan(plan);
+            let (host_steps, job_steps) = steps::split(steps::deploy_steps());
             let mut planned = Vec::new();
             for site in &sites {
                 let mut cx = StepCx::new(self, site, &store, sink, &work);
@@ -48,7 +50,7 @@ impl Engine {
                 if matches!(work.source, Source::Dir(_)) {
                     cx.release = Some(NEW_RELEASE.into());
                 }
-                for step in steps::deploy_steps() {
+                for step in &host_steps {
                     planned.push(PlannedStep {
                         host: site.host.name(),
                         phase: step.phase().as_str().to_string(),
@@ -57,6 +59,27 @@ impl Engine {
                         would: cx.redactor.redact(&step.describe(&cx)),
                     });
                 }
+            }
+            // Job steps run once, for all the hosts.
+            let names: Vec<String> = sites.iter().map(|s| s.host.name()).collect();
+            let job = Job::pending(
+                String::new(),
+                work.kind,
+                work.service.clone(),
+                self.actor.clone(),
+            );
+            let cx = JobCx::new(self, sink, &work, job);
+            for step in &job_steps {
+                planned.push(PlannedStep {
+                    host: names.join(", "),
+                    phase: step
+                        .phase()
+                        .map_or("after Register", |p| p.as_str())
+                        .to_string(),
+                    step: step.name().to_string(),
+                    skip: step.skip(&cx),
+                    would: cx.redactor.redact(&step.describe(&cx)),
+                });
             }
             Ok(planned)
         }

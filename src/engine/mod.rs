@@ -20,6 +20,7 @@
 mod backups;
 mod dry_run;
 mod events;
+mod finish;
 mod ids;
 mod lifecycle;
 mod locks;
@@ -544,7 +545,48 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
 impl Work {
+    /// A deploy of `src` as `service` with the example run spec (docker),
+    /// for the engine's unit tests.
+    fn example(service: &str, src: &Path) -> Work {
+        let mut spec = RunSpec::example(RuntimeKind::Docker);
+        spec.secret_names.clear();
+        Work {
+            kind: JobKind::Deploy,
+            service: service.into(),
+            service_path: src.display().to_string(),
+            method: "docker".into(),
+            service_url: format!("http://127.0.0.1:{}", spec.port),
+            spec,
+            secrets: Vec::new(),
+            droplet_id: None,
+            register: RegisterPlan::Skip {
+                reason: "no registry".into(),
+            },
+            keep_releases: 5,
+            keep_days: None,
+            source: Source::Dir(src.to_path_buf()),
+            rollout: Default::default(),
+            release_id: None,
+            tests: Default::default(),
+            smoke: Vec::new(),
+            migrate: None,
+            commit: None,
+            timeout: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Work {
+    /// Hides the job's secret and environment values in what it writes.
+    fn redactor(&self) -> crate::secret::Redactor {
+        crate::secret::Redactor::for_job(
+            self.secrets.iter().map(|(_, s)| s),
+            self.spec.env.values(),
+        )
+    }
+
     fn from_plan(plan: Plan) -> Work {
         let (service_path, commit) = match &plan.git {
             Some(g) => (g.path.display().to_string(), Some(g.commit.clone())),

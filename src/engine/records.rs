@@ -10,12 +10,11 @@ use chrono::Utc;
 use std::time::Instant;
 
 /// Where a job is written as it changes. With one host, the host's run is
-/// the job; with several, each host's run updates its entry in the job and
-/// the job's phases sum them up.
+/// the job; with several (the job lists its hosts), each host's run updates
+/// its entry in the job and the job's phases sum them up.
 pub(super) struct JobBook<'a> {
     pub store: Store,
     pub parent: tokio::sync::Mutex<Job>,
-    pub multi: bool,
     /// Where a failed write is reported.
     pub sink: &'a dyn Sink,
 }
@@ -24,11 +23,12 @@ impl JobBook<'_> {
     /// Records a host run's job.
     pub async fn update(&self, host: usize, host_job: &Job) {
         let mut parent = self.parent.lock().await;
-        if self.multi {
-            parent.hosts[host].update_from(host_job);
-            parent.phases = sum_phases(&parent.hosts, &parent.phases);
-        } else {
-            *parent = host_job.clone();
+        match parent.hosts.get_mut(host) {
+            Some(report) => {
+                report.update_from(host_job);
+                parent.phases = sum_phases(&parent.hosts, &parent.phases);
+            }
+            None => *parent = host_job.clone(),
         }
         self.save(&parent).await;
     }
@@ -169,96 +169,25 @@ pub(super) fn host_audit_line(entry: &AuditEntry, release: Option<&str>) -> Stri
     )
 }
 
-/// Announces a finished job where `[[notify]]` says, records what became of
-/// each notification in the job, and says when one did not arrive. Never
-/// fails the job.
-pub(super) async fn announce(
-    engine: &Engine,
-    job: &mut Job,
-    redactor: &crate::secret::Redactor,
-    sink: &dyn Sink,
-) {
-    let reported = report_rollback(engine, job, redactor).await;
-    if engine.config.notify.is_empty() && reported.is_none() {
-        return;
+/// What a finished job's audit line says: where the release runs, or why
+/// it failed and what the rollback did.
+pub(super) fn job_details(job: &Job) -> String {
+    if !job.hosts.is_empty() {
+        let deployed = job.hosts.iter().filter(|h| h.deployed()).count();
+        let release = job.release.as_deref().unwrap_or("?");
+        return format!(
+            "release {release} on {deployed} of {} hosts",
+            job.hosts.len()
+        );
     }
-    job.notifications = crate::notify::announce(&engine.http, &engine.config, job, redactor).await;
-    job.notifications.extend(reported);
-    for n in job.notifications.iter().filter(|n| !n.delivered) {
-        let why = n.error.as_deref().unwrap_or("");
-        sink.event(&Event::Note(&format!(
-            "warning: the {} notification was not delivered ({} tries): {why}",
-            n.kind, n.attempts
-        )));
+    match (job.state.error(), job.state.rollback()) {
+        (None, _) => format!(
+            "release {} is current",
+            job.release.as_deref().unwrap_or("?")
+        ),
+        (Some(e), Some(rb)) => format!("{}; {}", first_line(e), rb.details),
+        (Some(e), None) => first_line(e).to_string(),
     }
-}
-
-/// Tells the registry about a rollback, when there was one and the service
-/// is registered there (a registry and a droplet id): a manual rollback
-/// that succeeded, or a failed deploy the engine rolled back.
-async fn report_rollback(
-    engine: &Engine,
-    job: &Job,
-    redactor: &crate::secret::Redactor,
-) -> Option<Notification> {
-    let (Some(url), Some(droplet_id)) = (&engine.config.registry_url, job.droplet_id) else {
-        return None;
-    };
-    let (trigger, from, to, reason) = match (&job.kind, job.state.rollback()) {
-        (JobKind::Rollback, _) if job.succeeded() => (
-            "manual",
-            job.previous_release.clone(),
-            job.release.clone(),
-            None,
-        ),
-        (JobKind::Deploy, Some(rb)) if rb.success && rb.to_release.is_some() => (
-            "automatic",
-            Some(rb.from_release.clone()),
-            rb.to_release.clone(),
-            job.state.error().map(|e| redactor.redact(first_line(e))),
-        ),
-        _ => return None,
-    };
-    let event = serde_json::json!({
-        "event": "rollback",
-        "trigger": trigger,
-        "service_name": job.service_name,
-        "droplet_id": droplet_id,
-        "from_release": from,
-        "to_release": to,
-        "reason": reason,
-        "job_id": job.deploy_job_id,
-        "at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    });
-    let token = engine.config.registry_token.as_ref().map(|t| t.expose());
-    let sent =
-        crate::registry::report_event(&engine.http, url.trim_end_matches('/'), &event, token).await;
-    Some(Notification {
-        kind: "registry".into(),
-        event: "rollback".into(),
-        delivered: sent.is_ok(),
-        attempts: 1,
-        error: sent.err().map(|e| e.to_string()),
-    })
-}
-
-/// Registers the service with the registry: the Register phase of a
-/// one-host job and of a rollout.
-pub(super) async fn register(
-    engine: &Engine,
-    work: &Work,
-    registry_url: &str,
-    droplet_id: i64,
-) -> Result<Registration, crate::registry::RegistryError> {
-    crate::registry::register(
-        &engine.http,
-        registry_url,
-        droplet_id,
-        &work.service,
-        &work.service_url,
-        engine.config.registry_token.as_ref().map(|t| t.expose()),
-    )
-    .await
 }
 
 pub(super) fn first_line(s: &str) -> &str {

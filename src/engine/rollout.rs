@@ -1,101 +1,102 @@
-//! A deploy to several hosts: Transfer and Build on every host at once,
-//! then Start Service and Verify Health in waves, the canary wave first,
-//! then the rest, `parallel` at a time (concurrently within a wave). Every
-//! host runs the same step list with the same release id. A failed wave stops the
-//! rollout: its failed hosts have unwound themselves, its switched hosts are
-//! taken back here, later waves are skipped. Register runs once, at the end.
+//! Where the host steps run: the schedule. Transfer and Build on every
+//! host at once, then Start Service and Verify Health in waves, the canary
+//! wave first, then the rest, `parallel` at a time (concurrently within a
+//! wave). One host is the same schedule with one wave of one host. Every
+//! host runs the same steps with the same release id. A failed wave stops
+//! the rollout: its failed hosts have unwound themselves, its switched
+//! hosts are taken back here, later waves are skipped. The job steps
+//! (Register, notifications) run once afterwards (`finish.rs`).
 
 use super::events::HostSink;
-use super::records::{self, JobBook};
+use super::records::JobBook;
 use super::run::JobRun;
-use super::steps;
+use super::steps::Step;
 use super::{Engine, Event, Sink, Source, Work};
 use crate::error::FailureKind;
 use crate::model::*;
-use crate::plan::RegisterPlan;
 use crate::release;
 use crate::site::Site;
-use chrono::Utc;
-use std::time::Instant;
 
-/// How a stopped rollout failed: the kind and the first failed host's error.
-type RolloutFailure = (FailureKind, String);
+/// How the hosts' part of a job failed: the kind, the error (named by the
+/// host when there are several) and, with one host, its rollback.
+pub(super) struct HostsFailed {
+    pub kind: FailureKind,
+    pub error: String,
+    pub rollback: Option<RollbackRecord>,
+}
+
+/// The hosts of one job and what they share.
+pub(super) struct Hosts<'a> {
+    pub sites: &'a [Site],
+    pub book: &'a JobBook<'a>,
+    pub validation: &'a Phase,
+    pub previous: Vec<Option<String>>,
+    pub sink: &'a dyn Sink,
+}
 
 impl Engine {
-    pub(super) async fn rollout(
+    /// Runs the host steps on every host, on the schedule above.
+    pub(super) async fn run_hosts(
         &self,
-        sites: &[Site],
-        book: &JobBook<'_>,
-        mut work: Work,
-        validation: &Phase,
-        previous: Vec<Option<String>>,
-        sink: &dyn Sink,
-    ) -> Job {
-        let started = Instant::now();
-        if let Source::Dir(src) = &work.source
+        hosts: &Hosts<'_>,
+        work: &mut Work,
+        steps: &[Box<dyn Step>],
+    ) -> Result<(), HostsFailed> {
+        let sites = hosts.sites;
+        if sites.len() > 1
+            && let Source::Dir(src) = &work.source
             && let Ok(hash) = release::content_hash_off_thread(src).await
         {
             let dirs = sites[0].dirs(&work.service);
             work.release_id = Some(release::new_release_id(&hash, &dirs));
         }
-        let register = std::mem::replace(
-            &mut work.register,
-            RegisterPlan::Skip {
-                reason: "registered once for all hosts, after the last wave".into(),
-            },
-        );
-        let ctx = WaveCtx {
-            sites,
-            book,
-            work: &work,
-            previous: &previous,
-            sink,
-        };
-        let mut failure = self.prepare_and_waves(&ctx, validation).await;
-        let register_phase = self
-            .register_once(&work, register, book, &mut failure)
-            .await;
-        sink.event(&Event::PhaseFinished(&register_phase.view()));
-        self.finish_rollout(book, &work, register_phase, failure, started)
-            .await
-    }
-
-    /// Transfer and Build on every host at once, then the rest in waves;
-    /// how the rollout failed, if it did.
-    async fn prepare_and_waves(
-        &self,
-        ctx: &WaveCtx<'_>,
-        validation: &Phase,
-    ) -> Option<RolloutFailure> {
-        let (sites, book, work, sink) = (ctx.sites, ctx.book, ctx.work, ctx.sink);
-        let waves = work.rollout.waves(sites.len());
-        let mut switched: Vec<usize> = Vec::new();
-        let mut failure: Option<RolloutFailure> = None;
         let sinks: Vec<HostSink> = sites
             .iter()
             .map(|s| HostSink {
-                inner: sink,
+                inner: hosts.sink,
                 host: s.host.name(),
             })
             .collect();
-        let job_id = book.parent.lock().await.deploy_job_id.clone();
-        let steps = steps::deploy_steps();
+        let job_id = hosts.book.parent.lock().await.deploy_job_id.clone();
+        let work: &Work = work;
         let mut runs: Vec<JobRun> = (0..sites.len())
             .map(|i| {
-                let mut run = JobRun::new(self, &sites[i], book, i, &sinks[i], work);
-                run.start(validation, ctx.previous[i].clone(), &job_id);
+                let sink: &dyn Sink = match sites.len() {
+                    1 => hosts.sink,
+                    _ => &sinks[i],
+                };
+                let mut run = JobRun::new(self, &sites[i], hosts.book, i, sink, work);
+                run.start(hosts.validation, hosts.previous[i].clone(), &job_id);
                 run
             })
             .collect();
+        self.prepare_and_waves(hosts, work, &mut runs, steps).await
+    }
+
+    /// Transfer and Build on every host at once, then the rest in waves;
+    /// how the hosts failed, if they did.
+    async fn prepare_and_waves(
+        &self,
+        hosts: &Hosts<'_>,
+        work: &Work,
+        runs: &mut [JobRun<'_>],
+        steps: &[Box<dyn Step>],
+    ) -> Result<(), HostsFailed> {
+        let (sites, sink) = (hosts.sites, hosts.sink);
+        let many = sites.len() > 1;
+        let waves = work.rollout.waves(sites.len());
+        let mut switched: Vec<usize> = Vec::new();
+        let mut failure: Option<HostsFailed> = None;
         // Transfer and Build start nothing: every host at once. Only Start
         // Service and Verify Health go in waves, so the canary is still the
         // first host to run the new release.
-        let note = format!("Transfer and Build on all {} hosts at once", sites.len());
-        sink.event(&Event::Note(&note));
-        let ready =
-            futures_util::future::join_all(runs.iter_mut().map(|r| r.prepare(&steps))).await;
+        if many {
+            let note = format!("Transfer and Build on all {} hosts at once", sites.len());
+            sink.event(&Event::Note(&note));
+        }
+        let ready = futures_util::future::join_all(runs.iter_mut().map(|r| r.prepare(steps))).await;
         if let Some(i) = ready.iter().position(|ok| !ok) {
-            failure = Some(host_failure(&sites[i], &runs[i].job));
+            failure = Some(host_failure(sites, i, &runs[i].job));
         }
         for (w, wave) in waves.iter().enumerate() {
             if failure.is_some() {
@@ -104,29 +105,27 @@ impl Engine {
                 }
                 continue;
             }
-            let what = if w == 0 && work.rollout.canary > 0 {
-                "canary wave"
-            } else {
-                "wave"
-            };
-            let names: Vec<String> = wave.iter().map(|&i| sites[i].host.name()).collect();
-            let note = format!("{what} {}: {}", w + 1, names.join(", "));
-            sink.event(&Event::Note(&note));
+            if many {
+                let what = match w == 0 && work.rollout.canary > 0 {
+                    true => "canary wave",
+                    false => "wave",
+                };
+                let names: Vec<String> = wave.iter().map(|&i| sites[i].host.name()).collect();
+                let note = format!("{what} {}: {}", w + 1, names.join(", "));
+                sink.event(&Event::Note(&note));
+            }
             let in_wave = runs
                 .iter_mut()
                 .enumerate()
                 .filter(|(i, _)| wave.contains(i))
-                .map(|(i, run)| {
-                    let steps = &steps;
-                    async move {
-                        run.complete(steps).await;
-                        (i, run.job.clone())
-                    }
+                .map(|(i, run)| async move {
+                    run.complete(steps).await;
+                    (i, run.job.clone())
                 });
             let results = futures_util::future::join_all(in_wave).await;
             match results.iter().find(|(_, j)| !j.succeeded()) {
                 Some((i, j)) => {
-                    failure = Some(host_failure(&sites[*i], j));
+                    failure = Some(host_failure(sites, *i, j));
                     let mut back: Vec<usize> = results
                         .iter()
                         .filter(|(_, j)| j.succeeded())
@@ -135,25 +134,22 @@ impl Engine {
                     if work.rollout.rollback_switched {
                         back.extend(switched.iter().copied());
                     }
-                    self.revert_hosts(ctx, &back).await;
+                    self.revert_hosts(hosts, work, &back).await;
                 }
                 None => switched.extend(wave.iter().copied()),
             }
         }
-        failure
+        failure.map_or(Ok(()), Err)
     }
 
-    async fn revert_hosts(&self, ctx: &WaveCtx<'_>, hosts: &[usize]) {
-        for &i in hosts {
-            let record = self
-                .revert(
-                    &ctx.sites[i],
-                    ctx.work,
-                    ctx.previous[i].as_deref(),
-                    ctx.sink,
-                )
+    async fn revert_hosts(&self, hosts: &Hosts<'_>, work: &Work, which: &[usize]) {
+        for &i in which {
+            let (site, previous) = (&hosts.sites[i], hosts.previous[i].as_deref());
+            let record = self.revert(site, work, previous, hosts.sink).await;
+            hosts
+                .book
+                .edit(|j| j.hosts[i].reverted = Some(record))
                 .await;
-            ctx.book.edit(|j| j.hosts[i].reverted = Some(record)).await;
         }
     }
 
@@ -193,15 +189,15 @@ impl Engine {
                 Some(r) => r.spec,
                 None => work.spec.clone(),
             };
-            let outcome = match steps::restart_and_verify(site, &self.http, &ctx(prev, &spec)).await
-            {
-                Ok(_) => site
-                    .host
-                    .switch_current(&dirs, prev)
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
+            let outcome =
+                match super::steps::restart_and_verify(site, &self.http, &ctx(prev, &spec)).await {
+                    Ok(_) => site
+                        .host
+                        .switch_current(&dirs, prev)
+                        .await
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
             record.success = outcome.is_ok();
             record.details = match outcome {
                 Ok(()) => format!("{name}: rolled back to release {prev}"),
@@ -213,113 +209,23 @@ impl Engine {
         sink.event(&Event::Note(&record.details));
         record
     }
-
-    /// Register, once every host runs the release.
-    async fn register_once(
-        &self,
-        work: &Work,
-        register: RegisterPlan,
-        book: &JobBook<'_>,
-        failure: &mut Option<RolloutFailure>,
-    ) -> Phase {
-        let state = match (&failure, register) {
-            (Some(_), _) => PhaseState::Skipped {
-                reason: "not run: the rollout failed".into(),
-            },
-            (None, RegisterPlan::Skip { reason }) => PhaseState::Skipped { reason },
-            (
-                None,
-                RegisterPlan::To {
-                    registry_url,
-                    droplet_id,
-                },
-            ) => {
-                let at = Utc::now();
-                let result = records::register(self, work, &registry_url, droplet_id).await;
-                let details = result
-                    .as_ref()
-                    .map(|_| format!("Registered as Droplet #{droplet_id}"))
-                    .map_err(|e| e.to_string());
-                match result {
-                    Ok(r) => book.edit(|j| j.registration = Some(r)).await,
-                    Err(e) => {
-                        *failure = Some((FailureKind::Register, e.to_string()));
-                        book.parent.lock().await.clone()
-                    }
-                };
-                PhaseState::finished(at, details, "Register failed".into())
-            }
-        };
-        Phase {
-            state,
-            ..Phase::pending(PhaseName::Register)
-        }
-    }
-
-    async fn finish_rollout(
-        &self,
-        book: &JobBook<'_>,
-        work: &Work,
-        register_phase: Phase,
-        failure: Option<RolloutFailure>,
-        started: Instant,
-    ) -> Job {
-        let completed_at = Utc::now();
-        let job = book
-            .edit(|j| {
-                j.phases[PhaseName::Register.index()] = register_phase;
-                j.release = work.release_id.clone();
-                j.service_url = failure.is_none().then(|| work.service_url.clone());
-                j.state = match failure {
-                    None => JobState::Completed { completed_at },
-                    Some((kind, error)) => JobState::Failed {
-                        kind,
-                        error,
-                        rollback: None,
-                        completed_at,
-                    },
-                };
-            })
-            .await;
-        let deployed = job.hosts.iter().filter(|h| h.deployed()).count();
-        let details = format!(
-            "release {} on {deployed} of {} hosts",
-            job.release.as_deref().unwrap_or("?"),
-            job.hosts.len()
-        );
-        let entry = AuditEntry {
-            details,
-            ..records::job_audit(&job, started)
-        };
-        if let Err(e) = book.store.audit(&entry).await {
-            book.sink.event(&Event::Note(&format!("warning: {e}")));
-        }
-        let mut job = job;
-        let redactor = crate::secret::Redactor::for_job(
-            work.secrets.iter().map(|(_, s)| s),
-            work.spec.env.values(),
-        );
-        records::announce(self, &mut job, &redactor, book.sink).await;
-        let notifications = job.notifications.clone();
-        let job = book.edit(|j| j.notifications = notifications).await;
-        book.sink.event(&Event::JobFinished(&job));
-        job
-    }
 }
 
-/// What every host of a wave shares.
-struct WaveCtx<'a> {
-    sites: &'a [Site],
-    book: &'a JobBook<'a>,
-    work: &'a Work,
-    previous: &'a [Option<String>],
-    sink: &'a dyn Sink,
-}
-
-/// How a host's failure stops the rollout: its kind, and its error named
-/// by the host.
-fn host_failure(site: &Site, job: &Job) -> RolloutFailure {
+/// How a host's failure stops the job: its kind, its error (named by the
+/// host when there are several) and, with one host, its rollback.
+fn host_failure(sites: &[Site], i: usize, job: &Job) -> HostsFailed {
     let kind = job.state.failure().unwrap_or(FailureKind::Internal);
     let error = job.state.error().unwrap_or_default();
-    (kind, format!("{}: {error}", site.host.name()))
+    match sites.len() {
+        1 => HostsFailed {
+            kind,
+            error: error.to_string(),
+            rollback: job.state.rollback().cloned(),
+        },
+        _ => HostsFailed {
+            kind,
+            error: format!("{}: {error}", sites[i].host.name()),
+            rollback: None,
+        },
+    }
 }

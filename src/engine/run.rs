@@ -1,6 +1,8 @@
-//! One job under its locks: the job record is written, then each host runs
-//! the step list ([`JobRun`]). A step that fails stops the list; the undo
-//! stack is unwound newest first, and the phases not reached are skipped.
+//! One job under its locks: the job record is written, each host runs the
+//! host steps ([`JobRun`], scheduled by `rollout.rs`), then the job steps
+//! run once (`finish.rs`). A step that fails stops its host's list; the
+//! undo stack is unwound newest first, and the phases not reached are
+//! skipped.
 
 use super::records::{self, JobBook};
 use super::steps::{self, Step, StepCx, StepError, Undo};
@@ -81,18 +83,21 @@ impl Engine {
         let book = JobBook {
             store: store.clone(),
             parent: tokio::sync::Mutex::new(job),
-            multi: sites.len() > 1,
             sink,
         };
-        if book.multi {
-            return Ok(self
-                .rollout(sites, &book, work, &validation, previous, sink)
-                .await);
-        }
-        let mut run = JobRun::new(self, &sites[0], &book, 0, sink, &work);
-        run.start(&validation, previous[0].clone(), &ticket.job_id);
-        run.execute(&steps::deploy_steps()).await;
-        Ok(run.job)
+        let (host_steps, job_steps) = steps::split(steps::deploy_steps());
+        let hosts = super::rollout::Hosts {
+            sites,
+            book: &book,
+            validation: &validation,
+            previous,
+            sink,
+        };
+        let (mut work, started) = (work, Instant::now());
+        let outcome = self.run_hosts(&hosts, &mut work, &host_steps).await;
+        Ok(self
+            .finish(&book, &work, outcome, &job_steps, started)
+            .await)
     }
 
     /// Remembers where the service's current release now runs, for the
@@ -192,11 +197,11 @@ impl Engine {
     }
 }
 
-/// One job in progress on one host: its phases, its undo stack, and where
-/// it reports.
 /// The phases a rollout runs on every host at once, before the waves.
 const PREPARED: [PhaseName; 2] = [PhaseName::Transfer, PhaseName::Build];
 
+/// One job in progress on one host: its phases, its undo stack, and where
+/// it reports.
 pub(super) struct JobRun<'a> {
     cx: StepCx<'a>,
     book: &'a JobBook<'a>,
@@ -207,6 +212,7 @@ pub(super) struct JobRun<'a> {
     pub undone: Vec<String>,
     /// When the job's time limit runs out: the step running then fails.
     deadline: tokio::time::Instant,
+    started: Instant,
 }
 
 /// Why a host's run failed.
@@ -238,6 +244,7 @@ impl<'a> JobRun<'a> {
             undo: Vec::new(),
             undone: Vec::new(),
             deadline: tokio::time::Instant::now() + work.timeout,
+            started: Instant::now(),
         }
     }
 
@@ -262,34 +269,25 @@ impl<'a> JobRun<'a> {
         self.book.update(self.host_index, &self.job).await;
     }
 
-    /// Runs the steps, then records how the job ended and audits it.
-    pub async fn execute(&mut self, steps: &[Box<dyn Step>]) {
-        let started = Instant::now();
-        let outcome = self.run_steps(steps, &PhaseName::ALL[1..]).await;
-        self.finish(started, outcome).await;
-    }
-
     /// Transfer and Build alone, which start nothing: a rollout prepares
     /// every host at once. A failure finishes the run (unwound); true when
     /// the host is ready for Start Service.
     pub async fn prepare(&mut self, steps: &[Box<dyn Step>]) -> bool {
-        let started = Instant::now();
         match self.run_steps(steps, &PREPARED).await {
             Ok(()) => true,
             Err(f) => {
-                self.finish(started, Err(f)).await;
+                self.finish(Err(f)).await;
                 false
             }
         }
     }
 
-    /// The phases after [`JobRun::prepare`], then how the job ended.
+    /// The phases after [`JobRun::prepare`], then how the host's run ended.
     pub async fn complete(&mut self, steps: &[Box<dyn Step>]) {
-        let started = Instant::now();
         let outcome = self
             .run_steps(steps, &PhaseName::ALL[1 + PREPARED.len()..])
             .await;
-        self.finish(started, outcome).await;
+        self.finish(outcome).await;
     }
 
     /// A prepared host the stopped rollout never reached: what Transfer
@@ -301,7 +299,9 @@ impl<'a> JobRun<'a> {
         self.save().await;
     }
 
-    async fn finish(&mut self, started: Instant, outcome: Result<(), RunFailure>) {
+    /// Records how the host's run ended, and its line in the host's own
+    /// audit log. The job's end is written once, for all hosts (`finish.rs`).
+    async fn finish(&mut self, outcome: Result<(), RunFailure>) {
         let redactor = &self.cx.redactor;
         let completed_at = Utc::now();
         self.job.state = match outcome {
@@ -317,35 +317,11 @@ impl<'a> JobRun<'a> {
             },
         };
         self.save().await;
-        self.audit(started).await;
-        if !self.book.multi {
-            let (engine, sink) = (self.cx.engine, self.cx.sink);
-            records::announce(engine, &mut self.job, &self.cx.redactor, sink).await;
-            self.save().await;
-            let job = self.job.clone();
-            sink.event(&Event::JobFinished(&job));
-        }
-    }
-
-    /// The job's audit line, in the store (one host) and on the host.
-    async fn audit(&self, started: Instant) {
-        let details = match (self.job.state.error(), self.job.state.rollback()) {
-            (None, _) => format!(
-                "release {} is current",
-                self.job.release.as_deref().unwrap_or("?")
-            ),
-            (Some(e), Some(rb)) => format!("{}; {}", records::first_line(e), rb.details),
-            (Some(e), None) => records::first_line(e).to_string(),
-        };
+        let details = records::job_details(&self.job);
         let entry = AuditEntry {
             details: self.cx.redactor.redact(&details),
-            ..records::job_audit(&self.job, started)
+            ..records::job_audit(&self.job, self.started)
         };
-        if !self.book.multi
-            && let Err(e) = self.book.store.audit(&entry).await
-        {
-            self.cx.note(&format!("warning: {e}"));
-        }
         let line = records::host_audit_line(&entry, self.job.release.as_deref());
         if let Err(e) = self.cx.site.host.audit(&self.cx.dirs, &line).await {
             self.cx.note(&format!("warning: {e}"));
@@ -364,6 +340,10 @@ impl<'a> JobRun<'a> {
                 .filter(|s| s.phase() == *name)
                 .map(|s| s.as_ref())
                 .collect();
+            // A phase of job steps alone (Register) runs once, afterwards.
+            if phase.is_empty() {
+                continue;
+            }
             if let Err(error) = self.run_phase(*name, &phase).await {
                 let rollback = self.unwind().await;
                 self.skip_rest(&format!("not run: {} failed", name.as_str()))
@@ -377,19 +357,10 @@ impl<'a> JobRun<'a> {
     /// Runs one phase's steps; the phase is skipped when all of them are.
     async fn run_phase(&mut self, name: PhaseName, steps: &[&dyn Step]) -> Result<(), StepError> {
         let skips: Vec<Option<String>> = steps.iter().map(|s| s.skip(&self.cx)).collect();
-        let records = steps.iter().zip(&skips).map(|(s, why)| StepRecord {
-            name: s.name().to_string(),
-            state: match why {
-                Some(reason) => PhaseState::Skipped {
-                    reason: reason.clone(),
-                },
-                None => PhaseState::Pending,
-            },
-        });
-        self.job.phases[name.index()].steps = records.collect();
-        if let Some(Some(reason)) = skips.iter().all(Option::is_some).then(|| skips[0].clone()) {
-            self.finish_phase(name, PhaseState::Skipped { reason })
-                .await;
+        let names = steps.iter().map(|s| s.name());
+        self.job.phases[name.index()].steps = StepRecord::planned(names, &skips);
+        if let Some(skipped) = PhaseState::all_skipped(&skips) {
+            self.finish_phase(name, skipped).await;
             return Ok(());
         }
         let started_at = Utc::now();

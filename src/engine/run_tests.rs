@@ -5,7 +5,7 @@
 
 use super::*;
 use crate::engine::records::JobBook;
-use crate::engine::{Engine, Quiet, Source, Work};
+use crate::engine::{Engine, Quiet, Work};
 use crate::plan::RegisterPlan;
 use crate::runtime::scripted::ScriptedRuntime;
 use crate::site::{Site, TargetSpec};
@@ -35,32 +35,13 @@ async fn health_server(runtime: ScriptedRuntime) -> u16 {
 }
 
 fn work(src: &Path, port: u16, register: RegisterPlan) -> Work {
-    let mut spec = RunSpec::example(RuntimeKind::Docker);
-    spec.port = port;
-    spec.secret_names.clear();
-    spec.health.timeout_secs = 1;
-    spec.health.retries = 1;
-    Work {
-        kind: JobKind::Deploy,
-        service: "web".into(),
-        service_path: src.display().to_string(),
-        method: "docker".into(),
-        spec,
-        secrets: Vec::new(),
-        droplet_id: None,
-        register,
-        keep_releases: 5,
-        keep_days: None,
-        service_url: format!("http://127.0.0.1:{port}"),
-        source: Source::Dir(src.to_path_buf()),
-        rollout: Default::default(),
-        release_id: None,
-        tests: Default::default(),
-        smoke: Vec::new(),
-        migrate: None,
-        commit: None,
-        timeout: std::time::Duration::from_secs(600),
-    }
+    let mut work = Work::example("web", src);
+    work.spec.port = port;
+    work.spec.health.timeout_secs = 1;
+    work.spec.health.retries = 1;
+    work.service_url = format!("http://127.0.0.1:{port}");
+    work.register = register;
+    work
 }
 
 /// One job on the scripted site; the job and the undos it ran.
@@ -78,13 +59,27 @@ async fn run_job(
     let book = JobBook {
         store: store.clone(),
         parent: tokio::sync::Mutex::new(job),
-        multi: false,
         sink: &Quiet,
     };
+    let (host_steps, job_steps) = steps::split(steps::deploy_steps());
+    let started = std::time::Instant::now();
     let mut run = JobRun::new(engine, site, &book, 0, &Quiet, work);
     run.start(&validation, previous, &id);
-    run.execute(&steps::deploy_steps()).await;
-    (run.job, run.undone)
+    if run.prepare(&host_steps).await {
+        run.complete(&host_steps).await;
+    }
+    let outcome = match run.job.state.failure() {
+        None => Ok(()),
+        Some(kind) => Err(crate::engine::rollout::HostsFailed {
+            kind,
+            error: run.job.state.error().unwrap_or_default().to_string(),
+            rollback: run.job.state.rollback().cloned(),
+        }),
+    };
+    let job = engine
+        .finish(&book, work, outcome, &job_steps, started)
+        .await;
+    (job, run.undone)
 }
 
 /// What one row of the table ends with.

@@ -384,6 +384,17 @@ impl HostReport {
         self.previous_release = job.previous_release.clone();
         self.phases = job.phases.clone();
         self.transfer = job.transfer.clone();
+        // A phase no host step belongs to (Register) runs once for the
+        // job, never on a host.
+        if job.state.succeeded() {
+            for phase in self.phases.iter_mut() {
+                if phase.status() == super::PhaseStatus::Pending {
+                    phase.state = super::PhaseState::Skipped {
+                        reason: "once for the job, after every host".into(),
+                    };
+                }
+            }
+        }
     }
 
     /// Whether the host runs the job's release at the end.

@@ -121,6 +121,15 @@ impl PhaseState {
         }
     }
 
+    /// A phase whose steps all skip: skipped for the first one's reason.
+    pub fn all_skipped(skips: &[Option<String>]) -> Option<Self> {
+        if !skips.iter().all(Option::is_some) {
+            return None;
+        }
+        let reason = skips.first().cloned().flatten()?;
+        Some(PhaseState::Skipped { reason })
+    }
+
     /// A finished state: success with `details`, or failed with the error.
     pub fn finished(
         started_at: DateTime<Utc>,
@@ -219,6 +228,27 @@ impl PhaseState {
 pub struct StepRecord {
     pub name: String,
     pub state: PhaseState,
+}
+
+impl StepRecord {
+    /// A phase's steps before it runs: pending, or skipped and why.
+    pub fn planned<'a>(
+        names: impl Iterator<Item = &'a str>,
+        skips: &[Option<String>],
+    ) -> Vec<StepRecord> {
+        names
+            .zip(skips)
+            .map(|(name, why)| StepRecord {
+                name: name.to_string(),
+                state: match why {
+                    Some(reason) => PhaseState::Skipped {
+                        reason: reason.clone(),
+                    },
+                    None => PhaseState::Pending,
+                },
+            })
+            .collect()
+    }
 }
 
 /// A step as JSON shows it, under its phase.

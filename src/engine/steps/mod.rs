@@ -1,10 +1,16 @@
 //! The steps a job is made of, one file each, and the list that orders them.
 //!
-//! A step belongs to one of the six phases. Its `run` does one thing and,
-//! when it changed something, returns the [`Undo`] that takes it back; the
-//! engine (`run.rs`), not the step, keeps the stack of undos and unwinds it
-//! when a later step fails. A step that does not apply to a job says why in
-//! `skip`. Adding a capability is a new file here and one line in
+//! A job is one list ([`deploy_steps`]) of two kinds of step. A host step
+//! ([`Step`]) runs on each of the job's hosts (a rollout schedules them over
+//! waves); a job step ([`JobStep`]) runs once for the whole job: in a phase
+//! after every host is done (Register), or afterwards, whatever the
+//! outcome, to tell someone about it (notifications, reports).
+//!
+//! A host step belongs to one of the six phases. Its `run` does one thing
+//! and, when it changed something, returns the [`Undo`] that takes it back;
+//! the engine (`run.rs`), not the step, keeps the stack of undos and unwinds
+//! it when a later step fails. A step that does not apply to a job says why
+//! in `skip`. Adding a capability is a new file here and one line in
 //! [`deploy_steps`].
 
 mod backup;
@@ -12,12 +18,14 @@ mod build;
 mod current;
 mod health;
 mod migrate;
+mod notify;
 pub(super) mod proxy;
 mod python;
 mod register;
 mod smoke;
 mod start;
 mod swarm;
+mod telegram;
 mod tests;
 mod transfer;
 
@@ -36,26 +44,52 @@ use futures_util::future::BoxFuture;
 
 /// Every step of a deploy or rollback, in the order they run. Validation
 /// runs before the job is recorded (`validate.rs`).
-pub(super) fn deploy_steps() -> Vec<Box<dyn Step>> {
+pub(super) fn deploy_steps() -> Vec<Item> {
+    use Item::{Host, Job};
     vec![
-        Box::new(tests::LocalTests),
-        Box::new(transfer::Upload),
-        Box::new(python::PythonDeps),
-        Box::new(build::BuildCommand),
-        Box::new(build::ImageBuild),
-        Box::new(tests::ServerTests),
-        Box::new(backup::Backup),
-        Box::new(migrate::Migrate),
-        Box::new(start::StopOld),
-        Box::new(start::StartNew),
-        Box::new(swarm::Converge),
-        Box::new(health::VerifyHealth),
-        Box::new(smoke::SmokeChecks),
-        Box::new(proxy::SwitchProxy),
-        Box::new(current::SwitchCurrent),
-        Box::new(proxy::DrainOld),
-        Box::new(register::Register),
+        Host(Box::new(tests::LocalTests)),
+        Host(Box::new(transfer::Upload)),
+        Host(Box::new(python::PythonDeps)),
+        Host(Box::new(build::BuildCommand)),
+        Host(Box::new(build::ImageBuild)),
+        Host(Box::new(tests::ServerTests)),
+        Host(Box::new(backup::Backup)),
+        Host(Box::new(migrate::Migrate)),
+        Host(Box::new(start::StopOld)),
+        Host(Box::new(start::StartNew)),
+        Host(Box::new(swarm::Converge)),
+        Host(Box::new(health::VerifyHealth)),
+        Host(Box::new(smoke::SmokeChecks)),
+        Host(Box::new(proxy::SwitchProxy)),
+        Host(Box::new(current::SwitchCurrent)),
+        Host(Box::new(proxy::DrainOld)),
+        Job(Box::new(register::Register)),
+        Job(Box::new(notify::Announce)),
+        Job(Box::new(telegram::TelegramReport)),
     ]
+}
+
+/// One entry of the list.
+pub(super) enum Item {
+    /// Runs on each host.
+    Host(Box<dyn Step>),
+    /// Runs once for the job.
+    Job(Box<dyn JobStep>),
+}
+
+pub(super) type HostSteps = Vec<Box<dyn Step>>;
+pub(super) type JobSteps = Vec<Box<dyn JobStep>>;
+
+/// The list's host steps and job steps, each in their order.
+pub(super) fn split(items: Vec<Item>) -> (HostSteps, JobSteps) {
+    let (mut host, mut job) = (Vec::new(), Vec::new());
+    for item in items {
+        match item {
+            Item::Host(s) => host.push(s),
+            Item::Job(s) => job.push(s),
+        }
+    }
+    (host, job)
 }
 
 /// One step of a job.
@@ -71,6 +105,49 @@ pub(super) trait Step: Send + Sync {
     /// would run, secrets masked).
     fn describe(&self, _cx: &StepCx<'_>) -> String {
         String::new()
+    }
+}
+
+/// A step run once for the whole job, after every host's steps.
+pub(super) trait JobStep: Send + Sync {
+    /// The phase whose record holds the step: it runs only when every host
+    /// succeeded, and its failure fails the job. `None`: it runs afterwards
+    /// whatever the outcome, records what it sent in the job's
+    /// notifications, and its failure is only a warning.
+    fn phase(&self) -> Option<PhaseName>;
+    fn name(&self) -> &'static str;
+    fn skip(&self, _cx: &JobCx<'_>) -> Option<String> {
+        None
+    }
+    fn run<'a>(&'a self, cx: &'a mut JobCx<'_>) -> BoxFuture<'a, Result<Done, StepError>>;
+    /// What the step would do, for `deploy --dry-run`.
+    fn describe(&self, _cx: &JobCx<'_>) -> String {
+        String::new()
+    }
+}
+
+/// What a job step sees: the job's work and its record as it stands.
+pub(super) struct JobCx<'a> {
+    pub engine: &'a Engine,
+    pub sink: &'a dyn Sink,
+    pub work: &'a Work,
+    pub redactor: Redactor,
+    pub job: Job,
+}
+
+impl<'a> JobCx<'a> {
+    pub fn new(engine: &'a Engine, sink: &'a dyn Sink, work: &'a Work, job: Job) -> Self {
+        JobCx {
+            engine,
+            sink,
+            work,
+            redactor: work.redactor(),
+            job,
+        }
+    }
+
+    pub fn note(&self, text: &str) {
+        self.sink.event(&Event::Note(&self.redactor.redact(text)));
     }
 }
 
@@ -180,10 +257,7 @@ impl<'a> StepCx<'a> {
             sink,
             work,
             dirs: site.dirs(&work.service),
-            redactor: Redactor::for_job(
-                work.secrets.iter().map(|(_, s)| s),
-                work.spec.env.values(),
-            ),
+            redactor: work.redactor(),
             job_id: String::new(),
             previous: None,
             release: match &work.source {

@@ -1,8 +1,8 @@
-//! Register: tell the registry where the service answers. A failure here
-//! leaves the healthy release running and current.
+//! Register: tell the registry where the service answers, once every host
+//! runs the release. A failure here leaves the healthy release running and
+//! current.
 
-use super::{Done, Step, StepCx, StepError};
-use crate::engine::records;
+use super::{Done, JobCx, JobStep, StepError};
 use crate::error::FailureKind;
 use crate::model::*;
 use crate::plan::RegisterPlan;
@@ -10,16 +10,16 @@ use futures_util::future::BoxFuture;
 
 pub(in crate::engine) struct Register;
 
-impl Step for Register {
-    fn phase(&self) -> PhaseName {
-        PhaseName::Register
+impl JobStep for Register {
+    fn phase(&self) -> Option<PhaseName> {
+        Some(PhaseName::Register)
     }
 
     fn name(&self) -> &'static str {
         "register"
     }
 
-    fn describe(&self, cx: &StepCx<'_>) -> String {
+    fn describe(&self, cx: &JobCx<'_>) -> String {
         match &cx.work.register {
             RegisterPlan::To {
                 registry_url,
@@ -29,14 +29,14 @@ impl Step for Register {
         }
     }
 
-    fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
+    fn skip(&self, cx: &JobCx<'_>) -> Option<String> {
         match &cx.work.register {
             RegisterPlan::Skip { reason } => Some(reason.clone()),
             RegisterPlan::To { .. } => None,
         }
     }
 
-    fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
+    fn run<'a>(&'a self, cx: &'a mut JobCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
         Box::pin(async move {
             let RegisterPlan::To {
                 registry_url,
@@ -45,9 +45,19 @@ impl Step for Register {
             else {
                 return Ok(Done::quiet("not registered"));
             };
-            match records::register(cx.engine, cx.work, registry_url, *droplet_id).await {
+            let engine = cx.engine;
+            let registered = crate::registry::register(
+                &engine.http,
+                registry_url,
+                *droplet_id,
+                &cx.work.service,
+                &cx.work.service_url,
+                engine.config.registry_token.as_ref().map(|t| t.expose()),
+            )
+            .await;
+            match registered {
                 Ok(reg) => {
-                    cx.registration = Some(reg);
+                    cx.job.registration = Some(reg);
                     Ok(Done::shown(format!("Registered as Droplet #{droplet_id}")))
                 }
                 Err(e) => Err(StepError {
