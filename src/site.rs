@@ -9,7 +9,7 @@ use crate::host::Host;
 use crate::model::RuntimeKind;
 use crate::release::ServiceDirs;
 use crate::runtime::{
-    Runtime, RuntimeError, docker::DockerRuntime, process::ProcessRuntime, swarm::SwarmRuntime,
+    Runtime, RuntimeError, Runtimes, docker::DockerRuntime, swarm::SwarmRuntime,
     systemd::SystemdRuntime,
 };
 use crate::ssh::{SshSession, SshTarget};
@@ -46,10 +46,7 @@ type Seen = (String, Vec<(String, u16)>);
 /// A connected host and its runtimes.
 pub struct Site {
     pub host: Arc<Host>,
-    process: Runtime,
-    docker: Runtime,
-    systemd: Runtime,
-    swarm: Runtime,
+    runtimes: Runtimes,
     root: PathBuf,
     /// Whether a Docker engine answered, asked once per command: Validation,
     /// Start Service and a rollback all want to know.
@@ -75,10 +72,7 @@ impl Site {
         };
         let host = Arc::new(host);
         Ok(Site {
-            process: Runtime::Process(ProcessRuntime::default()),
-            docker: Runtime::Docker(DockerRuntime::new(host.clone())),
-            systemd: Runtime::Systemd(SystemdRuntime::new(host.clone())),
-            swarm: Runtime::Swarm(SwarmRuntime::new(host.clone())),
+            runtimes: Runtimes::new(host.clone()),
             host,
             root,
             docker_engine: tokio::sync::OnceCell::new(),
@@ -92,13 +86,10 @@ impl Site {
         state_dir: &std::path::Path,
         runtime: crate::runtime::scripted::ScriptedRuntime,
     ) -> Site {
-        let slot = || Runtime::Scripted(runtime.clone());
+        let host = Arc::new(Host::Local(LocalTransport));
         Site {
-            host: Arc::new(Host::Local(LocalTransport)),
-            process: slot(),
-            docker: slot(),
-            systemd: slot(),
-            swarm: slot(),
+            runtimes: Runtimes::new(host.clone()).all_on(Arc::new(runtime)),
+            host,
             root: state_dir.join("services"),
             docker_engine: tokio::sync::OnceCell::new_with(Some(Err("not in unit tests".into()))),
             running_seen: Default::default(),
@@ -116,34 +107,20 @@ impl Site {
         }
     }
 
-    pub fn runtime(&self, kind: RuntimeKind) -> &Runtime {
-        match kind {
-            RuntimeKind::Process => &self.process,
-            RuntimeKind::Docker => &self.docker,
-            RuntimeKind::Systemd => &self.systemd,
-            RuntimeKind::Swarm => &self.swarm,
-        }
+    pub fn runtime(&self, kind: RuntimeKind) -> &dyn Runtime {
+        self.runtimes.get(kind)
     }
 
     pub fn swarm(&self) -> &SwarmRuntime {
-        match &self.swarm {
-            Runtime::Swarm(s) => s,
-            _ => unreachable!("the swarm slot holds the swarm runtime"),
-        }
+        &self.runtimes.swarm
     }
 
     pub fn systemd(&self) -> &SystemdRuntime {
-        match &self.systemd {
-            Runtime::Systemd(s) => s,
-            _ => unreachable!("the systemd slot holds the systemd runtime"),
-        }
+        &self.runtimes.systemd
     }
 
     pub fn docker(&self) -> &DockerRuntime {
-        match &self.docker {
-            Runtime::Docker(d) => d,
-            _ => unreachable!("the docker slot holds the docker runtime"),
-        }
+        &self.runtimes.docker
     }
 
     /// Whether this host's Docker engine manages a swarm (asked with the
@@ -180,7 +157,11 @@ impl Site {
     pub async fn running_releases(&self, dirs: &ServiceDirs, service: &str) -> Vec<(String, u16)> {
         let mut running = Vec::new();
         if self.host.is_local() {
-            running.extend(self.process.running(dirs, service).await);
+            running.extend(
+                self.runtime(RuntimeKind::Process)
+                    .running(dirs, service)
+                    .await,
+            );
         }
         // Asked at once: `docker ps` answers nothing useful without an
         // engine, and waiting for `docker info` first costs its whole time;
@@ -188,19 +169,27 @@ impl Site {
         let systemd = async {
             match self.host.is_local() {
                 true => Vec::new(),
-                false => self.systemd.running(dirs, service).await,
+                false => {
+                    self.runtime(RuntimeKind::Systemd)
+                        .running(dirs, service)
+                        .await
+                }
             }
         };
         let (engine, docker, systemd) = tokio::join!(
             self.docker_engine(),
-            self.docker.running(dirs, service),
+            self.runtime(RuntimeKind::Docker).running(dirs, service),
             systemd
         );
         if engine.is_ok() {
             running.extend(docker);
         }
         if self.swarm_manager().await {
-            running.extend(self.swarm.running(dirs, service).await);
+            running.extend(
+                self.runtime(RuntimeKind::Swarm)
+                    .running(dirs, service)
+                    .await,
+            );
         }
         running.extend(systemd);
         running

@@ -135,9 +135,13 @@ impl Engine {
         if running && !restart {
             return Ok(format!("release {current} is already running"));
         }
-        if running && ctx.spec.runtime == crate::model::RuntimeKind::Swarm {
+        let in_place = match running {
+            true => site.runtime(ctx.spec.runtime).restart_in_place(&ctx).await,
+            false => None,
+        };
+        if let Some(done) = in_place {
             // A rolling restart: Swarm replaces each task, start-first.
-            let done = site.swarm().restart(&ctx).await.map_err(|e| {
+            let done = done.map_err(|e| {
                 Failure::new(FailureKind::Start, format!("restarting {current}: {e}"))
             })?;
             return Ok(format!("release {current} restarted task by task: {done}"));
@@ -223,13 +227,7 @@ impl Engine {
                 replicas: None,
             };
         };
-        let replicas = match ctx.spec.runtime {
-            crate::model::RuntimeKind::Swarm => match site.swarm().progress(&ctx).await {
-                Ok(p) => Some(format!("{}/{}", p.ready(), p.replicas)),
-                Err(_) => Some("0/0".into()),
-            },
-            _ => None,
-        };
+        let replicas = site.runtime(ctx.spec.runtime).replicas(&ctx).await;
         let budget = std::time::Duration::from_secs(3);
         match steps::look(site, &self.http, &ctx, budget).await {
             Ok(after) => CheckLine {

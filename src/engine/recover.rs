@@ -10,7 +10,7 @@
 
 use super::{Engine, Event, Sink, steps};
 use crate::error::Failure;
-use crate::model::{Job, PhaseName, PhaseStatus, ReleaseStatus, RuntimeKind};
+use crate::model::{Job, PhaseName, PhaseStatus, ReleaseStatus};
 use crate::release::ServiceDirs;
 use crate::runtime::ReleaseCtx;
 use crate::site::Site;
@@ -119,10 +119,10 @@ impl Engine {
                 };
                 // Swarm rolls its own update back; its service is not a
                 // release's to stop.
-                if ctx.spec.runtime == RuntimeKind::Swarm {
+                let runtime = site.runtime(ctx.spec.runtime);
+                if runtime.replaces_itself() {
                     continue;
                 }
-                let runtime = site.runtime(ctx.spec.runtime);
                 let stopped = runtime.stop(&ctx).await;
                 runtime.remove_build(&ctx).await;
                 let removed = site.host.remove_release(&dirs, &release.id).await;
@@ -205,7 +205,7 @@ impl Engine {
                 continue;
             };
             // Swarm replaces its own tasks.
-            if ctx.spec.runtime == RuntimeKind::Swarm {
+            if site.runtime(ctx.spec.runtime).replaces_itself() {
                 continue;
             }
             let note = match site.runtime(ctx.spec.runtime).stop(&ctx).await {

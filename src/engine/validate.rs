@@ -185,33 +185,32 @@ async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
     let (runtime, holders) = tokio::join!(runtime(site, plan.method), holders);
     let runtime = runtime?;
     plan.spec.runtime = runtime;
-    match runtime {
-        RuntimeKind::Process | RuntimeKind::Systemd => {
-            if plan
-                .spec
-                .start
-                .as_deref()
-                .is_none_or(|s| s.trim().is_empty())
-            {
-                let manifest = plan.source.join(crate::config::MANIFEST_FILE);
-                let (method, manifest) = (runtime.as_str(), manifest.display().to_string());
-                return Err(if plan.spec.python.is_some() {
-                    Refusal::NoPythonStart { method, manifest }
-                } else {
-                    Refusal::NoStartCommand { method, manifest }
-                });
-            }
+    // A release on the host itself starts with a command; one in a
+    // container is built from a Dockerfile.
+    if runtime.on_host() {
+        if plan
+            .spec
+            .start
+            .as_deref()
+            .is_none_or(|s| s.trim().is_empty())
+        {
+            let manifest = plan.source.join(crate::config::MANIFEST_FILE);
+            let (method, manifest) = (runtime.as_str(), manifest.display().to_string());
+            return Err(if plan.spec.python.is_some() {
+                Refusal::NoPythonStart { method, manifest }
+            } else {
+                Refusal::NoStartCommand { method, manifest }
+            });
         }
-        RuntimeKind::Docker | RuntimeKind::Swarm => {
-            let dockerfile = plan.source.join(&plan.spec.dockerfile);
-            if !dockerfile.is_file() {
-                return Err(Refusal::NoDockerfile(dockerfile.display().to_string()));
-            }
+    } else {
+        let dockerfile = plan.source.join(&plan.spec.dockerfile);
+        if !dockerfile.is_file() {
+            return Err(Refusal::NoDockerfile(dockerfile.display().to_string()));
         }
     }
     let port_note = port(site, plan, holders).await?;
-    let python = match (&plan.spec.python, runtime) {
-        (Some(p), RuntimeKind::Process | RuntimeKind::Systemd) => {
+    let python = match &plan.spec.python {
+        Some(p) if runtime.on_host() => {
             let start = plan.spec.start.as_deref().unwrap_or("");
             format!(", Python service ({}; starts with `{start}`)", p.deps)
         }

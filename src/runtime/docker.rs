@@ -8,7 +8,7 @@
 //! them. Secret values go to the container through the docker CLI's own
 //! environment (`-e NAME` with no value), never through its arguments.
 
-use super::{ReleaseCtx, RuntimeError};
+use super::{Fut, ReleaseCtx, RuntimeError};
 use crate::cmd::Cmd;
 use crate::health::Liveness;
 use crate::host::{Host, HostError};
@@ -418,6 +418,77 @@ impl DockerRuntime {
                 Some((rel.to_string(), port.trim().parse().ok()?))
             })
             .collect()
+    }
+}
+
+impl super::Runtime for DockerRuntime {
+    fn kind(&self) -> crate::model::RuntimeKind {
+        crate::model::RuntimeKind::Docker
+    }
+
+    fn build<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<Option<String>, RuntimeError>> {
+        Box::pin(async move { DockerRuntime::build(self, ctx).await.map(Some) })
+    }
+
+    fn remove_build<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, ()> {
+        Box::pin(self.remove_image(ctx))
+    }
+
+    fn start<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<String, RuntimeError>> {
+        Box::pin(DockerRuntime::start(self, ctx))
+    }
+
+    fn stop<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<(), RuntimeError>> {
+        Box::pin(DockerRuntime::stop(self, ctx))
+    }
+
+    fn stop_for_new<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<(), RuntimeError>> {
+        Box::pin(DockerRuntime::stop_for_new(self, ctx))
+    }
+
+    fn stop_shell(&self, ctx: &ReleaseCtx) -> String {
+        format!(
+            "{} >/dev/null 2>&1; {} >/dev/null 2>&1",
+            stop_cmd(ctx).display(),
+            remove_container_cmd(ctx).display()
+        )
+    }
+
+    fn liveness<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Liveness> {
+        Box::pin(DockerRuntime::liveness(self, ctx))
+    }
+
+    fn owns<'a>(
+        &'a self,
+        ctx: &'a ReleaseCtx,
+        listeners: &'a [super::ports::Listener],
+    ) -> Fut<'a, Result<(), String>> {
+        Box::pin(self.serves(ctx, listeners))
+    }
+
+    fn log_cmd(
+        &self,
+        ctx: &ReleaseCtx,
+        lines: usize,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Option<Cmd> {
+        Some(log_cmd(ctx, lines, since))
+    }
+
+    fn running<'a>(
+        &'a self,
+        _: &'a crate::release::ServiceDirs,
+        service: &'a str,
+    ) -> Fut<'a, Vec<(String, u16)>> {
+        Box::pin(DockerRuntime::running(self, service))
+    }
+
+    fn describe_build(&self, ctx: &ReleaseCtx) -> String {
+        build_cmd(ctx).display()
+    }
+
+    fn describe_start(&self, ctx: &ReleaseCtx) -> String {
+        run_cmd(ctx).display()
     }
 }
 

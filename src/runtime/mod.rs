@@ -7,17 +7,20 @@
 pub mod docker;
 pub mod ports;
 pub mod process;
+mod process_as_runtime;
 #[cfg(test)]
 pub mod scripted;
 pub mod swarm;
 pub mod systemd;
 
 use crate::health::Liveness;
+use crate::host::Host;
 use crate::host::HostError;
 use crate::model::{RunSpec, RuntimeKind};
 use crate::release::ServiceDirs;
 use crate::secret::Secret;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// PATH for what runs on a server, after a venv.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -84,34 +87,6 @@ impl ReleaseCtx {
     }
 }
 
-/// What stops a release, as one shell command for the host to run later
-/// (a release the proxy no longer sends to stops after its drain).
-pub fn stop_shell(ctx: &ReleaseCtx) -> String {
-    let grace = ctx.spec.stop_grace_secs;
-    match ctx.spec.runtime {
-        RuntimeKind::Docker => format!(
-            "{} >/dev/null 2>&1; {} >/dev/null 2>&1",
-            docker::stop_cmd(ctx).display(),
-            docker::remove_container_cmd(ctx).display()
-        ),
-        RuntimeKind::Systemd => format!(
-            "systemctl disable --now {} >/dev/null 2>&1",
-            crate::cmd::quote(&systemd::unit_name(ctx))
-        ),
-        // Swarm replaces tasks itself; nothing drains behind a proxy.
-        RuntimeKind::Swarm => "true".into(),
-        // SIGTERM to the process group, SIGKILL after the grace.
-        _ => format!(
-            "pid=$(cut -d' ' -f1 {pidfile} 2>/dev/null); [ -n \"$pid\" ] || exit 0; \
-             kill -TERM -\"$pid\" 2>/dev/null; i=0; \
-             while kill -0 -\"$pid\" 2>/dev/null && [ $i -lt {ticks} ]; do sleep 0.1; i=$((i+1)); done; \
-             kill -KILL -\"$pid\" 2>/dev/null; true",
-            pidfile = crate::cmd::quote(&ctx.dirs.pid_file(&ctx.release).to_string_lossy()),
-            ticks = grace * 10,
-        ),
-    }
-}
-
 /// Says that a port answers for something other than the release.
 pub fn not_ours(ctx: &ReleaseCtx, listeners: &[ports::Listener]) -> String {
     match listeners {
@@ -151,193 +126,194 @@ impl RuntimeError {
     }
 }
 
-/// A runtime, chosen per release.
-pub enum Runtime {
-    Process(process::ProcessRuntime),
-    Docker(docker::DockerRuntime),
-    Systemd(systemd::SystemdRuntime),
-    Swarm(swarm::SwarmRuntime),
-    /// Unit tests' stand-in (see `scripted.rs`).
-    #[cfg(test)]
-    Scripted(scripted::ScriptedRuntime),
-}
+/// A runtime's answer, boxed so that runtimes can be chosen at run time.
+pub type Fut<'a, T> = futures_util::future::BoxFuture<'a, T>;
 
-impl Runtime {
-    pub fn kind(&self) -> RuntimeKind {
-        match self {
-            Runtime::Process(_) => RuntimeKind::Process,
-            Runtime::Docker(_) => RuntimeKind::Docker,
-            Runtime::Systemd(_) => RuntimeKind::Systemd,
-            Runtime::Swarm(_) => RuntimeKind::Swarm,
-            #[cfg(test)]
-            Runtime::Scripted(_) => RuntimeKind::Docker,
-        }
+/// What every runtime does for a release: process, docker, systemd and
+/// swarm each implement it, and the engine knows no other. A host's four
+/// are in its [`Runtimes`].
+pub trait Runtime: Send + Sync {
+    fn kind(&self) -> RuntimeKind;
+
+    /// Builds what the release needs beyond its files (an image, a venv
+    /// and unit). Returns the details line for the Build phase.
+    fn build<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<Option<String>, RuntimeError>>;
+
+    /// Whether [`Runtime::build`] does anything (a process release is its
+    /// files).
+    fn builds(&self) -> bool {
+        true
     }
 
-    /// Builds what the release needs beyond its files (an image, for docker).
-    /// Returns the details line for the Build phase.
-    pub async fn build(&self, ctx: &ReleaseCtx) -> Result<Option<String>, RuntimeError> {
-        match self {
-            Runtime::Process(_) => Ok(None),
-            Runtime::Docker(d) => d.build(ctx).await.map(Some),
-            Runtime::Systemd(s) => s.build(ctx).await.map(Some),
-            Runtime::Swarm(s) => s.build(ctx).await.map(Some),
-            #[cfg(test)]
-            Runtime::Scripted(s) => s.build(ctx).await.map(Some),
-        }
+    /// Undoes `build`: removes the release's image or unit.
+    fn remove_build<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, ()>;
+
+    fn start<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<String, RuntimeError>>;
+
+    /// Waits until a start has taken everywhere it runs (every swarm task,
+    /// not the first one the health check finds).
+    fn settle<'a>(&'a self, _ctx: &'a ReleaseCtx) -> Fut<'a, Result<(), RuntimeError>> {
+        Box::pin(async { Ok(()) })
     }
 
-    /// Undoes `build`: removes the release's image.
-    pub async fn remove_build(&self, ctx: &ReleaseCtx) {
-        match self {
-            Runtime::Process(_) => {}
-            Runtime::Docker(d) => d.remove_image(ctx).await,
-            Runtime::Systemd(s) => s.remove_build(ctx).await,
-            Runtime::Swarm(s) => s.remove_build(ctx).await,
-            #[cfg(test)]
-            Runtime::Scripted(s) => s.remove_build(ctx).await,
-        }
-    }
-
-    pub async fn start(&self, ctx: &ReleaseCtx) -> Result<String, RuntimeError> {
-        match self {
-            Runtime::Process(p) => p.start(ctx).await,
-            Runtime::Docker(d) => d.start(ctx).await,
-            Runtime::Systemd(s) => s.start(ctx).await,
-            Runtime::Swarm(s) => s.start(ctx).await,
-            #[cfg(test)]
-            Runtime::Scripted(s) => s.start(ctx).await,
-        }
-    }
-
-    pub async fn stop(&self, ctx: &ReleaseCtx) -> Result<(), RuntimeError> {
-        match self {
-            Runtime::Process(p) => p.stop(ctx).await,
-            Runtime::Docker(d) => d.stop(ctx).await,
-            Runtime::Systemd(s) => s.stop(ctx).await,
-            Runtime::Swarm(s) => s.stop(ctx).await,
-            #[cfg(test)]
-            Runtime::Scripted(s) => s.stop(ctx).await,
-        }
-    }
+    fn stop<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<(), RuntimeError>>;
 
     /// Stops a release that a new one replaces next: as `stop`, but what
     /// can wait (removing a stopped container) happens while the new one
     /// starts.
-    pub async fn stop_for_new(&self, ctx: &ReleaseCtx) -> Result<(), RuntimeError> {
-        match self {
-            Runtime::Docker(d) => d.stop_for_new(ctx).await,
-            _ => self.stop(ctx).await,
-        }
+    fn stop_for_new<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<(), RuntimeError>> {
+        self.stop(ctx)
     }
 
-    pub async fn liveness(&self, ctx: &ReleaseCtx) -> Liveness {
-        match self {
-            Runtime::Process(p) => p.liveness(ctx).await,
-            Runtime::Docker(d) => d.liveness(ctx).await,
-            Runtime::Systemd(s) => s.liveness(ctx).await,
-            Runtime::Swarm(s) => s.liveness(ctx).await,
-            #[cfg(test)]
-            Runtime::Scripted(s) => s.liveness(ctx).await,
-        }
+    /// What stops a release, as one shell command for the host to run
+    /// later (a release the proxy no longer sends to stops after its
+    /// drain).
+    fn stop_shell(&self, ctx: &ReleaseCtx) -> String;
+
+    /// Whether the runtime replaces a service's old releases by itself
+    /// (a swarm update): deployer then never stops one.
+    fn replaces_itself(&self) -> bool {
+        false
     }
 
-    /// Whether this release is what holds its port (`listeners`: who
-    /// listens there now); why not, when it is not.
-    pub async fn serves(
-        &self,
-        ctx: &ReleaseCtx,
-        listeners: &[ports::Listener],
-    ) -> Result<(), String> {
-        if ports::cannot_tell(listeners) {
-            return Ok(());
-        }
-        let ours = match self {
-            Runtime::Process(p) => p.serves(ctx, listeners),
-            Runtime::Docker(d) => return d.serves(ctx, listeners).await,
-            Runtime::Systemd(_) => {
-                let unit = format!("/{}", systemd::unit_name(ctx));
-                listeners.iter().any(|l| l.cgroup.ends_with(&unit))
-            }
-            // Following the update to convergence proved that the tasks
-            // that answer run the new spec.
-            Runtime::Swarm(_) => true,
-            #[cfg(test)]
-            Runtime::Scripted(_) => true,
-        };
-        match ours {
-            true => Ok(()),
-            false => Err(not_ours(ctx, listeners)),
-        }
+    /// A restart in place that keeps serving (swarm: task by task);
+    /// `None` when the runtime has none and the release is stopped and
+    /// started again.
+    fn restart_in_place<'a>(
+        &'a self,
+        _ctx: &'a ReleaseCtx,
+    ) -> Fut<'a, Option<Result<String, RuntimeError>>> {
+        Box::pin(async { None })
     }
+
+    fn liveness<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Liveness>;
+
+    /// Whether this release is among `listeners` (who listens on its port
+    /// now); why not, when it is not.
+    fn owns<'a>(
+        &'a self,
+        ctx: &'a ReleaseCtx,
+        listeners: &'a [ports::Listener],
+    ) -> Fut<'a, Result<(), String>>;
 
     /// A quick proof that the release holds its port, with no look at who
     /// else listens (a process release's own process tree); false when
-    /// there is none, and [`Runtime::serves`] decides.
-    pub async fn holds_port(&self, ctx: &ReleaseCtx) -> bool {
-        match self {
-            Runtime::Process(_) => {
-                let ctx = ctx.clone();
-                tokio::task::spawn_blocking(move || process::holds_port(&ctx))
-                    .await
-                    .unwrap_or(false)
-            }
-            _ => false,
-        }
+    /// there is none, and [`serves`] decides.
+    fn holds_port<'a>(&'a self, _ctx: &'a ReleaseCtx) -> Fut<'a, bool> {
+        Box::pin(async { false })
+    }
+
+    /// Whether the runtime publishes the port itself (swarm's routing
+    /// mesh or proxy), so no listener on this host stands in its way.
+    fn publishes_itself(&self) -> bool {
+        false
     }
 
     /// What shows a release's last `lines` log lines (from `since` on),
     /// each with its time; `None` for a process release, whose log is a
     /// file on this machine.
-    pub fn log_cmd(
+    fn log_cmd(
         &self,
         ctx: &ReleaseCtx,
         lines: usize,
         since: Option<chrono::DateTime<chrono::Utc>>,
-    ) -> Option<crate::cmd::Cmd> {
-        match self {
-            Runtime::Process(_) => None,
-            Runtime::Docker(_) => Some(docker::log_cmd(ctx, lines, since)),
-            Runtime::Systemd(_) => Some(systemd::journal_cmd(ctx, lines, since)),
-            Runtime::Swarm(_) => Some(swarm::logs_cmd(
-                &ctx.service,
-                lines,
-                since.map(|t| t.to_rfc3339()),
-            )),
-            #[cfg(test)]
-            Runtime::Scripted(_) => None,
+    ) -> Option<crate::cmd::Cmd>;
+
+    /// How many of the release's replicas are ready, for those that have
+    /// replicas (`2/3`).
+    fn replicas<'a>(&'a self, _ctx: &'a ReleaseCtx) -> Fut<'a, Option<String>> {
+        Box::pin(async { None })
+    }
+
+    /// Releases of a service that are running now, with their ports.
+    fn running<'a>(
+        &'a self,
+        dirs: &'a ServiceDirs,
+        service: &'a str,
+    ) -> Fut<'a, Vec<(String, u16)>>;
+
+    /// What Build would run, for `deploy --dry-run`.
+    fn describe_build(&self, ctx: &ReleaseCtx) -> String;
+
+    /// What Start Service would run, for `deploy --dry-run`.
+    fn describe_start(&self, ctx: &ReleaseCtx) -> String;
+
+    /// Whether this release is what holds its port (`listeners`: who
+    /// listens there now); why not, when it is not.
+    fn serves<'a>(
+        &'a self,
+        ctx: &'a ReleaseCtx,
+        listeners: &'a [ports::Listener],
+    ) -> Fut<'a, Result<(), String>> {
+        match ports::cannot_tell(listeners) {
+            true => Box::pin(async { Ok(()) }),
+            false => self.owns(ctx, listeners),
         }
     }
 
     /// Whether a release may start on its port now that the service's own
     /// releases have stopped (`listeners`: who listens there); why not.
-    pub fn port_free(&self, ctx: &ReleaseCtx, listeners: &[ports::Listener]) -> Result<(), String> {
-        match self {
-            // Swarm publishes through its own proxy or the routing mesh.
-            Runtime::Swarm(_) => Ok(()),
-            // The unit tests' stand-in answers from the test process.
-            #[cfg(test)]
-            Runtime::Scripted(_) => Ok(()),
-            _ if listeners.is_empty() || ports::cannot_tell(listeners) => Ok(()),
-            _ => Err(format!(
-                "port {} is in use by {}, which is not a release of '{}' that deployer runs; \
-                 stop it or choose another port",
-                ctx.spec.port,
-                ports::describe(listeners),
-                ctx.service
-            )),
+    fn port_free(&self, ctx: &ReleaseCtx, listeners: &[ports::Listener]) -> Result<(), String> {
+        if self.publishes_itself() || listeners.is_empty() || ports::cannot_tell(listeners) {
+            return Ok(());
+        }
+        Err(format!(
+            "port {} is in use by {}, which is not a release of '{}' that deployer runs; \
+             stop it or choose another port",
+            ctx.spec.port,
+            ports::describe(listeners),
+            ctx.service
+        ))
+    }
+}
+
+/// A host's runtimes, one per kind. The docker, systemd and swarm ones are
+/// also at hand by name, for what only they do (an engine's version, a
+/// unit's availability, a swarm's manager).
+pub struct Runtimes {
+    pub process: Arc<process::ProcessRuntime>,
+    pub docker: Arc<docker::DockerRuntime>,
+    pub systemd: Arc<systemd::SystemdRuntime>,
+    pub swarm: Arc<swarm::SwarmRuntime>,
+    /// What each kind runs on; the four above unless replaced.
+    slots: [Arc<dyn Runtime>; 4],
+}
+
+impl Runtimes {
+    pub fn new(host: Arc<Host>) -> Self {
+        let process = Arc::new(process::ProcessRuntime::default());
+        let docker = Arc::new(docker::DockerRuntime::new(host.clone()));
+        let systemd = Arc::new(systemd::SystemdRuntime::new(host.clone()));
+        let swarm = Arc::new(swarm::SwarmRuntime::new(host));
+        Runtimes {
+            slots: [
+                process.clone(),
+                docker.clone(),
+                systemd.clone(),
+                swarm.clone(),
+            ],
+            process,
+            docker,
+            systemd,
+            swarm,
         }
     }
 
-    /// Releases of a service that are running now, with their ports.
-    pub async fn running(&self, dirs: &ServiceDirs, service: &str) -> Vec<(String, u16)> {
-        match self {
-            Runtime::Process(p) => p.running(dirs),
-            Runtime::Docker(d) => d.running(service).await,
-            Runtime::Systemd(s) => s.running(dirs, service).await,
-            Runtime::Swarm(s) => s.running(service).await,
-            #[cfg(test)]
-            Runtime::Scripted(s) => s.running(),
+    /// Every kind runs on `runtime` (the engine's unit tests' stand-in).
+    pub fn all_on(self, runtime: Arc<dyn Runtime>) -> Self {
+        Runtimes {
+            slots: std::array::from_fn(|_| runtime.clone()),
+            ..self
         }
+    }
+
+    pub fn get(&self, kind: RuntimeKind) -> &dyn Runtime {
+        let i = match kind {
+            RuntimeKind::Process => 0,
+            RuntimeKind::Docker => 1,
+            RuntimeKind::Systemd => 2,
+            RuntimeKind::Swarm => 3,
+        };
+        self.slots[i].as_ref()
     }
 }

@@ -4,7 +4,7 @@
 //! undo order and the job's final state can be checked in milliseconds;
 //! the real runtimes have their own end-to-end tests.
 
-use super::{ReleaseCtx, RuntimeError};
+use super::{Fut, ReleaseCtx, RuntimeError};
 use crate::health::Liveness;
 use std::sync::{Arc, Mutex};
 
@@ -111,5 +111,73 @@ impl ScriptedRuntime {
     pub fn running(&self) -> Vec<(String, u16)> {
         let s = self.script.lock().unwrap();
         s.running.iter().map(|r| (r.clone(), s.port)).collect()
+    }
+}
+
+impl super::Runtime for ScriptedRuntime {
+    fn kind(&self) -> crate::model::RuntimeKind {
+        crate::model::RuntimeKind::Docker
+    }
+
+    fn build<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<Option<String>, RuntimeError>> {
+        Box::pin(async move { ScriptedRuntime::build(self, ctx).await.map(Some) })
+    }
+
+    fn remove_build<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, ()> {
+        Box::pin(ScriptedRuntime::remove_build(self, ctx))
+    }
+
+    fn start<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<String, RuntimeError>> {
+        Box::pin(ScriptedRuntime::start(self, ctx))
+    }
+
+    fn stop<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<(), RuntimeError>> {
+        Box::pin(ScriptedRuntime::stop(self, ctx))
+    }
+
+    fn stop_shell(&self, _: &ReleaseCtx) -> String {
+        "true".into()
+    }
+
+    fn liveness<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Liveness> {
+        Box::pin(ScriptedRuntime::liveness(self, ctx))
+    }
+
+    fn owns<'a>(
+        &'a self,
+        _: &'a ReleaseCtx,
+        _: &'a [super::ports::Listener],
+    ) -> Fut<'a, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+
+    /// It answers from the test process, on a port of its own.
+    fn publishes_itself(&self) -> bool {
+        true
+    }
+
+    fn log_cmd(
+        &self,
+        _: &ReleaseCtx,
+        _: usize,
+        _: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Option<crate::cmd::Cmd> {
+        None
+    }
+
+    fn running<'a>(
+        &'a self,
+        _: &'a crate::release::ServiceDirs,
+        _: &'a str,
+    ) -> Fut<'a, Vec<(String, u16)>> {
+        Box::pin(async move { ScriptedRuntime::running(self) })
+    }
+
+    fn describe_build(&self, _: &ReleaseCtx) -> String {
+        String::new()
+    }
+
+    fn describe_start(&self, _: &ReleaseCtx) -> String {
+        String::new()
     }
 }

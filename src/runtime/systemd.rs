@@ -9,7 +9,7 @@
 //!
 //! Like the docker runtime, it only builds commands; the host runs them.
 
-use super::{ReleaseCtx, RuntimeError};
+use super::{Fut, ReleaseCtx, RuntimeError};
 use crate::cmd::{Cmd, quote};
 use crate::health::Liveness;
 use crate::host::Host;
@@ -361,6 +361,79 @@ impl SystemdRuntime {
                 (r, port)
             })
             .collect()
+    }
+}
+
+impl super::Runtime for SystemdRuntime {
+    fn kind(&self) -> crate::model::RuntimeKind {
+        crate::model::RuntimeKind::Systemd
+    }
+
+    fn build<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<Option<String>, RuntimeError>> {
+        Box::pin(async move { SystemdRuntime::build(self, ctx).await.map(Some) })
+    }
+
+    fn remove_build<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, ()> {
+        Box::pin(SystemdRuntime::remove_build(self, ctx))
+    }
+
+    fn start<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<String, RuntimeError>> {
+        Box::pin(SystemdRuntime::start(self, ctx))
+    }
+
+    fn stop<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Result<(), RuntimeError>> {
+        Box::pin(SystemdRuntime::stop(self, ctx))
+    }
+
+    fn stop_shell(&self, ctx: &ReleaseCtx) -> String {
+        format!(
+            "systemctl disable --now {} >/dev/null 2>&1",
+            quote(&unit_name(ctx))
+        )
+    }
+
+    fn liveness<'a>(&'a self, ctx: &'a ReleaseCtx) -> Fut<'a, Liveness> {
+        Box::pin(SystemdRuntime::liveness(self, ctx))
+    }
+
+    /// A listener in the unit's cgroup.
+    fn owns<'a>(
+        &'a self,
+        ctx: &'a ReleaseCtx,
+        listeners: &'a [super::ports::Listener],
+    ) -> Fut<'a, Result<(), String>> {
+        Box::pin(async move {
+            let unit = format!("/{}", unit_name(ctx));
+            match listeners.iter().any(|l| l.cgroup.ends_with(&unit)) {
+                true => Ok(()),
+                false => Err(super::not_ours(ctx, listeners)),
+            }
+        })
+    }
+
+    fn log_cmd(
+        &self,
+        ctx: &ReleaseCtx,
+        lines: usize,
+        since: Option<chrono::DateTime<chrono::Utc>>,
+    ) -> Option<Cmd> {
+        Some(journal_cmd(ctx, lines, since))
+    }
+
+    fn running<'a>(
+        &'a self,
+        dirs: &'a ServiceDirs,
+        service: &'a str,
+    ) -> Fut<'a, Vec<(String, u16)>> {
+        Box::pin(SystemdRuntime::running(self, dirs, service))
+    }
+
+    fn describe_build(&self, ctx: &ReleaseCtx) -> String {
+        format!("a venv if requirements.txt, then unit {}", unit_name(ctx))
+    }
+
+    fn describe_start(&self, ctx: &ReleaseCtx) -> String {
+        format!("systemctl enable --now {}", unit_name(ctx))
     }
 }
 

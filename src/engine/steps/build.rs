@@ -106,34 +106,13 @@ impl Step for ImageBuild {
 
     fn describe(&self, cx: &StepCx<'_>) -> String {
         let ctx = cx.new_release();
-        match ctx.spec.runtime {
-            RuntimeKind::Docker => crate::runtime::docker::build_cmd(&ctx).display(),
-            RuntimeKind::Systemd => format!(
-                "a venv if requirements.txt, then unit {}",
-                crate::runtime::systemd::unit_name(&ctx)
-            ),
-            RuntimeKind::Swarm => format!(
-                "on the manager: docker build (Dockerfile + deployer's health check), image {}{}",
-                crate::runtime::swarm::registry_image(&ctx),
-                if ctx
-                    .spec
-                    .swarm
-                    .as_ref()
-                    .is_some_and(|s| s.registry.is_some())
-                {
-                    ", pushed"
-                } else {
-                    ""
-                }
-            ),
-            RuntimeKind::Process => String::new(),
-        }
+        cx.runtime(&ctx.spec).describe_build(&ctx)
     }
 
     fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
         if cx.existing() {
             Some(ALREADY_BUILT.into())
-        } else if cx.work.spec.runtime == RuntimeKind::Process {
+        } else if !cx.runtime(&cx.work.spec).builds() {
             Some("the process method builds nothing more".into())
         } else {
             None

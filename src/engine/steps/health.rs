@@ -102,14 +102,7 @@ pub(in crate::engine) async fn restart_and_verify(
 ) -> Result<Duration, RestartError> {
     let runtime = site.runtime(ctx.spec.runtime);
     runtime.start(ctx).await?;
-    if let crate::runtime::Runtime::Swarm(swarm) = runtime {
-        // Every task, not just the first one the proxy finds.
-        let limit = crate::runtime::swarm::SwarmRuntime::update_limit(ctx);
-        swarm
-            .follow(ctx, limit, &|_| {})
-            .await
-            .map_err(RuntimeError::Release)?;
-    }
+    runtime.settle(ctx).await?;
     let healthy = health_check(&ctx.spec, &site.health_host())
         .wait(probe(http, site, &ctx.spec), || runtime.liveness(ctx))
         .await?;

@@ -281,7 +281,7 @@ impl<'a> StepCx<'a> {
         self.sink.event(&Event::Note(&self.redactor.redact(text)));
     }
 
-    pub fn runtime(&self, spec: &RunSpec) -> &'a Runtime {
+    pub fn runtime(&self, spec: &RunSpec) -> &'a dyn Runtime {
         self.site.runtime(spec.runtime)
     }
 

@@ -327,7 +327,7 @@ impl Step for DrainOld {
                     continue;
                 }
                 let ctx = cx.earlier_release(&rel).await;
-                let stop = crate::runtime::stop_shell(&ctx);
+                let stop = cx.runtime(&ctx.spec).stop_shell(&ctx);
                 let script = proxy::drain_script(&cx.dirs.root, &rel, spec.drain_secs, &stop);
                 match run(
                     cx.site,

@@ -21,7 +21,7 @@ impl Step for StopOld {
     }
 
     fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
-        if cx.work.spec.runtime == RuntimeKind::Swarm {
+        if cx.runtime(&cx.work.spec).replaces_itself() {
             return Some("swarm: the update replaces old tasks once new ones are healthy".into());
         }
         cx.work
@@ -91,23 +91,7 @@ impl Step for StartNew {
 
     fn describe(&self, cx: &StepCx<'_>) -> String {
         let ctx = cx.new_release();
-        match ctx.spec.runtime {
-            RuntimeKind::Docker => crate::runtime::docker::run_cmd(&ctx).display(),
-            RuntimeKind::Swarm => format!(
-                "on the manager: docker service create, or update --image {} (start-first)",
-                crate::runtime::swarm::registry_image(&ctx)
-            ),
-            RuntimeKind::Systemd => format!(
-                "systemctl enable --now {}",
-                crate::runtime::systemd::unit_name(&ctx)
-            ),
-            RuntimeKind::Process => format!(
-                "in {}: sh -c {:?} (own session, log {})",
-                ctx.dir().display(),
-                format!("exec {}", ctx.spec.start.as_deref().unwrap_or("")),
-                ctx.dirs.log_file(&ctx.release).display()
-            ),
-        }
+        cx.runtime(&ctx.spec).describe_start(&ctx)
     }
 
     fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
@@ -127,7 +111,7 @@ impl Step for StartNew {
                     ctx.release, ctx.spec.port
                 )));
             }
-            if ctx.spec.runtime == RuntimeKind::Swarm {
+            if cx.runtime(&ctx.spec).replaces_itself() {
                 return super::swarm::start(cx, ctx).await;
             }
             // What was running of the service has stopped: anything still

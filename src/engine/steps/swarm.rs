@@ -49,7 +49,8 @@ impl Step for Converge {
     }
 
     fn skip(&self, cx: &StepCx<'_>) -> Option<String> {
-        (cx.work.spec.runtime != RuntimeKind::Swarm).then(|| "not a swarm service".into())
+        let swarm = cx.runtime(&cx.work.spec).replaces_itself();
+        (!swarm).then(|| "not a swarm service".into())
     }
 
     fn describe(&self, cx: &StepCx<'_>) -> String {

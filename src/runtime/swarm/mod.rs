@@ -14,6 +14,7 @@
 //! nginx in a container on the manager, attached to the overlay network,
 //! sending to the healthy tasks found as `tasks.NAME`.
 
+mod as_runtime;
 mod build;
 mod follow;
 mod proxy;
