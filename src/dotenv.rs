@@ -9,12 +9,23 @@ use std::path::Path;
 
 /// Reads `path` when it exists; a file that exists but cannot be read is
 /// an error that names it.
-pub fn load(path: &Path) -> Result<BTreeMap<String, String>, String> {
+pub fn load(path: &Path) -> Result<BTreeMap<String, String>, Unreadable> {
     match std::fs::read_to_string(path) {
         Ok(text) => Ok(parse(&text)),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(source) => Err(Unreadable {
+            path: path.to_path_buf(),
+            source,
+        }),
     }
+}
+
+/// A `.env` file that exists and cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {source}", path.display())]
+pub struct Unreadable {
+    path: std::path::PathBuf,
+    source: std::io::Error,
 }
 
 /// `KEY=VALUE` lines; `export` before a key, blank lines and `#` comments

@@ -9,6 +9,18 @@ use crate::model::{Job, JobState, Notification};
 use crate::secret::Redactor;
 use std::time::Duration;
 
+/// A notification's request: the URL and the JSON body.
+pub type Request = (String, serde_json::Value);
+
+/// Why a notification could not even be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum NotifyError {
+    #[error("no {0}")]
+    Missing(&'static str),
+    #[error(transparent)]
+    Secret(#[from] crate::error::Failure),
+}
+
 /// The outcome word a finished job is announced under.
 pub fn event_of(job: &Job) -> Option<&'static str> {
     match &job.state {
@@ -58,11 +70,11 @@ fn request(
     job: &Job,
     event: &str,
     config: &DeployerConfig,
-) -> Result<(String, serde_json::Value), String> {
+) -> Result<Request, NotifyError> {
     let text = headline(job, event);
     match target.kind {
         NotifyKind::Webhook | NotifyKind::Slack => {
-            let url = target.url.clone().ok_or("no url")?;
+            let url = target.url.clone().ok_or(NotifyError::Missing("url"))?;
             let body = if target.kind == NotifyKind::Slack {
                 serde_json::json!({ "text": text })
             } else {
@@ -90,12 +102,17 @@ pub fn telegram(
     target: &NotifyConfig,
     config: &DeployerConfig,
     text: &str,
-) -> Result<(String, serde_json::Value), String> {
-    let name = target.token_secret.as_deref().ok_or("no token_secret")?;
-    let chat = target.chat_id.clone().ok_or("no chat_id")?;
+) -> Result<Request, NotifyError> {
+    let name = target
+        .token_secret
+        .as_deref()
+        .ok_or(NotifyError::Missing("token_secret"))?;
+    let chat = target
+        .chat_id
+        .clone()
+        .ok_or(NotifyError::Missing("chat_id"))?;
     let token =
-        crate::plan::resolve_secrets(&[name.to_string()], config, &|k| std::env::var(k).ok())
-            .map_err(|f| f.message)?;
+        crate::plan::resolve_secrets(&[name.to_string()], config, &|k| std::env::var(k).ok())?;
     let base = target
         .url
         .as_deref()
@@ -109,13 +126,13 @@ pub fn telegram(
 /// names neither the bot's token nor a secret.
 pub async fn send(
     http: &reqwest::Client,
-    request: Result<(String, serde_json::Value), String>,
+    request: Result<Request, NotifyError>,
     redactor: &Redactor,
     record: &mut Notification,
 ) {
     match request {
         Ok((url, body)) => deliver(http, &url, &body, record).await,
-        Err(e) => record.error = Some(e),
+        Err(e) => record.error = Some(e.to_string()),
     }
     // A bot token is part of a Telegram URL: never in the record.
     record.error = record

@@ -61,18 +61,17 @@ impl Pipeline {
         manifest: &[Stage],
         config: &[Stage],
         intent: Option<String>,
-    ) -> Result<Pipeline, String> {
+    ) -> Result<Pipeline, crate::error::Failure> {
         let stages = if manifest.is_empty() {
             config
         } else {
             manifest
         };
         if stages.is_empty() {
-            return Err(
+            return Err(crate::error::Failure::invalid(
                 "no pipeline stages: add [[pipeline]] entries (name, and url or \
-                        command) to deployer.toml or service.toml"
-                    .into(),
-            );
+                        command) to deployer.toml or service.toml",
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for s in stages {
@@ -81,37 +80,40 @@ impl Pipeline {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
             if !ok {
-                return Err(format!(
+                return Err(crate::error::Failure::invalid(format!(
                     "pipeline stage name {:?} must be letters, digits, '-' or '_'",
                     s.name
-                ));
+                )));
             }
             if !seen.insert(&s.name) {
-                return Err(format!("pipeline stage '{}' is listed twice", s.name));
+                return Err(crate::error::Failure::invalid(format!(
+                    "pipeline stage '{}' is listed twice",
+                    s.name
+                )));
             }
             match (&s.url, &s.command) {
                 (Some(u), None) if u.starts_with("http://") || u.starts_with("https://") => {}
                 (None, Some(c)) if !c.trim().is_empty() => {}
                 (Some(u), None) => {
-                    return Err(format!(
+                    return Err(crate::error::Failure::invalid(format!(
                         "pipeline stage '{}': url '{u}' must start with http:// or https://",
                         s.name
-                    ));
+                    )));
                 }
                 _ => {
-                    return Err(format!(
+                    return Err(crate::error::Failure::invalid(format!(
                         "pipeline stage '{}' needs exactly one of url and command",
                         s.name
-                    ));
+                    )));
                 }
             }
             if s.timeout_secs
                 .is_some_and(|t| t == 0 || t > MAX_TIMEOUT_SECS)
             {
-                return Err(format!(
+                return Err(crate::error::Failure::invalid(format!(
                     "pipeline stage '{}': timeout_secs must be 1 to {MAX_TIMEOUT_SECS}",
                     s.name
-                ));
+                )));
             }
         }
         Ok(Pipeline {
@@ -183,14 +185,21 @@ impl StageInput<'_> {
 
 /// Puts the variables into every string of `template`; a placeholder no
 /// variable answers is an error that names it.
-fn fill(template: &Value, vars: &BTreeMap<String, String>) -> Result<Value, String> {
+/// A placeholder no variable answers.
+#[derive(Debug, thiserror::Error)]
+#[error("{{{name}}} names nothing (no earlier stage answered '{name}')")]
+pub struct Unanswered {
+    name: String,
+}
+
+fn fill(template: &Value, vars: &BTreeMap<String, String>) -> Result<Value, Unanswered> {
     Ok(match template {
         Value::String(s) => Value::String(fill_str(s, vars)?),
         Value::Array(a) => Value::Array(a.iter().map(|v| fill(v, vars)).collect::<Result<_, _>>()?),
         Value::Object(o) => Value::Object(
             o.iter()
                 .map(|(k, v)| Ok((k.clone(), fill(v, vars)?)))
-                .collect::<Result<_, String>>()?,
+                .collect::<Result<_, Unanswered>>()?,
         ),
         v => v.clone(),
     })
@@ -201,7 +210,7 @@ fn fill(template: &Value, vars: &BTreeMap<String, String>) -> Result<Value, Stri
 const OPEN: char = '\u{7b}';
 const CLOSE: char = '\u{7d}';
 
-fn fill_str(s: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+fn fill_str(s: &str, vars: &BTreeMap<String, String>) -> Result<String, Unanswered> {
     let mut out = String::new();
     let mut rest = s;
     while let Some(open) = rest.find(OPEN) {
@@ -215,9 +224,7 @@ fn fill_str(s: &str, vars: &BTreeMap<String, String>) -> Result<String, String> 
         });
         match (name, name_end) {
             (Some(n), Some(e)) => {
-                let v = vars.get(n).ok_or_else(|| {
-                    format!("{{{n}}} names nothing (no earlier stage answered '{n}')")
-                })?;
+                let v = vars.get(n).ok_or_else(|| Unanswered { name: n.into() })?;
                 out.push_str(v);
                 rest = &after[e + 1..];
             }
@@ -247,7 +254,7 @@ pub async fn run_stage(
             let body = stage.body.clone().unwrap_or_else(|| input.default_body());
             match fill(&body, &vars) {
                 Ok(body) => call(http, url, &body, token, limit, stage).await,
-                Err(e) => Err((e, Value::Null)),
+                Err(e) => Err((e.to_string(), Value::Null)),
             }
         }
         (None, Some(command)) => run_command(command, input, &vars, limit).await,
@@ -519,7 +526,9 @@ mod tests {
             fill(&body, &vars).unwrap(),
             serde_json::json!({"id": "ver-1", "why": "ship it {x", "n": 1})
         );
-        let err = fill(&serde_json::json!("{fix.id}"), &vars).unwrap_err();
+        let err = fill(&serde_json::json!("{fix.id}"), &vars)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("{fix.id}"), "{err}");
     }
 }

@@ -23,7 +23,12 @@ pub struct Args {
 }
 
 /// A `--since` value: an age (`30s`, `10m`, `2h`, `1d`) or a UTC time.
-fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+/// A `--since` value that is neither an age nor a time.
+#[derive(Debug, thiserror::Error)]
+#[error("'{0}' is not a time: use an age (10m, 2h, 1d) or a UTC time (2026-11-25 14:00)")]
+pub struct NotATime(String);
+
+fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, NotATime> {
     use chrono::{NaiveDate, NaiveDateTime, Utc};
     let t = s.trim();
     if let Some(unit) = t.chars().last().filter(|c| "smhd".contains(*c))
@@ -48,9 +53,7 @@ fn parse_since(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(day) = NaiveDate::parse_from_str(t, "%Y-%m-%d") {
         return Ok(day.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc());
     }
-    Err(format!(
-        "'{s}' is not a time: use an age (10m, 2h, 1d) or a UTC time (2026-11-25 14:00)"
-    ))
+    Err(NotATime(s.to_string()))
 }
 
 /// How many lines a follow looks back each second to find where it was.

@@ -150,7 +150,8 @@ pub struct Context {
 impl Cli {
     pub async fn run(self) -> Result<i32, Failure> {
         // The seed's .env, below the environment (and the flags, below).
-        let dotenv = crate::dotenv::load(std::path::Path::new(".env")).map_err(Failure::invalid)?;
+        let dotenv = crate::dotenv::load(std::path::Path::new(".env"))
+            .map_err(|e| Failure::invalid(e.to_string()))?;
         let env = |k: &str| std::env::var(k).ok().or_else(|| dotenv.get(k).cloned());
         let mut config = DeployerConfig::load(self.config.as_deref(), &env)?;
         // Flags win over file and environment.

@@ -128,22 +128,21 @@ async fn run_phase(
                     if done.shown && !details.is_empty() {
                         shown.push(details.clone());
                     }
-                    PhaseState::finished(at, Ok(details), String::new())
+                    PhaseState::succeeded(at, details)
                 }
                 Err(e) => {
                     let error = cx.redactor.redact(&e.error);
-                    PhaseState::finished(at, Err(error), format!("{} failed", step.name()))
+                    PhaseState::failed(at, format!("{} failed", step.name()), error)
                 }
             };
             cx.job.phases[name.index()].steps[i].state = state;
             failure = result.err();
         }
-        let result = match &failure {
-            None => Ok(shown.join("; ")),
-            Some(e) => Err(cx.redactor.redact(&e.error)),
-        };
         let failed = format!("{} failed", name.as_str());
-        cx.job.phases[name.index()].state = PhaseState::finished(started_at, result, failed);
+        cx.job.phases[name.index()].state = match &failure {
+            None => PhaseState::succeeded(started_at, shown.join("; ")),
+            Some(e) => PhaseState::failed(started_at, failed, cx.redactor.redact(&e.error)),
+        };
     }
     book.edit(|j| *j = cx.job.clone()).await;
     let view = cx.job.phases[name.index()].view();

@@ -35,6 +35,8 @@ pub use schedule::Daily;
 mod stages;
 mod steps;
 mod validate;
+mod work;
+use work::{Source, Work};
 
 pub use dry_run::PlannedStep;
 pub use events::{Event, Quiet, Sink, StreamEvent};
@@ -45,49 +47,12 @@ pub use monitor::{HostLine, RegistryLine, ServiceLine, Snapshot};
 use crate::config::DeployerConfig;
 use crate::error::Failure;
 use crate::model::*;
-use crate::plan::{Plan, RegisterPlan, RolloutSpec};
+use crate::plan::{Plan, RegisterPlan};
 use crate::secret::Secret;
 use crate::site::{Site, TargetSpec};
 use crate::store::Store;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-/// Where a job's release comes from.
-#[derive(Clone, Debug)]
-enum Source {
-    /// New content to copy from a directory.
-    Dir(PathBuf),
-    /// A release that exists already (a rollback).
-    Existing(String),
-}
-
-/// A job to run: what a [`Plan`] or a rollback request becomes.
-#[derive(Clone, Debug)]
-struct Work {
-    kind: JobKind,
-    service: String,
-    service_path: String,
-    method: String,
-    spec: RunSpec,
-    secrets: Vec<(String, Secret)>,
-    droplet_id: Option<i64>,
-    register: RegisterPlan,
-    keep_releases: usize,
-    keep_days: Option<u64>,
-    service_url: String,
-    source: Source,
-    rollout: RolloutSpec,
-    /// Set for a rollout, so every host gets the same release id.
-    release_id: Option<String>,
-    tests: crate::plan::TestsPlan,
-    smoke: Vec<crate::config::SmokeCheck>,
-    /// Run against the new release before the old one stops.
-    migrate: Option<String>,
-    /// The commit a git-driven release is made from.
-    commit: Option<crate::git::CommitInfo>,
-    /// Each host's run of the steps fails and unwinds after this long.
-    timeout: Duration,
-}
 
 /// The deploy engine.
 pub struct Engine {
@@ -542,77 +507,6 @@ impl Engine {
             site.close().await;
         }
         result
-    }
-}
-
-#[cfg(test)]
-impl Work {
-    /// A deploy of `src` as `service` with the example run spec (docker),
-    /// for the engine's unit tests.
-    fn example(service: &str, src: &Path) -> Work {
-        let mut spec = RunSpec::example(RuntimeKind::Docker);
-        spec.secret_names.clear();
-        Work {
-            kind: JobKind::Deploy,
-            service: service.into(),
-            service_path: src.display().to_string(),
-            method: "docker".into(),
-            service_url: format!("http://127.0.0.1:{}", spec.port),
-            spec,
-            secrets: Vec::new(),
-            droplet_id: None,
-            register: RegisterPlan::Skip {
-                reason: "no registry".into(),
-            },
-            keep_releases: 5,
-            keep_days: None,
-            source: Source::Dir(src.to_path_buf()),
-            rollout: Default::default(),
-            release_id: None,
-            tests: Default::default(),
-            smoke: Vec::new(),
-            migrate: None,
-            commit: None,
-            timeout: Duration::from_secs(600),
-        }
-    }
-}
-
-impl Work {
-    /// Hides the job's secret and environment values in what it writes.
-    fn redactor(&self) -> crate::secret::Redactor {
-        crate::secret::Redactor::for_job(
-            self.secrets.iter().map(|(_, s)| s),
-            self.spec.env.values(),
-        )
-    }
-
-    fn from_plan(plan: Plan) -> Work {
-        let (service_path, commit) = match &plan.git {
-            Some(g) => (g.path.display().to_string(), Some(g.commit.clone())),
-            None => (plan.source.display().to_string(), None),
-        };
-        Work {
-            kind: JobKind::Deploy,
-            service_url: plan.service_url(),
-            service: plan.service_name,
-            service_path,
-            method: plan.spec.runtime.as_str().to_string(),
-            spec: plan.spec,
-            secrets: plan.secrets,
-            droplet_id: plan.droplet_id,
-            register: plan.register,
-            keep_releases: plan.keep_releases,
-            keep_days: plan.keep_days,
-            source: Source::Dir(plan.source),
-            rollout: plan.rollout,
-            release_id: None,
-            tests: plan.tests,
-            smoke: plan.smoke,
-            migrate: plan.migrate,
-            commit,
-            timeout: plan.timeout,
-        }
     }
 }
 

@@ -388,12 +388,15 @@ impl<'a> JobRun<'a> {
             self.job.phases[name.index()].steps[i].state = state;
             self.save().await;
         }
-        let result = match &failure {
-            None => Ok(shown.join("; ")),
-            Some((_, e)) => Err(self.cx.redactor.redact(&e.error)),
-        };
         let failed_details = format!("{} failed", name.as_str());
-        let state = PhaseState::finished(started_at, result, failed_details);
+        let state = match &failure {
+            None => PhaseState::succeeded(started_at, shown.join("; ")),
+            Some((_, e)) => PhaseState::failed(
+                started_at,
+                failed_details,
+                self.cx.redactor.redact(&e.error),
+            ),
+        };
         self.finish_phase(name, state).await;
         failure.map_or(Ok(()), |(_, e)| Err(e))
     }
@@ -432,13 +435,13 @@ impl<'a> JobRun<'a> {
                     self.undo.clear();
                 }
                 self.undo.extend(done.undo);
-                Ok(PhaseState::finished(started_at, Ok(details), String::new()))
+                Ok(PhaseState::succeeded(started_at, details))
             }
             Err(mut e) => {
                 self.undo.extend(e.undo.take());
                 let error = self.cx.redactor.redact(&e.error);
                 let failed = format!("{} failed", step.name());
-                Err((PhaseState::finished(started_at, Err(error), failed), e))
+                Err((PhaseState::failed(started_at, failed, error), e))
             }
         }
     }

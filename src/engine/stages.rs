@@ -39,12 +39,10 @@ impl Engine {
                 crate::pipeline::run_stage(stage, &input, &earlier, &p.tokens, &self.http).await;
             let summary = redactor.redact(&out.summary);
             let name = format!("stage {}", stage.name);
-            let result = if out.passed {
-                Ok(summary.clone())
-            } else {
-                Err(summary.clone())
+            let state = match out.passed {
+                true => PhaseState::succeeded(started, summary.clone()),
+                false => PhaseState::failed(started, format!("{name} failed"), summary.clone()),
             };
-            let state = PhaseState::finished(started, result, format!("{name} failed"));
             validation.steps.push(StepRecord { name, state });
             if !out.passed {
                 let error = format!("stage {} failed: {summary}", stage.name);
@@ -53,7 +51,7 @@ impl Engine {
                     _ => started,
                 };
                 validation.state =
-                    PhaseState::finished(since, Err(error.clone()), "Validation failed".into());
+                    PhaseState::failed(since, "Validation failed".into(), error.clone());
                 sink.event(&Event::PhaseFinished(&validation.view()));
                 return Err(Failure::new(FailureKind::Pipeline, error));
             }

@@ -13,9 +13,10 @@ use crate::store::Store;
 use chrono::{DateTime, Utc};
 use std::path::Path;
 
+const FAILED: &str = "Validation failed";
+
 /// A finished Validation phase.
-pub(super) fn phase(started: DateTime<Utc>, result: Result<String, String>) -> Phase {
-    let state = PhaseState::finished(started, result, "Validation failed".into());
+pub(super) fn phase(state: PhaseState) -> Phase {
     Phase {
         steps: vec![StepRecord {
             name: "check target".into(),
@@ -28,12 +29,13 @@ pub(super) fn phase(started: DateTime<Utc>, result: Result<String, String>) -> P
 
 /// A Validation phase that passed just now.
 pub(super) fn passed(details: String) -> Phase {
-    phase(Utc::now(), Ok(details))
+    phase(PhaseState::succeeded(Utc::now(), details))
 }
 
 /// Reports a refused Validation and returns the failure.
 fn refuse(sink: &dyn Sink, started: DateTime<Utc>, f: Failure, redactor: &Redactor) -> Failure {
-    let failed = phase(started, Err(redactor.redact(&f.message)));
+    let error = redactor.redact(&f.message);
+    let failed = phase(PhaseState::failed(started, FAILED.into(), error));
     sink.event(&Event::PhaseFinished(&failed.view()));
     f
 }
@@ -96,10 +98,13 @@ pub(super) async fn all(
         }
         match private_port(sites, plan).await {
             Ok(note) => details.push(note),
-            Err(e) => return Err(refuse(sink, started, Failure::invalid(e), &redactor)),
+            Err(f) => return Err(refuse(sink, started, f, &redactor)),
         }
     }
-    let passed = phase(started, Ok(redactor.redact(&details.join("; "))));
+    let passed = phase(PhaseState::succeeded(
+        started,
+        redactor.redact(&details.join("; ")),
+    ));
     sink.event(&Event::PhaseFinished(&passed.view()));
     Ok(passed)
 }
@@ -135,6 +140,8 @@ enum Refusal {
     PortTaken(u16, String),
     #[error("{0}")]
     Proxy(String),
+    #[error(transparent)]
+    NoProxy(#[from] super::steps::proxy::ProxyError),
 }
 
 /// The runtime a method means on this host, or why it cannot run here.
@@ -237,7 +244,7 @@ async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
 /// The service's port is free, or held by this service itself.
 /// Behind the proxy: a private port for the new release, free on every
 /// host and held by none of the service's releases.
-async fn private_port(sites: &[Site], plan: &mut Plan) -> Result<String, String> {
+async fn private_port(sites: &[Site], plan: &mut Plan) -> Result<String, Failure> {
     let Some(proxy) = plan.spec.proxy.clone() else {
         return Ok(String::new());
     };
@@ -270,10 +277,10 @@ async fn private_port(sites: &[Site], plan: &mut Plan) -> Result<String, String>
         }
         taken.push(port);
     }
-    Err(format!(
+    Err(Failure::invalid(format!(
         "no free private port in {}-{} (proxy.private_ports)",
         proxy.private_ports.0, proxy.private_ports.1
-    ))
+    )))
 }
 
 /// A port the proxy will listen on for a service it does not serve yet:
@@ -346,7 +353,7 @@ async fn port(
         let mut said = vec![
             super::steps::proxy::available(site)
                 .await
-                .map_err(Refusal::Proxy)?
+                .map_err(Refusal::NoProxy)?
                 .to_string(),
         ];
         for port in std::iter::once(proxy.public_port).chain(proxy.tls_port) {

@@ -130,25 +130,22 @@ impl PhaseState {
         Some(PhaseState::Skipped { reason })
     }
 
-    /// A finished state: success with `details`, or failed with the error.
-    pub fn finished(
-        started_at: DateTime<Utc>,
-        result: Result<String, String>,
-        failed_details: String,
-    ) -> Self {
-        let completed_at = Utc::now();
-        match result {
-            Ok(details) => PhaseState::Success {
-                started_at,
-                completed_at,
-                details,
-            },
-            Err(error) => PhaseState::Failed {
-                started_at,
-                completed_at,
-                details: failed_details,
-                error,
-            },
+    /// A finished state: success with `details`.
+    pub fn succeeded(started_at: DateTime<Utc>, details: String) -> Self {
+        PhaseState::Success {
+            started_at,
+            completed_at: Utc::now(),
+            details,
+        }
+    }
+
+    /// A finished state: failed with `error` (`details` say what failed).
+    pub fn failed(started_at: DateTime<Utc>, details: String, error: String) -> Self {
+        PhaseState::Failed {
+            started_at,
+            completed_at: Utc::now(),
+            details,
+            error,
         }
     }
 
@@ -435,15 +432,15 @@ mod tests {
         let t = Utc::now();
         let phase = Phase {
             name: PhaseName::StartService,
-            state: PhaseState::finished(t, Err("boom".into()), "Start Service failed".into()),
+            state: PhaseState::failed(t, "Start Service failed".into(), "boom".into()),
             steps: vec![
                 StepRecord {
                     name: "stop old".into(),
-                    state: PhaseState::finished(t, Ok("stopped r1".into()), String::new()),
+                    state: PhaseState::succeeded(t, "stopped r1".into()),
                 },
                 StepRecord {
                     name: "start new".into(),
-                    state: PhaseState::finished(t, Err("boom".into()), String::new()),
+                    state: PhaseState::failed(t, String::new(), "boom".into()),
                 },
             ],
         };
@@ -460,11 +457,11 @@ mod tests {
     fn hosts_sum_up_to_failed_if_any_failed() {
         let t = Utc::now();
         let ok = Phase {
-            state: PhaseState::finished(t, Ok("fine".into()), String::new()),
+            state: PhaseState::succeeded(t, "fine".into()),
             ..Phase::pending(PhaseName::Build)
         };
         let bad = Phase {
-            state: PhaseState::finished(t, Err("broke".into()), "Build failed".into()),
+            state: PhaseState::failed(t, "Build failed".into(), "broke".into()),
             ..Phase::pending(PhaseName::Build)
         };
         let sum = aggregate_phase(PhaseName::Build, &[&ok, &bad]);

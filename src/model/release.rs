@@ -153,7 +153,11 @@ impl Limits {
     }
 
     /// Parses "512m", "1g", "64M", "100000k" or bytes.
-    pub fn parse_memory(s: &str) -> Result<u64, String> {
+    pub fn parse_memory(s: &str) -> Result<u64, MemoryError> {
+        let bad = |why| MemoryError {
+            value: s.to_string(),
+            why,
+        };
         let t = s.trim();
         let (digits, unit) = match t.find(|c: char| !c.is_ascii_digit()) {
             Some(i) => t.split_at(i),
@@ -161,27 +165,33 @@ impl Limits {
         };
         let n: u64 = digits
             .parse()
-            .map_err(|_| format!("memory '{s}' is not a size like 512m or 1g"))?;
+            .map_err(|_| bad("is not a size like 512m or 1g".into()))?;
         let mult: u64 = match unit.to_ascii_lowercase().as_str() {
             "" | "b" => 1,
             "k" | "kb" => 1 << 10,
             "m" | "mb" => 1 << 20,
             "g" | "gb" => 1 << 30,
             _ => {
-                return Err(format!(
-                    "memory '{s}': unknown unit '{unit}' (use k, m or g)"
-                ));
+                return Err(bad(format!("has an unknown unit '{unit}' (use k, m or g)")));
             }
         };
         let bytes = n
             .checked_mul(mult)
-            .ok_or_else(|| format!("memory '{s}' is too large"))?;
+            .ok_or_else(|| bad("is too large".into()))?;
         // Docker's own floor; below it nothing starts.
         if bytes < 6 << 20 {
-            return Err(format!("memory '{s}' is too small (at least 6m)"));
+            return Err(bad("is too small (at least 6m)".into()));
         }
         Ok(bytes)
     }
+}
+
+/// A memory limit that is not one.
+#[derive(Debug, thiserror::Error)]
+#[error("memory '{value}' {why}")]
+pub struct MemoryError {
+    value: String,
+    why: String,
 }
 
 #[cfg(test)]

@@ -189,8 +189,7 @@ impl Plan {
     ) -> Result<Plan, Failure> {
         let manifest = Manifest::load_from_dir(&self.source)?.unwrap_or_default();
         let mut p =
-            crate::pipeline::Pipeline::configured(&manifest.pipeline, &config.pipeline, intent)
-                .map_err(Failure::invalid)?;
+            crate::pipeline::Pipeline::configured(&manifest.pipeline, &config.pipeline, intent)?;
         p.tokens = resolve_secrets(&p.token_names(), config, env)?
             .into_iter()
             .collect();

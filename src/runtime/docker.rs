@@ -340,15 +340,11 @@ impl DockerRuntime {
         &self,
         ctx: &ReleaseCtx,
         listeners: &[super::ports::Listener],
-    ) -> Result<(), String> {
+    ) -> Result<(), super::PortError> {
         let format = "{{.State.Running}}|{{.HostConfig.NetworkMode}}|{{.Id}}|\
                       {{range $p, $c := .NetworkSettings.Ports}}{{range $c}}{{.HostPort}} {{end}}{{end}}";
         let cmd = Cmd::new("docker").args(["inspect", "--format", format, &container(ctx)]);
-        let out = self
-            .host
-            .run(&cmd, CMD_TIMEOUT)
-            .await
-            .map_err(|e| e.to_string())?;
+        let out = self.host.run(&cmd, CMD_TIMEOUT).await?;
         let text = out.stdout.trim();
         let mut fields = text.splitn(4, '|');
         let (running, mode, id, ports) = (
@@ -358,12 +354,13 @@ impl DockerRuntime {
             fields.next().unwrap_or(""),
         );
         let port = ctx.spec.port.to_string();
+        let problem = |problem: String| super::PortError::Container {
+            container: container(ctx),
+            release: ctx.release.clone(),
+            problem,
+        };
         if running != "true" {
-            return Err(format!(
-                "container {} of release {} is not running",
-                container(ctx),
-                ctx.release
-            ));
+            return Err(problem("is not running".into()));
         }
         // In the host's network the service itself listens, in the
         // container's cgroup; else Docker publishes the port.
@@ -375,11 +372,7 @@ impl DockerRuntime {
             };
         }
         if !ports.split_whitespace().any(|p| p == port) {
-            return Err(format!(
-                "container {} of release {} does not publish port {port}",
-                container(ctx),
-                ctx.release
-            ));
+            return Err(problem(format!("does not publish port {port}")));
         }
         // Docker's own forwarders (docker-proxy, rootless Docker's) may
         // hold the port; any other process is not the release.
@@ -462,7 +455,7 @@ impl super::Runtime for DockerRuntime {
         &'a self,
         ctx: &'a ReleaseCtx,
         listeners: &'a [super::ports::Listener],
-    ) -> Fut<'a, Result<(), String>> {
+    ) -> Fut<'a, Result<(), super::PortError>> {
         Box::pin(self.serves(ctx, listeners))
     }
 

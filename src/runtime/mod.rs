@@ -88,20 +88,50 @@ impl ReleaseCtx {
 }
 
 /// Says that a port answers for something other than the release.
-pub fn not_ours(ctx: &ReleaseCtx, listeners: &[ports::Listener]) -> String {
+pub fn not_ours(ctx: &ReleaseCtx, listeners: &[ports::Listener]) -> PortError {
+    let (port, release) = (ctx.spec.port, ctx.release.clone());
     match listeners {
-        [] => format!(
-            "port {} answered, but nothing listens there for release {}",
-            ctx.spec.port, ctx.release
-        ),
-        _ => format!(
-            "port {} is answered by {}, not by release {}: a process deployer did not start \
-             for this release holds the port",
-            ctx.spec.port,
-            ports::describe(listeners),
-            ctx.release
-        ),
+        [] => PortError::NobodyListens { port, release },
+        _ => PortError::HeldByOther {
+            port,
+            by: ports::describe(listeners),
+            release,
+        },
     }
+}
+
+/// Why a release does not hold its port, or may not take it.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("port {port} answered, but nothing listens there for release {release}")]
+    NobodyListens { port: u16, release: String },
+    #[error(
+        "port {port} is answered by {by}, not by release {release}: a process deployer did not \
+         start for this release holds the port"
+    )]
+    HeldByOther {
+        port: u16,
+        by: String,
+        release: String,
+    },
+    #[error(
+        "port {port} is in use by {by}, which is not a release of '{service}' that deployer \
+         runs; stop it or choose another port"
+    )]
+    InUse {
+        port: u16,
+        by: String,
+        service: String,
+    },
+    /// The container that should publish the port does not.
+    #[error("container {container} of release {release} {problem}")]
+    Container {
+        container: String,
+        release: String,
+        problem: String,
+    },
+    #[error("asking who holds the port: {0}")]
+    Host(#[from] HostError),
 }
 
 /// A runtime action that failed, saying what went wrong.
@@ -116,6 +146,9 @@ pub enum RuntimeError {
     /// The release would not start or stop.
     #[error("{0}")]
     Release(String),
+    /// A swarm update did not converge.
+    #[error(transparent)]
+    Update(#[from] swarm::UpdateError),
 }
 
 impl RuntimeError {
@@ -194,7 +227,7 @@ pub trait Runtime: Send + Sync {
         &'a self,
         ctx: &'a ReleaseCtx,
         listeners: &'a [ports::Listener],
-    ) -> Fut<'a, Result<(), String>>;
+    ) -> Fut<'a, Result<(), PortError>>;
 
     /// A quick proof that the release holds its port, with no look at who
     /// else listens (a process release's own process tree); false when
@@ -244,7 +277,7 @@ pub trait Runtime: Send + Sync {
         &'a self,
         ctx: &'a ReleaseCtx,
         listeners: &'a [ports::Listener],
-    ) -> Fut<'a, Result<(), String>> {
+    ) -> Fut<'a, Result<(), PortError>> {
         match ports::cannot_tell(listeners) {
             true => Box::pin(async { Ok(()) }),
             false => self.owns(ctx, listeners),
@@ -253,17 +286,15 @@ pub trait Runtime: Send + Sync {
 
     /// Whether a release may start on its port now that the service's own
     /// releases have stopped (`listeners`: who listens there); why not.
-    fn port_free(&self, ctx: &ReleaseCtx, listeners: &[ports::Listener]) -> Result<(), String> {
+    fn port_free(&self, ctx: &ReleaseCtx, listeners: &[ports::Listener]) -> Result<(), PortError> {
         if self.publishes_itself() || listeners.is_empty() || ports::cannot_tell(listeners) {
             return Ok(());
         }
-        Err(format!(
-            "port {} is in use by {}, which is not a release of '{}' that deployer runs; \
-             stop it or choose another port",
-            ctx.spec.port,
-            ports::describe(listeners),
-            ctx.service
-        ))
+        Err(PortError::InUse {
+            port: ctx.spec.port,
+            by: ports::describe(listeners),
+            service: ctx.service.clone(),
+        })
     }
 }
 

@@ -50,7 +50,7 @@ impl crate::runtime::Runtime for ProcessRuntime {
         &'a self,
         ctx: &'a ReleaseCtx,
         listeners: &'a [crate::runtime::ports::Listener],
-    ) -> Fut<'a, Result<(), String>> {
+    ) -> Fut<'a, Result<(), crate::runtime::PortError>> {
         Box::pin(async move {
             match self.serves(ctx, listeners) {
                 true => Ok(()),

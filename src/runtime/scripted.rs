@@ -147,7 +147,7 @@ impl super::Runtime for ScriptedRuntime {
         &'a self,
         _: &'a ReleaseCtx,
         _: &'a [super::ports::Listener],
-    ) -> Fut<'a, Result<(), String>> {
+    ) -> Fut<'a, Result<(), super::PortError>> {
         Box::pin(async { Ok(()) })
     }
 

@@ -401,7 +401,7 @@ impl super::Runtime for SystemdRuntime {
         &'a self,
         ctx: &'a ReleaseCtx,
         listeners: &'a [super::ports::Listener],
-    ) -> Fut<'a, Result<(), String>> {
+    ) -> Fut<'a, Result<(), super::PortError>> {
         Box::pin(async move {
             let unit = format!("/{}", unit_name(ctx));
             match listeners.iter().any(|l| l.cgroup.ends_with(&unit)) {

@@ -71,8 +71,8 @@ pub(in crate::engine) enum RestartError {
     Start(#[from] RuntimeError),
     #[error(transparent)]
     Unhealthy(#[from] Unhealthy),
-    #[error("{0}")]
-    NotOurs(String),
+    #[error(transparent)]
+    NotOurs(#[from] crate::runtime::PortError),
 }
 
 /// One quick look at a running release's health (`deployer check`): up to
@@ -106,15 +106,13 @@ pub(in crate::engine) async fn restart_and_verify(
     let healthy = health_check(&ctx.spec, &site.health_host())
         .wait(probe(http, site, &ctx.spec), || runtime.liveness(ctx))
         .await?;
-    answered_by(site, ctx)
-        .await
-        .map_err(RestartError::NotOurs)?;
+    answered_by(site, ctx).await?;
     Ok(healthy.after)
 }
 
 /// That the release itself holds its port (what answered the health
 /// check is not a process an earlier, killed deployer left behind).
-async fn answered_by(site: &Site, ctx: &ReleaseCtx) -> Result<(), String> {
+async fn answered_by(site: &Site, ctx: &ReleaseCtx) -> Result<(), crate::runtime::PortError> {
     let runtime = site.runtime(ctx.spec.runtime);
     if runtime.holds_port(ctx).await {
         return Ok(());

@@ -21,22 +21,34 @@ fn dirs(site: &Site) -> ProxyDirs {
     ProxyDirs::new(site.root())
 }
 
+/// Why the proxy could not be set up or changed.
+#[derive(Debug, thiserror::Error)]
+pub(in crate::engine) enum ProxyError {
+    #[error(transparent)]
+    Host(#[from] crate::host::HostError),
+    /// A command on the host failed: what it said.
+    #[error("{said}")]
+    Command { said: String },
+    #[error(
+        "the proxy needs nginx on {host}, which is missing, and deployer can only install it \
+         as root with apt-get: install nginx there, or deploy without [proxy]"
+    )]
+    NoNginx { host: String },
+}
+
 /// Runs a command on the host; its output, or an error with its tail.
-async fn run(site: &Site, cmd: &Cmd, timeout: Duration) -> Result<String, String> {
-    let out = site
-        .host
-        .run(cmd, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
-    if out.success() {
-        Ok(out.stdout)
-    } else {
-        Err(format!("{}{}", out.stdout, out.tail(5)))
+async fn run(site: &Site, cmd: &Cmd, timeout: Duration) -> Result<String, ProxyError> {
+    let out = site.host.run(cmd, timeout).await?;
+    match out.success() {
+        true => Ok(out.stdout),
+        false => Err(ProxyError::Command {
+            said: format!("{}{}", out.stdout, out.tail(5)),
+        }),
     }
 }
 
 /// Makes sure the proxy runs on the host (installed, started); says how.
-pub(in crate::engine) async fn ensure(site: &Site) -> Result<String, String> {
+pub(in crate::engine) async fn ensure(site: &Site) -> Result<String, ProxyError> {
     let script = proxy::ensure_script(&dirs(site));
     let said = run(site, &Cmd::new("sh").args(["-c", &script]), ENSURE_TIMEOUT).await?;
     Ok(said.trim().to_string())
@@ -44,7 +56,7 @@ pub(in crate::engine) async fn ensure(site: &Site) -> Result<String, String> {
 
 /// Whether the host has the proxy, or can get it (root with apt-get);
 /// why not, when it cannot.
-pub(in crate::engine) async fn available(site: &Site) -> Result<&'static str, String> {
+pub(in crate::engine) async fn available(site: &Site) -> Result<&'static str, ProxyError> {
     let script = format!(
         "{}; if [ -n \"$ngx\" ]; then echo installed; \
          elif [ \"$(id -u)\" = 0 ] && command -v apt-get >/dev/null 2>&1; then echo installable; \
@@ -55,11 +67,9 @@ pub(in crate::engine) async fn available(site: &Site) -> Result<&'static str, St
     match said.trim() {
         "installed" => Ok("nginx is installed"),
         "installable" => Ok("nginx will be installed with apt"),
-        _ => Err(format!(
-            "the proxy needs nginx on {}, which is missing, and deployer can only install it \
-             as root with apt-get: install nginx there, or deploy without [proxy]",
-            site.host.name()
-        )),
+        _ => Err(ProxyError::NoNginx {
+            host: site.host.name(),
+        }),
     }
 }
 
@@ -96,7 +106,7 @@ pub(in crate::engine) async fn write_site(
     site: &Site,
     service: &str,
     content: &str,
-) -> Result<(), String> {
+) -> Result<(), ProxyError> {
     let script = proxy::write_site_script(&dirs(site), service, content);
     run(site, &Cmd::new("sh").args(["-c", &script]), ADMIN_TIMEOUT)
         .await
@@ -137,7 +147,7 @@ impl Step for SwitchProxy {
 
     fn run<'a>(&'a self, cx: &'a mut StepCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
         Box::pin(async move {
-            let fail = |e: String| StepError::new(FailureKind::Health, format!("proxy: {e}"));
+            let fail = |e: ProxyError| StepError::new(FailureKind::Health, format!("proxy: {e}"));
             let Some(spec) = cx.work.spec.proxy.clone() else {
                 return Ok(Done::quiet("no proxy"));
             };
@@ -229,7 +239,7 @@ pub(in crate::engine) async fn forget_drain(
 }
 
 /// The certificate a service's HTTPS needs, from the internal CA.
-pub(in crate::engine) async fn ensure_tls(site: &Site, spec: &ProxySpec) -> Result<(), String> {
+pub(in crate::engine) async fn ensure_tls(site: &Site, spec: &ProxySpec) -> Result<(), ProxyError> {
     match proxy::tls_script(&dirs(site), spec) {
         Some(script) => run(site, &Cmd::new("sh").args(["-c", &script]), ENSURE_TIMEOUT)
             .await
@@ -243,7 +253,7 @@ pub(in crate::engine) async fn ensure_tls(site: &Site, spec: &ProxySpec) -> Resu
 pub(in crate::engine) async fn point_at_current(
     site: &Site,
     ctx: &crate::runtime::ReleaseCtx,
-) -> Result<(), String> {
+) -> Result<(), ProxyError> {
     let Some(spec) = &ctx.spec.proxy else {
         return Ok(());
     };
@@ -256,7 +266,12 @@ pub(in crate::engine) async fn point_at_current(
 }
 
 /// Points a service's public port at `upstream`, gracefully.
-async fn switch(site: &Site, service: &str, spec: &ProxySpec, upstream: u16) -> Result<(), String> {
+async fn switch(
+    site: &Site,
+    service: &str,
+    spec: &ProxySpec,
+    upstream: u16,
+) -> Result<(), ProxyError> {
     ensure_tls(site, spec).await?;
     let script = proxy::switch_script(&dirs(site), service, spec, upstream);
     run(site, &Cmd::new("sh").args(["-c", &script]), ADMIN_TIMEOUT)

@@ -78,18 +78,42 @@ struct Answer {
 
 const SMOKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Why a smoke check failed, saying what it saw.
+#[derive(Debug, thiserror::Error)]
+enum SmokeError {
+    #[error("no answer: {0}")]
+    NoAnswer(#[from] reqwest::Error),
+    #[error("{0}")]
+    OnHost(#[from] crate::cmd::ExecError),
+    #[error("answered {got} (expected {want})")]
+    Status { got: u16, want: u16 },
+    #[error("the body does not contain {text:?} (it starts {start:?})")]
+    Body { text: String, start: String },
+    #[error("the body is not JSON, so it has no field {0:?}")]
+    NotJson(String),
+    #[error("the JSON has no field {0:?}")]
+    NoField(String),
+    #[error("{field} is {got} (expected {want})")]
+    Field {
+        field: String,
+        got: serde_json::Value,
+        want: serde_json::Value,
+    },
+    #[error("took {took} ms (at most {max} ms)")]
+    Slow { took: u128, max: u64 },
+}
+
 async fn over_http(
     http: &reqwest::Client,
     base: &str,
     check: &SmokeCheck,
-) -> Result<Answer, String> {
+) -> Result<Answer, SmokeError> {
     let start = Instant::now();
     let resp = http
         .get(format!("{base}{}", check.path))
         .timeout(SMOKE_TIMEOUT)
         .send()
-        .await
-        .map_err(|e| format!("no answer: {e}"))?;
+        .await?;
     let status = resp.status().as_u16();
     let body = resp.text().await.unwrap_or_default();
     Ok(Answer {
@@ -100,7 +124,7 @@ async fn over_http(
 }
 
 /// The request made with curl on the target (for ports only it can reach).
-async fn on_host(cx: &StepCx<'_>, check: &SmokeCheck) -> Result<Answer, String> {
+async fn on_host(cx: &StepCx<'_>, check: &SmokeCheck) -> Result<Answer, SmokeError> {
     use crate::cmd::{Cmd, Transport};
     let url = format!("http://127.0.0.1:{}{}", cx.work.spec.port, check.path);
     let cmd = Cmd::new("curl").args([
@@ -115,8 +139,7 @@ async fn on_host(cx: &StepCx<'_>, check: &SmokeCheck) -> Result<Answer, String> 
         .site
         .host
         .exec(&cmd, SMOKE_TIMEOUT + Duration::from_secs(5))
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let (body, last) = out.stdout.rsplit_once('\n').unwrap_or(("", &out.stdout));
     let mut words = last.split_whitespace();
     let status = words.next().and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -129,27 +152,33 @@ async fn on_host(cx: &StepCx<'_>, check: &SmokeCheck) -> Result<Answer, String> 
 }
 
 /// Whether an answer passes a check: a line saying so, or why not.
-fn judge(check: &SmokeCheck, a: &Answer) -> Result<String, String> {
+fn judge(check: &SmokeCheck, a: &Answer) -> Result<String, SmokeError> {
     let want = check.status.unwrap_or(200);
     if a.status != want {
-        return Err(format!("answered {} (expected {want})", a.status));
+        return Err(SmokeError::Status {
+            got: a.status,
+            want,
+        });
     }
     if let Some(text) = &check.body_contains
         && !a.body.contains(text.as_str())
     {
         let start: String = a.body.chars().take(80).collect();
-        return Err(format!(
-            "the body does not contain {text:?} (it starts {start:?})"
-        ));
+        let text = text.clone();
+        return Err(SmokeError::Body { text, start });
     }
     if let Some(field) = &check.json_field {
-        let value: serde_json::Value = serde_json::from_str(&a.body)
-            .map_err(|_| format!("the body is not JSON, so it has no field {field:?}"))?;
+        let value: serde_json::Value =
+            serde_json::from_str(&a.body).map_err(|_| SmokeError::NotJson(field.clone()))?;
         let found = value.pointer(&format!("/{}", field.replace('.', "/")));
         match (&check.json_equals, found) {
-            (_, None) => return Err(format!("the JSON has no field {field:?}")),
+            (_, None) => return Err(SmokeError::NoField(field.clone())),
             (Some(expected), Some(v)) if v != expected => {
-                return Err(format!("{field} is {v} (expected {expected})"));
+                return Err(SmokeError::Field {
+                    field: field.clone(),
+                    got: v.clone(),
+                    want: expected.clone(),
+                });
             }
             _ => {}
         }
@@ -157,7 +186,8 @@ fn judge(check: &SmokeCheck, a: &Answer) -> Result<String, String> {
     if let Some(max) = check.max_ms
         && a.took > Duration::from_millis(max)
     {
-        return Err(format!("took {} ms (at most {max} ms)", a.took.as_millis()));
+        let took = a.took.as_millis();
+        return Err(SmokeError::Slow { took, max });
     }
     Ok(format!(
         "{}: {} in {} ms",
@@ -188,7 +218,7 @@ mod judge_tests {
         };
         let good = r#"{"ready": true, "db": {"state": "ok"}}"#;
         assert!(judge(&check, &answer(200, good, 5)).is_ok());
-        let err = |a| judge(&check, &a).unwrap_err();
+        let err = |a| judge(&check, &a).unwrap_err().to_string();
         assert!(err(answer(503, good, 5)).contains("answered 503"));
         assert!(err(answer(200, r#"{"db": {"state": "ok"}}"#, 5)).contains("\"ready\""));
         assert!(

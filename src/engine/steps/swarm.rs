@@ -8,8 +8,8 @@
 use super::{Done, Step, StepCx, StepError, Undo};
 use crate::error::FailureKind;
 use crate::model::*;
-use crate::runtime::ReleaseCtx;
 use crate::runtime::swarm::{Progress, SwarmRuntime};
+use crate::runtime::{ReleaseCtx, RuntimeError};
 use futures_util::future::BoxFuture;
 
 /// Start Service for a swarm release.
@@ -80,7 +80,7 @@ async fn follow(
     cx: &StepCx<'_>,
     ctx: &ReleaseCtx,
     seen: &(dyn Fn(&Progress) + Sync),
-) -> Result<Progress, String> {
+) -> Result<Progress, RuntimeError> {
     let limit = SwarmRuntime::update_limit(ctx);
     cx.site.swarm().follow(ctx, limit, seen).await
 }
@@ -132,7 +132,7 @@ impl Undo for SwarmBack {
                 ));
                 match swarm.start(prev).await {
                     Ok(_) => follow(cx, prev, &quiet).await,
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e),
                 }
             };
             record.details = match result {
@@ -147,7 +147,7 @@ impl Undo for SwarmBack {
                     format!(
                         "rollback to release {} FAILED, the service may be down: {}",
                         prev.release,
-                        cx.redactor.redact(&e)
+                        cx.redactor.redact(&e.to_string())
                     )
                 }
             };

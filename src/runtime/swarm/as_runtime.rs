@@ -26,7 +26,6 @@ impl crate::runtime::Runtime for SwarmRuntime {
             self.follow(ctx, Self::update_limit(ctx), &|_| {})
                 .await
                 .map(|_| ())
-                .map_err(RuntimeError::Release)
         })
     }
 
@@ -60,7 +59,7 @@ impl crate::runtime::Runtime for SwarmRuntime {
         &'a self,
         _: &'a ReleaseCtx,
         _: &'a [crate::runtime::ports::Listener],
-    ) -> Fut<'a, Result<(), String>> {
+    ) -> Fut<'a, Result<(), crate::runtime::PortError>> {
         Box::pin(async { Ok(()) })
     }
 

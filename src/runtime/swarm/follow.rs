@@ -186,6 +186,22 @@ fn progress_cmd(service: &str) -> Cmd {
     Cmd::new("sh").args(["-c", &script])
 }
 
+/// Why a swarm update did not converge.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// What Swarm's update status said.
+    #[error("{0}")]
+    Failed(String),
+    #[error("{failed} tasks of release {release} failed, the last with: {last}")]
+    TasksFailed {
+        failed: usize,
+        release: String,
+        last: String,
+    },
+    #[error("the update did not converge within {secs} s: {summary}")]
+    Timeout { secs: u64, summary: String },
+}
+
 impl SwarmRuntime {
     pub async fn progress(&self, ctx: &ReleaseCtx) -> Result<Progress, RuntimeError> {
         let out = self
@@ -211,13 +227,17 @@ impl SwarmRuntime {
         ctx: &ReleaseCtx,
         limit: Duration,
         seen: &(dyn Fn(&Progress) + Sync),
-    ) -> Result<Progress, String> {
+    ) -> Result<Progress, RuntimeError> {
         self.follow_until(ctx, limit, seen, false).await
     }
 
     /// Waits for Swarm's own rollback to this release to converge (its
     /// rollback states are then the way there, not a failure).
-    pub async fn follow_back(&self, ctx: &ReleaseCtx, limit: Duration) -> Result<Progress, String> {
+    pub async fn follow_back(
+        &self,
+        ctx: &ReleaseCtx,
+        limit: Duration,
+    ) -> Result<Progress, RuntimeError> {
         self.follow_until(ctx, limit, &|_| {}, true).await
     }
 
@@ -227,11 +247,11 @@ impl SwarmRuntime {
         limit: Duration,
         seen: &(dyn Fn(&Progress) + Sync),
         back: bool,
-    ) -> Result<Progress, String> {
+    ) -> Result<Progress, RuntimeError> {
         let deadline = Instant::now() + limit;
         let mut last: Option<Progress> = None;
         loop {
-            let p = self.progress(ctx).await.map_err(|e| e.to_string())?;
+            let p = self.progress(ctx).await?;
             if last.as_ref() != Some(&p) {
                 seen(&p);
             }
@@ -242,22 +262,24 @@ impl SwarmRuntime {
             }
             let ended = !matches!(p.update.as_deref(), Some("rollback_started"));
             if p.failed() && ended && !back {
-                return Err(p.update_said());
+                return Err(UpdateError::Failed(p.update_said()).into());
             }
             // A new service has no rollback: its tasks fail and are
             // started again, so give up once each failed twice.
             if p.update.is_none() && p.failed_tasks >= 2 * p.replicas.max(1) as usize {
-                return Err(format!(
-                    "{} tasks of release {} failed, the last with: {}",
-                    p.failed_tasks, p.want, p.last_error
-                ));
+                return Err(UpdateError::TasksFailed {
+                    failed: p.failed_tasks,
+                    release: p.want,
+                    last: p.last_error,
+                }
+                .into());
             }
             if Instant::now() >= deadline {
-                return Err(format!(
-                    "the update did not converge within {} s: {}",
-                    limit.as_secs(),
-                    p.summary()
-                ));
+                return Err(UpdateError::Timeout {
+                    secs: limit.as_secs(),
+                    summary: p.summary(),
+                }
+                .into());
             }
             last = Some(p);
             tokio::time::sleep(Duration::from_millis(500)).await;

@@ -20,7 +20,7 @@ mod follow;
 mod proxy;
 
 pub use build::{build_script, registry_image};
-pub use follow::{Progress, TaskLine};
+pub use follow::{Progress, TaskLine, UpdateError};
 
 use super::{ReleaseCtx, RuntimeError};
 use crate::cmd::{Cmd, quote};
@@ -506,7 +506,6 @@ impl SwarmRuntime {
         self.follow(ctx, Self::update_limit(ctx), &|_| {})
             .await
             .map(|p| p.summary())
-            .map_err(RuntimeError::Release)
     }
 
     /// Scales the service to nothing, when it runs this release, and
