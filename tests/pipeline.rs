@@ -360,7 +360,7 @@ fn a_dry_run_prints_each_step_and_its_command_and_changes_nothing() {
         .json();
     assert_eq!(
         json.as_array().unwrap().len(),
-        17,
+        19,
         "one entry per step: {json:#}"
     );
 }

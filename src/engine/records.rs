@@ -28,7 +28,15 @@ impl JobBook<'_> {
                 report.update_from(host_job);
                 parent.phases = sum_phases(&parent.hosts, &parent.phases);
             }
-            None => *parent = host_job.clone(),
+            // The job's own state is written once, when it ends
+            // (`finish.rs`): a host done is not a job done.
+            None => {
+                let state = std::mem::replace(&mut parent.state, JobState::Running);
+                *parent = Job {
+                    state,
+                    ..host_job.clone()
+                };
+            }
         }
         self.save(&parent).await;
     }
