@@ -1,8 +1,7 @@
 //! `deployer serve` on a random port, driven over real HTTP.
 
-mod common;
-use common::server::{Server, request};
-use common::*;
+use crate::common::server::{Server, request};
+use crate::common::*;
 use serde_json::{Value, json};
 
 /// A sandbox with the example service (v1) and a server allowed to deploy

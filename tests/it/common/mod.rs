@@ -2,7 +2,6 @@
 //! example services, free ports, an HTTP GET with a deadline, and clean-up of
 //! every process and container a test started. Tests drive the real
 //! `deployer` binary against real processes and a real Docker engine.
-#![allow(dead_code)]
 
 pub mod load;
 pub mod postgres;
@@ -17,8 +16,6 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-
-pub const SECRET_ENV: &str = "DEPLOYER_TEST_API_KEY";
 
 pub struct Sandbox {
     pub dir: tempfile::TempDir,

@@ -2,9 +2,8 @@
 //! Docker engine (the "server" is this machine reached through SSH, so the
 //! whole path — host keys, SFTP, remote commands — is real).
 
-mod common;
-use common::sshd::Sshd;
-use common::*;
+use crate::common::sshd::Sshd;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 
 struct Remote {

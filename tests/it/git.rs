@@ -1,8 +1,7 @@
 //! Git-driven releases against real repositories: a work tree with a bare
 //! "origin" beside it.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 use std::process::Command;
 

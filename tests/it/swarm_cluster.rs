@@ -5,10 +5,9 @@
 //! never becomes healthy, a manual rollback, day-2 commands, and a secret
 //! that reaches the tasks and nothing else.
 
-mod common;
-use common::load::*;
-use common::swarm::{REGISTRY, Swarm};
-use common::*;
+use crate::common::load::*;
+use crate::common::swarm::{REGISTRY, Swarm};
+use crate::common::*;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 

@@ -2,9 +2,8 @@
 //! and an auto-fixer as real HTTP servers on loopback, then the deploy and
 //! the registration.
 
-mod common;
-use common::server::Server;
-use common::*;
+use crate::common::server::Server;
+use crate::common::*;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -3,9 +3,8 @@
 //! whose release never becomes healthy and a manual rollback, with no
 //! failed request.
 
-mod common;
-use common::load::*;
-use common::*;
+use crate::common::load::*;
+use crate::common::*;
 use std::path::PathBuf;
 
 fn with_proxy(src: PathBuf, public: u16) -> PathBuf {
@@ -107,10 +106,10 @@ fn docker_redeploys_behind_the_proxy_drop_no_request() {
 
 #[test]
 fn systemd_redeploys_on_a_server_behind_its_proxy_drop_no_request() {
-    if !common::testhost::image_ready() {
+    if !crate::common::testhost::image_ready() {
         return;
     }
-    use common::testhost::{TestHost, client_key, config_for};
+    use crate::common::testhost::{TestHost, client_key, config_for};
     let sb = Sandbox::new();
     let public = free_port();
     // Only the public port is published: private ports stay on the server,

@@ -3,9 +3,8 @@
 //! a dropped table, and a backup that fails to verify stops the deploy
 //! before anything stops.
 
-mod common;
-use common::postgres::Postgres;
-use common::*;
+use crate::common::postgres::Postgres;
+use crate::common::*;
 use std::path::Path;
 
 fn with_backup(src: &Path, verify: &str) {

@@ -1,7 +1,6 @@
 //! Two deploys of one service started together never interleave.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::process::Stdio;
 
 fn start_two(sb: &Sandbox, name: &str, port: u16, extra: &[&str]) -> Vec<Run> {

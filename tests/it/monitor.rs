@@ -1,8 +1,7 @@
 //! `deployer monitor`: three real services, one killed; and `--watch` in a
 //! real terminal (tmux), driven with send-keys and read with capture-pane.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::process::Command;
 
 /// Three services of the example, deployed with the process method; their

@@ -1,8 +1,7 @@
 //! Env vars reach the service; a secret's value never appears in any output,
 //! log file, database row or audit line.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 const SECRET: &str = "sk-live-4f9a1c7e2b8d-do-not-print";
 

@@ -1,7 +1,6 @@
 //! The process method end to end: real processes on this machine.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn deploys_v1_then_v2_and_keeps_history_and_audit() {

@@ -1,8 +1,7 @@
 //! Shell habits: completions and a man page from the same definitions as
 //! the commands.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn completions_and_the_man_page_know_every_command() {

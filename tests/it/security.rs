@@ -1,9 +1,8 @@
 //! Every way in, tried without the key: each test here is an attack that
 //! must fail (docs/security.md lists them with their defences).
 
-mod common;
-use common::server::Server;
-use common::*;
+use crate::common::server::Server;
+use crate::common::*;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
@@ -298,7 +297,7 @@ fn environment_values_are_kept_out_of_the_store_answers_events_and_logs() {
         "/registry".to_string(),
         "/state".to_string(),
     ] {
-        answers.push(common::server::request(server.port, "GET", &path, None, None).1);
+        answers.push(crate::common::server::request(server.port, "GET", &path, None, None).1);
     }
     for a in &answers {
         assert!(!a.contains(canary), "an answer holds the value: {a}");

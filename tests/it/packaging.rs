@@ -1,9 +1,8 @@
 //! The unit file and the Dockerfile for running deployer itself, tried for
 //! real: the unit on a systemd test host, the image on this Docker engine.
 
-mod common;
-use common::testhost::{TestHost, client_key, image_ready};
-use common::*;
+use crate::common::testhost::{TestHost, client_key, image_ready};
+use crate::common::*;
 use std::process::Command;
 
 fn docker_ok(args: &[&str]) -> String {
@@ -135,7 +134,7 @@ fn the_dockerfile_packages_deployer_serve() {
         .unwrap();
     let logs = String::from_utf8_lossy(&logs.stderr);
     assert!(logs.contains("made one and kept it in"), "{logs}");
-    let (code, _) = common::server::request(port, "POST", "/deploy", Some(b"{}"), None);
+    let (code, _) = crate::common::server::request(port, "POST", "/deploy", Some(b"{}"), None);
     assert_eq!(code, 401);
     let _ = Command::new("docker").args(["rm", "-f", &name]).output();
     let _ = Command::new("docker").args(["rmi", "-f", &tag]).output();

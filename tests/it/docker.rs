@@ -1,8 +1,7 @@
 //! The docker method end to end, against a real Docker engine: images built
 //! on this machine from the release, containers with the port published.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn docker_v1_v2_failures_roll_back_and_rollback_command() {

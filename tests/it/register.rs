@@ -1,7 +1,6 @@
 //! The Register phase against a real HTTP server on loopback.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// A sandbox with a deployer.toml naming `registry_url`; returns the
 /// `--config FILE` flags.

@@ -1,7 +1,6 @@
 //! Bad input: a clear error, a non-zero exit, and nothing changed on disk.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 /// Runs a deploy that must be refused with exit 10 and a message containing
 /// `expect`, and checks the state directory is exactly as before.

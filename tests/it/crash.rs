@@ -10,9 +10,8 @@
 //! The seed is printed; `DEPLOYER_CRASH_SEED=N` replays a failure, and
 //! `DEPLOYER_CRASH_ROUNDS` changes the number of rounds (20 by default).
 
-mod common;
-use common::testhost::{TestHost, client_key, config_for, image_ready};
-use common::*;
+use crate::common::testhost::{TestHost, client_key, config_for, image_ready};
+use crate::common::*;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

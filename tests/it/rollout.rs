@@ -1,9 +1,8 @@
 //! Rollouts to three hosts (systemd containers on 127.0.0.2-4): a canary
 //! wave first, then the rest; a failed wave stops the rollout.
 
-mod common;
-use common::testhost::{TestHost, client_key, image_ready, ssh_settings};
-use common::*;
+use crate::common::testhost::{TestHost, client_key, image_ready, ssh_settings};
+use crate::common::*;
 use std::path::{Path, PathBuf};
 
 struct Fleet {

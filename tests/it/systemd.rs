@@ -1,9 +1,8 @@
 //! The systemd method on realistic servers: Debian containers with systemd
 //! as PID 1 and sshd, reached over SSH.
 
-mod common;
-use common::testhost::{TestHost, client_key, config_for, image_ready};
-use common::*;
+use crate::common::testhost::{TestHost, client_key, config_for, image_ready};
+use crate::common::*;
 use std::path::Path;
 
 fn deploy(sb: &Sandbox, cfg: &str, src: &Path, name: &str, port: u16, extra: &[&str]) -> Run {
@@ -360,7 +359,7 @@ fn a_disk_too_small_for_the_release_is_refused_before_uploading() {
         format!(
             "[target]\nhost = \"{}\"\n{}",
             host.address(),
-            common::testhost::ssh_settings(&sb, &host.key)
+            crate::common::testhost::ssh_settings(&sb, &host.key)
                 .replace("/srv/deployer", "/opt/deployer")
         ),
     )

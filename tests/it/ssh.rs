@@ -1,8 +1,7 @@
 //! The SSH transport against a real sshd on loopback: key auth, strict host
 //! keys, commands with exit codes, secrets kept off the command line.
 
-mod common;
-use common::sshd::Sshd;
+use crate::common::sshd::Sshd;
 use deployer::cmd::{Cmd, Transport};
 use deployer::secret::Secret;
 use deployer::ssh::{SshAuth, SshError, SshSession, SshTarget};
@@ -167,7 +166,7 @@ async fn keys_held_by_an_ssh_agent_authenticate() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("ssh-agent");
-    common::eventually(10, "the agent socket", || sock.exists().then_some(()));
+    crate::common::eventually(10, "the agent socket", || sock.exists().then_some(()));
     let added = std::process::Command::new("ssh-add")
         .arg(sshd.client_key())
         .env("SSH_AUTH_SOCK", &sock)

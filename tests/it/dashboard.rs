@@ -3,9 +3,8 @@
 //! `deployer serve`. Screenshots of each page go to the target directory
 //! (`dashboard-*.png`) to be looked at.
 
-mod common;
-use common::server::Server;
-use common::*;
+use crate::common::server::Server;
+use crate::common::*;
 use fantoccini::{Client, ClientBuilder, Locator};
 use std::io::{Read, Write};
 use std::process::{Child, Command, Stdio};

@@ -2,9 +2,8 @@
 //! and no start command, on the process method here (packages from the
 //! index) and on the systemd method on a test host (from its wheelhouse).
 
-mod common;
-use common::testhost::{TestHost, client_key, config_for, image_ready};
-use common::*;
+use crate::common::testhost::{TestHost, client_key, config_for, image_ready};
+use crate::common::*;
 use std::path::Path;
 
 /// The Build phase's `python dependencies` step of a job.

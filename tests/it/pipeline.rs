@@ -2,8 +2,7 @@
 //! before anything is transferred and in the new release, and a health
 //! check that waits for a service warming up.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::Path;
 
 /// Adds a `[tests]` table to a service's manifest.
