@@ -2,7 +2,7 @@
 //! it starts. The target (issue #2): within about 100 ms of that moment.
 //! Run: `cargo bench --bench health_latency`. Figures go in docs/benchmarks.md.
 
-use deployer::health::{HealthCheck, Liveness, Probe};
+use deployer::hosting::health::{HealthCheck, Liveness, Probe};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 

@@ -7,9 +7,9 @@
 //! Sides alternate; `UPLOAD_RUNS` rounds (default 3); medians printed.
 //! Run: `cargo bench --bench upload` (scripts/bench upload).
 
-use deployer::host::Host;
-use deployer::release::ServiceDirs;
-use deployer::ssh::{SshAuth, SshSession, SshTarget};
+use deployer::hosting::host::Host;
+use deployer::hosting::release::ServiceDirs;
+use deployer::hosting::ssh::{SshAuth, SshSession, SshTarget};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;

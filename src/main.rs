@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use deployer::cli::Cli;
-use deployer::error::FailureKind;
+use deployer::support::error::FailureKind;
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -44,7 +44,7 @@ fn main() {
                     "{}error:{} {}",
                     anstyle::AnsiColor::Red.on_default().bold().render(),
                     anstyle::Reset.render(),
-                    deployer::output::printable(&failure.message)
+                    deployer::render::output::printable(&failure.message)
                 );
                 failure.kind.exit_code()
             }

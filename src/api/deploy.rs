@@ -3,9 +3,9 @@
 
 use super::{ApiError, Shared};
 use crate::engine::{Engine, Event, Sink, StreamEvent};
-use crate::error::FailureKind;
+use crate::input::plan::{DeployRequest, Plan};
 use crate::model::{Job, JobView, PhaseStatus};
-use crate::plan::{DeployRequest, Plan};
+use crate::support::error::FailureKind;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -135,8 +135,8 @@ pub(super) async fn submit(
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     check_allowed(&state, &req)?;
     let slot = state.queue_slot()?;
-    crate::plan::check_requested_secrets(&req.secrets, &state.config)?;
-    let secret_env = crate::plan::listed_secrets_only(&state.config);
+    crate::input::plan::check_requested_secrets(&req.secrets, &state.config)?;
+    let secret_env = crate::input::plan::listed_secrets_only(&state.config);
     let mut plan = Plan::build(&req, &state.config, &secret_env)?;
     if let Some(intent) = pipeline {
         plan = plan.with_pipeline(intent, &state.config, &secret_env)?;
@@ -160,7 +160,7 @@ pub(super) async fn submit(
 /// An engine for a request's hosts, writing to the server's store as
 /// `api@HOST`.
 fn engine_for(state: &Shared, hosts: &[String]) -> Result<Engine, ApiError> {
-    let targets = crate::site::targets(&state.config, hosts)?;
+    let targets = crate::hosting::site::targets(&state.config, hosts)?;
     Ok(super::engine(state, targets, LOCK_WAIT))
 }
 
@@ -280,7 +280,7 @@ pub async fn history(
     Path(service): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    crate::plan::validate_name(&service)?;
+    crate::input::plan::validate_name(&service)?;
     // The ids from the database (another deployer may have added one),
     // each job from the cache of finished jobs when it is there.
     let ids = state.store.history_ids(&service, 100).await?;
@@ -329,7 +329,7 @@ pub async fn rollback(
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job '{job_id}'")))?;
     let _slot = state.queue_slot()?;
     let engine = engine_for(&state, &[])?;
-    let quiet = crate::output::Quiet;
+    let quiet = crate::render::output::Quiet;
     let done = engine
         .rollback(&job.service_name, None, &quiet)
         .await

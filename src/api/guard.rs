@@ -10,8 +10,8 @@
 //!   sent, must be the server itself.
 
 use super::{ApiError, AppState, Shared};
-use crate::error::Failure;
-use crate::secret::Secret;
+use crate::support::error::Failure;
+use crate::support::secret::Secret;
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -58,7 +58,7 @@ pub fn api_token(
         return Ok((token, TokenSource::Stored(path)));
     }
     let token = random_token()?;
-    crate::release::private_dir(state_dir)
+    crate::hosting::release::private_dir(state_dir)
         .map_err(|e| Failure::internal(format!("creating {}: {e}", state_dir.display())))?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -28,7 +28,7 @@ pub struct Done {
 /// The engine for a day-2 command: it waits for a running deploy of the
 /// service a little, not as long as a queued deploy does.
 fn engine(state: &Shared) -> Result<crate::engine::Engine, ApiError> {
-    let targets = crate::site::targets(&state.config, &[])?;
+    let targets = crate::hosting::site::targets(&state.config, &[])?;
     Ok(super::engine(
         state,
         targets,

@@ -17,10 +17,10 @@ mod metrics;
 mod registry;
 mod service;
 
-use crate::config::DeployerConfig;
-use crate::error::{Failure, FailureKind};
-use crate::secret::Secret;
+use crate::input::config::DeployerConfig;
 use crate::store::Store;
+use crate::support::error::{Failure, FailureKind};
+use crate::support::secret::Secret;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
@@ -220,11 +220,15 @@ async fn recover(state: Shared, first: Vec<String>) {
     let mut resting: Vec<(String, std::time::Instant)> = Vec::new();
     loop {
         resting.retain(|(_, until)| *until > std::time::Instant::now());
-        if let Ok(targets) = crate::site::targets(&state.config, &[]) {
+        if let Ok(targets) = crate::hosting::site::targets(&state.config, &[]) {
             let engine = engine(&state, targets, std::time::Duration::ZERO);
             let skip: Vec<String> = resting.iter().map(|(s, _)| s.clone()).collect();
             let failed = engine
-                .recover_all(&std::mem::take(&mut also), &skip, &crate::output::Quiet)
+                .recover_all(
+                    &std::mem::take(&mut also),
+                    &skip,
+                    &crate::render::output::Quiet,
+                )
                 .await;
             let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
             resting.extend(failed.into_iter().map(|s| (s, until)));
@@ -268,7 +272,7 @@ impl AppState {
 /// `api@HOST`; its jobs run on the server's workers.
 fn engine(
     state: &Shared,
-    targets: Vec<crate::site::TargetSpec>,
+    targets: Vec<crate::hosting::site::TargetSpec>,
     lock_wait: std::time::Duration,
 ) -> crate::engine::Engine {
     let host = crate::engine::actor()
@@ -293,7 +297,7 @@ async fn daily_snapshots(state: Shared, daily: crate::engine::Daily) {
     while let Some(next) = daily.next_after(chrono::Utc::now()) {
         let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
         tokio::time::sleep(wait).await;
-        if let Ok(targets) = crate::site::targets(&state.config, &[]) {
+        if let Ok(targets) = crate::hosting::site::targets(&state.config, &[]) {
             let engine = engine(&state, targets, std::time::Duration::from_secs(600));
             engine.scheduled_snapshot().await;
         }

@@ -74,7 +74,7 @@ pub async fn register(
     body: Bytes,
 ) -> Result<Json<Registered>, ApiError> {
     let req: RegisterRequest = super::deploy::parse(&body)?;
-    crate::plan::validate_name(&req.service_name)?;
+    crate::input::plan::validate_name(&req.service_name)?;
     if !(req.endpoint.starts_with("http://") || req.endpoint.starts_with("https://")) {
         return Err(ApiError::bad_field(
             "endpoint",
@@ -128,7 +128,7 @@ pub async fn event(
     body: Bytes,
 ) -> Result<Json<EventRecorded>, ApiError> {
     let e: RegistryEvent = super::deploy::parse(&body)?;
-    crate::plan::validate_name(&e.service_name)?;
+    crate::input::plan::validate_name(&e.service_name)?;
     let ok = !e.event.is_empty() && e.event.len() <= 64;
     if !ok
         || !e
@@ -154,7 +154,7 @@ pub async fn event(
         job_id,
         outcome: "recorded".into(),
         duration_ms: None,
-        details: crate::output::printable(&serde_json::Value::Object(e.rest).to_string())
+        details: crate::render::output::printable(&serde_json::Value::Object(e.rest).to_string())
             .chars()
             .take(1000)
             .collect(),
@@ -175,7 +175,7 @@ pub async fn list(State(state): State<Shared>) -> Result<Json<RegistryList>, Api
 }
 
 async fn find(state: &Shared, name: &str) -> Result<RegistryEntry, ApiError> {
-    crate::plan::validate_name(name)?;
+    crate::input::plan::validate_name(name)?;
     state
         .store
         .registry()
@@ -214,7 +214,7 @@ pub async fn remove(
     State(state): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Json<Deregistered>, ApiError> {
-    crate::plan::validate_name(&name)?;
+    crate::input::plan::validate_name(&name)?;
     if state.store.deregister(&name).await? {
         Ok(Json(Deregistered {
             status: "deregistered".into(),

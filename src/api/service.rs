@@ -2,7 +2,7 @@
 //! `/state`, `/dependencies`, `/message`.
 
 use super::{ApiError, ErrorBody, Shared};
-use crate::cmd::Transport;
+use crate::support::cmd::Transport;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
@@ -126,10 +126,10 @@ impl Probes {
 /// Whether the configured SSH target answers: "local" when deploys stay on
 /// this machine.
 async fn ssh_status(state: &Shared) -> String {
-    match crate::site::targets(&state.config, &[]) {
+    match crate::hosting::site::targets(&state.config, &[]) {
         Ok(targets) => match targets.first() {
-            Some(t @ crate::site::TargetSpec::Ssh { .. }) => {
-                match crate::site::Site::connect(t, &state.state_dir).await {
+            Some(t @ crate::hosting::site::TargetSpec::Ssh { .. }) => {
+                match crate::hosting::site::Site::connect(t, &state.state_dir).await {
                     Ok(site) => {
                         site.close().await;
                         "connected".into()
@@ -163,8 +163,11 @@ async fn registry_status(state: &Shared) -> String {
 }
 
 async fn docker_available() -> bool {
-    crate::cmd::LocalTransport
-        .exec(&crate::runtime::docker::info_cmd(), Duration::from_secs(5))
+    crate::support::cmd::LocalTransport
+        .exec(
+            &crate::hosting::runtime::docker::info_cmd(),
+            Duration::from_secs(5),
+        )
         .await
         .is_ok_and(|o| o.success())
 }
@@ -199,8 +202,11 @@ pub async fn capabilities(State(state): State<Shared>) -> Json<Capabilities> {
         service: "deployer".into(),
         version: env!("CARGO_PKG_VERSION").into(),
         deployment_methods: strings(&["process", "docker", "systemd", "swarm", "auto"]),
-        deploys_to: match crate::site::targets(&state.config, &[]) {
-            Ok(targets) => targets.iter().map(crate::site::TargetSpec::name).collect(),
+        deploys_to: match crate::hosting::site::targets(&state.config, &[]) {
+            Ok(targets) => targets
+                .iter()
+                .map(crate::hosting::site::TargetSpec::name)
+                .collect(),
             Err(e) => vec![format!("invalid target: {}", e.message)],
         },
         docker_available: state.probes.get(&state).await.docker,

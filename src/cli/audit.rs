@@ -1,8 +1,8 @@
 //! `deployer audit`: who did what, when, with what outcome.
 
 use super::Context;
-use crate::error::Failure;
-use crate::output::{format_ms, print_json, print_table};
+use crate::render::output::{format_ms, print_json, print_table};
+use crate::support::error::Failure;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -5,8 +5,8 @@
 //! `0 3 * * * deployer --state-dir /var/lib/deployer snapshot`.
 
 use super::Context;
-use crate::error::Failure;
-use crate::output::{print_json, print_table};
+use crate::render::output::{print_json, print_table};
+use crate::support::error::Failure;
 
 #[derive(Debug, clap::Args)]
 pub struct BackupArgs {
@@ -37,7 +37,7 @@ pub async fn backup(ctx: Context, args: BackupArgs) -> Result<i32, Failure> {
             "{}: backup {} ({}) verified, at {}",
             args.name,
             taken.id,
-            crate::host::human_bytes(taken.size),
+            crate::hosting::host::human_bytes(taken.size),
             taken.path
         );
     }
@@ -60,7 +60,7 @@ pub async fn backups(ctx: Context, args: BackupArgs) -> Result<i32, Failure> {
                 b.id.clone(),
                 b.created_at.clone(),
                 b.release.clone(),
-                crate::host::human_bytes(b.size),
+                crate::hosting::host::human_bytes(b.size),
                 b.path.clone(),
             ]
         })
@@ -112,7 +112,7 @@ pub async fn snapshot(ctx: Context) -> Result<i32, Failure> {
             Ok(b) => anstream::println!(
                 "{service}: backup {} ({})",
                 b.id,
-                crate::host::human_bytes(b.size)
+                crate::hosting::host::human_bytes(b.size)
             ),
             Err(f) => {
                 code = f.kind.exit_code();

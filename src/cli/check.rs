@@ -3,7 +3,7 @@
 //! `*/5 * * * * deployer --state-dir /var/lib/deployer check api --log /var/log/deployer-check.log`.
 
 use super::Context;
-use crate::error::{Failure, FailureKind};
+use crate::support::error::{Failure, FailureKind};
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -22,7 +22,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
     let lines = lines?;
     let healthy = lines.iter().all(|l| l.healthy);
     if ctx.json {
-        crate::output::print_json(&lines);
+        crate::render::output::print_json(&lines);
     }
     let mut text = String::new();
     for l in &lines {
@@ -31,7 +31,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
             if l.healthy { "✓" } else { "✗" },
             args.name,
             l.host,
-            crate::output::printable(&l.details),
+            crate::render::output::printable(&l.details),
             l.ms.map(|ms| format!(" in {ms} ms")).unwrap_or_default(),
             l.replicas
                 .as_ref()

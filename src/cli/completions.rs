@@ -2,7 +2,7 @@
 //! man page, generated from the same clap definitions as the commands.
 
 use super::Cli;
-use crate::error::Failure;
+use crate::support::error::Failure;
 use clap::CommandFactory;
 
 #[derive(Debug, clap::Args)]

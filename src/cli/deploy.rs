@@ -2,8 +2,8 @@
 //! so a directory without a manifest deploys too.
 
 use super::Context;
-use crate::error::Failure;
-use crate::plan::{DeployRequest, Plan};
+use crate::input::plan::{DeployRequest, Plan};
+use crate::support::error::Failure;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]
@@ -163,25 +163,25 @@ pub async fn run_with(
 async fn dry_run(
     ctx: &Context,
     req: &DeployRequest,
-    git: Option<crate::plan::GitSource>,
+    git: Option<crate::input::plan::GitSource>,
 ) -> Result<i32, Failure> {
     let mut plan = Plan::build(req, &ctx.config, &|k| std::env::var(k).ok())?;
     plan.git = git;
-    plan.address = crate::plan::address_for(&ctx.config, ctx.target_hosts(&plan.hosts));
+    plan.address = crate::input::plan::address_for(&ctx.config, ctx.target_hosts(&plan.hosts));
     let engine = ctx.engine(0, &plan.hosts)?;
     let sink = ctx.sink();
     let planned = engine.dry_run(plan, sink.as_ref()).await;
     engine.close().await;
     let planned = planned?;
     if ctx.json {
-        crate::output::print_json(&planned);
+        crate::render::output::print_json(&planned);
         return Ok(0);
     }
     anstream::println!("dry run: nothing was changed; the deploy would:");
     for p in &planned {
         let what = match &p.skip {
             Some(reason) => format!("skip ({reason})"),
-            None => crate::output::printable(&p.would),
+            None => crate::render::output::printable(&p.would),
         };
         anstream::println!("  [{}] {} / {}: {what}", p.host, p.phase, p.step);
     }
@@ -198,14 +198,14 @@ struct GitAsk<'a> {
 async fn deploy_plan(
     ctx: &Context,
     req: &DeployRequest,
-    git: Option<crate::plan::GitSource>,
+    git: Option<crate::input::plan::GitSource>,
     wait: u64,
     pipeline: Option<Option<String>>,
 ) -> Result<i32, Failure> {
     let env = |k: &str| std::env::var(k).ok();
     let mut plan = Plan::build(req, &ctx.config, &env)?;
     plan.git = git;
-    plan.address = crate::plan::address_for(&ctx.config, ctx.target_hosts(&plan.hosts));
+    plan.address = crate::input::plan::address_for(&ctx.config, ctx.target_hosts(&plan.hosts));
     if let Some(intent) = pipeline {
         plan = plan.with_pipeline(intent, &ctx.config, &env)?;
     }
@@ -223,13 +223,13 @@ fn from_git(
     req: &mut DeployRequest,
     reference: &str,
     args: &GitAsk,
-) -> Result<crate::plan::GitSource, Failure> {
-    use crate::error::FailureKind;
+) -> Result<crate::input::plan::GitSource, Failure> {
+    use crate::support::error::FailureKind;
     let dir = req.service_path.clone();
-    let changes = crate::git::uncommitted(&dir)?;
+    let changes = crate::integrations::git::uncommitted(&dir)?;
     if !changes.is_empty() {
         match args.message {
-            Some(m) => crate::git::commit_all(&dir, m)?,
+            Some(m) => crate::integrations::git::commit_all(&dir, m)?,
             None => {
                 return Err(Failure::new(
                     FailureKind::Git,
@@ -244,15 +244,15 @@ fn from_git(
     }
     if args.push {
         let remote = ctx.config.git.remote.as_deref().unwrap_or("origin");
-        crate::git::push(&dir, remote)?;
+        crate::integrations::git::push(&dir, remote)?;
     }
-    let commit = crate::git::resolve(&dir, reference)?;
-    let export = crate::git::export_dir(&commit.sha);
+    let commit = crate::integrations::git::resolve(&dir, reference)?;
+    let export = crate::integrations::git::export_dir(&commit.sha);
     let _ = std::fs::remove_dir_all(&export);
-    crate::git::export(&dir, args.subdir, &commit.sha, &export)?;
+    crate::integrations::git::export(&dir, args.subdir, &commit.sha, &export)?;
     // The exported tree's directory has a made-up name: without a name
     // given or in the manifest, the service is named after its own.
-    let named = crate::config::Manifest::load_from_dir(&export)
+    let named = crate::input::config::Manifest::load_from_dir(&export)
         .ok()
         .flatten()
         .is_some_and(|m| m.name.is_some());
@@ -262,7 +262,7 @@ fn from_git(
             .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
     }
     req.service_path = export;
-    Ok(crate::plan::GitSource {
+    Ok(crate::input::plan::GitSource {
         commit,
         path: std::path::absolute(&dir).unwrap_or(dir),
     })

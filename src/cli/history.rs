@@ -1,8 +1,8 @@
 //! `deployer history NAME`: a service's jobs, newest first.
 
 use super::Context;
-use crate::error::Failure;
-use crate::output::{format_ms, print_json, print_table};
+use crate::render::output::{format_ms, print_json, print_table};
+use crate::support::error::Failure;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -14,7 +14,7 @@ pub struct Args {
 }
 
 pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
-    crate::plan::validate_name(&args.name)?;
+    crate::input::plan::validate_name(&args.name)?;
     let store = ctx.store().await?;
     let jobs = store.history(&args.name, args.limit).await?;
     if jobs.is_empty() {

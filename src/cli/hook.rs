@@ -3,8 +3,8 @@
 //! the pusher the phase lines.
 
 use super::Context;
-use crate::cmd::quote;
-use crate::error::Failure;
+use crate::support::cmd::quote;
+use crate::support::error::Failure;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]

@@ -4,7 +4,7 @@
 //! several.
 
 use super::Context;
-use crate::error::Failure;
+use crate::support::error::Failure;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -96,7 +96,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
                 Some(before) if !first => new_lines(before, text),
                 _ => text.clone(),
             };
-            for line in crate::output::printable(&new).lines() {
+            for line in crate::render::output::printable(&new).lines() {
                 if several {
                     anstream::println!("[{host}] {line}");
                 } else {

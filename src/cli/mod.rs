@@ -22,8 +22,8 @@ mod status;
 mod stop;
 mod watch;
 
-use crate::config::DeployerConfig;
-use crate::error::Failure;
+use crate::input::config::DeployerConfig;
+use crate::support::error::Failure;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -129,9 +129,9 @@ pub enum Command {
     #[command(hide = true)]
     LogWriter {
         file: PathBuf,
-        #[arg(long, default_value_t = crate::logwriter::MAX_BYTES)]
+        #[arg(long, default_value_t = crate::support::logwriter::MAX_BYTES)]
         max_bytes: u64,
-        #[arg(long, default_value_t = crate::logwriter::KEEP)]
+        #[arg(long, default_value_t = crate::support::logwriter::KEEP)]
         keep: usize,
     },
 }
@@ -150,7 +150,7 @@ pub struct Context {
 impl Cli {
     pub async fn run(self) -> Result<i32, Failure> {
         // The seed's .env, below the environment (and the flags, below).
-        let dotenv = crate::dotenv::load(std::path::Path::new(".env"))
+        let dotenv = crate::support::dotenv::load(std::path::Path::new(".env"))
             .map_err(|e| Failure::invalid(e.to_string()))?;
         let env = |k: &str| std::env::var(k).ok().or_else(|| dotenv.get(k).cloned());
         let mut config = DeployerConfig::load(self.config.as_deref(), &env)?;
@@ -213,7 +213,7 @@ impl Cli {
                 file,
                 max_bytes,
                 keep,
-            } => crate::logwriter::run(std::io::stdin().lock(), &file, max_bytes, keep)
+            } => crate::support::logwriter::run(std::io::stdin().lock(), &file, max_bytes, keep)
                 .map(|()| 0)
                 .map_err(|e| Failure::internal(format!("log {}: {e}", file.display()))),
         }
@@ -268,7 +268,7 @@ impl Context {
         let Ok(engine) = self.engine(0, &[]) else {
             return;
         };
-        let sink = crate::output::Notes;
+        let sink = crate::render::output::Notes;
         match service {
             Some(service) => {
                 if let Err(f) = engine.recover_service(&service, &sink).await {
@@ -315,7 +315,7 @@ impl Context {
             self.config.clone(),
             self.state_dir.clone(),
             std::time::Duration::from_secs(lock_wait_secs),
-            crate::site::targets(&self.config, self.target_hosts(manifest_hosts))?,
+            crate::hosting::site::targets(&self.config, self.target_hosts(manifest_hosts))?,
         );
         // `--host` names where a day-2 command acts; without it, it acts on
         // the hosts the service was deployed to.
@@ -329,16 +329,16 @@ impl Context {
     /// Renders a finished job and gives the exit code for it.
     pub fn finish(&self, job: &crate::model::Job) -> i32 {
         if self.json {
-            crate::output::print_json(job);
+            crate::render::output::print_json(job);
         }
         job.state.exit_code()
     }
 
     pub fn sink(&self) -> Box<dyn crate::engine::Sink> {
         if self.json {
-            Box::new(crate::output::Quiet)
+            Box::new(crate::render::output::Quiet)
         } else {
-            Box::new(crate::output::Human::default())
+            Box::new(crate::render::output::Human::default())
         }
     }
 }

@@ -4,10 +4,10 @@
 
 use super::Context;
 use crate::engine::Snapshot;
-use crate::error::{Failure, FailureKind};
-use crate::output::monitor::{
+use crate::render::output::monitor::{
     HOST_HEADER, SERVICE_HEADER, host_row, registry_text, service_row, summary,
 };
+use crate::support::error::{Failure, FailureKind};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -33,7 +33,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
     engine.close().await;
     let snapshot = snapshot?;
     if ctx.json {
-        crate::output::print_json(&snapshot);
+        crate::render::output::print_json(&snapshot);
     } else {
         print(&snapshot);
     }
@@ -51,10 +51,10 @@ fn print(s: &Snapshot) {
         anstream::println!("No service has a current release.\n");
     } else {
         let rows: Vec<Vec<String>> = s.services.iter().map(service_row).collect();
-        crate::output::print_table(&SERVICE_HEADER, &rows);
+        crate::render::output::print_table(&SERVICE_HEADER, &rows);
         anstream::println!();
     }
     let rows: Vec<Vec<String>> = s.hosts.iter().map(host_row).collect();
-    crate::output::print_table(&HOST_HEADER, &rows);
+    crate::render::output::print_table(&HOST_HEADER, &rows);
     anstream::println!("\n{}", summary(s));
 }

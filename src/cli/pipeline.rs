@@ -4,7 +4,7 @@
 //! transferred; then the deploy and the registration, as `deploy` does.
 
 use super::{Context, deploy};
-use crate::error::Failure;
+use crate::support::error::Failure;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -40,7 +40,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
             if !args.path.exists() {
                 // A service's name: its last deploy's directory.
                 let name = args.path.to_string_lossy().into_owned();
-                if crate::plan::validate_name(&name).is_ok()
+                if crate::input::plan::validate_name(&name).is_ok()
                     && let Ok(store) = ctx.store().await
                     && let Some(job) = store.history(&name, 1).await?.into_iter().next()
                 {

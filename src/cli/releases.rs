@@ -1,8 +1,8 @@
 //! `deployer releases NAME`: a service's releases and which is current.
 
 use super::Context;
-use crate::error::Failure;
-use crate::output::{print_json, print_table};
+use crate::render::output::{print_json, print_table};
+use crate::support::error::Failure;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -11,7 +11,7 @@ pub struct Args {
 }
 
 pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
-    crate::plan::validate_name(&args.name)?;
+    crate::input::plan::validate_name(&args.name)?;
     let store = ctx.store().await?;
     let releases = store.releases(&args.name).await?;
     if releases.is_empty() {

@@ -6,10 +6,10 @@
 use super::Context;
 use crate::api::guard::{TOKEN_FILE, read_token_file};
 use crate::engine::{Sink, StreamEvent};
-use crate::error::{Failure, FailureKind};
+use crate::input::plan::DeployRequest;
 use crate::model::Job;
-use crate::plan::DeployRequest;
-use crate::secret::Secret;
+use crate::support::error::{Failure, FailureKind};
+use crate::support::secret::Secret;
 use serde_json::Value;
 
 /// `pipeline` is a pipeline run's intent (`POST /pipeline`); `None` for a

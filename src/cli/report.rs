@@ -1,7 +1,7 @@
 //! `deployer report JOB`: a job's report, as text, JSON or Markdown.
 
 use super::Context;
-use crate::error::Failure;
+use crate::support::error::Failure;
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum Format {
@@ -25,9 +25,9 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
         .await?
         .ok_or_else(|| Failure::not_found(format!("no job '{}'", args.job)))?;
     match (args.format, ctx.json) {
-        (Format::Json, _) | (_, true) => crate::output::print_json(&job),
-        (Format::Markdown, _) => print!("{}", crate::report::markdown(&job)),
-        (Format::Text, _) => anstream::print!("{}", crate::report::text(&job)),
+        (Format::Json, _) | (_, true) => crate::render::output::print_json(&job),
+        (Format::Markdown, _) => print!("{}", crate::render::report::markdown(&job)),
+        (Format::Text, _) => anstream::print!("{}", crate::render::report::text(&job)),
     }
     Ok(0)
 }

@@ -1,7 +1,7 @@
 //! `deployer rollback NAME [--to RELEASE]`: bring back an earlier release.
 
 use super::Context;
-use crate::error::Failure;
+use crate::support::error::Failure;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

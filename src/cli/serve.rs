@@ -3,8 +3,8 @@
 use super::Context;
 use crate::api::guard::TokenSource;
 use crate::api::{ServeOptions, serve};
-use crate::error::Failure;
-use crate::secret::Secret;
+use crate::support::error::Failure;
+use crate::support::secret::Secret;
 use std::path::PathBuf;
 
 #[derive(Debug, clap::Args)]

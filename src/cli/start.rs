@@ -2,7 +2,7 @@
 //! up again, health-checked.
 
 use super::Context;
-use crate::error::Failure;
+use crate::support::error::Failure;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -36,7 +36,9 @@ pub async fn resume(ctx: Context, args: Args) -> Result<i32, Failure> {
 
 fn say(ctx: &Context, name: &str, done: String) -> Result<i32, Failure> {
     if ctx.json {
-        crate::output::print_json(&serde_json::json!({ "service_name": name, "details": done }));
+        crate::render::output::print_json(
+            &serde_json::json!({ "service_name": name, "details": done }),
+        );
     } else {
         anstream::println!("{name}: {done}");
     }
@@ -61,7 +63,7 @@ async fn run(ctx: Context, args: Args, restart: bool) -> Result<i32, Failure> {
     engine.close().await;
     let done = done?;
     if ctx.json {
-        crate::output::print_json(
+        crate::render::output::print_json(
             &serde_json::json!({ "service_name": args.name, "details": done }),
         );
     } else {

@@ -1,7 +1,7 @@
 //! `deployer status JOB`: one job with its phases.
 
 use super::Context;
-use crate::error::Failure;
+use crate::support::error::Failure;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,9 +16,9 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
         .await?
         .ok_or_else(|| Failure::not_found(format!("no job '{}'", args.job)))?;
     if ctx.json {
-        crate::output::print_json(&job);
+        crate::render::output::print_json(&job);
     } else {
-        crate::output::print_job(&job);
+        crate::render::output::print_job(&job);
     }
     Ok(0)
 }

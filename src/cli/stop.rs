@@ -2,7 +2,7 @@
 //! deployed; `deployer rollback --to` or a new deploy starts a release again.
 
 use super::Context;
-use crate::error::Failure;
+use crate::support::error::Failure;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -16,7 +16,7 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
     engine.close().await;
     let stopped = stopped?;
     if ctx.json {
-        crate::output::print_json(
+        crate::render::output::print_json(
             &serde_json::json!({ "service_name": args.name, "stopped": stopped }),
         );
     } else if stopped.is_empty() {

@@ -5,10 +5,10 @@
 //! Ctrl-C. NO_COLOR turns colours off; the marks stay.
 
 use crate::engine::{Engine, Snapshot};
-use crate::error::Failure;
-use crate::output::monitor::{
+use crate::render::output::monitor::{
     HOST_HEADER, SERVICE_HEADER, host_row, registry_text, service_row, summary,
 };
+use crate::support::error::Failure;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyModifiers};
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};

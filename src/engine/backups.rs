@@ -3,11 +3,11 @@
 //! the service's lock where it changes something.
 
 use super::Engine;
-use crate::backup::{BackupEnv, BackupInfo};
-use crate::error::{Failure, FailureKind};
+use crate::hosting::backup::{BackupEnv, BackupInfo};
+use crate::hosting::release::ServiceDirs;
+use crate::hosting::site::Site;
 use crate::model::BackupSpec;
-use crate::release::ServiceDirs;
-use crate::site::Site;
+use crate::support::error::{Failure, FailureKind};
 
 /// What a backup of a service needs: its spec, where, with what.
 struct Ready {
@@ -43,7 +43,7 @@ impl Engine {
         let site = self.first_site(service).await?;
         let result = async {
             let r = self.ready(&site, service).await?;
-            crate::backup::take(&site.host, &r.dirs, &r.spec, r.current.as_deref(), &r.env)
+            crate::hosting::backup::take(&site.host, &r.dirs, &r.spec, r.current.as_deref(), &r.env)
                 .await
                 .map_err(|e| Failure::new(FailureKind::Backup, e))
         }
@@ -54,9 +54,9 @@ impl Engine {
 
     /// A service's backups, oldest first.
     pub async fn backups(&self, service: &str) -> Result<Vec<BackupInfo>, Failure> {
-        crate::plan::validate_name(service)?;
+        crate::input::plan::validate_name(service)?;
         let site = self.first_site(service).await?;
-        let found = crate::backup::list(&site.host, &site.dirs(service)).await;
+        let found = crate::hosting::backup::list(&site.host, &site.dirs(service)).await;
         site.close().await;
         found.map_err(|e| Failure::new(FailureKind::Backup, e))
     }
@@ -68,10 +68,10 @@ impl Engine {
         let site = self.first_site(service).await?;
         let result = async {
             let r = self.ready(&site, service).await?;
-            crate::backup::restore(&site.host, &r.dirs, &r.spec, id, &r.env)
+            crate::hosting::backup::restore(&site.host, &r.dirs, &r.spec, id, &r.env)
                 .await
                 .map_err(|e| match e {
-                    crate::backup::BackupError::NotFound(_) => Failure::not_found(e),
+                    crate::hosting::backup::BackupError::NotFound(_) => Failure::not_found(e),
                     e => Failure::new(FailureKind::Backup, e),
                 })
         }

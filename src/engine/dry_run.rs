@@ -4,10 +4,10 @@
 
 use super::steps::{self, JobCx, StepCx};
 use super::{Engine, Sink, Source, Work, validate};
-use crate::error::Failure;
+use crate::input::plan::Plan;
 use crate::model::Job;
-use crate::plan::Plan;
 use crate::store::Store;
+use crate::support::error::Failure;
 
 /// What one step would do on one host.
 #[derive(Clone, Debug, serde::Serialize)]

@@ -3,9 +3,9 @@
 //! and audited, under the service's lock.
 
 use super::{Engine, steps};
-use crate::error::{Failure, FailureKind};
+use crate::hosting::site::Site;
 use crate::model::AuditEntry;
-use crate::site::Site;
+use crate::support::error::{Failure, FailureKind};
 
 impl Engine {
     /// A service's current release on a host, as its runtime sees it.
@@ -15,9 +15,9 @@ impl Engine {
         service: &str,
     ) -> Result<
         (
-            crate::release::ServiceDirs,
+            crate::hosting::release::ServiceDirs,
             String,
-            crate::runtime::ReleaseCtx,
+            crate::hosting::runtime::ReleaseCtx,
         ),
         Failure,
     > {
@@ -108,12 +108,12 @@ impl Engine {
             OnHost::Restart => self.bring_up_on(site, service, true).await,
             OnHost::Pause(message) => {
                 let page = |s: &str, p: &crate::model::ProxySpec, _: u16| {
-                    crate::proxy::maintenance_config(s, p, message)
+                    crate::hosting::proxy::maintenance_config(s, p, message)
                 };
                 self.rewrite(site, service, &page).await
             }
             OnHost::Resume => {
-                self.rewrite(site, service, &crate::proxy::site_config)
+                self.rewrite(site, service, &crate::hosting::proxy::site_config)
                     .await
             }
         }
@@ -244,8 +244,8 @@ impl Engine {
                 healthy: false,
                 ms: None,
                 details: match e {
-                    crate::health::Unhealthy::Exited(_) => "not running".into(),
-                    crate::health::Unhealthy::Failed(s) => {
+                    crate::hosting::health::Unhealthy::Exited(_) => "not running".into(),
+                    crate::hosting::health::Unhealthy::Failed(s) => {
                         s.lines().next().unwrap_or("").to_string()
                     }
                 },

@@ -4,11 +4,11 @@
 //! refreshed while the job runs.
 
 use super::Engine;
-use crate::error::{Failure, FailureKind};
-use crate::host::RemoteLockError;
-use crate::lock::{Holder, Lock, LockError};
-use crate::release::ServiceDirs;
-use crate::site::Site;
+use crate::hosting::host::RemoteLockError;
+use crate::hosting::release::ServiceDirs;
+use crate::hosting::site::Site;
+use crate::support::error::{Failure, FailureKind};
+use crate::support::flock::{Holder, Lock, LockError};
 use chrono::Utc;
 use std::time::Duration;
 
@@ -65,7 +65,7 @@ impl Engine {
     ) -> Result<(HostLocks<'a>, Vec<String>), Failure> {
         let holder = self.holder(job_id);
         let mut notes = Vec::new();
-        let dead = |h: &Holder| h.actor == self.actor && !crate::lock::pid_alive(h.pid);
+        let dead = |h: &Holder| h.actor == self.actor && !crate::support::flock::pid_alive(h.pid);
         for (i, site) in sites.iter().enumerate() {
             match site.host.lock(&site.dirs(service), &holder, dead).await {
                 Ok(Some(old)) => notes.push(format!(

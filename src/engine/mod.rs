@@ -21,6 +21,7 @@ mod backups;
 mod dry_run;
 mod events;
 mod finish;
+mod host_run;
 mod ids;
 mod lifecycle;
 mod locks;
@@ -44,13 +45,13 @@ pub use ids::{actor, new_job_id};
 pub use lifecycle::{CheckLine, LogQuery};
 pub use monitor::{HostLine, RegistryLine, ServiceLine, Snapshot};
 
-use crate::config::DeployerConfig;
-use crate::error::Failure;
+use crate::hosting::site::{Site, TargetSpec};
+use crate::input::config::DeployerConfig;
+use crate::input::plan::{Plan, RegisterPlan};
 use crate::model::*;
-use crate::plan::{Plan, RegisterPlan};
-use crate::secret::Secret;
-use crate::site::{Site, TargetSpec};
 use crate::store::Store;
+use crate::support::error::Failure;
+use crate::support::secret::Secret;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -183,7 +184,7 @@ impl Engine {
         if !self.pinned {
             let hosts = self.existing_store().await?.service_hosts(service).await?;
             if !hosts.is_empty() {
-                return crate::site::targets(&self.config, &hosts);
+                return crate::hosting::site::targets(&self.config, &hosts);
             }
         }
         Ok(if self.targets.is_empty() {
@@ -327,7 +328,7 @@ impl Engine {
 
     /// A service's releases; not found when it has none.
     async fn known_releases(&self, service: &str) -> Result<Vec<Release>, Failure> {
-        crate::plan::validate_name(service)?;
+        crate::input::plan::validate_name(service)?;
         let releases = self.existing_store().await?.releases(service).await?;
         if releases.is_empty() {
             return Err(Failure::not_found(format!(
@@ -357,7 +358,8 @@ impl Engine {
         if release.spec.env.is_empty() {
             return true;
         }
-        let dirs = crate::release::ServiceDirs::new(&self.state_dir, &release.service_name);
+        let dirs =
+            crate::hosting::release::ServiceDirs::new(&self.state_dir, &release.service_name);
         match dirs.env_values(&release.id) {
             Some(values) => {
                 release.spec.env = values;
@@ -370,7 +372,9 @@ impl Engine {
     /// The secrets a release's spec names, from deployer's environment and
     /// secrets file.
     fn secrets_for(&self, spec: &RunSpec) -> Result<Vec<(String, Secret)>, Failure> {
-        crate::plan::resolve_secrets(&spec.secret_names, &self.config, &|k| std::env::var(k).ok())
+        crate::input::plan::resolve_secrets(&spec.secret_names, &self.config, &|k| {
+            std::env::var(k).ok()
+        })
     }
 
     /// What a rollback job runs, and its (already passed) Validation phase.
@@ -387,7 +391,7 @@ impl Engine {
                 "the environment values of release {} are not on this machine ({}); \
                  deploy it again instead",
                 target.id,
-                crate::release::ServiceDirs::new(&self.state_dir, service)
+                crate::hosting::release::ServiceDirs::new(&self.state_dir, service)
                     .env_values_file(&target.id)
                     .display()
             )));
@@ -411,9 +415,9 @@ impl Engine {
             validate::passed(format!("release {} exists; rolling back to it", target.id));
         let address = match &self.targets[..] {
             [TargetSpec::Ssh { ssh, .. }] => {
-                crate::plan::address_for(&self.config, std::slice::from_ref(&ssh.host))
+                crate::input::plan::address_for(&self.config, std::slice::from_ref(&ssh.host))
             }
-            _ => crate::plan::service_address(&self.config),
+            _ => crate::input::plan::service_address(&self.config),
         };
         let work = Work {
             kind: JobKind::Rollback,
@@ -434,7 +438,7 @@ impl Engine {
             smoke: Vec::new(),
             migrate: None,
             commit: target.commit.clone(),
-            timeout: crate::plan::job_timeout(None, &self.config)?,
+            timeout: crate::input::plan::job_timeout(None, &self.config)?,
         };
         Ok((work, validation))
     }

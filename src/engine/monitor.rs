@@ -5,9 +5,9 @@
 
 use super::Engine;
 use super::lifecycle::CheckLine;
-use crate::cmd::Cmd;
-use crate::error::Failure;
-use crate::site::{Site, TargetSpec};
+use crate::hosting::site::{Site, TargetSpec};
+use crate::support::cmd::Cmd;
+use crate::support::error::Failure;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use std::collections::BTreeMap;

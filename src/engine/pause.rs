@@ -5,9 +5,9 @@
 
 use super::lifecycle::OnHost;
 use super::{Engine, steps};
-use crate::error::{Failure, FailureKind};
+use crate::hosting::site::Site;
 use crate::model::ProxySpec;
-use crate::site::Site;
+use crate::support::error::{Failure, FailureKind};
 
 impl Engine {
     /// Puts up the maintenance page on each of the service's hosts.
@@ -48,7 +48,7 @@ impl Engine {
         written
             .await
             .map_err(|e| Failure::new(FailureKind::Start, format!("proxy: {e}")))?;
-        Ok(if crate::proxy::is_paused(&text) {
+        Ok(if crate::hosting::proxy::is_paused(&text) {
             format!("port {} answers 503 (maintenance)", proxy.public_port)
         } else {
             format!(

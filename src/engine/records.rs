@@ -3,9 +3,9 @@
 //! the host's own), a refusal, and registering the service.
 
 use super::{Engine, Event, Sink, Work};
-use crate::error::Failure;
 use crate::model::*;
 use crate::store::Store;
+use crate::support::error::Failure;
 use chrono::Utc;
 use std::time::Instant;
 

@@ -9,11 +9,11 @@
 //! interrupted. `serve` does the same at start and on a timer.
 
 use super::{Engine, Event, Sink, steps};
-use crate::error::Failure;
+use crate::hosting::release::ServiceDirs;
+use crate::hosting::runtime::ReleaseCtx;
+use crate::hosting::site::Site;
 use crate::model::{Job, PhaseName, PhaseStatus, ReleaseStatus};
-use crate::release::ServiceDirs;
-use crate::runtime::ReleaseCtx;
-use crate::site::Site;
+use crate::support::error::Failure;
 
 /// What a sweep may do beyond stopping strays.
 #[derive(Clone, Copy, PartialEq)]
@@ -279,7 +279,7 @@ impl Engine {
             false => None,
             true => match self.lock_hosts(sites, service, "recovery").await {
                 Ok((locks, _)) => Some(locks),
-                Err(f) if f.kind == crate::error::FailureKind::Locked => {
+                Err(f) if f.kind == crate::support::error::FailureKind::Locked => {
                     sink.event(&Event::Note(&format!("not recovered yet: {}", f.message)));
                     return Ok(false);
                 }
@@ -329,7 +329,7 @@ impl Engine {
     /// interrupted or a drain is overdue, and no other job holds its lock,
     /// sweep it on its hosts. Quiet when there is nothing to do.
     pub async fn recover_service(&self, service: &str, sink: &dyn Sink) -> Result<(), Failure> {
-        if crate::plan::validate_name(service).is_err()
+        if crate::input::plan::validate_name(service).is_err()
             || !self.state_dir.join("deployer.db").exists()
             || !self.needs_sweep(service).await?
         {

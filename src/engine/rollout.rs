@@ -8,14 +8,14 @@
 //! (Register, notifications) run once afterwards (`finish.rs`).
 
 use super::events::HostSink;
+use super::host_run::JobRun;
 use super::records::JobBook;
-use super::run::JobRun;
 use super::steps::Step;
 use super::{Engine, Event, Sink, Source, Work};
-use crate::error::FailureKind;
+use crate::hosting::release;
+use crate::hosting::site::Site;
 use crate::model::*;
-use crate::release;
-use crate::site::Site;
+use crate::support::error::FailureKind;
 
 /// How the hosts' part of a job failed: the kind, the error (named by the
 /// host when there are several) and, with one host, its rollback.
@@ -165,7 +165,7 @@ impl Engine {
         let dirs = site.dirs(&work.service);
         let name = site.host.name();
         let new = site.host.current(&dirs).await.unwrap_or_default();
-        let ctx = |release: &str, spec: &RunSpec| crate::runtime::ReleaseCtx {
+        let ctx = |release: &str, spec: &RunSpec| crate::hosting::runtime::ReleaseCtx {
             service: work.service.clone(),
             release: release.to_string(),
             dirs: dirs.clone(),

@@ -3,7 +3,7 @@
 //! log — a run that could not start too.
 
 use super::Engine;
-use crate::error::Failure;
+use crate::support::error::Failure;
 use chrono::{DateTime, Utc};
 use std::str::FromStr;
 

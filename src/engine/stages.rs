@@ -3,9 +3,9 @@
 //! phase. The first that fails stops the job before Transfer.
 
 use super::{Engine, Event, Sink, records};
-use crate::error::{Failure, FailureKind};
+use crate::input::plan::Plan;
 use crate::model::*;
-use crate::plan::Plan;
+use crate::support::error::{Failure, FailureKind};
 use chrono::Utc;
 use std::collections::BTreeMap;
 
@@ -22,21 +22,23 @@ impl Engine {
             return Ok(());
         };
         let path = plan.git.as_ref().map_or(&plan.source, |g| &g.path);
-        let input = crate::pipeline::StageInput {
+        let input = crate::integrations::stages::StageInput {
             service_name: &plan.service_name,
             service_path: path,
             intent: p.intent.as_deref(),
             droplet_id: plan.droplet_id,
         };
-        let redactor = crate::secret::Redactor::for_job(
+        let redactor = crate::support::secret::Redactor::for_job(
             plan.secrets.iter().map(|(_, s)| s).chain(p.tokens.values()),
             plan.spec.env.values(),
         );
         let mut earlier = BTreeMap::new();
         for stage in &p.stages {
             let started = Utc::now();
-            let out =
-                crate::pipeline::run_stage(stage, &input, &earlier, &p.tokens, &self.http).await;
+            let out = crate::integrations::stages::run_stage(
+                stage, &input, &earlier, &p.tokens, &self.http,
+            )
+            .await;
             let summary = redactor.redact(&out.summary);
             let name = format!("stage {}", stage.name);
             let state = match out.passed {

@@ -2,14 +2,14 @@
 //! host before a job is recorded. Also chooses a rollback's release.
 
 use super::{Event, Sink};
-use crate::config::Method;
-use crate::error::{Failure, FailureKind};
+use crate::hosting::runtime::RuntimeError;
+use crate::hosting::site::{Site, TargetSpec};
+use crate::input::config::Method;
+use crate::input::plan::Plan;
 use crate::model::{Phase, PhaseName, PhaseState, Release, ReleaseStatus, RuntimeKind, StepRecord};
-use crate::plan::Plan;
-use crate::runtime::RuntimeError;
-use crate::secret::Redactor;
-use crate::site::{Site, TargetSpec};
 use crate::store::Store;
+use crate::support::error::{Failure, FailureKind};
+use crate::support::secret::Redactor;
 use chrono::{DateTime, Utc};
 use std::path::Path;
 
@@ -201,7 +201,7 @@ async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
             .as_deref()
             .is_none_or(|s| s.trim().is_empty())
         {
-            let manifest = plan.source.join(crate::config::MANIFEST_FILE);
+            let manifest = plan.source.join(crate::input::config::MANIFEST_FILE);
             let (method, manifest) = (runtime.as_str(), manifest.display().to_string());
             return Err(if plan.spec.python.is_some() {
                 Refusal::NoPythonStart { method, manifest }
@@ -260,7 +260,8 @@ async fn private_port(sites: &[Site], plan: &mut Plan) -> Result<String, Failure
         chrono::Utc::now().timestamp_nanos_opt().unwrap_or(0)
     );
     for _ in 0..50 {
-        let Some(port) = crate::proxy::private_port(&seed, proxy.private_ports, &taken, |_| true)
+        let Some(port) =
+            crate::hosting::proxy::private_port(&seed, proxy.private_ports, &taken, |_| true)
         else {
             break;
         };
@@ -310,7 +311,7 @@ async fn proxy_port(
 /// A port in use by something that is not the service's.
 async fn taken(site: &Site, port: u16) -> Refusal {
     let listeners = site.listeners(port).await;
-    Refusal::PortTaken(port, crate::runtime::ports::describe(&listeners))
+    Refusal::PortTaken(port, crate::hosting::runtime::ports::describe(&listeners))
 }
 
 /// Whether a service may share the proxy's `public` port with those

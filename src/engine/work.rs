@@ -1,9 +1,9 @@
 //! A job to run, as the engine's steps see it: what a [`Plan`] or a
 //! rollback request becomes.
 
+use crate::input::plan::{Plan, RegisterPlan, RolloutSpec};
 use crate::model::*;
-use crate::plan::{Plan, RegisterPlan, RolloutSpec};
-use crate::secret::Secret;
+use crate::support::secret::Secret;
 #[cfg(test)]
 use std::path::Path;
 use std::path::PathBuf;
@@ -36,12 +36,12 @@ pub(super) struct Work {
     pub(super) rollout: RolloutSpec,
     /// Set for a rollout, so every host gets the same release id.
     pub(super) release_id: Option<String>,
-    pub(super) tests: crate::plan::TestsPlan,
-    pub(super) smoke: Vec<crate::config::SmokeCheck>,
+    pub(super) tests: crate::input::plan::TestsPlan,
+    pub(super) smoke: Vec<crate::input::config::SmokeCheck>,
     /// Run against the new release before the old one stops.
     pub(super) migrate: Option<String>,
     /// The commit a git-driven release is made from.
-    pub(super) commit: Option<crate::git::CommitInfo>,
+    pub(super) commit: Option<crate::integrations::git::CommitInfo>,
     /// Each host's run of the steps fails and unwinds after this long.
     pub(super) timeout: Duration,
 }
@@ -81,8 +81,8 @@ impl Work {
 
 impl Work {
     /// Hides the job's secret and environment values in what it writes.
-    pub(super) fn redactor(&self) -> crate::secret::Redactor {
-        crate::secret::Redactor::for_job(
+    pub(super) fn redactor(&self) -> crate::support::secret::Redactor {
+        crate::support::secret::Redactor::for_job(
             self.secrets.iter().map(|(_, s)| s),
             self.spec.env.values(),
         )

@@ -3,7 +3,7 @@
 //! the spec's `DeployJob` as JSON and the store show it.
 
 use super::{Phase, PhaseView, Registration, RollbackRecord, TransferStats};
-use crate::error::FailureKind;
+use crate::support::error::FailureKind;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -198,7 +198,7 @@ pub struct Job {
     /// Where the finished job was announced, and whether it arrived.
     pub notifications: Vec<super::Notification>,
     /// The commit deployed, for a git-driven release.
-    pub commit: Option<crate::git::CommitInfo>,
+    pub commit: Option<crate::integrations::git::CommitInfo>,
 }
 
 impl Job {
@@ -344,7 +344,7 @@ pub struct JobView {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<super::Notification>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commit: Option<crate::git::CommitInfo>,
+    pub commit: Option<crate::integrations::git::CommitInfo>,
 }
 
 /// One host's part of a job deployed to several hosts.

@@ -31,8 +31,8 @@ impl PhaseName {
 
     /// How a job that fails in this phase fails, when its step does not
     /// say (a job out of time).
-    pub fn failure_kind(self) -> crate::error::FailureKind {
-        use crate::error::FailureKind as K;
+    pub fn failure_kind(self) -> crate::support::error::FailureKind {
+        use crate::support::error::FailureKind as K;
         match self {
             PhaseName::Validation => K::Invalid,
             PhaseName::Transfer => K::Transfer,

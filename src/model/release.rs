@@ -388,5 +388,5 @@ pub struct Release {
     pub spec: RunSpec,
     /// The commit it was made from, for a git-driven release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commit: Option<crate::git::CommitInfo>,
+    pub commit: Option<crate::integrations::git::CommitInfo>,
 }

@@ -25,9 +25,9 @@ pub struct StoreError {
     source: sqlx::Error,
 }
 
-impl From<StoreError> for crate::error::Failure {
+impl From<StoreError> for crate::support::error::Failure {
     fn from(e: StoreError) -> Self {
-        crate::error::Failure::internal(e.to_string())
+        crate::support::error::Failure::internal(e.to_string())
     }
 }
 
@@ -166,7 +166,7 @@ impl Store {
     /// Opens (creating if needed) `STATE_DIR/deployer.db`.
     pub async fn open(state_dir: &Path) -> Result<Store, StoreError> {
         // deployer's state is its owner's only: directory 0700, files 0600.
-        crate::release::private_dir(state_dir).map_err(|e| StoreError {
+        crate::hosting::release::private_dir(state_dir).map_err(|e| StoreError {
             doing: format!("creating state directory {}", state_dir.display()),
             source: sqlx::Error::Io(e),
         })?;

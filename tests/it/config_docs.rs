@@ -2,7 +2,7 @@
 //! is (its first line, `# deployer.toml` or `# service.toml`), so the
 //! reference cannot drift from the code.
 
-use deployer::config::{DeployerConfig, Manifest, parse_toml};
+use deployer::input::config::{DeployerConfig, Manifest, parse_toml};
 
 #[test]
 fn every_documented_example_parses() {
@@ -72,7 +72,7 @@ fn the_readme_documents_every_exit_code() {
         .take_while(|l| !l.starts_with("## "))
         .filter_map(|l| l.strip_prefix("| ")?.split(' ').next()?.parse().ok())
         .collect();
-    let mut expected: Vec<i32> = deployer::error::FailureKind::ALL
+    let mut expected: Vec<i32> = deployer::support::error::FailureKind::ALL
         .iter()
         .map(|k| k.exit_code())
         .collect();

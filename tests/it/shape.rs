@@ -113,14 +113,14 @@ fn production_sources() -> Vec<(std::path::PathBuf, String)> {
 }
 
 /// Issue 22: what differs between process, docker, systemd and swarm lives
-/// behind the Runtime trait in src/runtime/, so no other file asks which
+/// behind the Runtime trait in src/hosting/runtime/, so no other file asks which
 /// runtime it has (the type's own definition in model/ aside).
 #[test]
 fn no_runtime_kind_is_matched_outside_runtime() {
     let mut found = Vec::new();
     for (f, text) in production_sources() {
         let path = f.to_string_lossy().replace('\\', "/");
-        if path.contains("/src/runtime/") || path.ends_with("/src/model/release.rs") {
+        if path.contains("/src/hosting/runtime/") || path.ends_with("/src/model/release.rs") {
             continue;
         }
         for (i, line) in text.lines().enumerate() {

@@ -2,9 +2,9 @@
 //! keys, commands with exit codes, secrets kept off the command line.
 
 use crate::common::sshd::Sshd;
-use deployer::cmd::{Cmd, Transport};
-use deployer::secret::Secret;
-use deployer::ssh::{SshAuth, SshError, SshSession, SshTarget};
+use deployer::hosting::ssh::{SshAuth, SshError, SshSession, SshTarget};
+use deployer::support::cmd::{Cmd, Transport};
+use deployer::support::secret::Secret;
 use std::time::Duration;
 
 fn target(sshd: &Sshd, known_hosts: &std::path::Path, accept_new: bool) -> SshTarget {
@@ -213,8 +213,8 @@ async fn a_pinned_host_key_is_checked_instead_of_known_hosts() {
     assert_eq!(msg.matches("SHA256:").count(), 2, "{msg}");
 }
 
-fn holder(job: &str) -> deployer::lock::Holder {
-    deployer::lock::Holder {
+fn holder(job: &str) -> deployer::support::flock::Holder {
+    deployer::support::flock::Holder {
         job_id: job.to_string(),
         pid: 1,
         actor: "someone@elsewhere".into(),
@@ -224,8 +224,8 @@ fn holder(job: &str) -> deployer::lock::Holder {
 
 #[tokio::test]
 async fn a_stale_remote_lock_has_exactly_one_new_holder_and_the_old_one_cannot_unlock_it() {
-    use deployer::host::Host;
-    use deployer::release::ServiceDirs;
+    use deployer::hosting::host::Host;
+    use deployer::hosting::release::ServiceDirs;
     let dir = tempfile::tempdir().unwrap();
     let sshd = Sshd::start(&dir.path().join("sshd"));
     let kh = dir.path().join("known_hosts");
@@ -240,7 +240,7 @@ async fn a_stale_remote_lock_has_exactly_one_new_holder_and_the_old_one_cannot_u
     let root = dir.path().join("base/web");
     let dirs = ServiceDirs { root: root.clone() };
     let lock_dir = root.join("deploy.lock.d");
-    let alive = |_: &deployer::lock::Holder| false;
+    let alive = |_: &deployer::support::flock::Holder| false;
     for round in 0..10 {
         // A lock whose holder stopped refreshing it 200 s ago.
         let _ = std::fs::remove_dir_all(&lock_dir);
@@ -294,8 +294,8 @@ async fn a_stale_remote_lock_has_exactly_one_new_holder_and_the_old_one_cannot_u
 async fn upload_host() -> (
     tempfile::TempDir,
     Sshd,
-    deployer::host::Host,
-    deployer::release::ServiceDirs,
+    deployer::hosting::host::Host,
+    deployer::hosting::release::ServiceDirs,
 ) {
     upload_host_with(|_| String::new()).await
 }
@@ -307,8 +307,8 @@ async fn upload_host_shadowing(
 ) -> (
     tempfile::TempDir,
     Sshd,
-    deployer::host::Host,
-    deployer::release::ServiceDirs,
+    deployer::hosting::host::Host,
+    deployer::hosting::release::ServiceDirs,
 ) {
     upload_host_with(|d| {
         let bin = d.join("shadow");
@@ -331,8 +331,8 @@ async fn upload_host_with(
 ) -> (
     tempfile::TempDir,
     Sshd,
-    deployer::host::Host,
-    deployer::release::ServiceDirs,
+    deployer::hosting::host::Host,
+    deployer::hosting::release::ServiceDirs,
 ) {
     let dir = tempfile::tempdir().unwrap();
     let sshd = Sshd::start_with(&dir.path().join("sshd"), &extra(dir.path()));
@@ -340,13 +340,13 @@ async fn upload_host_with(
     let session = SshSession::connect(&target(&sshd, &kh, true))
         .await
         .unwrap();
-    let dirs = deployer::release::ServiceDirs {
+    let dirs = deployer::hosting::release::ServiceDirs {
         root: dir.path().join("base/web"),
     };
     (
         dir,
         sshd,
-        deployer::host::Host::Ssh(Box::new(session)),
+        deployer::hosting::host::Host::Ssh(Box::new(session)),
         dirs,
     )
 }
@@ -456,8 +456,8 @@ async fn a_host_without_gnu_tar_gets_the_files_over_sftp_as_they_were() {
 
 async fn odd_names_arrive(
     dir: tempfile::TempDir,
-    host: deployer::host::Host,
-    dirs: deployer::release::ServiceDirs,
+    host: deployer::hosting::host::Host,
+    dirs: deployer::hosting::release::ServiceDirs,
 ) {
     use std::os::unix::fs::PermissionsExt;
     let src = dir.path().join("src");
@@ -495,8 +495,8 @@ async fn odd_names_arrive(
 /// release holds exactly the source's files and a manifest that says so.
 async fn three_releases(
     dir: &std::path::Path,
-    host: &deployer::host::Host,
-    dirs: &deployer::release::ServiceDirs,
+    host: &deployer::hosting::host::Host,
+    dirs: &deployer::hosting::release::ServiceDirs,
 ) {
     let src = dir.join("src");
     for i in 0..50 {
@@ -506,7 +506,7 @@ async fn three_releases(
     let none = |_: u64, _: u64| {};
     let manifest = |r: &str| {
         let text = std::fs::read(dirs.release(r).join(".deployer-manifest.json")).unwrap();
-        deployer::host::decode_manifest(&text).unwrap()
+        deployer::hosting::host::decode_manifest(&text).unwrap()
     };
     host.put_release(&src, dirs, "r1", None, &none)
         .await
@@ -518,7 +518,10 @@ async fn three_releases(
         .await
         .unwrap();
     assert_eq!((s.uploaded_files, s.linked_files), (1, 49), "{s:?}");
-    assert_eq!(manifest("r2"), deployer::host::manifest_of(&src).unwrap());
+    assert_eq!(
+        manifest("r2"),
+        deployer::hosting::host::manifest_of(&src).unwrap()
+    );
     assert_eq!(
         std::fs::read_to_string(dirs.release("r2").join("d3/f8")).unwrap(),
         "changed\n"
@@ -535,7 +538,10 @@ async fn three_releases(
         .await
         .unwrap();
     assert_eq!((s.uploaded_files, s.linked_files), (1, 49), "{s:?}");
-    assert_eq!(manifest("r3"), deployer::host::manifest_of(&src).unwrap());
+    assert_eq!(
+        manifest("r3"),
+        deployer::hosting::host::manifest_of(&src).unwrap()
+    );
     assert!(
         !dirs.release("r3").join("d0/f5").exists(),
         "a removed file came back"
@@ -577,17 +583,23 @@ async fn a_release_whose_manifest_is_too_long_for_a_command_line_still_arrives_w
     let manifest = |r: &str| {
         let text = std::fs::read(dirs.release(r).join(".deployer-manifest.json")).unwrap();
         assert!(text.len() > 64 << 10, "{} bytes", text.len());
-        deployer::host::decode_manifest(&text).unwrap()
+        deployer::hosting::host::decode_manifest(&text).unwrap()
     };
     host.put_release(&src, &dirs, "r1", None, &none)
         .await
         .unwrap();
-    assert_eq!(manifest("r1"), deployer::host::manifest_of(&src).unwrap());
+    assert_eq!(
+        manifest("r1"),
+        deployer::hosting::host::manifest_of(&src).unwrap()
+    );
     std::fs::write(src.join("static/d3/asset-00003.css"), "changed").unwrap();
     let s = host
         .put_release(&src, &dirs, "r2", Some("r1"), &none)
         .await
         .unwrap();
     assert_eq!((s.uploaded_files, s.linked_files), (1, 1499), "{s:?}");
-    assert_eq!(manifest("r2"), deployer::host::manifest_of(&src).unwrap());
+    assert_eq!(
+        manifest("r2"),
+        deployer::hosting::host::manifest_of(&src).unwrap()
+    );
 }

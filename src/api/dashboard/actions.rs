@@ -6,8 +6,8 @@
 use super::pages::{error_page, layout, login_page};
 use super::{COOKIE, SESSION_IDLE, Session, SessionId, csrf_ok, refused};
 use crate::api::{ApiError, Shared, guard};
+use crate::input::plan::DeployRequest;
 use crate::model::ReleaseStatus;
-use crate::plan::DeployRequest;
 use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -53,7 +53,7 @@ pub(super) async fn confirm(
     Path(service): Path<String>,
     Query(q): Query<ConfirmQuery>,
 ) -> Response {
-    if let Err(f) = crate::plan::validate_name(&service) {
+    if let Err(f) = crate::input::plan::validate_name(&service) {
         return error_page(f.into());
     }
     let Some((button, what)) = words(&q.action) else {
@@ -62,7 +62,9 @@ pub(super) async fn confirm(
             format!("no action '{}'", q.action),
         ));
     };
-    let release = q.release.filter(|r| crate::release::is_release_id(r));
+    let release = q
+        .release
+        .filter(|r| crate::hosting::release::is_release_id(r));
     if q.action == "rollback" && release.is_none() {
         return error_page(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -113,7 +115,7 @@ pub(super) async fn act(
             "the form's CSRF token is missing or wrong: reload the page and try again",
         );
     }
-    if let Err(f) = crate::plan::validate_name(&service) {
+    if let Err(f) = crate::input::plan::validate_name(&service) {
         return error_page(f.into());
     }
     match run(&state, &service, &action, form.release.as_deref()).await {
@@ -129,7 +131,7 @@ async fn run(
     action: &str,
     release: Option<&str>,
 ) -> Result<String, ApiError> {
-    let targets = crate::site::targets(&state.config, &[])?;
+    let targets = crate::hosting::site::targets(&state.config, &[])?;
     let engine = crate::api::engine(state, targets, std::time::Duration::from_secs(30));
     let said = |text: String| {
         let q: String = url_encode(&text);
@@ -138,13 +140,13 @@ async fn run(
     match action {
         "rollback" => {
             let release = release
-                .filter(|r| crate::release::is_release_id(r))
+                .filter(|r| crate::hosting::release::is_release_id(r))
                 .ok_or_else(|| {
                     ApiError::new(StatusCode::BAD_REQUEST, "which release? (release=…)")
                 })?;
             let _slot = state.queue_slot()?;
             let job = engine
-                .rollback(service, Some(release), &crate::output::Quiet)
+                .rollback(service, Some(release), &crate::render::output::Quiet)
                 .await?;
             state.jobs.ended(&job);
             Ok(format!("/jobs/{}", job.deploy_job_id))

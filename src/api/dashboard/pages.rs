@@ -72,7 +72,7 @@ pub(super) fn error_page(e: ApiError) -> Response {
 /// The monitor's look at every service and host, or the error page.
 async fn snapshot(state: &Shared) -> Result<Snapshot, Response> {
     let look = async {
-        let targets = crate::site::targets(&state.config, &[])?;
+        let targets = crate::hosting::site::targets(&state.config, &[])?;
         let engine = crate::api::engine(state, targets, std::time::Duration::from_secs(5));
         Ok::<_, ApiError>(engine.monitor().await?)
     };
@@ -157,7 +157,7 @@ pub(super) async fn service(
     Path(name): Path<String>,
     Query(q): Query<std::collections::HashMap<String, String>>,
 ) -> Response {
-    if let Err(f) = crate::plan::validate_name(&name) {
+    if let Err(f) = crate::input::plan::validate_name(&name) {
         return error_page(f.into());
     }
     let releases = state.store.releases(&name).await.unwrap_or_default();
@@ -327,7 +327,7 @@ pub(super) async fn hosts(
     let rows: Vec<Vec<String>> = snap
         .hosts
         .iter()
-        .map(crate::output::monitor::host_row)
+        .map(crate::render::output::monitor::host_row)
         .collect();
     let body = html! {
         h1 { "Hosts" }

@@ -4,9 +4,9 @@
 //! stops (exit 16).
 
 use super::{Done, Step, StepCx, StepError};
-use crate::backup::BackupEnv;
-use crate::error::FailureKind;
+use crate::hosting::backup::BackupEnv;
 use crate::model::*;
+use crate::support::error::FailureKind;
 use futures_util::future::BoxFuture;
 
 pub(in crate::engine) struct Backup;
@@ -55,15 +55,20 @@ impl Step for Backup {
                 env: ctx.base_env(),
                 secrets: ctx.secrets.clone(),
             };
-            let taken =
-                crate::backup::take(&cx.site.host, &cx.dirs, spec, cx.previous.as_deref(), &env)
-                    .await
-                    .map_err(|e| StepError::new(FailureKind::Backup, e))?;
+            let taken = crate::hosting::backup::take(
+                &cx.site.host,
+                &cx.dirs,
+                spec,
+                cx.previous.as_deref(),
+                &env,
+            )
+            .await
+            .map_err(|e| StepError::new(FailureKind::Backup, e))?;
             cx.backup = Some(taken.id.clone());
             Ok(Done::shown(format!(
                 "backup {} ({}) verified",
                 taken.id,
-                crate::host::human_bytes(taken.size)
+                crate::hosting::host::human_bytes(taken.size)
             )))
         })
     }
@@ -85,7 +90,7 @@ pub(in crate::engine) async fn restore_taken(cx: &StepCx<'_>) -> Option<String> 
         secrets: ctx.secrets.clone(),
     };
     Some(
-        match crate::backup::restore(&cx.site.host, &cx.dirs, spec, id, &env).await {
+        match crate::hosting::backup::restore(&cx.site.host, &cx.dirs, spec, id, &env).await {
             Ok(()) => format!("backup {id} restored"),
             Err(e) => format!("restoring backup {id} FAILED: {e}"),
         },

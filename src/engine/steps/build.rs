@@ -3,10 +3,10 @@
 //! built (the command's output goes with the release's files).
 
 use super::{Done, Step, StepCx, StepError, Undo};
-use crate::cmd::{Cmd, ExecError, Transport};
-use crate::error::FailureKind;
+use crate::hosting::runtime::ReleaseCtx;
 use crate::model::*;
-use crate::runtime::ReleaseCtx;
+use crate::support::cmd::{Cmd, ExecError, Transport};
+use crate::support::error::FailureKind;
 use futures_util::future::BoxFuture;
 use std::time::Duration;
 

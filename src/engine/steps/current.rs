@@ -4,8 +4,8 @@
 //! here a failure no longer rolls back.
 
 use super::{Done, Step, StepCx, StepError};
-use crate::error::FailureKind;
 use crate::model::*;
+use crate::support::error::FailureKind;
 use futures_util::future::BoxFuture;
 
 pub(in crate::engine) struct SwitchCurrent;
@@ -133,8 +133,8 @@ async fn prune(cx: &StepCx<'_>, current: &str) {
     }
     if cx.work.spec.python.is_some() {
         // The venvs only removed releases linked go with them.
-        let script = crate::python::prune_script(&cx.dirs.root);
-        let cmd = crate::cmd::Cmd::new("sh").args(["-c", &script]);
+        let script = crate::hosting::python::prune_script(&cx.dirs.root);
+        let cmd = crate::support::cmd::Cmd::new("sh").args(["-c", &script]);
         let _ = cx
             .site
             .host

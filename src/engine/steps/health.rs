@@ -4,11 +4,11 @@
 //! rollout's revert.
 
 use super::{Done, Step, StepCx, StepError};
-use crate::error::FailureKind;
-use crate::health::{HealthCheck, Probe, Unhealthy};
+use crate::hosting::health::{HealthCheck, Probe, Unhealthy};
+use crate::hosting::runtime::{ReleaseCtx, RuntimeError};
+use crate::hosting::site::Site;
 use crate::model::*;
-use crate::runtime::{ReleaseCtx, RuntimeError};
-use crate::site::Site;
+use crate::support::error::FailureKind;
 use futures_util::future::BoxFuture;
 use std::time::Duration;
 
@@ -72,7 +72,7 @@ pub(in crate::engine) enum RestartError {
     #[error(transparent)]
     Unhealthy(#[from] Unhealthy),
     #[error(transparent)]
-    NotOurs(#[from] crate::runtime::PortError),
+    NotOurs(#[from] crate::hosting::runtime::PortError),
 }
 
 /// One quick look at a running release's health (`deployer check`): up to
@@ -112,7 +112,10 @@ pub(in crate::engine) async fn restart_and_verify(
 
 /// That the release itself holds its port (what answered the health
 /// check is not a process an earlier, killed deployer left behind).
-async fn answered_by(site: &Site, ctx: &ReleaseCtx) -> Result<(), crate::runtime::PortError> {
+async fn answered_by(
+    site: &Site,
+    ctx: &ReleaseCtx,
+) -> Result<(), crate::hosting::runtime::PortError> {
     let runtime = site.runtime(ctx.spec.runtime);
     if runtime.holds_port(ctx).await {
         return Ok(());

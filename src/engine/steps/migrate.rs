@@ -5,9 +5,9 @@
 //! image. A failure leaves the old release running (exit 15).
 
 use super::{Done, Step, StepCx, StepError};
-use crate::cmd::Cmd;
-use crate::error::FailureKind;
 use crate::model::*;
+use crate::support::cmd::Cmd;
+use crate::support::error::FailureKind;
 use futures_util::future::BoxFuture;
 use std::time::Duration;
 
@@ -50,7 +50,7 @@ impl Step for Migrate {
             let ctx = cx.new_release();
             // A swarm release's image is on the manager too, as NAME:RELEASE.
             let cmd = if !ctx.spec.runtime.on_host() {
-                crate::runtime::docker::one_off_cmd(&ctx, command)
+                crate::hosting::runtime::docker::one_off_cmd(&ctx, command)
             } else {
                 let mut cmd = Cmd::new("/bin/sh").args(["-c", command]).cwd(ctx.dir());
                 for (k, v) in ctx.base_env() {

@@ -33,13 +33,13 @@ pub(super) use health::{look, restart_and_verify};
 pub(super) use start::stop_all;
 
 use super::{Engine, Event, Sink, Source, Work};
-use crate::error::FailureKind;
+use crate::hosting::release::ServiceDirs;
+use crate::hosting::runtime::{ReleaseCtx, Runtime};
+use crate::hosting::site::Site;
 use crate::model::*;
-use crate::release::ServiceDirs;
-use crate::runtime::{ReleaseCtx, Runtime};
-use crate::secret::{Redactor, Secret};
-use crate::site::Site;
 use crate::store::Store;
+use crate::support::error::FailureKind;
+use crate::support::secret::{Redactor, Secret};
 use futures_util::future::BoxFuture;
 
 /// Every step of a deploy or rollback, in the order they run. Validation

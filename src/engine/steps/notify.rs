@@ -40,8 +40,13 @@ impl JobStep for Announce {
             if engine.config.notify.is_empty() && reported.is_none() {
                 return Ok(Done::quiet("nothing to announce"));
             }
-            let mut sent =
-                crate::notify::announce(&engine.http, &engine.config, &cx.job, &cx.redactor).await;
+            let mut sent = crate::integrations::notify::announce(
+                &engine.http,
+                &engine.config,
+                &cx.job,
+                &cx.redactor,
+            )
+            .await;
             sent.extend(reported);
             for n in sent.iter().filter(|n| !n.delivered) {
                 let why = n.error.as_deref().unwrap_or("");
@@ -93,8 +98,13 @@ async fn report_rollback(cx: &JobCx<'_>) -> Option<Notification> {
         "at": Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     });
     let token = engine.config.registry_token.as_ref().map(|t| t.expose());
-    let sent =
-        crate::registry::report_event(&engine.http, url.trim_end_matches('/'), &event, token).await;
+    let sent = crate::integrations::registry_client::report_event(
+        &engine.http,
+        url.trim_end_matches('/'),
+        &event,
+        token,
+    )
+    .await;
     Some(Notification {
         kind: "registry".into(),
         event: "rollback".into(),

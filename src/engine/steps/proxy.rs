@@ -5,11 +5,11 @@
 //! have in flight and stop, in the background, off the job's path.
 
 use super::{Done, Step, StepCx, StepError, Undo};
-use crate::cmd::Cmd;
-use crate::error::FailureKind;
+use crate::hosting::proxy::{self, ProxyDirs};
+use crate::hosting::site::Site;
 use crate::model::*;
-use crate::proxy::{self, ProxyDirs};
-use crate::site::Site;
+use crate::support::cmd::Cmd;
+use crate::support::error::FailureKind;
 use futures_util::future::BoxFuture;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ fn dirs(site: &Site) -> ProxyDirs {
 #[derive(Debug, thiserror::Error)]
 pub(in crate::engine) enum ProxyError {
     #[error(transparent)]
-    Host(#[from] crate::host::HostError),
+    Host(#[from] crate::hosting::host::HostError),
     /// A command on the host failed: what it said.
     #[error("{said}")]
     Command { said: String },
@@ -202,7 +202,7 @@ async fn stop_unproxied(cx: &StepCx<'_>) {
 /// `None` when the host cannot say.
 pub(in crate::engine) async fn drains(
     site: &Site,
-    dirs: &crate::release::ServiceDirs,
+    dirs: &crate::hosting::release::ServiceDirs,
 ) -> Option<(i64, std::collections::HashMap<String, i64>)> {
     let script = proxy::drains_script(&dirs.root);
     let out = run(site, &Cmd::new("sh").args(["-c", &script]), ADMIN_TIMEOUT)
@@ -230,7 +230,7 @@ pub(in crate::engine) async fn drains(
 /// Removes a release's drain record on a host (it has stopped).
 pub(in crate::engine) async fn forget_drain(
     site: &Site,
-    dirs: &crate::release::ServiceDirs,
+    dirs: &crate::hosting::release::ServiceDirs,
     release: &str,
 ) {
     let file = dirs.drain_file(release);
@@ -252,7 +252,7 @@ pub(in crate::engine) async fn ensure_tls(site: &Site, spec: &ProxySpec) -> Resu
 /// does already.
 pub(in crate::engine) async fn point_at_current(
     site: &Site,
-    ctx: &crate::runtime::ReleaseCtx,
+    ctx: &crate::hosting::runtime::ReleaseCtx,
 ) -> Result<(), ProxyError> {
     let Some(spec) = &ctx.spec.proxy else {
         return Ok(());
@@ -332,7 +332,8 @@ impl Step for DrainOld {
             };
             let new = cx.release.clone().unwrap_or_default();
             let until = chrono::Utc::now().timestamp() + spec.drain_secs as i64;
-            let local = crate::release::ServiceDirs::new(&cx.engine.state_dir, &cx.work.service);
+            let local =
+                crate::hosting::release::ServiceDirs::new(&cx.engine.state_dir, &cx.work.service);
             if let Err(e) = local.note_drain(until) {
                 cx.note(&format!("warning: recording the drain: {e}"));
             }

@@ -5,9 +5,9 @@
 //! release is untouched.
 
 use super::{Done, Step, StepCx, StepError};
-use crate::cmd::Cmd;
-use crate::error::FailureKind;
 use crate::model::*;
+use crate::support::cmd::Cmd;
+use crate::support::error::FailureKind;
 use futures_util::future::BoxFuture;
 use std::time::{Duration, Instant};
 
@@ -58,11 +58,11 @@ impl Step for PythonDeps {
             let dir = cx.new_release().dir();
             let venvs = cx.dirs.root.join("venvs");
             let cache = cx.dirs.root.join("cache/pip");
-            let at = crate::python::VenvDirs {
+            let at = crate::hosting::python::VenvDirs {
                 venvs: &venvs,
                 cache: &cache,
             };
-            let script = crate::python::deps_script(&dir, &spec, &at, true);
+            let script = crate::hosting::python::deps_script(&dir, &spec, &at, true);
             let out = cx
                 .site
                 .host
@@ -75,7 +75,7 @@ impl Step for PythonDeps {
                     format!("installing {} failed:\n{}", spec.deps, out.tail(12)),
                 ));
             }
-            let (how, _) = crate::python::parse_output(&out.stdout);
+            let (how, _) = crate::hosting::python::parse_output(&out.stdout);
             Ok(Done::shown(format!(
                 "Python dependencies ({}) {how} in {:.1} s",
                 spec.deps,

@@ -3,9 +3,9 @@
 //! current.
 
 use super::{Done, JobCx, JobStep, StepError};
-use crate::error::FailureKind;
+use crate::input::plan::RegisterPlan;
 use crate::model::*;
-use crate::plan::RegisterPlan;
+use crate::support::error::FailureKind;
 use futures_util::future::BoxFuture;
 
 pub(in crate::engine) struct Register;
@@ -46,7 +46,7 @@ impl JobStep for Register {
                 return Ok(Done::quiet("not registered"));
             };
             let engine = cx.engine;
-            let registered = crate::registry::register(
+            let registered = crate::integrations::registry_client::register(
                 &engine.http,
                 registry_url,
                 *droplet_id,

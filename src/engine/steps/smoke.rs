@@ -4,9 +4,9 @@
 //! health check (exit 4).
 
 use super::{Done, Step, StepCx, StepError};
-use crate::config::SmokeCheck;
-use crate::error::FailureKind;
+use crate::input::config::SmokeCheck;
 use crate::model::*;
+use crate::support::error::FailureKind;
 use futures_util::future::BoxFuture;
 use std::time::{Duration, Instant};
 
@@ -84,7 +84,7 @@ enum SmokeError {
     #[error("no answer: {0}")]
     NoAnswer(#[from] reqwest::Error),
     #[error("{0}")]
-    OnHost(#[from] crate::cmd::ExecError),
+    OnHost(#[from] crate::support::cmd::ExecError),
     #[error("answered {got} (expected {want})")]
     Status { got: u16, want: u16 },
     #[error("the body does not contain {text:?} (it starts {start:?})")]
@@ -125,7 +125,7 @@ async fn over_http(
 
 /// The request made with curl on the target (for ports only it can reach).
 async fn on_host(cx: &StepCx<'_>, check: &SmokeCheck) -> Result<Answer, SmokeError> {
-    use crate::cmd::{Cmd, Transport};
+    use crate::support::cmd::{Cmd, Transport};
     let url = format!("http://127.0.0.1:{}{}", cx.work.spec.port, check.path);
     let cmd = Cmd::new("curl").args([
         "-s",

@@ -3,10 +3,10 @@
 //! healthy), and stop the new one.
 
 use super::{Done, Step, StepCx, StepError, Undo};
-use crate::error::{Failure, FailureKind};
+use crate::hosting::runtime::ReleaseCtx;
+use crate::hosting::site::Site;
 use crate::model::*;
-use crate::runtime::ReleaseCtx;
-use crate::site::Site;
+use crate::support::error::{Failure, FailureKind};
 use futures_util::future::BoxFuture;
 
 pub(in crate::engine) struct StopOld;

@@ -6,10 +6,10 @@
 //! the job created is removed.
 
 use super::{Done, Step, StepCx, StepError, Undo};
-use crate::error::FailureKind;
+use crate::hosting::runtime::swarm::{Progress, SwarmRuntime};
+use crate::hosting::runtime::{ReleaseCtx, RuntimeError};
 use crate::model::*;
-use crate::runtime::swarm::{Progress, SwarmRuntime};
-use crate::runtime::{ReleaseCtx, RuntimeError};
+use crate::support::error::FailureKind;
 use futures_util::future::BoxFuture;
 
 /// Start Service for a swarm release.
@@ -57,7 +57,7 @@ impl Step for Converge {
         let ctx = cx.new_release();
         format!(
             "follow the update until {} task(s) of release {} run healthy (at most {} s), or Swarm rolls it back",
-            crate::runtime::swarm::spec(&ctx).replicas,
+            crate::hosting::runtime::swarm::spec(&ctx).replicas,
             ctx.release,
             SwarmRuntime::update_limit(&ctx).as_secs()
         )

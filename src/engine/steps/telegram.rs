@@ -3,7 +3,7 @@
 //! `report = true`. Recorded in the job's notifications like any message.
 
 use super::{Done, JobCx, JobStep, StepError};
-use crate::config::{NotifyConfig, NotifyKind};
+use crate::input::config::{NotifyConfig, NotifyKind};
 use crate::model::{Job, Notification, PhaseName};
 use futures_util::future::BoxFuture;
 
@@ -20,9 +20,11 @@ fn chats<'a>(cx: &'a JobCx<'_>) -> impl Iterator<Item = &'a NotifyConfig> {
         .filter(|n| n.kind == NotifyKind::Telegram && n.report)
 }
 
-/// The message: the job's text report, cut to what Telegram takes.
+/// The message: the job's text report (without a terminal's colours),
+/// cut to what Telegram takes.
 fn message(job: &Job) -> String {
-    let text = crate::report::text(job);
+    let report = crate::render::report::text(job);
+    let text = anstream::adapter::strip_str(&report).to_string();
     match text.char_indices().nth(LIMIT - 1) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text,
@@ -53,7 +55,7 @@ impl JobStep for TelegramReport {
             let text = cx.redactor.redact(&message(&cx.job));
             let mut sent = Vec::new();
             for chat in chats(cx) {
-                let request = crate::notify::telegram(chat, &cx.engine.config, &text);
+                let request = crate::integrations::notify::telegram(chat, &cx.engine.config, &text);
                 let mut record = Notification {
                     kind: "telegram".into(),
                     event: "report".into(),
@@ -61,7 +63,13 @@ impl JobStep for TelegramReport {
                     attempts: 0,
                     error: None,
                 };
-                crate::notify::send(&cx.engine.http, request, &cx.redactor, &mut record).await;
+                crate::integrations::notify::send(
+                    &cx.engine.http,
+                    request,
+                    &cx.redactor,
+                    &mut record,
+                )
+                .await;
                 sent.push(record);
             }
             let delivered = sent.iter().filter(|n| n.delivered).count();

@@ -73,6 +73,10 @@ async fn the_report_reaches_the_chat_and_the_job_records_it() {
     assert!(request.contains("\"chat_id\":\"42\""), "{request}");
     assert!(request.contains("deploy of web"), "the report: {request}");
     assert!(request.contains("outcome: succeeded: release r-2 is current"));
+    assert!(
+        !request.contains('\u{1b}'),
+        "no terminal colours: {request}"
+    );
     let sent = &cx.job.notifications[0];
     assert_eq!(
         (sent.kind.as_str(), sent.event.as_str()),

@@ -4,10 +4,10 @@
 //! output's tail and the pass/fail counts stay with the job.
 
 use super::{Done, Step, StepCx, StepError};
-use crate::cmd::{Cmd, LocalTransport, Transport};
 use crate::engine::Source;
-use crate::error::FailureKind;
 use crate::model::*;
+use crate::support::cmd::{Cmd, LocalTransport, Transport};
+use crate::support::error::FailureKind;
 use futures_util::future::BoxFuture;
 use std::time::Duration;
 
@@ -73,11 +73,11 @@ async fn local_venv(
 ) -> Result<String, StepError> {
     let dirs = cx.local_dirs();
     let (venvs, cache) = (dirs.root.join("venvs"), dirs.root.join("cache/pip"));
-    let at = crate::python::VenvDirs {
+    let at = crate::hosting::python::VenvDirs {
         venvs: &venvs,
         cache: &cache,
     };
-    let script = crate::python::deps_script(src, spec, &at, false);
+    let script = crate::hosting::python::deps_script(src, spec, &at, false);
     let out = LocalTransport
         .exec(
             &Cmd::new("sh").args(["-c", &script]),
@@ -85,7 +85,7 @@ async fn local_venv(
         )
         .await
         .map_err(|e| StepError::new(FailureKind::Tests, e))?;
-    match crate::python::parse_output(&out.stdout) {
+    match crate::hosting::python::parse_output(&out.stdout) {
         (_, Some(venv)) if out.success() => Ok(venv),
         _ => Err(StepError::new(
             FailureKind::Tests,
@@ -168,7 +168,7 @@ async fn run_tests(
     } else {
         format!(": {counts}")
     };
-    let tail = crate::cmd::tail_lines(&text, TAIL_LINES);
+    let tail = crate::support::cmd::tail_lines(&text, TAIL_LINES);
     if out.success() {
         return Ok(Done {
             output: Some(tail),

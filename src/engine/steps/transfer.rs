@@ -3,9 +3,9 @@
 
 use super::{Done, Step, StepCx, StepError, Undo};
 use crate::engine::{Event, Source};
-use crate::error::FailureKind;
+use crate::hosting::release;
 use crate::model::*;
-use crate::release;
+use crate::support::error::FailureKind;
 use chrono::Utc;
 use futures_util::future::BoxFuture;
 use std::path::Path;
@@ -64,7 +64,7 @@ enum UploadError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Host(#[from] crate::host::HostError),
+    Host(#[from] crate::hosting::host::HostError),
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
 }
@@ -106,7 +106,7 @@ async fn upload(cx: &mut StepCx<'_>, src: &Path) -> Result<(String, String), Upl
             path: cx.local_dirs().env_values_file(&id).display().to_string(),
             source,
         })?;
-    let size = crate::host::human_bytes(stats.bytes);
+    let size = crate::hosting::host::human_bytes(stats.bytes);
     let to = cx.dirs.release(&id);
     let details = if cx.site.host.is_local() {
         format!("{} files ({size}) copied to {}", stats.files, to.display())
@@ -117,7 +117,7 @@ async fn upload(cx: &mut StepCx<'_>, src: &Path) -> Result<(String, String), Upl
             to.display(),
             cx.site.host.name(),
             stats.uploaded_files,
-            crate::host::human_bytes(stats.uploaded_bytes),
+            crate::hosting::host::human_bytes(stats.uploaded_bytes),
             stats.linked_files
         )
     };
