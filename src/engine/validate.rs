@@ -66,19 +66,24 @@ pub(super) async fn connect_all(
 }
 
 /// Validation on every host; the phase fails if any host fails it.
-/// Resolves `auto` to the method the hosts can run.
+/// Resolves `auto` on each host to the method that host can run: the
+/// runtimes returned are the hosts', in their order.
 pub(super) async fn all(
     sites: &[Site],
     plan: &mut Plan,
     sink: &dyn Sink,
-) -> Result<Phase, Failure> {
+) -> Result<(Phase, Vec<RuntimeKind>), Failure> {
     // Timed from here: waiting for the lock is not validating.
     let started = Utc::now();
     let redactor = plan.redactor();
     let mut details = Vec::new();
+    let mut runtimes = Vec::with_capacity(sites.len());
     for site in sites {
         match one(site, plan).await {
-            Ok(d) => details.push(d),
+            Ok((d, runtime)) => {
+                details.push(d);
+                runtimes.push(runtime);
+            }
             Err(e) => {
                 let e = if sites.len() > 1 {
                     format!("{}: {e}", site.host.name())
@@ -106,7 +111,7 @@ pub(super) async fn all(
         redactor.redact(&details.join("; ")),
     ));
     sink.event(&Event::PhaseFinished(&passed.view()));
-    Ok(passed)
+    Ok((passed, runtimes))
 }
 
 /// Why a host cannot take the deploy.
@@ -177,7 +182,7 @@ async fn runtime(site: &Site, method: Method) -> Result<RuntimeKind, Refusal> {
 }
 
 /// Validation on one host.
-async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
+async fn one(site: &Site, plan: &mut Plan) -> Result<(String, RuntimeKind), Refusal> {
     site.remember_running(None);
     // What holds the port is asked while the runtime is checked (`docker
     // ps` need not wait for `docker info`).
@@ -191,7 +196,6 @@ async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
     };
     let (runtime, holders) = tokio::join!(runtime(site, plan.method), holders);
     let runtime = runtime?;
-    plan.spec.runtime = runtime;
     // A release on the host itself starts with a command; one in a
     // container is built from a Dockerfile.
     if runtime.on_host() {
@@ -234,11 +238,12 @@ async fn one(site: &Site, plan: &mut Plan) -> Result<String, Refusal> {
         ),
         None => python,
     };
-    Ok(format!(
+    let said = format!(
         "Service files validated: method {} on {}, {port_note}{python}",
         runtime.as_str(),
         site.host.name()
-    ))
+    );
+    Ok((said, runtime))
 }
 
 /// The service's port is free, or held by this service itself.
