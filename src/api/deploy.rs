@@ -2,7 +2,7 @@
 //! read a job, roll back, a service's history, and a job's live events.
 
 use super::{ApiError, Shared};
-use crate::engine::{Engine, Event, Sink, StreamEvent};
+use crate::engine::{Engine, StreamEvent};
 use crate::input::plan::{DeployRequest, Plan};
 use crate::model::{Job, JobView, PhaseStatus};
 use crate::support::error::FailureKind;
@@ -134,7 +134,7 @@ pub(super) async fn submit(
     pipeline: Option<Option<String>>,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     check_allowed(&state, &req)?;
-    let slot = state.queue_slot()?;
+    let place = state.queue.place()?;
     crate::input::plan::check_requested_secrets(&req.secrets, &state.config)?;
     let secret_env = crate::input::plan::listed_secrets_only(&state.config);
     let mut plan = Plan::build(&req, &state.config, &secret_env)?;
@@ -144,16 +144,21 @@ pub(super) async fn submit(
     let engine = engine_for(&state, &plan.hosts)?;
     // On disk before the 202: a crash from here on leaves a job to find.
     let job = engine.accept(&plan).await?;
-    let (tx, _) = broadcast::channel(1024);
-    let id = job.deploy_job_id.clone();
-    state.events.lock().unwrap().insert(id.clone(), tx.clone());
     let accepted = Accepted {
-        deploy_job_id: id,
+        deploy_job_id: job.deploy_job_id.clone(),
         service_name: job.service_name.clone(),
         status: "pending".into(),
         created_at: job.started_at,
     };
-    tokio::spawn(run(state.clone(), engine, plan, job, tx, slot));
+    state.metrics.job_started();
+    let ended = {
+        let state = state.clone();
+        move |job: &Job| {
+            state.metrics.job_finished(job);
+            state.jobs.ended(job);
+        }
+    };
+    state.queue.run(engine, plan, job, place, ended);
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
@@ -195,37 +200,6 @@ fn check_allowed(state: &Shared, req: &DeployRequest) -> Result<(), ApiError> {
             ),
         ))
     }
-}
-
-/// Sends a job's events to its live stream.
-struct ApiSink {
-    tx: broadcast::Sender<StreamEvent>,
-}
-
-impl Sink for ApiSink {
-    fn event(&self, e: &Event) {
-        // The stream's closing `done` carries the job as stored, sent below.
-        if !matches!(e, Event::JobFinished(_)) {
-            let _ = self.tx.send(StreamEvent::from_event(e));
-        }
-    }
-}
-
-async fn run(
-    state: Shared,
-    engine: Engine,
-    plan: Plan,
-    accepted: Job,
-    tx: broadcast::Sender<StreamEvent>,
-    _slot: super::QueueSlot,
-) {
-    state.metrics.job_started();
-    let sink = ApiSink { tx: tx.clone() };
-    let job = engine.submit(plan, &accepted, &sink).await;
-    state.metrics.job_finished(&job);
-    state.jobs.ended(&job);
-    let _ = tx.send(StreamEvent::Done { job: Box::new(job) });
-    state.events.lock().unwrap().remove(&accepted.deploy_job_id);
 }
 
 /// A deploy job with its phases.
@@ -327,7 +301,7 @@ pub async fn rollback(
         .job(&job_id)
         .await?
         .ok_or_else(|| ApiError::new(StatusCode::NOT_FOUND, format!("no job '{job_id}'")))?;
-    let _slot = state.queue_slot()?;
+    let _place = state.queue.place()?;
     let engine = engine_for(&state, &[])?;
     let quiet = crate::render::output::Quiet;
     let done = engine
@@ -368,12 +342,7 @@ pub async fn events(
     Sse<impl futures_util::Stream<Item = Result<SseEvent, std::convert::Infallible>>>,
     ApiError,
 > {
-    let rx = state
-        .events
-        .lock()
-        .unwrap()
-        .get(&job_id)
-        .map(|tx| tx.subscribe());
+    let rx = state.queue.subscribe(&job_id);
     let job = state
         .store
         .job(&job_id)

@@ -25,11 +25,9 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use tokio::sync::{Semaphore, broadcast};
+use std::sync::Arc;
 
 /// Largest request body accepted.
 pub const BODY_LIMIT: usize = 1024 * 1024;
@@ -60,11 +58,9 @@ pub struct AppState {
     pub state_dir: PathBuf,
     pub store: Store,
     pub options: ServeOptions,
-    pub workers: Arc<Semaphore>,
-    /// Jobs accepted and not yet finished.
-    pub queued: Arc<std::sync::atomic::AtomicUsize>,
-    /// Live event streams of running jobs, by job id.
-    pub events: Mutex<HashMap<String, broadcast::Sender<crate::engine::StreamEvent>>>,
+    /// The jobs accepted to run in the background, their workers and
+    /// live events (the engine's).
+    pub queue: Arc<crate::engine::JobQueue>,
     pub started: std::time::Instant,
     /// The address the server answers on (for its own built-in registry).
     pub base_url: String,
@@ -167,6 +163,12 @@ impl From<Failure> for ApiError {
     }
 }
 
+impl From<crate::engine::QueueFull> for ApiError {
+    fn from(full: crate::engine::QueueFull) -> Self {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, full.to_string())
+    }
+}
+
 impl From<crate::store::StoreError> for ApiError {
     fn from(e: crate::store::StoreError) -> Self {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
@@ -237,37 +239,6 @@ async fn recover(state: Shared, first: Vec<String>) {
     }
 }
 
-/// A job's place in the server's bounded queue, given back when dropped.
-pub struct QueueSlot(Arc<std::sync::atomic::AtomicUsize>);
-
-impl Drop for QueueSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
-impl AppState {
-    /// A place in the queue of accepted jobs, or 429 when it is full.
-    pub fn queue_slot(&self) -> Result<QueueSlot, ApiError> {
-        use std::sync::atomic::Ordering;
-        let max = self.options.max_queued.max(1);
-        let taken = self
-            .queued
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
-                (n < max).then_some(n + 1)
-            });
-        match taken {
-            Ok(_) => Ok(QueueSlot(self.queued.clone())),
-            Err(n) => Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "{n} deploys are queued already (the most this server takes); try again later"
-                ),
-            )),
-        }
-    }
-}
-
 /// An engine writing to the server's store, recording its jobs as run by
 /// `api@HOST`; its jobs run on the server's workers.
 fn engine(
@@ -280,27 +251,23 @@ fn engine(
         .nth(1)
         .unwrap_or("localhost")
         .to_string();
-    crate::engine::Engine::new(
+    let engine = crate::engine::Engine::new(
         state.config.clone(),
         state.state_dir.clone(),
         lock_wait,
         targets,
     )
     .with_store(state.store.clone())
-    .with_actor(format!("api@{host}"))
-    .with_gate(state.workers.clone())
+    .with_actor(format!("api@{host}"));
+    state.queue.engine(engine)
 }
 
-/// Backs up every service each day at `[api] snapshot_at` (each run's
-/// results in the audit log, a run that could not start too).
-async fn daily_snapshots(state: Shared, daily: crate::engine::Daily) {
-    while let Some(next) = daily.next_after(chrono::Utc::now()) {
-        let wait = (next - chrono::Utc::now()).to_std().unwrap_or_default();
-        tokio::time::sleep(wait).await;
-        if let Ok(targets) = crate::hosting::site::targets(&state.config, &[]) {
-            let engine = engine(&state, targets, std::time::Duration::from_secs(600));
-            engine.scheduled_snapshot().await;
-        }
+/// Backs up every service (each run's results in the audit log, a run
+/// that could not start too).
+async fn snapshot(state: Shared) {
+    if let Ok(targets) = crate::hosting::site::targets(&state.config, &[]) {
+        let engine = engine(&state, targets, std::time::Duration::from_secs(600));
+        engine.scheduled_snapshot().await;
     }
 }
 
@@ -344,10 +311,8 @@ pub async fn serve(
         token,
         state_dir,
         store,
-        workers: Arc::new(Semaphore::new(options.workers.max(1))),
-        queued: Default::default(),
+        queue: crate::engine::JobQueue::new(options.workers, options.max_queued),
         options,
-        events: Mutex::new(HashMap::new()),
         started: std::time::Instant::now(),
         base_url,
         metrics: Default::default(),
@@ -358,7 +323,8 @@ pub async fn serve(
     tokio::spawn(recover(state.clone(), interrupted.clone()));
     if let Some(at) = &state.config.api.snapshot_at {
         let daily = crate::engine::Daily::parse(at)?;
-        tokio::spawn(daily_snapshots(state.clone(), daily));
+        let state = state.clone();
+        tokio::spawn(daily.every_day(move || snapshot(state.clone())));
     }
     started(&Started {
         addr,

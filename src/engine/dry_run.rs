@@ -33,7 +33,7 @@ impl Engine {
     ) -> Result<Vec<PlannedStep>, Failure> {
         let sites = validate::connect_all(&self.targets, &self.state_dir, &plan, sink).await?;
         let result = async {
-            let (_, runtimes) = validate::all(&sites, &mut plan, sink).await?;
+            validate::all(&sites, &mut plan, sink).await?;
             // Earlier releases are read from the store when there is one;
             // none is made.
             let store = if self.state_dir.join("deployer.db").exists() {
@@ -41,12 +41,11 @@ impl Engine {
             } else {
                 Store::in_memory().await?
             };
-            let work = Work::from_plan(plan, runtimes);
+            let work = Work::from_plan(plan);
             let (host_steps, job_steps) = steps::split(steps::deploy_steps());
             let mut planned = Vec::new();
-            for (i, site) in sites.iter().enumerate() {
-                let host_work = work.on_host(i);
-                let mut cx = StepCx::new(self, site, &store, sink, &host_work);
+            for site in &sites {
+                let mut cx = StepCx::new(self, site, &store, sink, &work);
                 cx.previous = site.host.current(&cx.dirs).await;
                 if matches!(work.source, Source::Dir(_)) {
                     cx.release = Some(NEW_RELEASE.into());

@@ -41,11 +41,17 @@ impl Engine {
                 completed_at,
             },
         };
+        // What the hosts' failure left unreached (a rollout's Register).
+        let reason = match job.hosts.is_empty() {
+            true => "not run: the job failed",
+            false => "not run: the rollout failed",
+        };
         for phase in job.phases.iter_mut() {
             if phase.status() == PhaseStatus::Pending {
                 phase.state = PhaseState::Skipped {
-                    reason: "not run: the job failed".into(),
+                    reason: reason.into(),
                 };
+                book.sink.event(&Event::PhaseFinished(&phase.view()));
             }
         }
         let entry = AuditEntry {

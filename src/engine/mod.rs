@@ -27,6 +27,8 @@ mod lifecycle;
 mod locks;
 mod monitor;
 mod pause;
+mod queue;
+pub use queue::{JobQueue, Place, QueueFull};
 mod records;
 mod recover;
 mod rollout;
@@ -424,7 +426,6 @@ impl Engine {
             service: service.to_string(),
             service_path: target_job.map(|j| j.service_path).unwrap_or_default(),
             method: target.spec.runtime.as_str().to_string(),
-            host_runtimes: Vec::new(),
             service_url: format!("http://{address}:{}", target.spec.public_port()),
             spec: target.spec.clone(),
             secrets,
@@ -485,7 +486,7 @@ impl Engine {
             if early.is_some() {
                 place = self.enter_gate().await;
             }
-            let (mut validation, runtimes) = validate::all(&sites, &mut plan, sink).await?;
+            let mut validation = validate::all(&sites, &mut plan, sink).await?;
             let lock = match early {
                 Some(l) => l,
                 None => self.lock(&plan.service_name, &job_id).await?,
@@ -499,7 +500,7 @@ impl Engine {
                     .record_stopped(&plan, job_id, accepted, &validation, &f, sink)
                     .await;
             }
-            let work = Work::from_plan(plan, runtimes);
+            let work = Work::from_plan(plan);
             let ticket = run::Ticket {
                 lock,
                 job_id,

@@ -59,22 +59,18 @@ impl Engine {
             .collect();
         let job_id = hosts.book.parent.lock().await.deploy_job_id.clone();
         let work: &Work = work;
-        // Each host runs the job with its own runtime (`auto` may resolve
-        // to docker on one and systemd on another).
-        let works: Vec<Work> = (0..sites.len()).map(|i| work.on_host(i)).collect();
         let mut runs: Vec<JobRun> = (0..sites.len())
             .map(|i| {
                 let sink: &dyn Sink = match sites.len() {
                     1 => hosts.sink,
                     _ => &sinks[i],
                 };
-                let mut run = JobRun::new(self, &sites[i], hosts.book, i, sink, &works[i]);
+                let mut run = JobRun::new(self, &sites[i], hosts.book, i, sink, work);
                 run.start(hosts.validation, hosts.previous[i].clone(), &job_id);
                 run
             })
             .collect();
-        self.prepare_and_waves(hosts, &works, &mut runs, steps)
-            .await
+        self.prepare_and_waves(hosts, work, &mut runs, steps).await
     }
 
     /// Transfer and Build on every host at once, then the rest in waves;
@@ -82,11 +78,11 @@ impl Engine {
     async fn prepare_and_waves(
         &self,
         hosts: &Hosts<'_>,
-        works: &[Work],
+        work: &Work,
         runs: &mut [JobRun<'_>],
         steps: &[Box<dyn Step>],
     ) -> Result<(), HostsFailed> {
-        let (sites, sink, work) = (hosts.sites, hosts.sink, &works[0]);
+        let (sites, sink) = (hosts.sites, hosts.sink);
         let many = sites.len() > 1;
         let waves = work.rollout.waves(sites.len());
         let mut switched: Vec<usize> = Vec::new();
@@ -138,7 +134,7 @@ impl Engine {
                     if work.rollout.rollback_switched {
                         back.extend(switched.iter().copied());
                     }
-                    self.revert_hosts(hosts, works, &back).await;
+                    self.revert_hosts(hosts, work, &back).await;
                 }
                 None => switched.extend(wave.iter().copied()),
             }
@@ -146,10 +142,10 @@ impl Engine {
         failure.map_or(Ok(()), Err)
     }
 
-    async fn revert_hosts(&self, hosts: &Hosts<'_>, works: &[Work], which: &[usize]) {
+    async fn revert_hosts(&self, hosts: &Hosts<'_>, work: &Work, which: &[usize]) {
         for &i in which {
             let (site, previous) = (&hosts.sites[i], hosts.previous[i].as_deref());
-            let record = self.revert(site, &works[i], previous, hosts.sink).await;
+            let record = self.revert(site, work, previous, hosts.sink).await;
             hosts
                 .book
                 .edit(|j| j.hosts[i].reverted = Some(record))

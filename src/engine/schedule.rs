@@ -42,6 +42,20 @@ impl Daily {
     pub fn at(&self) -> &str {
         &self.at
     }
+
+    /// Runs `job` at each of the schedule's times, for as long as the
+    /// process runs (`serve`'s daily snapshot).
+    pub async fn every_day<F, R>(self, mut job: F)
+    where
+        F: FnMut() -> R,
+        R: std::future::Future<Output = ()>,
+    {
+        while let Some(next) = self.next_after(Utc::now()) {
+            let wait = (next - Utc::now()).to_std().unwrap_or_default();
+            tokio::time::sleep(wait).await;
+            job().await;
+        }
+    }
 }
 
 impl Engine {

@@ -66,13 +66,14 @@ pub(super) async fn connect_all(
 }
 
 /// Validation on every host; the phase fails if any host fails it.
-/// Resolves `auto` on each host to the method that host can run: the
-/// runtimes returned are the hosts', in their order.
+/// Resolves `auto` on each host to the method that host can run; hosts
+/// that would run it differently are refused (a release runs with one
+/// method everywhere: its record, rollbacks and recovery read one spec).
 pub(super) async fn all(
     sites: &[Site],
     plan: &mut Plan,
     sink: &dyn Sink,
-) -> Result<(Phase, Vec<RuntimeKind>), Failure> {
+) -> Result<Phase, Failure> {
     // Timed from here: waiting for the lock is not validating.
     let started = Utc::now();
     let redactor = plan.redactor();
@@ -95,6 +96,13 @@ pub(super) async fn all(
             }
         }
     }
+    match one_method(sites, &runtimes) {
+        Ok(runtime) => plan.spec.runtime = runtime,
+        Err(e) => {
+            let f = Failure::invalid(e.to_string());
+            return Err(refuse(sink, started, f, &redactor));
+        }
+    }
     if plan.spec.proxy.is_some() {
         // A release's private port is the server's own business (and
         // usually firewalled): health is checked from the server itself.
@@ -111,7 +119,26 @@ pub(super) async fn all(
         redactor.redact(&details.join("; ")),
     ));
     sink.event(&Event::PhaseFinished(&passed.view()));
-    Ok((passed, runtimes))
+    Ok(passed)
+}
+
+/// The one method every host runs the release with.
+fn one_method(sites: &[Site], runtimes: &[RuntimeKind]) -> Result<RuntimeKind, Refusal> {
+    let names: Vec<String> = sites.iter().map(|s| s.host.name()).collect();
+    method_of(&names, runtimes)
+}
+
+fn method_of(hosts: &[String], runtimes: &[RuntimeKind]) -> Result<RuntimeKind, Refusal> {
+    let first = runtimes.first().copied().unwrap_or(RuntimeKind::Process);
+    if runtimes.iter().all(|r| *r == first) {
+        return Ok(first);
+    }
+    let each: Vec<String> = hosts
+        .iter()
+        .zip(runtimes)
+        .map(|(h, r)| format!("{} on {h}", r.as_str()))
+        .collect();
+    Err(Refusal::MixedMethods(each.join(", ")))
 }
 
 /// Why a host cannot take the deploy.
@@ -147,6 +174,11 @@ enum Refusal {
     Proxy(String),
     #[error(transparent)]
     NoProxy(#[from] super::steps::proxy::ProxyError),
+    #[error(
+        "method auto would run the release as {0}: a release runs with one method on all its \
+         hosts; set `method` in service.toml (or --method)"
+    )]
+    MixedMethods(String),
 }
 
 /// The runtime a method means on this host, or why it cannot run here.
@@ -422,4 +454,20 @@ pub(super) async fn rollback_target(
         }
     }
     Ok(target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_resolved_differently_on_two_hosts_is_refused_naming_each() {
+        let hosts = ["a@h1:22".to_string(), "b@h2:22".to_string()];
+        let same = [RuntimeKind::Systemd, RuntimeKind::Systemd];
+        assert_eq!(method_of(&hosts, &same).unwrap(), RuntimeKind::Systemd);
+        let mixed = [RuntimeKind::Docker, RuntimeKind::Systemd];
+        let e = method_of(&hosts, &mixed).unwrap_err().to_string();
+        assert!(e.contains("docker on a@h1:22, systemd on b@h2:22"), "{e}");
+        assert!(e.contains("set `method`"), "{e}");
+    }
 }

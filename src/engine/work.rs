@@ -26,9 +26,6 @@ pub(super) struct Work {
     pub(super) service_path: String,
     pub(super) method: String,
     pub(super) spec: RunSpec,
-    /// Each host's runtime, in the hosts' order (empty: `spec.runtime`
-    /// for all, as a rollback's stored spec says).
-    pub(super) host_runtimes: Vec<RuntimeKind>,
     pub(super) secrets: Vec<(String, Secret)>,
     pub(super) droplet_id: Option<i64>,
     pub(super) register: RegisterPlan,
@@ -63,7 +60,6 @@ impl Work {
             method: "docker".into(),
             service_url: format!("http://127.0.0.1:{}", spec.port),
             spec,
-            host_runtimes: Vec::new(),
             secrets: Vec::new(),
             droplet_id: None,
             register: RegisterPlan::Skip {
@@ -85,15 +81,6 @@ impl Work {
 
 impl Work {
     /// Hides the job's secret and environment values in what it writes.
-    /// The work as host `i` runs it: with that host's runtime.
-    pub(super) fn on_host(&self, i: usize) -> Work {
-        let mut work = self.clone();
-        if let Some(runtime) = self.host_runtimes.get(i) {
-            work.spec.runtime = *runtime;
-        }
-        work
-    }
-
     pub(super) fn redactor(&self) -> crate::support::secret::Redactor {
         crate::support::secret::Redactor::for_job(
             self.secrets.iter().map(|(_, s)| s),
@@ -101,18 +88,7 @@ impl Work {
         )
     }
 
-    /// The work of a validated plan; `runtimes`: what each host runs it
-    /// with (`auto` resolved host by host).
-    pub(super) fn from_plan(mut plan: Plan, runtimes: Vec<RuntimeKind>) -> Work {
-        let mut methods: Vec<&str> = runtimes.iter().map(|r| r.as_str()).collect();
-        methods.dedup();
-        let method = match methods.is_empty() {
-            true => plan.spec.runtime.as_str().to_string(),
-            false => methods.join(","),
-        };
-        if let Some(first) = runtimes.first() {
-            plan.spec.runtime = *first;
-        }
+    pub(super) fn from_plan(plan: Plan) -> Work {
         let (service_path, commit) = match &plan.git {
             Some(g) => (g.path.display().to_string(), Some(g.commit.clone())),
             None => (plan.source.display().to_string(), None),
@@ -122,8 +98,7 @@ impl Work {
             service_url: plan.service_url(),
             service: plan.service_name,
             service_path,
-            method,
-            host_runtimes: runtimes,
+            method: plan.spec.runtime.as_str().to_string(),
             spec: plan.spec,
             secrets: plan.secrets,
             droplet_id: plan.droplet_id,
@@ -139,33 +114,5 @@ impl Work {
             commit,
             timeout: plan.timeout,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// `auto` resolved host by host: each host's run gets its own runtime,
-    /// and the job's method names both.
-    #[test]
-    fn each_host_runs_the_work_with_its_own_runtime() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").unwrap();
-        let req = crate::input::plan::DeployRequest {
-            service_path: dir.path().to_path_buf(),
-            service_name: Some("web".into()),
-            start: Some("./web".into()),
-            service_port: Some(8123),
-            ..Default::default()
-        };
-        let plan = Plan::build(&req, &Default::default(), &|_| None).unwrap();
-        let work = Work::from_plan(plan, vec![RuntimeKind::Docker, RuntimeKind::Systemd]);
-        assert_eq!(work.method, "docker,systemd");
-        assert_eq!(work.on_host(0).spec.runtime, RuntimeKind::Docker);
-        assert_eq!(work.on_host(1).spec.runtime, RuntimeKind::Systemd);
-        let same = Plan::build(&req, &Default::default(), &|_| None).unwrap();
-        let work = Work::from_plan(same, vec![RuntimeKind::Systemd; 3]);
-        assert_eq!(work.method, "systemd");
     }
 }

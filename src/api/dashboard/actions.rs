@@ -144,7 +144,7 @@ async fn run(
                 .ok_or_else(|| {
                     ApiError::new(StatusCode::BAD_REQUEST, "which release? (release=…)")
                 })?;
-            let _slot = state.queue_slot()?;
+            let _place = state.queue.place()?;
             let job = engine
                 .rollback(service, Some(release), &crate::render::output::Quiet)
                 .await?;

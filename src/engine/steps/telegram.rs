@@ -5,6 +5,7 @@
 use super::{Done, JobCx, JobStep, StepError};
 use crate::input::config::{NotifyConfig, NotifyKind};
 use crate::model::{Job, Notification, PhaseName};
+use crate::support::secret::Redactor;
 use futures_util::future::BoxFuture;
 
 /// The Bot API refuses messages longer than this.
@@ -21,10 +22,10 @@ fn chats<'a>(cx: &'a JobCx<'_>) -> impl Iterator<Item = &'a NotifyConfig> {
 }
 
 /// The message: the job's text report (without a terminal's colours),
-/// cut to what Telegram takes.
-fn message(job: &Job) -> String {
+/// secrets hidden, then cut to what Telegram takes.
+fn message(job: &Job, redactor: &Redactor) -> String {
     let report = crate::render::report::text(job);
-    let text = anstream::adapter::strip_str(&report).to_string();
+    let text = redactor.redact(&anstream::adapter::strip_str(&report).to_string());
     match text.char_indices().nth(LIMIT - 1) {
         Some((end, _)) => format!("{}…", &text[..end]),
         None => text,
@@ -52,7 +53,7 @@ impl JobStep for TelegramReport {
 
     fn run<'a>(&'a self, cx: &'a mut JobCx<'_>) -> BoxFuture<'a, Result<Done, StepError>> {
         Box::pin(async move {
-            let text = cx.redactor.redact(&message(&cx.job));
+            let text = message(&cx.job, &cx.redactor);
             let mut sent = Vec::new();
             for chat in chats(cx) {
                 let request = crate::integrations::notify::telegram(chat, &cx.engine.config, &text);

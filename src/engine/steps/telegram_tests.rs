@@ -101,5 +101,13 @@ async fn without_a_chat_that_wants_reports_the_step_is_skipped() {
 fn a_long_report_is_cut_to_what_telegram_takes() {
     let mut job = finished_job();
     job.service_name = "x".repeat(10_000);
-    assert_eq!(message(&job).chars().count(), LIMIT);
+    let secret = crate::support::secret::Secret::new("s3cret-value-42");
+    let redactor = Redactor::for_job([&secret], std::iter::empty());
+    job.actor = format!("{}s3cret-value-42", "x".repeat(4080));
+    let text = message(&job, &redactor);
+    assert_eq!(text.chars().count(), LIMIT);
+    assert!(
+        !text.contains("s3cret"),
+        "a secret cut in two is still hidden"
+    );
 }
