@@ -137,7 +137,25 @@ pub(super) async fn submit(
     let place = state.queue.place()?;
     crate::input::plan::check_requested_secrets(&req.secrets, &state.config)?;
     let secret_env = crate::input::plan::listed_secrets_only(&state.config);
+    let mut req = req;
+    // A git ref: the release is that commit's tree, exported until the
+    // job ends.
+    let exported = match req.git_ref.clone() {
+        Some(reference) => {
+            let dir = req.service_path.clone();
+            let exported = tokio::task::spawn_blocking(move || {
+                crate::integrations::git::export_ref(&dir, &reference, None)
+            })
+            .await
+            .map_err(|e| ApiError::from(crate::support::error::Failure::internal(e.to_string())))?
+            .map_err(|e| ApiError::bad_field("git_ref", e.to_string()))?;
+            Some(exported)
+        }
+        None => None,
+    };
+    let git = exported.as_ref().map(|e| req.from_commit(e));
     let mut plan = Plan::build(&req, &state.config, &secret_env)?;
+    plan.git = git;
     if let Some(intent) = pipeline {
         plan = plan.with_pipeline(intent, &state.config, &secret_env)?;
     }
@@ -156,6 +174,7 @@ pub(super) async fn submit(
         move |job: &Job| {
             state.metrics.job_finished(job);
             state.jobs.ended(job);
+            drop(exported);
         }
     };
     state.queue.run(engine, plan, job, place, ended);

@@ -129,6 +129,8 @@ pub async fn run_with(
         skip_tests: args.skip_tests.then_some(true),
         proxy_port: args.proxy_port,
         replicas: args.replicas,
+        // With --server, the server exports the commit itself.
+        git_ref: args.git.clone(),
     };
     if let Some(server) = &args.server {
         let mut req = req;
@@ -147,16 +149,13 @@ pub async fn run_with(
         }
         None => None,
     };
-    let result = if args.dry_run {
+    let (git, _exported) = git.unzip();
+    // `_exported`, the commit's tree, lives until the deploy is done.
+    if args.dry_run {
         dry_run(&ctx, &req, git.clone()).await
     } else {
         deploy_plan(&ctx, &req, git.clone(), args.wait, pipeline).await
-    };
-    if git.is_some() {
-        // The exported tree was only the release's source.
-        let _ = std::fs::remove_dir_all(&req.service_path);
     }
-    result
 }
 
 /// `--dry-run`: Validation, then what each step would do.
@@ -223,7 +222,13 @@ fn from_git(
     req: &mut DeployRequest,
     reference: &str,
     args: &GitAsk,
-) -> Result<crate::input::plan::GitSource, Failure> {
+) -> Result<
+    (
+        crate::input::plan::GitSource,
+        crate::integrations::git::Exported,
+    ),
+    Failure,
+> {
     use crate::support::error::FailureKind;
     let dir = req.service_path.clone();
     let changes = crate::integrations::git::uncommitted(&dir)?;
@@ -246,24 +251,7 @@ fn from_git(
         let remote = ctx.config.git.remote.as_deref().unwrap_or("origin");
         crate::integrations::git::push(&dir, remote)?;
     }
-    let commit = crate::integrations::git::resolve(&dir, reference)?;
-    let export = crate::integrations::git::export_dir(&commit.sha);
-    let _ = std::fs::remove_dir_all(&export);
-    crate::integrations::git::export(&dir, args.subdir, &commit.sha, &export)?;
-    // The exported tree's directory has a made-up name: without a name
-    // given or in the manifest, the service is named after its own.
-    let named = crate::input::config::Manifest::load_from_dir(&export)
-        .ok()
-        .flatten()
-        .is_some_and(|m| m.name.is_some());
-    if req.service_name.is_none() && !named {
-        req.service_name = std::path::absolute(&dir)
-            .ok()
-            .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()));
-    }
-    req.service_path = export;
-    Ok(crate::input::plan::GitSource {
-        commit,
-        path: std::path::absolute(&dir).unwrap_or(dir),
-    })
+    let exported = crate::integrations::git::export_ref(&dir, reference, args.subdir)?;
+    let source = req.from_commit(&exported);
+    Ok((source, exported))
 }

@@ -190,13 +190,51 @@ pub fn export(dir: &Path, subdir: Option<&str>, sha: &str, dest: &Path) -> Resul
     }
 }
 
-/// A fresh directory to export a commit into (removed after the deploy).
-pub fn export_dir(sha: &str) -> PathBuf {
-    std::env::temp_dir().join(format!(
-        "deployer-git-{}-{}",
-        &sha[..sha.len().min(12)],
-        std::process::id()
-    ))
+/// A commit's tree exported for a release, in a fresh private directory
+/// (a random name, mode 0700) removed when this is dropped.
+pub struct Exported {
+    pub commit: CommitInfo,
+    dir: tempfile::TempDir,
+}
+
+impl Exported {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A reference a request may name: a branch, a tag, a sha, `HEAD~2`; no
+/// option (`-…`), no spaces, nothing a shell or git would read otherwise.
+pub fn check_ref(reference: &str) -> Result<(), GitError> {
+    let ok = !reference.is_empty()
+        && reference.len() <= 200
+        && !reference.starts_with('-')
+        && reference
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._/@^~-".contains(c));
+    match ok {
+        true => Ok(()),
+        false => Err(GitError {
+            doing: format!("reading the reference {reference:?}"),
+            output: "a branch, tag or commit is letters, digits and . _ / @ ^ ~ -".into(),
+        }),
+    }
+}
+
+/// Exports the commit `reference` names, of the service directory `dir`
+/// (in a work tree, or `subdir` of a bare repository).
+pub fn export_ref(dir: &Path, reference: &str, subdir: Option<&str>) -> Result<Exported, GitError> {
+    check_ref(reference)?;
+    let commit = resolve(dir, reference)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("deployer-git-")
+        .tempdir()
+        .map_err(|e| GitError {
+            doing: "making a directory to export into".into(),
+            output: e.to_string(),
+        })?;
+    export(dir, subdir, &commit.sha, tmp.path())?;
+    Ok(Exported { commit, dir: tmp })
 }
 
 impl From<GitError> for crate::support::error::Failure {

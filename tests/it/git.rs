@@ -204,3 +204,52 @@ fn a_push_to_the_hooked_repository_deploys_and_a_failing_one_is_rejected() {
         git(&work, &["rev-parse", "HEAD"])
     );
 }
+
+/// `POST /deploy` with `git_ref`: the release is the commit's tree, not the
+/// work tree as it is; the job records the commit; a bad ref is a 400 that
+/// names the field, and nothing is deployed.
+#[test]
+fn the_api_deploys_a_git_ref_exactly_and_refuses_a_bad_one() {
+    let sb = Sandbox::new();
+    let (work, _) = repo(&sb);
+    let server = crate::common::server::Server::start(&sb, &work, &[]);
+    let svc = work.join("svc");
+    let committed = git(&work, &["rev-parse", "HEAD"]);
+    // An uncommitted change: not part of the commit, so not deployed.
+    std::fs::write(svc.join("VERSION"), "dirty\n").unwrap();
+    let name = sb.tracked("from-git");
+    let port = free_port();
+    let body = serde_json::json!({
+        "service_path": svc, "service_name": name, "service_port": port,
+        "deployment_method": "process", "git_ref": "main", "auto_register": false,
+    });
+    let (code, accepted) = server.post("/deploy", Some(&body.to_string()));
+    assert_eq!(code, 202, "{accepted}");
+    let id = accepted["deploy_job_id"].as_str().unwrap().to_string();
+    let job = eventually(120, "the git deploy to finish", || {
+        let (_, job) = server.get(&format!("/deploy/{id}"));
+        (job["status"] == "completed" || job["status"] == "failed").then_some(job)
+    });
+    assert_eq!(job["status"], "completed", "{job:#}");
+    assert_eq!(
+        version_on(port).as_deref(),
+        Some("v1"),
+        "the commit, not the work tree"
+    );
+    assert_eq!(job["commit"]["sha"], committed.as_str(), "{job:#}");
+
+    for bad in [
+        "--upload-pack=touch /tmp/x",
+        "no-such-branch",
+        "main; rm -rf /",
+    ] {
+        let body = serde_json::json!({
+            "service_path": svc, "service_name": name, "service_port": port,
+            "deployment_method": "process", "git_ref": bad, "auto_register": false,
+        });
+        let (code, answer) = server.post("/deploy", Some(&body.to_string()));
+        assert_eq!(code, 400, "{bad}: {answer}");
+        assert_eq!(answer["field"], "git_ref", "{bad}: {answer}");
+    }
+    assert_eq!(version_on(port).as_deref(), Some("v1"));
+}

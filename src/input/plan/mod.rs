@@ -67,6 +67,32 @@ pub struct DeployRequest {
     /// For the swarm method: how many tasks run (`[swarm] replicas`).
     #[serde(default)]
     pub replicas: Option<u32>,
+    /// Deploy the commit this names (a branch, tag or sha) of the git
+    /// repository at `service_path`, instead of the directory as it is:
+    /// the release is exactly that commit's tree, and the job records it.
+    #[serde(default)]
+    pub git_ref: Option<String>,
+}
+
+impl DeployRequest {
+    /// Points the request at a commit's exported tree; what the plan keeps
+    /// of where it came from. Without a name given or in the manifest, the
+    /// service is named after its own directory (the export's is made up).
+    pub fn from_commit(&mut self, exported: &crate::integrations::git::Exported) -> GitSource {
+        let dir = std::path::absolute(&self.service_path).unwrap_or(self.service_path.clone());
+        let named = crate::input::config::Manifest::load_from_dir(exported.path())
+            .ok()
+            .flatten()
+            .is_some_and(|m| m.name.is_some());
+        if self.service_name.is_none() && !named {
+            self.service_name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+        }
+        self.service_path = exported.path().to_path_buf();
+        GitSource {
+            commit: exported.commit.clone(),
+            path: dir,
+        }
+    }
 }
 
 /// How a deploy to several hosts rolls out: a canary wave first, then the
