@@ -55,12 +55,7 @@ pub async fn stop(
     Path(service): Path<String>,
 ) -> Result<Json<Done>, ApiError> {
     let stopped = engine(&state)?.stop(&service).await?;
-    let details = if stopped.is_empty() {
-        "nothing was running".to_string()
-    } else {
-        format!("stopped {}", stopped.join(", "))
-    };
-    Ok(done(service, "stop", details))
+    Ok(done(service, "stop", stopped.to_string()))
 }
 
 /// Start the service's current release on each of its hosts,

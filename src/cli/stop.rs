@@ -19,10 +19,8 @@ pub async fn run(ctx: Context, args: Args) -> Result<i32, Failure> {
         crate::render::output::print_json(
             &serde_json::json!({ "service_name": args.name, "stopped": stopped }),
         );
-    } else if stopped.is_empty() {
-        anstream::println!("{}: nothing was running", args.name);
     } else {
-        anstream::println!("{}: stopped release {}", args.name, stopped.join(", "));
+        anstream::println!("{}: {stopped}", args.name);
     }
     Ok(0)
 }

@@ -293,7 +293,7 @@ impl Engine {
 
     /// Stops every running release of a service (it stays deployed:
     /// `current` is kept, and a later deploy or rollback starts it again).
-    pub async fn stop(&self, service: &str) -> Result<Vec<String>, Failure> {
+    pub async fn stop(&self, service: &str) -> Result<Stopped, Failure> {
         let releases = self.known_releases(service).await?;
         let job_id = new_job_id();
         let _lock = self.lock(service, &job_id).await?;
@@ -315,13 +315,9 @@ impl Engine {
         if let Some(f) = failed {
             return Err(f);
         }
-        let details = if stopped.is_empty() {
-            "nothing was running".to_string()
-        } else {
-            format!("stopped {}", stopped.join(", "))
-        };
+        let stopped = Stopped(stopped);
         let entry = AuditEntry {
-            details,
+            details: stopped.to_string(),
             ..records::audit_entry(&self.actor, "stop", service, None, "success", started)
         };
         self.store().await?.audit(&entry).await?;

@@ -186,6 +186,21 @@ impl Limits {
     }
 }
 
+/// What stopping a service's releases did: the releases stopped (named
+/// by host when there are several); said the same way everywhere.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Stopped(pub Vec<String>);
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_slice() {
+            [] => write!(f, "nothing was running"),
+            [one] => write!(f, "stopped release {one}"),
+            releases => write!(f, "stopped releases {}", releases.join(", ")),
+        }
+    }
+}
+
 /// A memory limit that is not one.
 #[derive(Debug, thiserror::Error)]
 #[error("memory '{value}' {why}")]

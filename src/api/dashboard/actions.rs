@@ -151,14 +151,7 @@ async fn run(
             state.jobs.ended(&job);
             Ok(format!("/jobs/{}", job.deploy_job_id))
         }
-        "stop" => {
-            let stopped = engine.stop(service).await?;
-            Ok(said(if stopped.is_empty() {
-                "nothing was running".into()
-            } else {
-                format!("stopped {}", stopped.join(", "))
-            }))
-        }
+        "stop" => Ok(said(engine.stop(service).await?.to_string())),
         "start" => Ok(said(engine.start(service).await?)),
         "restart" => Ok(said(engine.restart(service).await?)),
         "redeploy" => {

@@ -60,11 +60,7 @@ impl Step for StopOld {
                     })?;
                 stopped.push(rel.clone());
             }
-            let done = Done::quiet(if stopped.is_empty() {
-                "nothing was running".to_string()
-            } else {
-                format!("stopped {}", stopped.join(", "))
-            });
+            let done = Done::quiet(Stopped(stopped).to_string());
             // The release to bring back on failure: `current`, whether or
             // not it was running (a crashed current release is restarted too).
             match cx.previous.clone().filter(|p| *p != new) {
