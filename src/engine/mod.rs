@@ -493,7 +493,7 @@ impl Engine {
             let _place = place;
             if let Err(f) = self.run_stages(&plan, &mut validation, sink).await {
                 return self
-                    .record_stopped(&plan, job_id, accepted, &validation, &f, sink)
+                    .record_stopped(plan, job_id, accepted, &validation, &f, sink)
                     .await;
             }
             let work = Work::from_plan(plan);

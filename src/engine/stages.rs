@@ -87,10 +87,11 @@ impl Engine {
     }
 
     /// Records a job a failed stage stopped: Validation as it ran, the
-    /// other phases not run.
+    /// other phases not run; it ends like every job (`finish.rs`), so it
+    /// is audited, announced and reported too.
     pub(super) async fn record_stopped(
         &self,
-        plan: &Plan,
+        plan: Plan,
         job_id: String,
         accepted: bool,
         validation: &Phase,
@@ -98,8 +99,9 @@ impl Engine {
         sink: &dyn Sink,
     ) -> Result<Job, Failure> {
         let started = std::time::Instant::now();
-        let mut job = self.pending_job(plan, job_id);
+        let mut job = self.pending_job(&plan, job_id);
         records::refused(&mut job, Some(validation.view()), f);
+        job.state = JobState::Running;
         for phase in job.phases.iter_mut().skip(1) {
             phase.state = PhaseState::Skipped {
                 reason: "not run: a pipeline stage failed".into(),
@@ -111,12 +113,20 @@ impl Engine {
         } else {
             store.insert_job(&job).await?;
         }
-        let entry = AuditEntry {
-            details: records::first_line(&f.message).to_string(),
-            ..records::job_audit(&job, started)
+        let book = records::JobBook {
+            store: store.clone(),
+            parent: tokio::sync::Mutex::new(job),
+            sink,
         };
-        store.audit(&entry).await?;
-        sink.event(&Event::JobFinished(&job));
-        Ok(job)
+        let stopped = super::rollout::HostsFailed {
+            kind: f.kind,
+            error: f.message.clone(),
+            rollback: None,
+        };
+        let (_, job_steps) = super::steps::split(super::steps::deploy_steps());
+        let work = super::Work::from_plan(plan);
+        Ok(self
+            .finish(&book, &work, Err(stopped), &job_steps, started)
+            .await)
     }
 }

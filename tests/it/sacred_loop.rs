@@ -86,6 +86,14 @@ fn a_failing_verify_stops_before_transfer_and_a_passing_one_deploys_and_register
     // The verifier finds a problem: nothing goes further.
     let bad = verifier(json!({"status": "failed", "issues": "main.rs:3: unused variable `x`"}));
     let cfg = config(&sb, &bad, &fix, &registry);
+    // A job a stage stopped ends like any other: it is announced.
+    let hook = FakeRegistry::start(200);
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "\n[[notify]]\nkind = \"webhook\"\nurl = \"{}/hook\"\n",
+        hook.url()
+    ));
+    std::fs::write(&cfg, text).unwrap();
     let port_s = port.to_string();
     let run = sb.run(&[
         "--config",
@@ -132,6 +140,16 @@ fn a_failing_verify_stops_before_transfer_and_a_passing_one_deploys_and_register
     assert!(
         registry.bodies.lock().unwrap().is_empty(),
         "nothing was registered"
+    );
+    let announced = hook.bodies.lock().unwrap().clone();
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    assert!(
+        announced[0].1.contains(r#""event":"failure""#),
+        "{announced:?}"
+    );
+    assert!(
+        announced[0].1.contains("stage verify failed"),
+        "{announced:?}"
     );
     assert_eq!(version_on(port), None);
     assert!(
