@@ -58,7 +58,7 @@ pub fn api_token(
         return Ok((token, TokenSource::Stored(path)));
     }
     let token = random_token()?;
-    crate::hosting::release::private_dir(state_dir)
+    crate::support::private_dir(state_dir)
         .map_err(|e| Failure::internal(format!("creating {}: {e}", state_dir.display())))?;
     let mut file = std::fs::OpenOptions::new()
         .write(true)

@@ -41,7 +41,7 @@ pub(super) struct Work {
     /// Run against the new release before the old one stops.
     pub(super) migrate: Option<String>,
     /// The commit a git-driven release is made from.
-    pub(super) commit: Option<crate::integrations::git::CommitInfo>,
+    pub(super) commit: Option<crate::model::CommitInfo>,
     /// Each host's run of the steps fails and unwinds after this long.
     pub(super) timeout: Duration,
 }

@@ -70,7 +70,7 @@ impl ServiceDirs {
         use std::os::unix::fs::OpenOptionsExt;
         let path = self.env_values_file(id);
         if let Some(dir) = path.parent() {
-            private_dir(dir)?;
+            crate::support::private_dir(dir)?;
         }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
@@ -194,17 +194,6 @@ fn sync_dir(dir: &Path) {
     if let Ok(f) = std::fs::File::open(dir) {
         let _ = f.sync_all();
     }
-}
-
-/// Creates a directory (and its parents) that only its owner can enter:
-/// deployer's state holds logs, environment files and tokens.
-pub fn private_dir(path: &Path) -> io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
 }
 
 /// A release id: UTC time to the millisecond plus the first 8 hex digits of

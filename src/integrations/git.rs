@@ -3,19 +3,9 @@
 //! exported with `git archive` into a directory deployer then transfers
 //! like any other release, so uploads stay incremental.
 
-use serde::{Deserialize, Serialize};
+use crate::model::CommitInfo;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// The commit a release was made from.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct CommitInfo {
-    pub sha: String,
-    /// The branch it was on, when HEAD was on one.
-    pub branch: Option<String>,
-    /// The first line of its message.
-    pub subject: String,
-}
 
 /// A git command that failed, with what it said.
 #[derive(Debug, thiserror::Error)]

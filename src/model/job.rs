@@ -198,7 +198,7 @@ pub struct Job {
     /// Where the finished job was announced, and whether it arrived.
     pub notifications: Vec<super::Notification>,
     /// The commit deployed, for a git-driven release.
-    pub commit: Option<crate::integrations::git::CommitInfo>,
+    pub commit: Option<crate::model::CommitInfo>,
 }
 
 impl Job {
@@ -344,7 +344,7 @@ pub struct JobView {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notifications: Vec<super::Notification>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commit: Option<crate::integrations::git::CommitInfo>,
+    pub commit: Option<crate::model::CommitInfo>,
 }
 
 /// One host's part of a job deployed to several hosts.

@@ -201,6 +201,16 @@ impl std::fmt::Display for Stopped {
     }
 }
 
+/// The commit a release was made from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CommitInfo {
+    pub sha: String,
+    /// The branch it was on, when HEAD was on one.
+    pub branch: Option<String>,
+    /// The first line of its message.
+    pub subject: String,
+}
+
 /// A memory limit that is not one.
 #[derive(Debug, thiserror::Error)]
 #[error("memory '{value}' {why}")]
@@ -403,5 +413,5 @@ pub struct Release {
     pub spec: RunSpec,
     /// The commit it was made from, for a git-driven release.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub commit: Option<crate::integrations::git::CommitInfo>,
+    pub commit: Option<crate::model::CommitInfo>,
 }

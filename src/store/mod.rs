@@ -166,7 +166,7 @@ impl Store {
     /// Opens (creating if needed) `STATE_DIR/deployer.db`.
     pub async fn open(state_dir: &Path) -> Result<Store, StoreError> {
         // deployer's state is its owner's only: directory 0700, files 0600.
-        crate::hosting::release::private_dir(state_dir).map_err(|e| StoreError {
+        crate::support::private_dir(state_dir).map_err(|e| StoreError {
             doing: format!("creating state directory {}", state_dir.display()),
             source: sqlx::Error::Io(e),
         })?;

@@ -185,7 +185,7 @@ pub struct Plan {
 /// Where a git-driven release comes from.
 #[derive(Clone, Debug)]
 pub struct GitSource {
-    pub commit: crate::integrations::git::CommitInfo,
+    pub commit: crate::model::CommitInfo,
     pub path: PathBuf,
 }
 
