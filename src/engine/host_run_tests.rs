@@ -370,7 +370,7 @@ async fn each_phase_records_its_steps() {
         ]
     );
     let view = start.view();
-    assert_eq!(view.steps[2].details, format!("stopped {}", o.r1));
+    assert_eq!(view.steps[2].details, format!("stopped release {}", o.r1));
     assert!(
         view.steps[3]
             .error
